@@ -1,0 +1,180 @@
+"""Typed configuration: one pydantic model per params.yaml section.
+
+Unknown keys are rejected at load with a message naming the key, so a typo in
+params.yaml fails before any work starts instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from anime_face_id.slugs import assign_slugs
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Character(Section):
+    name: str = Field(min_length=1)
+    query: str | None = None
+
+    @property
+    def search_query(self) -> str:
+        return self.query or self.name
+
+
+class CollectConfig(Section):
+    backend: Literal["google", "duckduckgo", "folder", "urls"] = "google"
+    limit: int = Field(50, ge=1)
+    folder: str | None = None
+    urls: str | None = None
+    # google backend: None searches Google itself; a template with {query} points the
+    # library at another results page (a mirror, or a local page in tests).
+    search_url: str | None = None
+    chromedriver: str | None = None
+    search_timeout_s: float = Field(240.0, gt=0)
+    # downloader
+    workers: int = Field(8, ge=1, le=64)
+    timeout_s: float = Field(15.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0)
+    max_bytes: int = Field(20_000_000, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1024)
+    max_redirects: int = Field(5, ge=0, le=20)
+    # private, loopback and link-local addresses are refused unless listed here (CIDRs)
+    allow_networks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _backend_inputs(self) -> CollectConfig:
+        if self.backend == "folder" and not self.folder:
+            raise ValueError("collect.backend is 'folder' but collect.folder is not set")
+        if self.backend == "urls" and not self.urls:
+            raise ValueError("collect.backend is 'urls' but collect.urls is not set")
+        if self.search_url is not None and "{query}" not in self.search_url:
+            raise ValueError("collect.search_url must contain '{query}'")
+        return self
+
+
+class CropConfig(Section):
+    detector: Literal["lbp", "none"] = "lbp"
+    cascade: str | None = None
+    scale_factor: float = Field(1.1, gt=1.0)
+    min_neighbors: int = Field(5, ge=0)
+    min_size: int = Field(24, ge=1)
+    margin: float = Field(0.4, ge=0.0, le=2.0)
+    size: int = Field(256, ge=16, le=2048)
+    workers: int = Field(0, ge=0)  # 0: one per CPU core
+
+
+class ReviewConfig(Section):
+    require_complete: bool = True
+
+
+class SplitConfig(Section):
+    val: float = Field(0.15, ge=0.0, lt=1.0)
+    test: float = Field(0.15, ge=0.0, lt=1.0)
+    holdout_characters: int = Field(0, ge=0)
+    seed: int = 0
+    # crops whose perceptual hashes differ in at most this many of 64 bits are one cluster
+    phash_distance: int = Field(6, ge=0, le=64)
+    min_per_character: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError("split.val + split.test must leave something for training")
+        return self
+
+
+class BalanceConfig(Section):
+    min_per_class: int = Field(32, ge=1)
+    method: Literal["oversample", "augment"] = "oversample"
+    seed: int = 0
+
+
+class TrainConfig(Section):
+    backbone: Literal["efficientnet_lite0"] = "efficientnet_lite0"
+    pretrained: bool = True
+    image_size: int = Field(160, ge=32, le=1024)
+    embedding_dim: int = Field(128, ge=2)
+    p: int = Field(8, ge=2)
+    k: int = Field(4, ge=2)
+    loss: Literal["batch_hard", "batch_all"] = "batch_hard"
+    margin: Literal["soft"] | float = "soft"
+    lr: float = Field(3.0e-4, gt=0)
+    epochs: int = Field(30, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @field_validator("margin")
+    @classmethod
+    def _positive_margin(cls, value: str | float) -> str | float:
+        if value != "soft" and float(value) <= 0:
+            raise ValueError("train.margin must be 'soft' or a positive number")
+        return value
+
+
+class EvaluateConfig(Section):
+    k: list[int] = Field(default_factory=lambda: [1, 5, 10])
+
+
+class Params(Section):
+    characters: list[Character] = Field(min_length=1)
+    collect: CollectConfig = CollectConfig()
+    crop: CropConfig = CropConfig()
+    review: ReviewConfig = ReviewConfig()
+    split: SplitConfig = SplitConfig()
+    balance: BalanceConfig = BalanceConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Params:
+        assign_slugs([c.name for c in self.characters])  # raises on a name listed twice
+        return self
+
+    @property
+    def slugs(self) -> dict[str, str]:
+        return assign_slugs([c.name for c in self.characters])
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message says where."""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{where}' (check the spelling; see params.yaml docs)")
+        else:
+            lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_params(data: object, source: str = "params") -> Params:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_describe(error)}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_params(data, str(path))

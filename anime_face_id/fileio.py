@@ -1,0 +1,78 @@
+"""Atomic file writes and CSV tables.
+
+Every output is written to a temporary file in the destination directory and renamed
+into place, so a crash or kill -9 leaves either the old file or the new one, never half
+of one. Temporary files carry a recognisable prefix so that a resumed run can sweep up
+what an interrupted one left behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, data: object) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def csv_text(fieldnames: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row.get(key, "") for key in fieldnames})
+    return buffer.getvalue()
+
+
+def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, object]]) -> None:
+    atomic_write_text(path, csv_text(fieldnames, rows))
+
+
+def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV with a header; a missing required column is a clear error."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [name for name in required if name not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        return [dict(row) for row in reader]
+
+
+def sweep_temporaries(directory: str | Path) -> int:
+    """Remove temporary files an interrupted run left under ``directory``."""
+    removed = 0
+    root = Path(directory)
+    if root.is_dir():
+        for leftover in root.rglob(f"{TMP_PREFIX}*"):
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    return removed

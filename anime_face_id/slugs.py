@@ -1,0 +1,54 @@
+"""Filesystem-safe, unique slugs for arbitrary character names.
+
+A slug is the only part of a character's name that ever reaches a path, so it must be
+safe whatever the name holds (spaces, unicode, slashes, dots, "..") and two names must
+never share one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+
+_UNSAFE = re.compile(r"[^a-z0-9]+")
+_MAX_LEN = 48
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+
+
+def slugify(name: str) -> str:
+    """Lower-case ASCII words joined by underscores; a hash suffix when the name lost
+    information on the way (non-ASCII letters, punctuation), so that distinct names stay
+    distinct and a name with no ASCII letters still gets a non-empty slug."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    base = _UNSAFE.sub("_", ascii_name.lower()).strip("_")[:_MAX_LEN].strip("_")
+    plain = " ".join(name.split())
+    lossless = plain.lower() == base.replace("_", " ") or plain == base
+    if base and lossless:
+        return base
+    return f"{base}_{_digest(name)}" if base else f"c_{_digest(name)}"
+
+
+def assign_slugs(names: list[str]) -> dict[str, str]:
+    """Map each name to its slug; duplicate names are rejected, slug collisions between
+    different names are resolved with a hash suffix."""
+    seen_names: set[str] = set()
+    for name in names:
+        if name in seen_names:
+            raise ValueError(f"character {name!r} is listed twice")
+        seen_names.add(name)
+    slugs = {name: slugify(name) for name in names}
+    counts: dict[str, int] = {}
+    for slug in slugs.values():
+        counts[slug] = counts.get(slug, 0) + 1
+    return {
+        name: slug if counts[slug] == 1 else f"{slug}_{_digest(name)}"
+        for name, slug in slugs.items()
+    }
+
+
+def is_safe_slug(slug: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9]+(?:_[a-z0-9]+)*", slug))
