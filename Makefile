@@ -1,0 +1,57 @@
+# anime-face-id: the entry points a person types. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+REVIEW_PORT ?= 8501
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui clean-venv
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: system-packages $(STAMP) ## install everything: Debian chromium + chromedriver, the virtualenv, the package
+
+system-packages: ## Debian's chromium and chromium-driver (for the google backend and browser tests)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing chromium and chromium-driver (apt)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU build available offline satisfies the package's range
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+pipeline: setup ## run the whole pipeline with params.yaml (dvc repro)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+test: setup ## run the whole test suite (slow and browser tests included)
+	$(BIN)/pytest
+
+test-fast: setup ## the quick tests only
+	$(BIN)/pytest -m "not slow and not browser"
+
+lint: setup ## ruff lint + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+prefect-ui: setup ## start the Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)
+	$(BIN)/prefect config set PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+mlflow-ui: setup ## start the MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (runs in mlflow.db)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+clean-venv: ## remove the virtualenv
+	rm -rf $(VENV)

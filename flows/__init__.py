@@ -1,0 +1,1 @@
+"""Prefect flows: one module per DVC stage (`python -m flows.<stage>` is the stage's cmd)."""

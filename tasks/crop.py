@@ -1,0 +1,27 @@
+"""Crop tasks: get the detector (may download the cascade), then crop per character."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from anime_face_id import crop
+from anime_face_id.config import CropConfig
+from tasks.reporting import log_progress
+
+
+@task(retries=2, retry_delay_seconds=10)
+def load_detector(root: Path, config: CropConfig):
+    """May fetch the cascade file over the network, hence the retries."""
+    return crop.load_detector(root, config)
+
+
+@task(task_run_name="crop-{slug}")
+def crop_character(root: Path, slug: str, rows: list[dict], config: CropConfig, detector):
+    return crop.crop_character(root, slug, rows, config, detector, log_progress(f"{slug} crops"))
+
+
+@task
+def write_outputs(root: Path, results: list) -> None:
+    crop.write_crop_outputs(root, results)

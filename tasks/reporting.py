@@ -1,0 +1,74 @@
+"""What a stage shows in the Prefect UI: a progress bar, a summary table, log lines."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
+
+
+class StageProgress:
+    """A progress artifact advanced as units of work (characters) finish."""
+
+    def __init__(self, stage: str, total: int, unit: str = "characters"):
+        self.total = max(total, 1)
+        self.done = 0
+        self.unit = unit
+        self._lock = threading.Lock()
+        self._id = create_progress_artifact(
+            progress=0.0,
+            key=artifact_key(stage, "progress"),
+            description=f"{stage}: 0 of {total} {unit} done",
+        )
+        self._stage = stage
+
+    def advance(self, label: str = "") -> None:
+        with self._lock:
+            self.done += 1
+            percent = 100.0 * self.done / self.total
+            update_progress_artifact(
+                self._id,
+                progress=percent,
+                description=f"{self._stage}: {self.done} of {self.total} {self.unit} done"
+                + (f" (last: {label})" if label else ""),
+            )
+
+
+def log_progress(prefix: str, every: float = 0.1) -> Callable[[int, int], None]:
+    """A core-library progress callback that logs roughly every 10 % of the work."""
+    logger = get_run_logger()
+    state = {"next": 0.0}
+
+    def report(done: int, total: int) -> None:
+        fraction = done / total if total else 1.0
+        if fraction >= state["next"] or done == total:
+            logger.info("%s: %d/%d", prefix, done, total)
+            state["next"] = fraction + every
+
+    return report
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table for the terminal that ran `dvc repro`."""
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+    widths = {c: max(len(str(c)), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    line = "  ".join(str(c).ljust(widths[c]) for c in columns)
+    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join([line, "  ".join("-" * widths[c] for c in columns), *body])
+
+
+def publish_summary(stage: str, rows: list[dict[str, Any]], description: str) -> None:
+    """The stage's per-character table, as a Prefect artifact and in the log."""
+    create_table_artifact(table=rows, key=artifact_key(stage, "summary"), description=description)
+    get_run_logger().info("%s\n%s", description, format_table(rows))
