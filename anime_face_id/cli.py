@@ -11,7 +11,9 @@ from anime_face_id.config import ConfigError, load_params
 def check_params(args: argparse.Namespace) -> int:
     params = load_params(args.params)
     slugs = params.slugs
-    print(f"{args.params}: OK, {len(params.characters)} characters, backend {params.collect.backend}")
+    print(
+        f"{args.params}: OK, {len(params.characters)} characters, backend {params.collect.backend}"
+    )
     for character in params.characters:
         print(f"  {slugs[character.name]:<32} {character.name}  (query: {character.search_query})")
     return 0
@@ -20,7 +22,9 @@ def check_params(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anime-face-id", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="validate params.yaml and list the characters and their slugs")
+    check = commands.add_parser(
+        "check", help="validate params.yaml and list the characters and their slugs"
+    )
     check.add_argument("--params", default="params.yaml")
     check.set_defaults(handler=check_params)
     return parser

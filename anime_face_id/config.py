@@ -38,9 +38,15 @@ class CollectConfig(Section):
     search_url: str | None = None
     chromedriver: str | None = None
     search_timeout_s: float = Field(240.0, gt=0)
+    # ask a search engine for limit x search_factor URLs: the extra ones make up for
+    # downloads that fail, and no more than `limit` images are kept either way
+    search_factor: float = Field(1.5, ge=1.0, le=10.0)
     # downloader
     workers: int = Field(8, ge=1, le=64)
     timeout_s: float = Field(15.0, gt=0)
+    # one response (headers and body) may take at most this long, however slowly the
+    # server trickles bytes: timeout_s alone only bounds the gap between two reads
+    deadline_s: float = Field(120.0, gt=0)
     retries: int = Field(3, ge=0, le=10)
     backoff_s: float = Field(0.5, ge=0)
     max_bytes: int = Field(20_000_000, ge=1024)
@@ -69,6 +75,8 @@ class CropConfig(Section):
     margin: float = Field(0.4, ge=0.0, le=2.0)
     size: int = Field(256, ge=16, le=2048)
     workers: int = Field(0, ge=0)  # 0: one per CPU core
+    # raw images larger than this are recorded as decompression bombs instead of decoded
+    max_pixels: int = Field(40_000_000, ge=1024)
 
 
 class ReviewConfig(Section):
@@ -102,8 +110,13 @@ class TrainConfig(Section):
     pretrained: bool = True
     image_size: int = Field(160, ge=32, le=1024)
     embedding_dim: int = Field(128, ge=2)
+    # dropout on the pooled backbone features, before the embedding projection
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     p: int = Field(8, ge=2)
     k: int = Field(4, ge=2)
+    # P x K batches per epoch; None: enough to see every usable image about once and
+    # every character at least once
+    batches_per_epoch: int | None = Field(None, ge=1)
     loss: Literal["batch_hard", "batch_all"] = "batch_hard"
     margin: Literal["soft"] | float = "soft"
     lr: float = Field(3.0e-4, gt=0)

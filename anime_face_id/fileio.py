@@ -51,7 +51,9 @@ def csv_text(fieldnames: Sequence[str], rows: Iterable[Mapping[str, object]]) ->
     return buffer.getvalue()
 
 
-def write_csv(path: str | Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, object]]) -> None:
+def write_csv(
+    path: str | Path, fieldnames: Sequence[str], rows: Iterable[Mapping[str, object]]
+) -> None:
     atomic_write_text(path, csv_text(fieldnames, rows))
 
 

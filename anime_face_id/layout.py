@@ -15,8 +15,18 @@ RAW_DIR = DATA / "raw"
 RAW_MANIFEST = RAW_DIR / "manifest.csv"
 RAW_REJECTS = RAW_DIR / "rejects.csv"
 RAW_COLUMNS = (
-    "character", "slug", "path", "url", "sha256", "phash", "width", "height",
-    "format", "backend", "query", "fetched_at",
+    "character",
+    "slug",
+    "path",
+    "url",
+    "sha256",
+    "phash",
+    "width",
+    "height",
+    "format",
+    "backend",
+    "query",
+    "fetched_at",
 )
 RAW_REJECT_COLUMNS = ("character", "slug", "url_or_path", "reason", "backend", "time")
 
@@ -24,8 +34,22 @@ FACES_DIR = DATA / "faces"
 FACES_MANIFEST = FACES_DIR / "manifest.csv"
 FACES_REJECTS = FACES_DIR / "rejects.csv"
 FACE_COLUMNS = (
-    "character", "slug", "path", "source", "source_sha256", "x", "y", "w", "h",
-    "crop_x", "crop_y", "crop_side", "detector", "score", "phash", "source_phash",
+    "character",
+    "slug",
+    "path",
+    "source",
+    "source_sha256",
+    "x",
+    "y",
+    "w",
+    "h",
+    "crop_x",
+    "crop_y",
+    "crop_side",
+    "detector",
+    "score",
+    "phash",
+    "source_phash",
 )
 FACE_REJECT_COLUMNS = ("character", "slug", "source", "reason")
 
@@ -39,8 +63,15 @@ DECISIONS_KINDS = ("accept", "reject", "relabel", "box")
 CURATED_DIR = DATA / "curated"
 CURATED_MANIFEST = CURATED_DIR / "manifest.csv"
 CURATED_COLUMNS = (
-    "character", "slug", "path", "source", "source_sha256", "phash", "source_phash",
-    "origin", "status",
+    "character",
+    "slug",
+    "path",
+    "source",
+    "source_sha256",
+    "phash",
+    "source_phash",
+    "origin",
+    "status",
 )
 
 SPLITS_DIR = DATA / "splits"

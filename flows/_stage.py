@@ -14,8 +14,12 @@ from anime_face_id.errors import StageError
 
 
 def parse_args(stage: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m flows.{stage}", description=f"Run the {stage} stage.")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m flows.{stage}", description=f"Run the {stage} stage."
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
     parser.add_argument("--root", default=".", help="project root (default: the current directory)")
     return parser.parse_args()
 

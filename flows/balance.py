@@ -23,7 +23,9 @@ def balance_flow(params_path: str = "params.yaml", root: str = "."):
 def _balance(root_path, params) -> list[dict]:
     summary = balance_train(root_path, params.balance)
     publish_summary(
-        "balance", summary.rows, f"Training rows per character (min_per_class {params.balance.min_per_class})"
+        "balance",
+        summary.rows,
+        f"Training rows per character (min_per_class {params.balance.min_per_class})",
     )
     return summary.rows
 

@@ -31,7 +31,9 @@ def collect_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict
         if result is not None:
             row.update(candidates=result.candidates, downloaded_now=result.fetched)
     publish_summary(
-        "collect", rows, f"Images per character (backend {params.collect.backend}, limit {params.collect.limit})"
+        "collect",
+        rows,
+        f"Images per character (backend {params.collect.backend}, limit {params.collect.limit})",
     )
     return rows
 

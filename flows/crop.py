@@ -7,7 +7,6 @@ from dataclasses import asdict
 from prefect import flow
 
 from anime_face_id.crop import raw_rows_by_character
-
 from flows._stage import load, run_stage
 from tasks.crop import crop_character, load_detector, write_outputs
 from tasks.reporting import StageProgress, publish_summary

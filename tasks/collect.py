@@ -30,7 +30,9 @@ def collect_character(
         candidates = search(character, slug, config)
     except SearchError as error:
         logger.warning("%s: search failed: %s", character.name, error)
-        return collect.record_search_failure(root, character, slug, config, f"search failed: {error}")
+        return collect.record_search_failure(
+            root, character, slug, config, f"search failed: {error}"
+        )
     logger.info("%s: %d candidate images", character.name, len(candidates))
     return collect.fetch_candidates(
         root, character, slug, config, candidates, log_progress(f"{character.name} downloads")

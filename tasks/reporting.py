@@ -8,7 +8,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 
 def artifact_key(*parts: str) -> str:

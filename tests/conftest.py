@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__import__("os").environ.get("ANIME_FACE_ID_SHARED", REPO.parent / "shared")).resolve()
+SHARED = Path(
+    __import__("os").environ.get("ANIME_FACE_ID_SHARED", REPO.parent / "shared")
+).resolve()
 
 
 @pytest.fixture(scope="session")

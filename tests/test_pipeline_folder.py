@@ -82,4 +82,10 @@ def test_folder_backend_dvc_repro(tmp_path, shared_dir, cascade_path, prefect_ap
     tasks = prefect_post(api, "task_runs/filter", {"limit": 200})
     assert any(task["name"].startswith("crop-") for task in tasks)
     keys = {a["key"] for a in prefect_post(api, "artifacts/filter", {"limit": 200})}
-    assert {"collect-summary", "crop-summary", "review-summary", "split-summary", "balance-summary"} <= keys
+    assert {
+        "collect-summary",
+        "crop-summary",
+        "review-summary",
+        "split-summary",
+        "balance-summary",
+    } <= keys

@@ -40,7 +40,9 @@ class Project:
                 data[name] = value
         self.params_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
-    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess:
         process = subprocess.run(
             list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout
         )

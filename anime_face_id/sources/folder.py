@@ -1,0 +1,77 @@
+"""The offline backend: import an existing ``<folder>/<character>/*`` tree.
+
+The sub-directory may be named after the character's slug or after its exact name
+(compared in Unicode NFC, since some file systems store names decomposed). The name is
+only ever compared with directory entries, never joined into a path, so a name holding
+"/" or ".." cannot point anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from pathlib import Path
+
+from anime_face_id.config import Character, CollectConfig
+from anime_face_id.layout import posix
+from anime_face_id.sources.base import SearchError, resolve_source
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def character_directory(character: Character, slug: str, folder: Path) -> Path:
+    """The character's sub-directory of ``folder``: exact name first, then slug."""
+    if not folder.is_dir():
+        raise SearchError(f"folder backend: {folder} is not a directory")
+    subdirectories = [entry for entry in folder.iterdir() if entry.is_dir()]
+    for wanted in (_nfc(character.name), slug):
+        match = next((entry for entry in subdirectories if _nfc(entry.name) == wanted), None)
+        if match is not None:
+            return match
+    raise SearchError(
+        f"folder backend: no directory for {character.name!r}: looked for "
+        f"{folder / slug} and {folder}/{character.name}"
+    )
+
+
+def image_files(directory: Path) -> list[Path]:
+    """Direct files, sorted by name; hidden files (.DS_Store and the like) are skipped."""
+    return sorted(
+        (
+            entry
+            for entry in directory.iterdir()
+            if entry.is_file() and not entry.name.startswith(".")
+        ),
+        key=lambda entry: entry.name,
+    )
+
+
+def search(
+    character: Character, slug: str, config: CollectConfig, root: Path | None = None
+) -> list[str]:
+    """Candidate paths as the config spells them (relative to the project root when the
+    configured folder is relative), so the manifest does not depend on where it lives."""
+    if not config.folder:
+        raise SearchError("folder backend: collect.folder is not set")
+    directory = character_directory(character, slug, resolve_source(config.folder, root))
+    configured = Path(config.folder) / directory.name
+    return [posix(configured / entry.name) for entry in image_files(directory)]
+
+
+def listing_digest(
+    character: Character, slug: str, config: CollectConfig, root: Path | None
+) -> str:
+    """Changes when a file is added, removed or replaced: part of the 'already collected'
+    fingerprint, so a changed folder is imported again."""
+    try:
+        directory = character_directory(character, slug, resolve_source(config.folder or "", root))
+        files = image_files(directory)
+    except (SearchError, OSError) as error:
+        return f"unavailable: {error}"
+    digest = hashlib.sha256()
+    for entry in files:
+        stat = entry.stat()
+        digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,129 @@
+"""Google image search through the ``google_images_download`` library.
+
+The library drives Chromium through Selenium and calls ``sys.exit()`` when the driver
+cannot start, so it runs in a child process (``google_worker``) in a session of its own:
+whatever it does (exit, hang, crash, leave a browser behind) the caller gets either a list
+of URLs or a SearchError, and the whole process group is killed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+import anime_face_id
+from anime_face_id.config import Character, CollectConfig
+from anime_face_id.sources.base import SearchError, is_web_url, unique, wanted_count
+
+WORKER_MODULE = "anime_face_id.sources.google_worker"
+RESULT_PREFIX = "ANIME_FACE_ID_RESULT "
+OUTPUT_LINES_IN_ERRORS = 6
+
+
+def library_arguments(character: Character, config: CollectConfig, chromedriver: str) -> dict:
+    """Arguments for ``googleimagesdownload().download``: URLs only, nothing written."""
+    arguments: dict[str, object] = {
+        "limit": wanted_count(config),
+        "no_download": True,
+        "silent_mode": True,
+        "chromedriver": chromedriver,
+    }
+    if config.search_url:
+        arguments["url"] = config.search_url.format(query=quote(character.search_query))
+    else:
+        # the library splits keywords on commas into separate searches
+        arguments["keywords"] = " ".join(character.search_query.replace(",", " ").split())
+    return arguments
+
+
+def find_chromedriver(config: CollectConfig) -> str:
+    chromedriver = config.chromedriver or shutil.which("chromedriver")
+    if not chromedriver:
+        # without a path the library would try to download a driver from the internet
+        raise SearchError(
+            "google backend: chromedriver not found (install chromium-driver or set collect.chromedriver)"
+        )
+    return chromedriver
+
+
+def search(
+    character: Character, slug: str, config: CollectConfig, root: Path | None = None
+) -> list[str]:
+    arguments = library_arguments(character, config, find_chromedriver(config))
+    what = f"google search for {character.search_query!r}"
+    urls = run_worker(arguments, config.search_timeout_s, what)
+    return unique(url for url in urls if is_web_url(url))[: wanted_count(config)]
+
+
+def _worker_environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    package_parent = str(Path(anime_face_id.__file__).resolve().parents[1])
+    existing = environment.get("PYTHONPATH")
+    environment["PYTHONPATH"] = package_parent + (os.pathsep + existing if existing else "")
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill the worker's process group: the worker, chromedriver and the browser."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # all already exited
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _drain(process: subprocess.Popen) -> tuple[str, str]:
+    """What a killed worker had written; bounded, in case a survivor holds the pipes."""
+    try:
+        return process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        return "", "(output unavailable: a process of the search kept its pipes open)"
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-OUTPUT_LINES_IN_ERRORS:]) or "(no output)"
+
+
+def run_worker(arguments: dict, timeout_s: float, what: str) -> list[str]:
+    request = json.dumps({"arguments": arguments})
+    with tempfile.TemporaryDirectory(prefix="anime-face-id-google-") as scratch:
+        process = subprocess.Popen(
+            [sys.executable, "-m", WORKER_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=scratch,  # the library may write 'downloads/' or 'logs/' in its cwd
+            env=_worker_environment(),
+            start_new_session=True,
+            text=True,
+        )
+        try:
+            stdout, stderr = process.communicate(request, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            stdout, stderr = _drain(process)
+            raise SearchError(
+                f"{what} timed out after {timeout_s:g} s; last output: {_tail(stderr)}"
+            ) from None
+        finally:
+            _kill_group(process)
+    return _parse_result(stdout, stderr, process.returncode, what)
+
+
+def _parse_result(stdout: str, stderr: str, returncode: int | None, what: str) -> list[str]:
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not lines:
+        raise SearchError(
+            f"{what} failed: worker exited with status {returncode}; last output: {_tail(stderr)}"
+        )
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    if not result.get("ok"):
+        raise SearchError(f"{what} failed: {result.get('error')}; last output: {_tail(stderr)}")
+    return [str(url) for url in result.get("urls", [])]

@@ -1,0 +1,169 @@
+"""The one way pixels become network input, and the training-time augmentation.
+
+``preprocess`` is shared by training, evaluation, the CLI, the apps and the served model,
+so that a picture is seen the same way everywhere. ``augment`` starts from exactly the
+same letterboxed image and adds random changes suited to drawn faces before the same
+normalisation, so training and inference never drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from anime_face_id.imaging import to_rgb
+from anime_face_id.model.efficientnet_lite import INPUT_MEAN_255, INPUT_STD_255
+
+# Letterbox bars and exposed corners are filled with the normalisation mean, so they
+# become zeros at the network input rather than a strong edge.
+FILL_VALUE = int(round(INPUT_MEAN_255[0]))
+
+ImageLike = np.ndarray | Image.Image
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Ranges of the random changes. Drawn faces keep their identity under mirroring
+    (hair partings aside), small tilts, zoom and colour shifts of the drawing style; hue
+    shifts are kept small because hair and eye colour are strong identity cues."""
+
+    flip_probability: float = 0.5
+    max_rotation_deg: float = 12.0
+    scale_range: tuple[float, float] = (0.9, 1.15)  # > 1 zooms in (crop jitter)
+    max_shift_fraction: float = 0.06
+    brightness: float = 0.25  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.25
+    saturation: float = 0.25
+    max_hue_shift_deg: float = 8.0
+    greyscale_probability: float = 0.1
+
+
+DEFAULT_AUGMENT = AugmentSettings()
+
+
+def as_rgb_array(image: ImageLike) -> np.ndarray:
+    """H x W x 3 uint8 RGB from a PIL image (any mode) or an RGB/grey uint8 array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(to_rgb(image))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image array, got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB array, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError("empty image (0 pixels)")
+    return array
+
+
+def letterbox(rgb: np.ndarray, image_size: int) -> np.ndarray:
+    """Resize keeping the aspect ratio so the longer side is ``image_size``, then pad to a
+    square. Padding rather than centre-cropping keeps the whole face (and its hair) when
+    a user submits a non-square picture; face crops from the crop stage are square and
+    are simply resized."""
+    height, width = rgb.shape[:2]
+    scale = image_size / max(height, width)
+    new_w = max(1, round(width * scale))
+    new_h = max(1, round(height * scale))
+    # PIL's resampling filters low-pass when shrinking (no aliasing); bicubic when enlarging.
+    resample = Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.BICUBIC
+    resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), resample))
+    if new_w == new_h == image_size:
+        return resized
+    canvas = np.full((image_size, image_size, 3), FILL_VALUE, dtype=np.uint8)
+    top = (image_size - new_h) // 2
+    left = (image_size - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas
+
+
+def normalise(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 H x W x 3 -> float32 (3, H, W) as the backbone expects."""
+    mean = np.asarray(INPUT_MEAN_255, dtype=np.float32)
+    std = np.asarray(INPUT_STD_255, dtype=np.float32)
+    scaled = (rgb.astype(np.float32) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+
+
+def preprocess(rgb: ImageLike, image_size: int) -> torch.Tensor:
+    """Deterministic network input (3, image_size, image_size), float32."""
+    return normalise(letterbox(as_rgb_array(rgb), image_size))
+
+
+def augment(
+    rgb: ImageLike,
+    rng: np.random.Generator,
+    image_size: int,
+    settings: AugmentSettings = DEFAULT_AUGMENT,
+) -> torch.Tensor:
+    """Like ``preprocess`` with random flip, rotation, zoom/shift, colour jitter and
+    greyscale drawn from ``rng`` (same generator state, same output)."""
+    square = letterbox(as_rgb_array(rgb), image_size)
+    square = random_geometry(square, rng, settings)
+    square = random_colour(square, rng, settings)
+    return normalise(square)
+
+
+def random_geometry(square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings) -> np.ndarray:
+    size = square.shape[0]
+    angle = rng.uniform(-settings.max_rotation_deg, settings.max_rotation_deg)
+    scale = rng.uniform(*settings.scale_range)
+    shift_x, shift_y = rng.uniform(-settings.max_shift_fraction, settings.max_shift_fraction, size=2) * size
+    flip = rng.random() < settings.flip_probability
+    centre = ((size - 1) / 2.0, (size - 1) / 2.0)
+    matrix = cv2.getRotationMatrix2D(centre, angle, scale)
+    matrix[:, 2] += (shift_x, shift_y)
+    if flip:
+        # mirror about the vertical centre line after the rotation/zoom: x -> (size-1) - x
+        matrix[0, :] = -matrix[0, :]
+        matrix[0, 2] += size - 1
+    return cv2.warpAffine(
+        square,
+        matrix,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(FILL_VALUE, FILL_VALUE, FILL_VALUE),
+    )
+
+
+def random_colour(square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings) -> np.ndarray:
+    # Draw every random number up front so the stream consumed does not depend on the
+    # branches taken (the same seed always gives the same sequence of decisions).
+    brightness = rng.uniform(1 - settings.brightness, 1 + settings.brightness)
+    contrast = rng.uniform(1 - settings.contrast, 1 + settings.contrast)
+    saturation = rng.uniform(1 - settings.saturation, 1 + settings.saturation)
+    hue_shift = rng.uniform(-settings.max_hue_shift_deg, settings.max_hue_shift_deg)
+    greyscale = rng.random() < settings.greyscale_probability
+
+    image = square.astype(np.float32) * brightness
+    grey_mean = _grey(image).mean()
+    image = (image - grey_mean) * contrast + grey_mean
+    grey = _grey(image)[:, :, None]
+    image = (image - grey) * saturation + grey
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    image = _shift_hue(image, hue_shift)
+    if greyscale:
+        image = np.repeat(_grey(image.astype(np.float32))[:, :, None], 3, axis=2)
+        image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return image
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    # ITU-R BT.601 luma, the weights PIL and OpenCV use for RGB -> L
+    return image[:, :, 0] * 0.299 + image[:, :, 1] * 0.587 + image[:, :, 2] * 0.114
+
+
+def _shift_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    # OpenCV stores 8-bit hue as degrees / 2 in [0, 180)
+    steps = int(round(degrees / 2.0))
+    if steps == 0:
+        return rgb
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hsv[:, :, 0] = ((hsv[:, :, 0].astype(np.int16) + steps) % 180).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)

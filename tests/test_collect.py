@@ -1,0 +1,254 @@
+"""collect_all with the folder backend on generated images: outputs, resuming, skipping,
+adding and removing characters, hostile names."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anime_face_id.collect import (
+    DONE,
+    JOURNAL,
+    collect_all,
+    fetch_candidates,
+    find_candidates,
+    is_collected,
+    read_journal,
+)
+from anime_face_id.config import Params, parse_params
+from anime_face_id.fileio import TMP_PREFIX, read_csv
+from anime_face_id.layout import RAW_COLUMNS, RAW_DIR, RAW_MANIFEST, RAW_REJECT_COLUMNS, RAW_REJECTS
+from anime_face_id.slugs import slugify
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def make_params(folder: Path, names: list[str], limit: int = 10) -> Params:
+    return parse_params(
+        {
+            "characters": [{"name": name} for name in names],
+            "collect": {"backend": "folder", "folder": str(folder), "limit": limit, "workers": 2},
+        }
+    )
+
+
+def fill(directory: Path, seeds: list[int], size: tuple[int, int] = (48, 40)) -> list[bytes]:
+    directory.mkdir(parents=True, exist_ok=True)
+    images = [png_bytes(seed, size) for seed in seeds]
+    for index, data in enumerate(images):
+        (directory / f"img_{index:02d}.png").write_bytes(data)
+    return images
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """Two characters: one folder named by slug, one by exact name; plus a text file and
+    a byte-identical duplicate."""
+    folder = tmp_path / "source"
+    fill(folder / "kuroko_tetsuya", [1, 2, 3], size=(48, 40))
+    maki = fill(folder / "Nishikino Maki", [4, 5], size=(30, 60))
+    (folder / "Nishikino Maki" / "notes.txt").write_text("not a picture")
+    (folder / "Nishikino Maki" / "z_copy.png").write_bytes(maki[0])
+    (folder / "Nishikino Maki" / ".DS_Store").write_bytes(b"\0\0")
+    return folder
+
+
+def read_outputs(root: Path) -> tuple[list[dict], list[dict]]:
+    return read_csv(root / RAW_MANIFEST), read_csv(root / RAW_REJECTS)
+
+
+def header(path: Path) -> tuple[str, ...]:
+    return tuple(path.read_text(encoding="utf-8").splitlines()[0].split(","))
+
+
+def test_collects_folder_images_into_manifest_and_rejects(tmp_path: Path, source: Path) -> None:
+    root = tmp_path / "project"
+    params = make_params(source, ["Kuroko Tetsuya", "Nishikino Maki"])
+    results = collect_all(root, params)
+
+    assert [(r.slug, r.kept, r.rejected, r.skipped) for r in results] == [
+        ("kuroko_tetsuya", 3, 0, False),
+        ("nishikino_maki", 2, 2, False),
+    ]
+    assert header(root / RAW_MANIFEST) == RAW_COLUMNS
+    assert header(root / RAW_REJECTS) == RAW_REJECT_COLUMNS
+    manifest, rejects = read_outputs(root)
+    assert [row["path"] for row in manifest] == sorted(row["path"] for row in manifest)
+    for row in manifest:
+        stored = root / row["path"]
+        assert not Path(row["path"]).is_absolute() and "\\" not in row["path"]
+        assert row["path"] == f"data/raw/{row['slug']}/{row['sha256']}.png"
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == row["sha256"]
+        assert (row["backend"], row["format"], len(row["phash"])) == ("folder", "PNG", 16)
+    sizes = {(row["slug"], row["width"], row["height"]) for row in manifest}
+    assert sizes == {("kuroko_tetsuya", "48", "40"), ("nishikino_maki", "30", "60")}
+    assert {Path(row["url"]).name for row in manifest if row["slug"] == "nishikino_maki"} == {
+        "img_00.png",
+        "img_01.png",
+    }
+
+    reasons = {Path(row["url_or_path"]).name: row["reason"] for row in rejects}
+    first_maki = next(r for r in manifest if r["url"].endswith("Nishikino Maki/img_00.png"))
+    assert reasons == {
+        "notes.txt": "not an image: unrecognised format",
+        "z_copy.png": f"duplicate of {first_maki['sha256']}",
+    }
+    # Only images and the stage's own state files are left behind.
+    leftovers = {p.name for p in (root / RAW_DIR / "nishikino_maki").iterdir()}
+    assert leftovers == {
+        Path(r["path"]).name for r in manifest if r["slug"] == "nishikino_maki"
+    } | {
+        JOURNAL,
+        DONE,
+    }
+    assert not list((root / RAW_DIR).rglob(f"{TMP_PREFIX}*"))
+
+
+def test_second_run_skips_and_fetches_nothing(tmp_path: Path, source: Path) -> None:
+    root = tmp_path / "project"
+    params = make_params(source, ["Kuroko Tetsuya", "Nishikino Maki"])
+    collect_all(root, params)
+    first = (root / RAW_MANIFEST).read_bytes()
+
+    again = collect_all(root, params)
+
+    assert [(r.skipped, r.fetched) for r in again] == [(True, 0), (True, 0)]
+    assert [(r.kept, r.rejected) for r in again] == [(3, 0), (2, 2)]
+    assert (root / RAW_MANIFEST).read_bytes() == first
+
+
+def test_adding_a_character_collects_only_it_and_removing_prunes(
+    tmp_path: Path, source: Path
+) -> None:
+    root = tmp_path / "project"
+    collect_all(root, make_params(source, ["Kuroko Tetsuya"]))
+    fill(source / "takimoto_hifumi", [7, 8])
+
+    results = collect_all(root, make_params(source, ["Kuroko Tetsuya", "Takimoto Hifumi"]))
+    assert [(r.slug, r.skipped, r.fetched) for r in results] == [
+        ("kuroko_tetsuya", True, 0),
+        ("takimoto_hifumi", False, 2),
+    ]
+
+    collect_all(root, make_params(source, ["Takimoto Hifumi"]))
+    assert not (root / RAW_DIR / "kuroko_tetsuya").exists()
+    manifest, _rejects = read_outputs(root)
+    assert {row["slug"] for row in manifest} == {"takimoto_hifumi"}
+
+
+def test_limit_caps_kept_images_and_a_new_limit_reuses_the_journal(
+    tmp_path: Path, source: Path
+) -> None:
+    root = tmp_path / "project"
+    (first,) = collect_all(root, make_params(source, ["Kuroko Tetsuya"], limit=2))
+    assert (first.kept, first.fetched, first.candidates) == (2, 2, 3)
+    assert len(list((root / RAW_DIR / "kuroko_tetsuya").glob("*.png"))) == 2
+
+    (second,) = collect_all(root, make_params(source, ["Kuroko Tetsuya"], limit=5))
+    assert (second.skipped, second.kept, second.fetched) == (
+        False,
+        3,
+        1,
+    )  # only the third file is new
+
+
+def test_changed_folder_is_imported_again_reading_only_new_files(
+    tmp_path: Path, source: Path
+) -> None:
+    root = tmp_path / "project"
+    params = make_params(source, ["Kuroko Tetsuya"])
+    collect_all(root, params)
+    (source / "kuroko_tetsuya" / "img_09.png").write_bytes(png_bytes(99))
+    assert not is_collected(root, params.characters[0], "kuroko_tetsuya", params.collect)
+
+    (result,) = collect_all(root, params)
+    assert (result.skipped, result.kept, result.fetched) == (False, 4, 1)
+
+
+def test_torn_journal_line_is_ignored_and_repaired(tmp_path: Path, source: Path) -> None:
+    root = tmp_path / "project"
+    params = make_params(source, ["Kuroko Tetsuya"])
+    collect_all(root, params)
+    directory = root / RAW_DIR / "kuroko_tetsuya"
+    (directory / DONE).unlink()  # as if killed before the end
+    with (directory / JOURNAL).open("a", encoding="utf-8") as journal:
+        journal.write('{"url": "half a li')
+
+    (result,) = collect_all(root, params)
+    assert (result.kept, result.fetched) == (3, 0)
+    entries, damaged = read_journal(directory / JOURNAL)
+    assert len(entries) == 3 and not damaged
+
+
+def test_missing_character_folder_is_a_reject_not_a_crash(tmp_path: Path, source: Path) -> None:
+    root = tmp_path / "project"
+    results = collect_all(root, make_params(source, ["Kuroko Tetsuya", "Nobody Here"]))
+    assert [(r.slug, r.kept, r.rejected) for r in results] == [
+        ("kuroko_tetsuya", 3, 0),
+        ("nobody_here", 0, 1),
+    ]
+    _manifest, rejects = read_outputs(root)
+    (reject,) = rejects
+    assert reject["slug"] == "nobody_here"
+    assert reject["reason"].startswith(
+        "search failed: folder backend: no directory for 'Nobody Here'"
+    )
+    assert str(source / "nobody_here") in reject["reason"]
+
+
+def test_hostile_names_stay_inside_data_raw(tmp_path: Path) -> None:
+    folder = tmp_path / "source"
+    names = ["../../escape", "a/b", "..", "Ré.mi", "初音ミク"]
+    params = make_params(folder, names)
+    slugs = params.slugs
+    for seed, name in enumerate(names):
+        # names with a slash cannot be directory names: those folders use the slug;
+        # the unicode name is stored decomposed (NFD), as macOS would
+        on_disk = slugs[name] if "/" in name or name == ".." else unicodedata.normalize("NFD", name)
+        fill(folder / on_disk, [100 + seed])
+
+    root = tmp_path / "project"
+    results = collect_all(root, params)
+
+    assert [r.kept for r in results] == [1] * len(names)
+    raw = (root / RAW_DIR).resolve()
+    assert sorted(p.name for p in raw.iterdir() if p.is_dir()) == sorted(slugs.values())
+    for path in root.rglob("*"):
+        assert path.resolve().is_relative_to(raw) or path.resolve() == raw.parent
+    manifest, _rejects = read_outputs(root)
+    assert {row["character"] for row in manifest} == set(names)
+    assert slugs["初音ミク"] == slugify("初音ミク")
+
+
+def test_fetch_candidates_respects_progress_and_find_candidates_order(
+    tmp_path: Path, source: Path
+) -> None:
+    params = make_params(source, ["Kuroko Tetsuya"])
+    character, config = params.characters[0], params.collect
+    candidates = find_candidates(character, "kuroko_tetsuya", config, root=tmp_path)
+    assert [Path(c).name for c in candidates] == ["img_00.png", "img_01.png", "img_02.png"]
+    calls: list[tuple[int, int]] = []
+    result = fetch_candidates(
+        tmp_path,
+        character,
+        "kuroko_tetsuya",
+        config,
+        candidates,
+        lambda done, total: calls.append((done, total)),
+    )
+    assert result.kept == 3
+    assert calls[-1] == (3, 3)
+    done = json.loads((tmp_path / RAW_DIR / "kuroko_tetsuya" / DONE).read_text())
+    assert done["candidates"] == 3 and len(done["kept"]) == 3
