@@ -386,8 +386,12 @@ def fetch_candidates(
     progress: Progress | None = None,
 ) -> CharacterCollectResult:
     """Fetch, validate and store candidates in order until ``limit`` images are kept,
-    reusing the journal; then record the collection as complete."""
+    reusing the journal; then record the collection as complete. A character already
+    complete for these settings is left untouched and reported as skipped, whatever the
+    candidates (so a caller may pass [] once ``is_collected`` said yes)."""
     root = Path(root)
+    if is_collected(root, character, slug, config):
+        return _skipped_result(root, character, slug, config)
     directory = character_dir(root, slug)
     directory.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(directory)
@@ -476,6 +480,10 @@ def record_search_failure(
     return CharacterCollectResult(character.name, slug, 0, 0, 1, 0, False)
 
 
+def _search_failure_reason(reason: str) -> str:
+    return reason if reason.startswith("search failed") else f"search failed: {reason}"
+
+
 def _search_label(character: Character, config: CollectConfig) -> str:
     source = {"folder": config.folder, "urls": config.urls}.get(config.backend)
     return f"search:{config.backend}:{source or character.search_query}"
@@ -498,7 +506,11 @@ def character_rows(
         fingerprint = collection_fingerprint(root, character, slug, config)
         if failure is not None and failure.get("fingerprint") == fingerprint:
             return [], [
-                {**reject, "reason": f"search failed: {failure['reason']}", "time": failure["time"]}
+                {
+                    **reject,
+                    "reason": _search_failure_reason(failure["reason"]),
+                    "time": failure["time"],
+                }
             ]
         return [], [{**reject, "reason": "not collected for the current settings", "time": _now()}]
     kept, rejected = [], [{**row, "character": character.name} for row in done.get("rejected", [])]
@@ -578,15 +590,28 @@ def _skipped_result(
 
 
 def collect_character(
-    root: Path, character: Character, slug: str, config: CollectConfig
+    root: Path,
+    character: Character,
+    slug: str,
+    config: CollectConfig,
+    search: Callable[..., list[str]] = find_candidates,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CharacterCollectResult:
+    """Skip a character already collected with these settings; otherwise search (through
+    ``search``, which an orchestrator may wrap with retries) and download. A failed search
+    is recorded as a reject, never raised."""
     if is_collected(root, character, slug, config):
         return _skipped_result(root, character, slug, config)
     try:
-        candidates = find_candidates(character, slug, config, root=root)
+        candidates = search(character, slug, config, root=root)
     except SearchError as error:
         return record_search_failure(root, character, slug, config, str(error))
-    return fetch_candidates(root, character, slug, config, candidates)
+    return fetch_candidates(root, character, slug, config, candidates, progress)
+
+
+def sweep_interrupted(root: Path) -> int:
+    """Remove temporaries an interrupted run left in data/raw (call before collecting)."""
+    return sweep_temporaries(Path(root) / RAW_DIR)
 
 
 def collect_all(
@@ -597,7 +622,7 @@ def collect_all(
     """Collect every character in turn, then write the stage outputs. ``progress`` is
     called after each character with (characters done, characters in all, its result)."""
     root = Path(root)
-    sweep_temporaries(root / RAW_DIR)
+    sweep_interrupted(root)
     slugs = params.slugs
     results = []
     for index, character in enumerate(params.characters, start=1):

@@ -20,7 +20,13 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from urllib3.exceptions import NameResolutionError, ReadTimeoutError
+from urllib3.exceptions import (
+    DecodeError,
+    NameResolutionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from anime_face_id.config import CollectConfig
 from anime_face_id.fileio import atomic_write_bytes
@@ -242,17 +248,30 @@ class Downloader:
             raise FetchRejected(f"too large: > {cap} bytes")
         chunks: list[bytes] = []
         total = 0
-        try:
-            for chunk in response.iter_content(CHUNK_BYTES):
-                total += len(chunk)
-                if total > cap:  # no or false Content-Length: count what actually arrives
-                    raise FetchRejected(f"too large: > {cap} bytes")
-                if time.monotonic() > deadline:
-                    raise _Transient("timeout", f"response took over {self.config.deadline_s:g} s")
-                chunks.append(chunk)
-        except requests.RequestException as error:
-            raise _classify_request_error(error, response.url) from None
+        while chunk := self._read_some(response):
+            total += len(chunk)
+            if total > cap:  # no or false Content-Length: count what actually arrives
+                raise FetchRejected(f"too large: > {cap} bytes")
+            if time.monotonic() > deadline:
+                raise _Transient("timeout", f"response took over {self.config.deadline_s:g} s")
+            chunks.append(chunk)
         return b"".join(chunks)
+
+    @staticmethod
+    def _read_some(response: requests.Response) -> bytes:
+        """Whatever arrived, up to CHUNK_BYTES (decompressed). read1, unlike
+        iter_content, returns after one socket read, so a server trickling bytes is
+        caught by the deadline instead of filling a whole chunk first."""
+        try:
+            return response.raw.read1(CHUNK_BYTES, decode_content=True) or b""
+        except ReadTimeoutError:
+            raise _Transient("timeout") from None
+        except DecodeError as error:
+            raise FetchRejected(f"bad content encoding: {_short(error)}") from None
+        except SSLError as error:
+            raise FetchRejected(f"tls error: {_short(error)}") from None
+        except (ProtocolError, OSError) as error:
+            raise _Transient("connection failed", _short(error)) from None
 
 
 def _short(error: BaseException) -> str:

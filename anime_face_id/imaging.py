@@ -50,6 +50,8 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageRejected("empty file (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(f"decompression bomb: {error}") from None
     except UnidentifiedImageError:
         head = data[:64].lstrip().lower()
         if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):

@@ -85,12 +85,16 @@ def _check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, margin: Margin
     if embeddings.ndim != 2:
         raise ValueError(f"embeddings must be (B, D), got shape {tuple(embeddings.shape)}")
     if labels.shape != (embeddings.shape[0],):
-        raise ValueError(f"labels must be ({embeddings.shape[0]},), got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be ({embeddings.shape[0]},), got shape {tuple(labels.shape)}"
+        )
     if margin != "soft" and not float(margin) > 0:
         raise ValueError(f"margin must be 'soft' or a positive number, got {margin!r}")
 
 
-def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: Margin) -> LossStats:
+def batch_hard_triplet_loss(
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: Margin
+) -> LossStats:
     """For every anchor, its farthest positive against its closest negative."""
     _check_inputs(embeddings, labels, margin)
     distances = pairwise_distances(embeddings)
@@ -100,8 +104,12 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
         return _zero_loss(embeddings)
     # Masked-out entries are pushed beyond the reach of max / min instead of being
     # indexed away, which keeps the whole computation one batched op.
-    hardest_positive = torch.where(positive, distances, torch.full_like(distances, -math.inf)).amax(dim=1)
-    hardest_negative = torch.where(negative, distances, torch.full_like(distances, math.inf)).amin(dim=1)
+    hardest_positive = torch.where(positive, distances, torch.full_like(distances, -math.inf)).amax(
+        dim=1
+    )
+    hardest_negative = torch.where(negative, distances, torch.full_like(distances, math.inf)).amin(
+        dim=1
+    )
     hardest_positive, hardest_negative = hardest_positive[valid], hardest_negative[valid]
     terms, active = _triplet_terms(hardest_positive - hardest_negative, margin)
     return LossStats(
@@ -113,7 +121,9 @@ def batch_hard_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, marg
     )
 
 
-def batch_all_triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, margin: Margin) -> LossStats:
+def batch_all_triplet_loss(
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: Margin
+) -> LossStats:
     """Mean over every valid (anchor, positive, negative) triplet, zero terms included
     (the paper's BA; B^3 memory, fine for P x K batches)."""
     _check_inputs(embeddings, labels, margin)

@@ -49,8 +49,32 @@ def as_label_array(labels: ArrayLike, count: int) -> np.ndarray:
     return array
 
 
+def _queries_and_references(
+    query_emb: ArrayLike,
+    query_labels: ArrayLike,
+    ref_emb: ArrayLike | None,
+    ref_labels: ArrayLike | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    queries = as_unit_array(query_emb)
+    q_labels = as_label_array(query_labels, len(queries))
+    if ref_emb is None:
+        return queries, q_labels, queries, q_labels
+    if ref_labels is None:
+        raise ValueError("ref_labels are required with ref_emb")
+    refs = as_unit_array(ref_emb)
+    if refs.shape[1] != queries.shape[1]:
+        raise ValueError(
+            f"query and reference embeddings differ in size: {queries.shape[1]} vs {refs.shape[1]}"
+        )
+    return queries, q_labels, refs, as_label_array(ref_labels, len(refs))
+
+
 def _ranked_matches(
-    queries: np.ndarray, query_labels: np.ndarray, refs: np.ndarray, ref_labels: np.ndarray, exclude_self: bool
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    refs: np.ndarray,
+    ref_labels: np.ndarray,
+    exclude_self: bool,
 ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
     """Per chunk of queries: (slice, reference indices by rank, does each match the label).
 
@@ -67,7 +91,9 @@ def _ranked_matches(
         yield rows, order, ref_labels[order] == query_labels[rows, None]
 
 
-def _per_query_scores(matches: np.ndarray, relevant: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+def _per_query_scores(
+    matches: np.ndarray, relevant: np.ndarray, ks: Sequence[int]
+) -> dict[str, np.ndarray]:
     """Scores of each query from its ranked match flags and its R (``relevant``)."""
     depth = matches.shape[1]
     ranks = np.arange(1, depth + 1)
@@ -100,22 +126,18 @@ def retrieval_metrics(
     "queries": counts, <each score>: per-class means} for ``per_class_table``.
     Means are NaN when no query can be scored.
     """
-    queries = as_unit_array(query_emb)
-    q_labels = as_label_array(query_labels, len(queries))
+    queries, q_labels, refs, r_labels = _queries_and_references(
+        query_emb, query_labels, ref_emb, ref_labels
+    )
     exclude_self = ref_emb is None
-    if exclude_self:
-        refs, r_labels = queries, q_labels
-    else:
-        if ref_labels is None:
-            raise ValueError("ref_labels are required with ref_emb")
-        refs = as_unit_array(ref_emb)
-        r_labels = as_label_array(ref_labels, len(refs))
     ks = sorted({int(k) for k in ks})
     if any(k < 1 for k in ks):
         raise ValueError(f"k values must be >= 1, got {ks}")
 
     ref_counts = Counter(r_labels.tolist())
-    relevant = np.array([ref_counts.get(label, 0) for label in q_labels.tolist()]) - int(exclude_self)
+    relevant = np.array([ref_counts.get(label, 0) for label in q_labels.tolist()]) - int(
+        exclude_self
+    )
     answerable = relevant > 0
     per_query: dict[str, np.ndarray] = {}
     for rows, _order, matches in _ranked_matches(queries, q_labels, refs, r_labels, exclude_self):
@@ -128,7 +150,9 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
-def _summarise(per_query: dict[str, np.ndarray], labels: np.ndarray, answerable: np.ndarray, ks: list[int]) -> dict:
+def _summarise(
+    per_query: dict[str, np.ndarray], labels: np.ndarray, answerable: np.ndarray, ks: list[int]
+) -> dict:
     kept = {name: values[answerable] for name, values in per_query.items()}
     kept_labels = labels[answerable]
     class_labels = np.unique(kept_labels)
@@ -137,7 +161,9 @@ def _summarise(per_query: dict[str, np.ndarray], labels: np.ndarray, answerable:
         "queries": np.array([(kept_labels == c).sum() for c in class_labels], dtype=int),
     }
     for name, values in kept.items():
-        per_class[name] = np.array([values[kept_labels == c].mean() for c in class_labels], dtype=float)
+        per_class[name] = np.array(
+            [values[kept_labels == c].mean() for c in class_labels], dtype=float
+        )
     return {
         "precision_at_1": _mean(kept.get("precision_at_1", np.zeros(0))),
         "r_precision": _mean(kept.get("r_precision", np.zeros(0))),
@@ -174,16 +200,17 @@ def confused_pairs(
     """The ``top`` most frequent (a, b, count): queries of class a or b whose nearest
     neighbour belongs to the other. Pairs are unordered (a sorts before b), ordered by
     count, then by name."""
-    queries = as_unit_array(query_emb)
-    q_labels = as_label_array(query_labels, len(queries))
+    queries, q_labels, refs, r_labels = _queries_and_references(
+        query_emb, query_labels, ref_emb, ref_labels
+    )
     exclude_self = ref_emb is None
-    refs = queries if exclude_self else as_unit_array(ref_emb)
-    r_labels = q_labels if exclude_self else as_label_array(ref_labels, len(refs))
     counts: Counter = Counter()
     for rows, order, matches in _ranked_matches(queries, q_labels, refs, r_labels, exclude_self):
         if order.shape[1] == 0:
             break
-        for truth, nearest, hit in zip(q_labels[rows].tolist(), r_labels[order[:, 0]].tolist(), matches[:, 0]):
+        for truth, nearest, hit in zip(
+            q_labels[rows].tolist(), r_labels[order[:, 0]].tolist(), matches[:, 0], strict=True
+        ):
             if not hit:
                 counts[tuple(sorted((truth, nearest), key=str))] += 1
     ranked = sorted(counts.items(), key=lambda item: (-item[1], str(item[0][0]), str(item[0][1])))
@@ -211,6 +238,8 @@ def verification_eer(embeddings: ArrayLike, labels: ArrayLike) -> tuple[float, f
         return float("nan"), float("nan")
     thresholds = np.unique(similarity)
     false_reject = np.searchsorted(genuine_scores, thresholds, side="left") / len(genuine_scores)
-    false_accept = 1.0 - np.searchsorted(impostor_scores, thresholds, side="left") / len(impostor_scores)
+    false_accept = 1.0 - np.searchsorted(impostor_scores, thresholds, side="left") / len(
+        impostor_scores
+    )
     best = int(np.argmin(np.abs(false_accept - false_reject)))
     return float((false_accept[best] + false_reject[best]) / 2), float(thresholds[best])

@@ -37,8 +37,6 @@ class RefusedAddress(Exception):
 
 def address_kind(address: IPAddress) -> str | None:
     """Why ``address`` is not a public unicast address, or None when it is one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address_kind(address.ipv4_mapped)
     checks = (
         ("unspecified", address.is_unspecified),
         ("loopback", address.is_loopback),
@@ -62,8 +60,10 @@ class AddressPolicy:
         return cls(tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs))
 
     def refusal(self, address: IPAddress) -> str | None:
-        kind = address_kind(address)
-        if kind is None or any(address in network for network in self.allowed):
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:a.b.c.d is a.b.c.d
+        effective = mapped or address
+        kind = address_kind(effective)
+        if kind is None or any(effective in network for network in self.allowed):
             return None
         return f"refused {kind} address {address}"
 

@@ -20,7 +20,7 @@ from anime_face_id.model.efficientnet_lite import INPUT_MEAN_255, INPUT_STD_255
 
 # Letterbox bars and exposed corners are filled with the normalisation mean, so they
 # become zeros at the network input rather than a strong edge.
-FILL_VALUE = int(round(INPUT_MEAN_255[0]))
+FILL_VALUE = round(INPUT_MEAN_255[0])
 
 ImageLike = np.ndarray | Image.Image
 
@@ -109,11 +109,15 @@ def augment(
     return normalise(square)
 
 
-def random_geometry(square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings) -> np.ndarray:
+def random_geometry(
+    square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings
+) -> np.ndarray:
     size = square.shape[0]
     angle = rng.uniform(-settings.max_rotation_deg, settings.max_rotation_deg)
     scale = rng.uniform(*settings.scale_range)
-    shift_x, shift_y = rng.uniform(-settings.max_shift_fraction, settings.max_shift_fraction, size=2) * size
+    shift_x, shift_y = (
+        rng.uniform(-settings.max_shift_fraction, settings.max_shift_fraction, size=2) * size
+    )
     flip = rng.random() < settings.flip_probability
     centre = ((size - 1) / 2.0, (size - 1) / 2.0)
     matrix = cv2.getRotationMatrix2D(centre, angle, scale)
@@ -132,7 +136,9 @@ def random_geometry(square: np.ndarray, rng: np.random.Generator, settings: Augm
     )
 
 
-def random_colour(square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings) -> np.ndarray:
+def random_colour(
+    square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings
+) -> np.ndarray:
     # Draw every random number up front so the stream consumed does not depend on the
     # branches taken (the same seed always gives the same sequence of decisions).
     brightness = rng.uniform(1 - settings.brightness, 1 + settings.brightness)
@@ -161,7 +167,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def _shift_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
     # OpenCV stores 8-bit hue as degrees / 2 in [0, 180)
-    steps = int(round(degrees / 2.0))
+    steps = round(degrees / 2.0)
     if steps == 0:
         return rgb
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)

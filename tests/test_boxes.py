@@ -96,10 +96,13 @@ def test_output_is_square_at_the_requested_size() -> None:
 
 def test_resized_crop_still_comes_from_the_right_place() -> None:
     image = coordinate_image()
-    crop = crop_square(image, 200, 100, 80, size=16)
+    # columns 20..99 and rows 110..189: averaging while resizing stays within the range
+    # (a region crossing column 256 would blend the R/B encoding)
+    crop = crop_square(image, 20, 110, 80, size=16)
     cols, rows = positions(crop)
-    assert cols.min() >= 200 and cols.max() < 280
-    assert rows.min() >= 100 and rows.max() < 180
+    assert cols.min() >= 20 and cols.max() < 100
+    assert rows.min() >= 110 and rows.max() < 190
+    assert cols[0, 0] < cols[0, -1] and rows[0, 0] < rows[-1, 0]  # columns run across
 
 
 # ------------------------------------------------------------- borders

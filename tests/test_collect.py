@@ -21,6 +21,8 @@ from anime_face_id.collect import (
     find_candidates,
     is_collected,
     read_journal,
+    record_search_failure,
+    write_collect_outputs,
 )
 from anime_face_id.config import Params, parse_params
 from anime_face_id.fileio import TMP_PREFIX, read_csv
@@ -252,3 +254,35 @@ def test_fetch_candidates_respects_progress_and_find_candidates_order(
     assert calls[-1] == (3, 3)
     done = json.loads((tmp_path / RAW_DIR / "kuroko_tetsuya" / DONE).read_text())
     assert done["candidates"] == 3 and len(done["kept"]) == 3
+
+
+def test_fetch_on_a_collected_character_changes_nothing(tmp_path: Path, source: Path) -> None:
+    root = tmp_path / "project"
+    params = make_params(source, ["Kuroko Tetsuya"])
+    character, config = params.characters[0], params.collect
+    collect_all(root, params)
+    before = sorted(p.name for p in (root / RAW_DIR / "kuroko_tetsuya").iterdir())
+
+    result = fetch_candidates(root, character, "kuroko_tetsuya", config, [])
+
+    assert (result.skipped, result.kept, result.fetched) == (True, 3, 0)
+    assert sorted(p.name for p in (root / RAW_DIR / "kuroko_tetsuya").iterdir()) == before
+
+
+def test_recorded_search_failure_is_one_reject_row_until_a_search_succeeds(
+    tmp_path: Path, source: Path
+) -> None:
+    root = tmp_path / "project"
+    params = make_params(source, ["Kuroko Tetsuya"])
+    character, config = params.characters[0], params.collect
+    result = record_search_failure(
+        root, character, "kuroko_tetsuya", config, "search failed: engine down"
+    )
+    assert (result.kept, result.rejected, result.skipped) == (0, 1, False)
+    write_collect_outputs(root, params)
+    manifest, rejects = read_outputs(root)
+    assert manifest == [] and [row["reason"] for row in rejects] == ["search failed: engine down"]
+
+    collect_all(root, params)
+    manifest, rejects = read_outputs(root)
+    assert len(manifest) == 3 and rejects == []

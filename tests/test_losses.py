@@ -41,8 +41,16 @@ def reference_batch_hard(embeddings: torch.Tensor, labels: list[int], margin):
     n = len(labels)
     terms, actives, positives, negatives = [], [], [], []
     for a in range(n):
-        pos = [reference_distance(embeddings[a], embeddings[p]) for p in range(n) if p != a and labels[p] == labels[a]]
-        neg = [reference_distance(embeddings[a], embeddings[x]) for x in range(n) if labels[x] != labels[a]]
+        pos = [
+            reference_distance(embeddings[a], embeddings[p])
+            for p in range(n)
+            if p != a and labels[p] == labels[a]
+        ]
+        neg = [
+            reference_distance(embeddings[a], embeddings[x])
+            for x in range(n)
+            if labels[x] != labels[a]
+        ]
         if not pos or not neg:
             continue
         hardest_pos = max(pos, key=lambda d: float(d.detach()))
@@ -55,12 +63,20 @@ def reference_batch_hard(embeddings: torch.Tensor, labels: list[int], margin):
         negatives.append(float(hardest_neg.detach()))
     if not terms:
         return None
-    return sum(terms) / len(terms), np.mean(actives), np.mean(positives), np.mean(negatives), len(terms)
+    return (
+        sum(terms) / len(terms),
+        np.mean(actives),
+        np.mean(positives),
+        np.mean(negatives),
+        len(terms),
+    )
 
 
 def reference_batch_all(embeddings: torch.Tensor, labels: list[int], margin):
     n = len(labels)
-    distance = [[reference_distance(embeddings[i], embeddings[j]) for j in range(n)] for i in range(n)]
+    distance = [
+        [reference_distance(embeddings[i], embeddings[j]) for j in range(n)] for i in range(n)
+    ]
     terms, actives, positives, negatives = [], [], [], []
     for a in range(n):
         for p in range(n):
@@ -78,7 +94,13 @@ def reference_batch_all(embeddings: torch.Tensor, labels: list[int], margin):
                 negatives.append(float(d_an.detach()))
     if not terms:
         return None
-    return sum(terms) / len(terms), np.mean(actives), np.mean(positives), np.mean(negatives), len(terms)
+    return (
+        sum(terms) / len(terms),
+        np.mean(actives),
+        np.mean(positives),
+        np.mean(negatives),
+        len(terms),
+    )
 
 
 def random_cases(count: int, seed: int = 0):
@@ -90,13 +112,17 @@ def random_cases(count: int, seed: int = 0):
         size = int(rng.integers(2, 15))
         classes = int(rng.integers(1, 6))
         labels = rng.integers(0, classes, size=size).tolist()
-        embeddings = torch.tensor(rng.normal(size=(size, int(rng.integers(2, 7)))), dtype=torch.float64)
+        embeddings = torch.tensor(
+            rng.normal(size=(size, int(rng.integers(2, 7)))), dtype=torch.float64
+        )
         if rng.random() < 0.5:
             embeddings = embeddings / embeddings.norm(dim=1, keepdim=True)
         yield embeddings, labels
 
 
-def assert_matches(stats: LossStats, expected, embeddings: torch.Tensor, reference_embeddings: torch.Tensor):
+def assert_matches(
+    stats: LossStats, expected, embeddings: torch.Tensor, reference_embeddings: torch.Tensor
+):
     if expected is None:
         assert stats.num_valid == 0
         assert float(stats.loss.detach()) == 0.0
@@ -118,7 +144,10 @@ def assert_matches(stats: LossStats, expected, embeddings: torch.Tensor, referen
 @pytest.mark.parametrize("margin", MARGINS)
 @pytest.mark.parametrize(
     ("loss_fn", "reference"),
-    [(batch_hard_triplet_loss, reference_batch_hard), (batch_all_triplet_loss, reference_batch_all)],
+    [
+        (batch_hard_triplet_loss, reference_batch_hard),
+        (batch_all_triplet_loss, reference_batch_all),
+    ],
     ids=["batch_hard", "batch_all"],
 )
 def test_loss_matches_loop_reference_on_random_batches(loss_fn, reference, margin):
@@ -186,7 +215,9 @@ def test_batch_hard_gradient_passes_gradcheck():
     embeddings = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     for margin in MARGINS:
-        assert torch.autograd.gradcheck(lambda e, m=margin: batch_hard_triplet_loss(e, labels, m).loss, (embeddings,))
+        assert torch.autograd.gradcheck(
+            lambda e, m=margin: batch_hard_triplet_loss(e, labels, m).loss, (embeddings,)
+        )
 
 
 def test_training_on_the_loss_separates_classes():
@@ -196,7 +227,9 @@ def test_training_on_the_loss_separates_classes():
     optimiser = torch.optim.Adam([embeddings], lr=0.05)
     first = None
     for _ in range(150):
-        stats = batch_hard_triplet_loss(torch.nn.functional.normalize(embeddings, dim=1), labels, 0.2)
+        stats = batch_hard_triplet_loss(
+            torch.nn.functional.normalize(embeddings, dim=1), labels, 0.2
+        )
         first = first if first is not None else stats
         optimiser.zero_grad()
         stats.loss.backward()
@@ -219,13 +252,19 @@ def test_agrees_with_pytorch_metric_learning(margin):
         labels = torch.randint(0, 5, (16,), generator=generator)
         ours_hard = batch_hard_triplet_loss(embeddings, labels, margin)
         theirs_hard = pml_loss(embeddings, labels, miner(embeddings, labels))
-        assert float(ours_hard.loss.detach()) == pytest.approx(float(theirs_hard.detach()), abs=1e-5)
+        assert float(ours_hard.loss.detach()) == pytest.approx(
+            float(theirs_hard.detach()), abs=1e-5
+        )
         ours_all = batch_all_triplet_loss(embeddings, labels, margin)
-        assert float(ours_all.loss.detach()) == pytest.approx(float(pml_loss(embeddings, labels).detach()), abs=1e-5)
+        assert float(ours_all.loss.detach()) == pytest.approx(
+            float(pml_loss(embeddings, labels).detach()), abs=1e-5
+        )
 
 
 def test_make_loss_follows_the_config():
-    embeddings = torch.nn.functional.normalize(torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    embeddings = torch.nn.functional.normalize(
+        torch.randn(8, 4, generator=torch.Generator().manual_seed(0)), dim=1
+    )
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     cases = [
         (TrainConfig(loss="batch_hard", margin="soft"), batch_hard_triplet_loss, "soft"),
@@ -233,7 +272,9 @@ def test_make_loss_follows_the_config():
         (TrainConfig(loss="batch_all", margin=0.3), batch_all_triplet_loss, 0.3),
     ]
     for config, function, margin in cases:
-        assert float(make_loss(config)(embeddings, labels).loss.detach()) == float(function(embeddings, labels, margin).loss.detach())
+        assert float(make_loss(config)(embeddings, labels).loss.detach()) == float(
+            function(embeddings, labels, margin).loss.detach()
+        )
 
 
 def test_bad_inputs_are_clear_errors():

@@ -18,7 +18,9 @@ def imbalanced_labels() -> list[str]:
     return [label for label, count in counts.items() for _ in range(count)]
 
 
-def check_batch(batch: list[int], labels: list, p: int, k: int, image_ids: list | None = None) -> None:
+def check_batch(
+    batch: list[int], labels: list, p: int, k: int, image_ids: list | None = None
+) -> None:
     """P classes x K rows; each class shows min(K, its distinct images) distinct images."""
     image_ids = image_ids or list(range(len(labels)))
     per_class = Counter(labels[i] for i in batch)
@@ -26,7 +28,7 @@ def check_batch(batch: list[int], labels: list, p: int, k: int, image_ids: list 
     assert len(per_class) == p and set(per_class.values()) == {k}
     for label in per_class:
         shown = {image_ids[i] for i in batch if labels[i] == label}
-        available = {image for image, x in zip(image_ids, labels) if x == label}
+        available = {image for image, x in zip(image_ids, labels, strict=True) if x == label}
         assert len(shown) >= 2, f"class {label} has a single image in {batch}"
         assert len(shown) == min(k, len(available))
 

@@ -66,8 +66,12 @@ class SameConv2d(nn.Conv2d):
     by half a pixel and costs accuracy.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1):
-        super().__init__(in_channels, out_channels, kernel, stride=stride, padding=0, groups=groups, bias=False)
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel, stride=stride, padding=0, groups=groups, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad_h = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])

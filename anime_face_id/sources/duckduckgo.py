@@ -21,7 +21,8 @@ class ImageSearchClient(Protocol):
 def default_client(config: CollectConfig) -> ImageSearchClient:
     from ddgs import DDGS  # imported late: only this backend needs it
 
-    return DDGS(timeout=int(max(1, config.search_timeout_s)))
+    # ddgs' timeout applies to each of its HTTP requests, like our download timeout
+    return DDGS(timeout=max(1, round(config.timeout_s)))
 
 
 def make_search(

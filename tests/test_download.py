@@ -1,0 +1,442 @@
+"""The downloader under fault injection, against a real local server.
+
+Every connection attempt this process makes is recorded through an audit hook, and any
+attempt to reach an address outside 127.0.0.0/8 is blocked there: if the address guard
+ever failed, the test would fail without a single packet leaving the machine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anime_face_id.collect import DONE, JOURNAL, collect_all, read_journal
+from anime_face_id.config import CollectConfig, parse_params
+from anime_face_id.download import Downloader, FetchRejected
+from anime_face_id.fileio import TMP_PREFIX, read_csv
+from anime_face_id.layout import RAW_DIR, RAW_MANIFEST, RAW_REJECTS
+from tests.support.webserver import Response, WebServer, https_server, web_server
+
+__all__ = ["https_server", "web_server"]  # fixtures used below
+
+REPO = Path(__file__).resolve().parents[1]
+
+# --- connection watch -----------------------------------------------------------------------
+
+_connects: list[str] = []
+_guard = {"active": False}
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event != "socket.connect" or not _guard["active"]:
+        return
+    address = args[1]
+    if not isinstance(address, tuple):
+        return  # a unix socket
+    _connects.append(address[0])
+    if not address[0].startswith("127."):
+        raise ConnectionRefusedError(f"test guard: blocked connection to {address[0]}")
+
+
+sys.addaudithook(_audit)  # hooks cannot be removed: it only acts while a test here runs
+
+
+@pytest.fixture(autouse=True)
+def connection_guard() -> Iterator[None]:
+    _guard["active"] = True
+    try:
+        yield
+    finally:
+        _guard["active"] = False
+
+
+def connected_hosts(since: int) -> list[str]:
+    return _connects[since:]
+
+
+# --- test images --------------------------------------------------------------------------
+
+
+def noise(seed: int, size: tuple[int, int]) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
+    return encode(Image.fromarray(noise(seed, size)), "JPEG", quality=90)
+
+
+def exif_rotated_jpeg() -> bytes:
+    """Stored 80 x 40 with orientation 6 (rotate 90°): upright it is 40 x 80."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(Image.fromarray(noise(7, (80, 40))), "JPEG", exif=exif)
+
+
+def sixteen_bit_png() -> bytes:
+    ramp = (np.arange(50 * 30, dtype=np.uint16).reshape(30, 50) * 40).astype(np.uint16)
+    return encode(Image.fromarray(ramp), "PNG")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height``: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+VALID = {
+    "/valid.jpg": (jpeg(1), "image/jpeg", "JPEG", 64, 48),
+    "/valid.png": (encode(Image.fromarray(noise(2, (40, 30))), "PNG"), "image/png", "PNG", 40, 30),
+    "/valid.gif": (
+        encode(Image.fromarray(noise(3, (32, 32))).convert("P"), "GIF"),
+        "image/gif",
+        "GIF",
+        32,
+        32,
+    ),
+    "/valid.webp": (
+        encode(Image.fromarray(noise(4, (36, 24))), "WEBP"),
+        "image/webp",
+        "WEBP",
+        36,
+        24,
+    ),
+    "/cmyk.jpg": (
+        encode(Image.fromarray(noise(5, (30, 20))).convert("CMYK"), "JPEG"),
+        "image/jpeg",
+        "JPEG",
+        30,
+        20,
+    ),
+    "/sixteen.png": (sixteen_bit_png(), "image/png", "PNG", 50, 30),
+    "/rotated.jpg": (exif_rotated_jpeg(), "image/jpeg", "JPEG", 40, 80),
+}
+
+
+def config(**overrides: object) -> CollectConfig:
+    settings: dict[str, object] = {
+        "backend": "urls",
+        "urls": "urls.csv",
+        "limit": 50,
+        "workers": 4,
+        "timeout_s": 0.5,
+        "retries": 1,
+        "backoff_s": 0.01,
+        "max_bytes": 200_000,
+        "allow_networks": ["127.0.0.0/8"],
+    }
+    settings.update(overrides)
+    return CollectConfig(**settings)  # type: ignore[arg-type]
+
+
+# --- the downloader on its own ----------------------------------------------------------------
+
+
+def fetch_reason(downloader: Downloader, url: str) -> str:
+    with pytest.raises(FetchRejected) as rejected:
+        downloader.fetch(url)
+    return rejected.value.reason
+
+
+def test_retries_5xx_then_succeeds_but_never_retries_4xx(web_server: WebServer) -> None:
+    body = jpeg(10)
+    flaky = web_server.add(
+        "/flaky.jpg", Response(status=503), Response(body=body, content_type="image/jpeg")
+    )
+    missing = web_server.add("/missing.jpg", Response(status=404))
+    broken = web_server.add("/broken.jpg", Response(status=500))
+    with Downloader(config(retries=2)) as downloader:
+        assert downloader.fetch(flaky) == body
+        assert fetch_reason(downloader, missing) == "http 404"
+        assert fetch_reason(downloader, broken) == "http 500 after 2 retries"
+    assert web_server.counts() == {"/flaky.jpg": 2, "/missing.jpg": 1, "/broken.jpg": 3}
+
+
+def test_slow_responses_time_out_and_are_retried(web_server: WebServer) -> None:
+    slow = web_server.add("/slow.jpg", Response(body=jpeg(), delay=1.5))
+    trickle = web_server.add(
+        "/trickle.jpg", Response(body=b"x" * 10_000, chunk_size=1000, chunk_delay=0.15)
+    )
+    started = time.monotonic()
+    with Downloader(config(retries=1, timeout_s=0.4, deadline_s=0.6)) as downloader:
+        assert fetch_reason(downloader, slow) == "timeout after 1 retries"
+        assert (
+            fetch_reason(downloader, trickle)
+            == "timeout after 1 retries (response took over 0.6 s)"
+        )
+    assert web_server.count("/slow.jpg") == 2 and web_server.count("/trickle.jpg") == 2
+    assert time.monotonic() - started < 6
+
+
+def test_byte_cap_with_and_without_content_length(web_server: WebServer) -> None:
+    big = b"\xff\xd8" + b"\0" * 300_000
+    declared = web_server.add("/declared.jpg", Response(body=big))
+    undeclared = web_server.add("/undeclared.jpg", Response(body=big, send_length=False))
+    lying = web_server.add(
+        "/lying.jpg", Response(body=big, send_length=False, headers={"Content-Length": "100"})
+    )
+    gzip_bomb = web_server.add(
+        "/zipped.jpg",
+        Response(body=gzip.compress(b"\0" * 5_000_000), headers={"Content-Encoding": "gzip"}),
+    )
+    cut_short = web_server.add("/short.jpg", Response(body=b"\xff\xd8" * 50, declared_length=5000))
+    with Downloader(config(max_bytes=200_000)) as downloader:
+        for url in (declared, undeclared, gzip_bomb):  # the cap counts decompressed bytes
+            assert fetch_reason(downloader, url) == "too large: > 200000 bytes"
+        assert len(downloader.fetch(lying)) == 100  # a short body: the decode step rejects it
+        assert fetch_reason(downloader, cut_short).startswith("connection failed after 1 retries (")
+    assert web_server.count("/short.jpg") == 2
+
+
+def test_redirects_followed_by_hand(web_server: WebServer) -> None:
+    body = jpeg(11)
+    web_server.serve("/target.jpg", body, "image/jpeg")
+    hop = web_server.redirect("/hop", "/target.jpg", status=301)
+    loop = web_server.redirect("/loop-a", "/loop-b")
+    web_server.redirect("/loop-b", web_server.url("/loop-a"))
+    for index in range(7):
+        web_server.redirect(f"/chain{index}", f"/chain{index + 1}")
+    with Downloader(config(max_redirects=5)) as downloader:
+        assert downloader.fetch(hop) == body
+        assert fetch_reason(downloader, loop) == "redirect loop"
+        assert (
+            fetch_reason(downloader, web_server.url("/chain0"))
+            == "too many redirects (more than 5)"
+        )
+    assert web_server.count("/loop-a") == 1 and web_server.count("/chain5") == 1
+    assert web_server.count("/chain6") == 0
+
+
+def test_redirect_to_private_addresses_is_refused_without_connecting(web_server: WebServer) -> None:
+    private = web_server.redirect("/to-private", "http://10.1.2.3/secret.jpg")
+    metadata = web_server.redirect("/to-metadata", "http://169.254.169.254/latest/meta-data/")
+    mapped = web_server.redirect("/to-mapped", "http://[::ffff:10.9.8.7]/x.jpg")
+    since = len(_connects)
+    with Downloader(config()) as downloader:
+        assert fetch_reason(downloader, private) == "refused private address 10.1.2.3"
+        assert fetch_reason(downloader, metadata) == "refused link-local address 169.254.169.254"
+        assert fetch_reason(downloader, mapped) == "refused private address ::ffff:a09:807"
+    contacted = connected_hosts(since)
+    assert contacted and all(host == "127.0.0.1" for host in contacted), contacted
+
+
+def test_loopback_is_refused_unless_allowed(web_server: WebServer) -> None:
+    url = web_server.serve("/here.jpg", jpeg(12), "image/jpeg")
+    since = len(_connects)
+    with Downloader(config(allow_networks=[])) as downloader:
+        assert fetch_reason(downloader, url) == "refused loopback address 127.0.0.1"
+        assert fetch_reason(downloader, url.replace("127.0.0.1", "localhost")).startswith(
+            "refused loopback address"
+        )
+    assert connected_hosts(since) == [] and web_server.count("/here.jpg") == 0
+
+
+def test_only_http_and_https(web_server: WebServer) -> None:
+    with Downloader(config()) as downloader:
+        assert fetch_reason(downloader, "file:///etc/passwd") == "unsupported URL scheme 'file'"
+        assert fetch_reason(downloader, "ftp://127.0.0.1/a.jpg") == "unsupported URL scheme 'ftp'"
+        web_server.redirect("/to-file", "file:///etc/passwd")
+        assert (
+            fetch_reason(downloader, web_server.url("/to-file")) == "unsupported URL scheme 'file'"
+        )
+
+
+def test_https_needs_the_ca_and_honours_requests_ca_bundle(
+    https_server: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = jpeg(13)
+    url = https_server.serve("/secure.jpg", body, "image/jpeg")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with Downloader(config()) as downloader:
+        assert fetch_reason(downloader, url).startswith("tls error")
+    with Downloader(config(), verify=str(https_server.ca_file)) as downloader:
+        assert downloader.fetch(url) == body
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_server.ca_file))
+    with Downloader(config()) as downloader:
+        assert downloader.fetch(url) == body
+
+
+# --- the whole stage on a server full of faults ---------------------------------------------------
+
+
+def serve_faults(server: WebServer) -> dict[str, str]:
+    """Every fault the downloader must survive, by path -> expected reject reason."""
+    for path, (body, content_type, *_rest) in VALID.items():
+        server.serve(path, body, content_type)
+    server.add(
+        "/retry.jpg", Response(status=500), Response(body=jpeg(20), content_type="image/jpeg")
+    )
+    server.redirect("/redirected", "/valid.jpg.copy")
+    server.serve("/valid.jpg.copy", VALID["/valid.jpg"][0], "image/jpeg")
+    server.add("/missing.jpg", Response(status=404))
+    server.add("/error.jpg", Response(status=500))
+    server.add("/slow.jpg", Response(body=jpeg(21), delay=1.5))
+    server.serve("/big.jpg", b"\xff\xd8" + b"\0" * 300_000, "image/jpeg")
+    server.serve("/big-unsized.jpg", b"\xff\xd8" + b"\0" * 300_000, "image/jpeg", send_length=False)
+    server.serve("/page.jpg", "<!DOCTYPE html><html><body>login</body></html>", "image/jpeg")
+    server.serve("/truncated.jpg", jpeg(22, (200, 150))[:3000], "image/jpeg")
+    server.serve("/empty.jpg", b"", "image/jpeg")
+    server.serve("/bomb.png", png_declaring(8_000, 8_000), "image/png")
+    server.redirect("/loop-a", "/loop-b")
+    server.redirect("/loop-b", "/loop-a")
+    server.redirect("/to-private", "http://10.1.2.3/x.jpg")
+    server.redirect("/to-metadata", "http://169.254.169.254/latest/meta-data/iam")
+    return {
+        "/missing.jpg": "http 404",
+        "/error.jpg": "http 500 after 1 retries",
+        "/slow.jpg": "timeout after 1 retries",
+        "/big.jpg": "too large: > 200000 bytes",
+        "/big-unsized.jpg": "too large: > 200000 bytes",
+        "/page.jpg": "not an image: HTML/XML document",
+        "/truncated.jpg": "truncated image: ",
+        "/empty.jpg": "empty file (0 bytes)",
+        "/bomb.png": "decompression bomb: 8000x8000 exceeds 40000000 pixels",
+        "/loop-a": "redirect loop",
+        "/to-private": "refused private address 10.1.2.3",
+        "/to-metadata": "refused link-local address 169.254.169.254",
+        "/redirected": "duplicate of ",
+    }
+
+
+def write_stage_params(root: Path, server: WebServer, paths: list[str], **collect: object) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["character,url"] + [f"Test Subject,{server.url(path)}" for path in paths]
+    (root / "urls.csv").write_text("\n".join(lines) + "\n")
+    settings = config(**collect).model_dump()
+    (root / "params.json").write_text(
+        json.dumps({"characters": [{"name": "Test Subject"}], "collect": settings})
+    )
+
+
+def load_stage_params(root: Path):  # type: ignore[no-untyped-def]
+    return parse_params(json.loads((root / "params.json").read_text()))
+
+
+def test_collect_keeps_valid_images_and_records_every_fault(
+    tmp_path: Path, web_server: WebServer
+) -> None:
+    expected = serve_faults(web_server)
+    paths = [*VALID, "/retry.jpg", *expected]
+    root = tmp_path / "project"
+    write_stage_params(root, web_server, paths)
+    since = len(_connects)
+
+    (result,) = collect_all(root, load_stage_params(root))
+
+    manifest = {
+        row["url"].removeprefix(web_server.base_url): row for row in read_csv(root / RAW_MANIFEST)
+    }
+    rejects = {
+        row["url_or_path"].removeprefix(web_server.base_url): row["reason"]
+        for row in read_csv(root / RAW_REJECTS)
+    }
+    assert set(manifest) == {*VALID, "/retry.jpg"}
+    for path, (_body, _type, fmt, width, height) in VALID.items():
+        row = manifest[path]
+        assert (row["format"], int(row["width"]), int(row["height"])) == (fmt, width, height), path
+        assert (root / row["path"]).is_file()
+    assert set(rejects) == set(expected)
+    for path, reason in expected.items():
+        assert rejects[path].startswith(reason), (path, rejects[path])
+    assert rejects["/redirected"] == f"duplicate of {manifest['/valid.jpg']['sha256']}"
+    assert (result.kept, result.rejected, result.fetched) == (
+        len(VALID) + 1,
+        len(expected),
+        len(paths),
+    )
+
+    assert web_server.count("/retry.jpg") == 2 and web_server.count("/missing.jpg") == 1
+    assert all(host == "127.0.0.1" for host in connected_hosts(since))
+    directory = root / RAW_DIR / "test_subject"
+    assert {p.name for p in directory.iterdir()} == {
+        Path(r["path"]).name for r in manifest.values()
+    } | {JOURNAL, DONE}
+    assert not list(root.rglob(f"{TMP_PREFIX}*"))
+
+
+# --- resuming after kill -9 --------------------------------------------------------------------------
+
+RUN_COLLECT = """
+import json, sys
+from pathlib import Path
+from anime_face_id.collect import collect_all
+from anime_face_id.config import parse_params
+root = Path(sys.argv[1])
+collect_all(root, parse_params(json.loads((root / "params.json").read_text())))
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_kill_fetches_only_what_is_missing(
+    tmp_path: Path, web_server: WebServer
+) -> None:
+    paths = [f"/slow{index:02d}.jpg" for index in range(12)]
+    for index, path in enumerate(paths):
+        web_server.add(path, Response(body=jpeg(100 + index), content_type="image/jpeg", delay=0.4))
+    root = tmp_path / "project"
+    write_stage_params(root, web_server, paths, workers=2, timeout_s=5)
+    journal = root / RAW_DIR / "test_subject" / JOURNAL
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", RUN_COLLECT, str(root)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(read_journal(journal)[0]) < 4:
+            assert process.poll() is None, "the collect run ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    done_before, _damaged = read_journal(journal)
+    counts_before = web_server.counts()
+    assert 4 <= len(done_before) < len(paths)
+    assert not (root / RAW_DIR / "test_subject" / DONE).exists()
+
+    (result,) = collect_all(root, load_stage_params(root))
+
+    counts_after = web_server.counts()
+    assert result.kept == len(paths)
+    assert result.fetched == len(paths) - len(done_before)
+    for url in done_before:
+        path = url.removeprefix(web_server.base_url)
+        assert counts_after[path] == counts_before[path] == 1, path
+    assert all(counts_after.get(path, 0) >= 1 for path in paths)
+    assert (
+        sum(counts_after.values()) <= len(paths) + 2 * 2
+    )  # at most the killed run's in-flight window again
+    assert len(read_csv(root / RAW_MANIFEST)) == len(paths)
+    assert not list(root.rglob(f"{TMP_PREFIX}*"))

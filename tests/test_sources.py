@@ -1,0 +1,261 @@
+"""Search backends: google (the real library, Chromium and chromedriver against a local
+results page), folder, urls, and the duckduckgo adapter with an injected client."""
+
+from __future__ import annotations
+
+import io
+import time
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from anime_face_id.collect import fetch_candidates
+from anime_face_id.config import Character, CollectConfig
+from anime_face_id.fileio import write_csv
+from anime_face_id.sources import SearchError, duckduckgo, folder, get_backend, google, urls
+from anime_face_id.sources.base import wanted_count
+from tests.support.webserver import (
+    Response,
+    WebServer,
+    https_server,
+    search_results_page,
+    web_server,
+)
+
+__all__ = ["https_server", "web_server"]  # fixtures used below
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+KUROKO = Character(name="Kuroko Tetsuya", query="Kuroko Tetsuya Kuroko no Basket")
+
+
+def jpeg(shade: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40 + shade, 30), (shade * 40 % 256, 90, 200)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+# --- google --------------------------------------------------------------------------
+
+
+def test_library_arguments_use_the_query_or_the_configured_page() -> None:
+    plain = google.library_arguments(Character(name="A, B"), CollectConfig(limit=4), "/d")
+    assert plain == {
+        "keywords": "A B",
+        "limit": 6,
+        "no_download": True,
+        "silent_mode": True,
+        "chromedriver": "/d",
+    }
+    paged = CollectConfig(limit=2, search_factor=1.0, search_url="http://127.0.0.1:1/s?q={query}")
+    assert google.library_arguments(KUROKO, paged, "/d")["url"] == (
+        "http://127.0.0.1:1/s?q=Kuroko%20Tetsuya%20Kuroko%20no%20Basket"
+    )
+
+
+def test_driver_failure_becomes_search_error_not_an_exit(tmp_path: Path) -> None:
+    config = CollectConfig(
+        backend="google", limit=2, chromedriver=str(tmp_path / "no-such-chromedriver")
+    )
+    with pytest.raises(SearchError) as failure:
+        get_backend(config)(KUROKO, "kuroko_tetsuya", config)
+    message = str(failure.value)
+    assert "google search for 'Kuroko Tetsuya Kuroko no Basket' failed" in message
+    assert "sys.exit" in message and "chromedriver" in message  # the library's own last words
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_google_backend_scrapes_local_results_page_and_images_download_over_https(
+    tmp_path: Path, web_server: WebServer, https_server: WebServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image_paths = [f"/images/{index}.jpg" for index in range(8)]
+    for index, path in enumerate(image_paths):
+        https_server.serve(path, jpeg(index), "image/jpeg")
+    page = search_results_page([https_server.url(path) for path in image_paths])
+    web_server.serve("/search", page, "text/html; charset=utf-8")
+    config = CollectConfig(
+        backend="google",
+        limit=4,
+        search_factor=1.5,
+        search_url=web_server.url("/search?q={query}"),
+        chromedriver=CHROMEDRIVER,
+        search_timeout_s=120,
+        allow_networks=["127.0.0.0/8"],
+    )
+
+    found = get_backend(config)(KUROKO, "kuroko_tetsuya", config)
+
+    assert found == [https_server.url(path) for path in image_paths[:6]]  # limit x search_factor
+    assert web_server.count("/search") == 1
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_server.ca_file))
+    result = fetch_candidates(tmp_path, KUROKO, "kuroko_tetsuya", config, found)
+    assert (result.kept, result.rejected) == (4, 0)
+    assert [https_server.count(path) for path in image_paths] == [1, 1, 1, 1, 0, 0, 0, 0]
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_google_search_that_hangs_is_killed_at_the_timeout(web_server: WebServer) -> None:
+    web_server.add("/search", Response(body=b"<html></html>", content_type="text/html", delay=60))
+    config = CollectConfig(
+        backend="google",
+        limit=2,
+        search_url=web_server.url("/search?q={query}"),
+        chromedriver=CHROMEDRIVER,
+        search_timeout_s=6,
+    )
+    started = time.monotonic()
+    with pytest.raises(SearchError, match=r"timed out after 6 s"):
+        get_backend(config)(KUROKO, "kuroko_tetsuya", config)
+    assert time.monotonic() - started < 20
+
+
+# --- folder --------------------------------------------------------------------------
+
+
+def folder_config(path: Path, limit: int = 10) -> CollectConfig:
+    return CollectConfig(backend="folder", folder=str(path), limit=limit)
+
+
+def test_folder_matches_slug_or_exact_name_and_lists_direct_files(tmp_path: Path) -> None:
+    by_slug = tmp_path / "kuroko_tetsuya"
+    (by_slug / "nested").mkdir(parents=True)
+    for name in ("b.jpg", "a.png", ".hidden.jpg", "nested/deep.jpg"):
+        (by_slug / name).write_bytes(b"x")
+    by_name = tmp_path / "Nishikino Maki"
+    by_name.mkdir()
+    (by_name / "maki.jpg").write_bytes(b"x")
+    config = folder_config(tmp_path)
+
+    assert folder.search(KUROKO, "kuroko_tetsuya", config) == [
+        f"{tmp_path}/kuroko_tetsuya/a.png",
+        f"{tmp_path}/kuroko_tetsuya/b.jpg",
+    ]
+    maki = Character(name="Nishikino Maki")
+    assert folder.search(maki, "nishikino_maki", config) == [f"{tmp_path}/Nishikino Maki/maki.jpg"]
+
+
+def test_folder_unicode_name_and_relative_folder(tmp_path: Path) -> None:
+    name = "Sakurauchi Riko 桜内梨子 Amélie"
+    stored = tmp_path / "data" / "import" / unicodedata.normalize("NFD", name)
+    stored.mkdir(parents=True)
+    (stored / "1.jpg").write_bytes(b"x")
+    config = CollectConfig(backend="folder", folder="data/import", limit=3)
+    found = folder.search(
+        Character(name=name), "sakurauchi_riko_amelie_0000", config, root=tmp_path
+    )
+    assert found == [
+        f"data/import/{stored.name}/1.jpg"
+    ]  # relative to the project root, as configured
+
+
+def test_missing_folder_names_the_directories_it_looked_for(tmp_path: Path) -> None:
+    config = folder_config(tmp_path)
+    with pytest.raises(SearchError) as failure:
+        folder.search(Character(name="Mai/../Sakurajima"), "mai_sakurajima_12345678", config)
+    assert str(failure.value) == (
+        f"folder backend: no directory for 'Mai/../Sakurajima': looked for "
+        f"{tmp_path}/mai_sakurajima_12345678 and {tmp_path}/Mai/../Sakurajima"
+    )
+    with pytest.raises(SearchError, match="is not a directory"):
+        folder.search(KUROKO, "kuroko_tetsuya", folder_config(tmp_path / "absent"))
+
+
+# --- urls ----------------------------------------------------------------------------
+
+
+def test_urls_csv_matches_exact_name_or_slug(tmp_path: Path) -> None:
+    csv_path = tmp_path / "urls.csv"
+    write_csv(
+        csv_path,
+        ("character", "url"),
+        [
+            {"character": "Kuroko Tetsuya", "url": "https://a.example/1.jpg"},
+            {"character": "kuroko_tetsuya", "url": "https://a.example/2.jpg"},
+            {"character": "kuroko tetsuya", "url": "https://a.example/not-exact.jpg"},
+            {"character": "Kuroko Tetsuya", "url": "https://a.example/1.jpg"},
+            {"character": "Kuroko Tetsuya", "url": ""},
+            {"character": "Someone Else", "url": "https://a.example/3.jpg"},
+        ],
+    )
+    config = CollectConfig(backend="urls", urls="urls.csv")
+    assert urls.search(KUROKO, "kuroko_tetsuya", config, root=tmp_path) == [
+        "https://a.example/1.jpg",
+        "https://a.example/2.jpg",
+    ]
+    with pytest.raises(SearchError, match="no row for 'Nobody'"):
+        urls.search(Character(name="Nobody"), "nobody", config, root=tmp_path)
+
+
+def test_urls_csv_missing_or_malformed(tmp_path: Path) -> None:
+    config = CollectConfig(backend="urls", urls=str(tmp_path / "urls.csv"))
+    with pytest.raises(SearchError, match="does not exist"):
+        urls.search(KUROKO, "kuroko_tetsuya", config)
+    (tmp_path / "urls.csv").write_text("name,link\nKuroko Tetsuya,https://a.example/1.jpg\n")
+    with pytest.raises(SearchError, match="missing column"):
+        urls.search(KUROKO, "kuroko_tetsuya", config)
+
+
+# --- duckduckgo ----------------------------------------------------------------------
+
+
+class FakeImageSearch:
+    """Stands in for ddgs.DDGS, which needs the internet; records how it was asked."""
+
+    def __init__(self, results: list[Any] | Exception):
+        self.results = results
+        self.calls: list[tuple[str, dict]] = []
+
+    def images(self, query: str, **kwargs: Any) -> list[dict[str, Any]]:
+        self.calls.append((query, kwargs))
+        if isinstance(self.results, Exception):
+            raise self.results
+        return self.results  # type: ignore[return-value]
+
+
+def test_duckduckgo_adapter_keeps_image_urls_in_order() -> None:
+    client = FakeImageSearch(
+        [
+            {"image": "https://a.example/1.jpg", "title": "one"},
+            {"image": "https://a.example/1.jpg"},
+            {"image": "data:image/png;base64,AAAA"},
+            {"thumbnail": "https://a.example/t.jpg"},
+            "junk",
+            {"image": "http://b.example/2.png"},
+            {"image": "https://c.example/3.webp"},
+        ]
+    )
+    search = duckduckgo.make_search(lambda config: client)
+    config = CollectConfig(backend="duckduckgo", limit=2, search_factor=1.0)
+    assert search(KUROKO, "kuroko_tetsuya", config) == [
+        "https://a.example/1.jpg",
+        "http://b.example/2.png",
+    ]
+    assert client.calls == [("Kuroko Tetsuya Kuroko no Basket", {"max_results": 2})]
+
+
+def test_duckduckgo_failure_becomes_search_error() -> None:
+    search = duckduckgo.make_search(lambda config: FakeImageSearch(TimeoutError("ratelimited")))
+    config = CollectConfig(backend="duckduckgo", limit=3)
+    with pytest.raises(
+        SearchError,
+        match=r"duckduckgo search for 'Kuroko Tetsuya Kuroko no Basket' failed: TimeoutError: ratelimited",
+    ):
+        search(KUROKO, "kuroko_tetsuya", config)
+    assert wanted_count(config) == 5
+
+
+def test_default_duckduckgo_client_is_the_real_ddgs() -> None:
+    from ddgs.ddgs import DDGS  # the package root exports a lazy proxy class
+
+    assert isinstance(duckduckgo.default_client(CollectConfig(backend="duckduckgo")), DDGS)
+
+
+def test_get_backend_by_name(tmp_path: Path) -> None:
+    assert get_backend(CollectConfig(backend="google")) is google.search
+    assert get_backend(CollectConfig(backend="duckduckgo")) is duckduckgo.search
+    assert get_backend(folder_config(tmp_path)) is folder.search
+    assert get_backend(CollectConfig(backend="urls", urls="u.csv")) is urls.search

@@ -1,0 +1,131 @@
+"""preprocess is deterministic with the backbone's normalisation; augment is random per
+generator state, reproducible per seed, and keeps the image recognisable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anime_face_id.transforms import AugmentSettings, augment, letterbox, preprocess
+
+NO_CHANGE = AugmentSettings(
+    flip_probability=0.0,
+    max_rotation_deg=0.0,
+    scale_range=(1.0, 1.0),
+    max_shift_fraction=0.0,
+    brightness=0.0,
+    contrast=0.0,
+    saturation=0.0,
+    max_hue_shift_deg=0.0,
+    greyscale_probability=0.0,
+)
+
+
+def drawn_face(height: int = 120, width: int = 120) -> np.ndarray:
+    """A synthetic 'face': coloured background, a face disc, two eyes, off-centre hair."""
+    rng = np.random.default_rng(7)
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[:] = (40, 90, 160)
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx, r = height / 2, width / 2, min(height, width) / 3
+    image[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = (250, 220, 200)
+    image[(yy - cy + r * 0.1) ** 2 + (xx - cx + r * 0.4) ** 2 < (r * 0.15) ** 2] = (30, 160, 60)
+    image[(yy - cy + r * 0.1) ** 2 + (xx - cx - r * 0.4) ** 2 < (r * 0.15) ** 2] = (30, 160, 60)
+    image[: int(cy - r * 0.5), : int(cx + r * 0.6)] = (200, 40, 40)  # asymmetric hair
+    return np.clip(image + rng.integers(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+def test_preprocess_shape_dtype_range_and_normalisation():
+    tensor = preprocess(drawn_face(), 96)
+    assert tensor.shape == (3, 96, 96) and tensor.dtype == torch.float32
+    assert tensor.is_contiguous()
+    assert float(tensor.min()) >= -1.0 and float(tensor.max()) <= 1.0
+    white = preprocess(np.full((10, 10, 3), 255, dtype=np.uint8), 32)
+    black = preprocess(np.zeros((10, 10, 3), dtype=np.uint8), 32)
+    assert torch.allclose(white, torch.full_like(white, 128 / 128))  # (255 - 127) / 128
+    assert torch.allclose(black, torch.full_like(black, -127 / 128))
+
+
+def test_preprocess_is_deterministic_and_accepts_pil_and_arrays():
+    face = drawn_face()
+    first = preprocess(face, 64)
+    assert torch.equal(first, preprocess(face, 64))
+    assert torch.equal(first, preprocess(Image.fromarray(face), 64))
+    # RGBA and greyscale inputs arrive as RGB
+    rgba = Image.fromarray(face).convert("RGBA")
+    assert torch.equal(preprocess(rgba, 64), first)
+    grey = preprocess(np.asarray(Image.fromarray(face).convert("L")), 64)
+    assert grey.shape == (3, 64, 64) and torch.equal(grey[0], grey[1])
+
+
+def test_preprocess_keeps_aspect_ratio_by_padding():
+    wide = np.zeros((50, 100, 3), dtype=np.uint8)  # black, twice as wide as tall
+    square = letterbox(wide, 40)
+    assert square.shape == (40, 40, 3)
+    # rows 10-29 hold the image; bars of the mean value above and below
+    assert (square[10:30] == 0).all()
+    assert (square[:10] == 127).all() and (square[30:] == 127).all()
+    tensor = preprocess(wide, 40)
+    assert torch.allclose(tensor[:, :10], torch.zeros(3, 10, 40))  # bars are zero input
+
+
+def test_preprocess_rejects_bad_arrays():
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess(np.zeros((8, 8, 3), dtype=np.float32), 16)
+    with pytest.raises(ValueError, match="H x W x 3"):
+        preprocess(np.zeros((8, 8, 4), dtype=np.uint8), 16)
+    with pytest.raises(ValueError, match="empty"):
+        preprocess(np.zeros((0, 8, 3), dtype=np.uint8), 16)
+
+
+def test_augment_is_reproducible_per_seed_and_varies_with_the_generator():
+    face = drawn_face()
+    a = augment(face, np.random.default_rng(3), 64)
+    assert a.shape == (3, 64, 64) and a.dtype == torch.float32
+    assert torch.equal(a, augment(face, np.random.default_rng(3), 64))
+    rng = np.random.default_rng(3)
+    draws = [augment(face, rng, 64) for _ in range(8)]
+    assert all(not torch.equal(draws[0], other) for other in draws[1:])
+    assert torch.equal(draws[0], a)  # the first draw of a generator is the seed's output
+
+
+def test_augment_without_changes_equals_preprocess():
+    face = drawn_face(100, 130)
+    assert torch.allclose(
+        augment(face, np.random.default_rng(0), 64, NO_CHANGE), preprocess(face, 64), atol=1e-6
+    )
+
+
+def test_augment_stays_close_to_the_original():
+    face = drawn_face()
+    reference = preprocess(face, 64)
+    mirrored = torch.flip(reference, dims=[2])
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        out = augment(face, rng, 64)
+        assert float(out.min()) >= -127 / 128 - 1e-6 and float(out.max()) <= 1.0 + 1e-6
+        # closer to the picture (or its mirror) than to a different random picture
+        distance = min((out - reference).abs().mean(), (out - mirrored).abs().mean())
+        assert distance < (out - preprocess(drawn_face()[::-1].copy(), 64)).abs().mean()
+
+
+def test_each_augmentation_does_what_it_says():
+    face = drawn_face()
+    reference = preprocess(face, 64)
+    flip_only = AugmentSettings(**{**NO_CHANGE.__dict__, "flip_probability": 1.0})
+    assert torch.allclose(
+        augment(face, np.random.default_rng(0), 64, flip_only), torch.flip(reference, dims=[2])
+    )
+    grey_only = AugmentSettings(**{**NO_CHANGE.__dict__, "greyscale_probability": 1.0})
+    grey = augment(face, np.random.default_rng(0), 64, grey_only)
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    bright_only = AugmentSettings(**{**NO_CHANGE.__dict__, "brightness": 0.5})
+    brightness = [
+        float(augment(face, np.random.default_rng(s), 64, bright_only).mean()) for s in range(10)
+    ]
+    assert max(brightness) - min(brightness) > 0.2
+    rotate_only = AugmentSettings(**{**NO_CHANGE.__dict__, "max_rotation_deg": 15.0})
+    rotated = augment(face, np.random.default_rng(0), 64, rotate_only)
+    assert not torch.allclose(rotated, reference) and (rotated - reference).abs().mean() < 0.3
