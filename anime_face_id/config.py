@@ -81,6 +81,9 @@ class CropConfig(Section):
 
 class ReviewConfig(Section):
     require_complete: bool = True
+    # The pipeline flow (flows/pipeline.py) waits this long for a sign-off in the Prefect UI.
+    signoff_timeout_s: int = Field(7 * 24 * 3600, ge=1)
+    app_url: str = "http://127.0.0.1:8501"  # the review app, linked from the sign-off form
 
 
 class SplitConfig(Section):

@@ -271,7 +271,11 @@ def crop_image(
         return _rejected(entry, f"detector failed: {error}", cacheable=False)
     if not detections:
         return _rejected(entry, NO_FACE)
-    return {**entry, "faces": _cut_faces(rgb, detections, sha256, directory, config)}
+    try:
+        faces = _cut_faces(rgb, detections, sha256, directory, config)
+    except ValueError as error:  # a detector returned a box outside the image
+        return _rejected(entry, f"invalid face box: {error}", cacheable=False)
+    return {**entry, "faces": faces}
 
 
 # ---------------------------------------------------------------- one character

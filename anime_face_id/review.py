@@ -22,7 +22,13 @@ from PIL import Image
 
 from anime_face_id import layout
 from anime_face_id.config import Params
-from anime_face_id.decisions import Decision, Decisions, format_box, read_decisions
+from anime_face_id.decisions import (
+    Decision,
+    Decisions,
+    append_decisions,
+    format_box,
+    read_decisions,
+)
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.fileio import atomic_write_bytes, read_csv, sweep_temporaries, write_csv
@@ -368,6 +374,26 @@ def _remove_stale(root: Path, keep: set[str]) -> None:
             path.unlink()
 
 
+def review_blocker(plan: ReviewPlan) -> ReviewIncomplete | None:
+    """The error the stage stops with when crops await review (None if none do)."""
+    if not plan.pending:
+        return None
+    characters = len({face["character"] for face in plan.pending})
+    return ReviewIncomplete(len(plan.pending), plan.total, characters, plan.warnings)
+
+
+def accept_pending(root: Path, params: Params, note: str) -> int:
+    """Record an `accept` decision for every crop still pending (a reviewer's sign-off);
+    returns how many were accepted."""
+    pending = plan_review(root, params).pending
+    if pending:
+        append_decisions(
+            Path(root) / layout.DECISIONS,
+            [{"path": face["path"], "decision": "accept", "note": note} for face in pending],
+        )
+    return len(pending)
+
+
 def apply_review(root: Path, params: Params) -> ReviewSummary:
     """Write data/curated (manifest + manual crops) from the crops and the decisions.
 
@@ -375,12 +401,12 @@ def apply_review(root: Path, params: Params) -> ReviewSummary:
     review.require_complete is true."""
     root = Path(root)
     plan = plan_review(root, params)
-    accept_pending = not params.review.require_complete
-    if plan.pending and not accept_pending:
-        characters = len({face["character"] for face in plan.pending})
-        raise ReviewIncomplete(len(plan.pending), plan.total, characters, plan.warnings)
+    take_pending = not params.review.require_complete
+    blocker = review_blocker(plan)
+    if blocker and not take_pending:
+        raise blocker
     sweep_temporaries(root / layout.CURATED_DIR)
-    rows = _planned_rows(plan, accept_pending) + _cut_all_manual(root, plan, params)
+    rows = _planned_rows(plan, take_pending) + _cut_all_manual(root, plan, params)
     rows.sort(key=lambda row: (row["slug"], row["path"]))
     write_csv(root / layout.CURATED_MANIFEST, layout.CURATED_COLUMNS, rows)
     _remove_stale(root, {row["path"] for row in rows if row["origin"] == "manual"})

@@ -33,13 +33,18 @@ def fail_on_stage_error(action: Callable[[], object]) -> object:
         return Failed(message=str(error))
 
 
-def run_stage(stage: str, flow) -> None:
-    args = parse_args(stage)
+def check_params(path: Path) -> None:
+    """Fail fast on a bad params file, before Prefect starts, with the message only."""
     try:
-        load_params(Path(args.root) / args.params)  # fail fast, before Prefect starts
+        load_params(path)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_stage(stage: str, flow) -> None:
+    args = parse_args(stage)
+    check_params(Path(args.root) / args.params)
     state: State = flow(params_path=args.params, root=args.root, return_state=True)
     if not state.is_completed():
         print(f"\n{stage} stopped: {state.message}", file=sys.stderr)

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# No telemetry or update checks from Prefect processes started by tests.
+__import__("os").environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(
     __import__("os").environ.get("ANIME_FACE_ID_SHARED", REPO.parent / "shared")
@@ -30,3 +33,17 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("prefect-home")
     with prefect_server(home) as url:
         yield {"PREFECT_API_URL": url, **quiet_prefect_env(home)}
+
+
+@pytest.fixture(scope="session")
+def _harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def prefect_harness(_harness):
+    """Flows in this process (and the processes they start) report to a test server."""
+    yield

@@ -72,8 +72,11 @@ def load_cascade(path: Path) -> cv2.CascadeClassifier:
         path.open("rb").close()
     except OSError as error:
         raise CascadeError(f"cannot read cascade file {path}: {error.strerror or error}") from None
-    classifier = cv2.CascadeClassifier(str(path))
-    if classifier.empty():
+    try:
+        classifier = cv2.CascadeClassifier(str(path))
+    except (cv2.error, SystemError):  # some malformed files make the constructor raise
+        classifier = None
+    if classifier is None or classifier.empty():
         raise CascadeError(f"{path} is not an OpenCV cascade file (it failed to load)")
     return classifier
 
@@ -110,6 +113,15 @@ class LbpCascadeDetector:
             "min_neighbors": self.min_neighbors,
             "min_size": self.min_size,
         }
+
+    # Orchestrators pickle task inputs (cache keys, process or cluster workers); the
+    # per-thread classifiers cannot be pickled, and are rebuilt on demand anyway.
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def _classifier(self) -> cv2.CascadeClassifier:
         classifier = getattr(self._local, "classifier", None)

@@ -1,0 +1,161 @@
+"""The whole pipeline as one Prefect flow, under the Prefect test harness: it pauses at
+review for a sign-off, resumes with input given through the Prefect API, and completes;
+a sign-off that never comes ends the run cleanly and a re-run picks up from there."""
+
+from __future__ import annotations
+
+import contextvars
+import csv
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anime_face_id import layout
+from tests.support.project import make_project
+
+pytestmark = pytest.mark.slow
+
+COLOURS = {"Alice": (220, 40, 40), "Bob": (40, 60, 220)}
+
+
+def picture_folder(where: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        folder = where / "pictures" / name
+        folder.mkdir(parents=True)
+        for index in range(5):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (48, 48, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
+    return where / "pictures"
+
+
+@pytest.fixture
+def project(tmp_path):
+    project = make_project(tmp_path)
+    project.set_params(
+        characters=[{"name": name} for name in COLOURS],
+        collect={"backend": "folder", "folder": str(picture_folder(tmp_path))},
+        crop={"detector": "none", "size": 32},
+        review={"require_complete": True, "signoff_timeout_s": 600},
+        split={"val": 0.2, "test": 0.2, "min_per_character": 2},
+        balance={"min_per_class": 6},
+    )
+    return project
+
+
+def read(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def run_in_thread(root: Path) -> tuple[threading.Thread, dict]:
+    from flows.pipeline import pipeline_flow
+
+    outcome: dict = {}
+
+    def target() -> None:
+        outcome["state"] = pipeline_flow(root=str(root), return_state=True)
+
+    # The harness's settings live in a context variable: carry it into the thread.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def wait_for_paused_run(timeout_s: float = 300):
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                limit=5,
+                sort=FlowRunSort.START_TIME_DESC,
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
+            if runs:
+                return runs[0]
+            time.sleep(1)
+    raise AssertionError("the pipeline never paused for review")
+
+
+def test_pauses_for_sign_off_and_completes_after_resume(project, prefect_harness):
+    from prefect.flow_runs import resume_flow_run
+
+    thread, outcome = run_in_thread(project.root)
+    paused = wait_for_paused_run()
+    assert (project.root / layout.FACES_MANIFEST).exists()
+    assert not (project.root / layout.CURATED_MANIFEST).exists()
+    faces = read(project.root / layout.FACES_MANIFEST)
+    # The reviewer rejects one crop in the meantime, then signs off accepting the rest.
+    with (project.root / layout.DECISIONS).open("a", encoding="utf-8") as handle:
+        handle.write(f"2026-01-01T00:00:00Z,{faces[0]['path']},reject,,,\n")
+    resume_flow_run(paused.id, run_input={"reviewer": "tester", "accept_pending": True})
+    thread.join(timeout=600)
+    assert outcome["state"].is_completed(), outcome["state"].message
+
+    curated = read(project.root / layout.CURATED_MANIFEST)
+    assert faces[0]["path"] not in {row["path"] for row in curated}
+    assert len(curated) == len(faces) - 1
+    decisions = read(project.root / layout.DECISIONS)
+    assert (
+        sum(row["note"] == "accepted at sign-off by tester" for row in decisions) == len(faces) - 1
+    )
+    assert (project.root / layout.BALANCED_TRAIN).exists()
+
+
+def test_sign_off_timeout_ends_cleanly_and_rerun_continues(project, prefect_harness):
+    project.set_params(review={"signoff_timeout_s": 3})
+    thread, outcome = run_in_thread(project.root)
+    thread.join(timeout=600)
+    state = outcome["state"]
+    assert state.is_failed()
+    # Prefect's server fails a pause that times out ("never resumed") before the flow can
+    # say why; the flow's own explanation is in its log.
+    assert "no review sign-off within 3 s" in state.message or "never resumed" in state.message
+    assert not (project.root / layout.CURATED_MANIFEST).exists()  # nothing half-applied
+    decisions_before = (project.root / layout.DECISIONS).read_text()
+
+    # The reviewer finishes in the app; the next run goes through without pausing.
+    faces = read(project.root / layout.FACES_MANIFEST)
+    with (project.root / layout.DECISIONS).open("a", encoding="utf-8") as handle:
+        for face in faces:
+            handle.write(f"2026-01-01T00:00:00Z,{face['path']},accept,,,\n")
+    thread, outcome = run_in_thread(project.root)
+    thread.join(timeout=600)
+    assert outcome["state"].is_completed(), outcome["state"].message
+    assert len(read(project.root / layout.CURATED_MANIFEST)) == len(faces)
+    assert (project.root / layout.DECISIONS).read_text().startswith(decisions_before)
+
+
+def test_without_a_prefect_server_it_stops_at_review_like_dvc(project, tmp_path):
+    env = {k: v for k, v in project.env.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    process = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline"],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 1, process.stdout + process.stderr
+    assert "await review" in process.stderr and "make review" in process.stderr
+    assert not (project.root / layout.CURATED_MANIFEST).exists()
+    assert os.path.exists(project.root / layout.FACES_MANIFEST)
