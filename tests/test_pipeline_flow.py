@@ -87,7 +87,7 @@ def wait_for_paused_run(timeout_s: float = 300):
                 sort=FlowRunSort.START_TIME_DESC,
                 flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
-                )
+                ),
             )
             if runs:
                 return runs[0]
