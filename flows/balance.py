@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow, task
 
 from anime_face_id import balance
+from anime_face_id.summary import dataset_summary
 from flows._stage import fail_on_stage_error, load, run_stage
 from tasks.reporting import publish_summary
 
@@ -26,6 +27,11 @@ def _balance(root_path, params) -> list[dict]:
         "balance",
         summary.rows,
         f"Training rows per character (min_per_class {params.balance.min_per_class})",
+    )
+    publish_summary(
+        "dataset",
+        dataset_summary(root_path, params),
+        "The data set per character: images kept / URLs rejected, faces, curated, splits",
     )
     return summary.rows
 
