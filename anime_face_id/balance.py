@@ -11,14 +11,13 @@ copy is drawn from an RNG seeded by (seed, slug).
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from anime_face_id import layout
 from anime_face_id.config import BalanceConfig
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import read_csv, sweep_temporaries, write_csv
+from anime_face_id.fileio import group_by, read_stage_input, sweep_temporaries, write_csv
 from anime_face_id.split import derived_rng
 
 
@@ -55,14 +54,8 @@ def _balanced_rows(rows: list[dict[str, str]], config: BalanceConfig, slug: str)
 def balance_train(root: Path, config: BalanceConfig) -> BalanceSummary:
     """Write data/balanced/train.csv from data/splits/train.csv (never from val/test)."""
     root = Path(root)
-    source = root / layout.split_csv("train")
-    if not source.is_file():
-        raise StageError(
-            f"{layout.split_csv('train').as_posix()} not found: run the split stage first"
-        )
-    by_slug: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for row in read_csv(source, required=layout.SPLIT_COLUMNS):
-        by_slug[row["slug"]].append(row)
+    rows = read_stage_input(root, layout.split_csv("train"), layout.SPLIT_COLUMNS, "split")
+    by_slug = group_by(rows, "slug")
     if not by_slug:
         raise StageError(f"{layout.split_csv('train').as_posix()} has no rows: nothing to train on")
     output, summary = [], []

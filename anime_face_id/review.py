@@ -31,7 +31,13 @@ from anime_face_id.decisions import (
 )
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import crop_square, square_crop_box
-from anime_face_id.fileio import atomic_write_bytes, read_csv, sweep_temporaries, write_csv
+from anime_face_id.fileio import (
+    atomic_write_bytes,
+    read_csv,
+    read_stage_input,
+    sweep_temporaries,
+    write_csv,
+)
 from anime_face_id.imaging import ImageRejected, load_rgb_array, phash
 
 MANUAL_DIR = layout.CURATED_DIR / "manual"
@@ -113,10 +119,7 @@ def _examples(paths: list[str]) -> str:
 
 
 def _read_faces(root: Path) -> list[dict[str, str]]:
-    path = root / layout.FACES_MANIFEST
-    if not path.is_file():
-        raise StageError(f"{layout.FACES_MANIFEST.as_posix()} not found: run the crop stage first")
-    return read_csv(path, required=layout.FACE_COLUMNS)
+    return read_stage_input(root, layout.FACES_MANIFEST, layout.FACE_COLUMNS, "crop")
 
 
 def _read_raw(root: Path) -> dict[str, dict[str, str]]:

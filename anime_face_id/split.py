@@ -24,7 +24,7 @@ import numpy as np
 from anime_face_id import layout
 from anime_face_id.config import SplitConfig
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import read_csv, sweep_temporaries, write_csv
+from anime_face_id.fileio import group_by, read_stage_input, sweep_temporaries, write_csv
 
 EVAL_SPLITS = ("val", "test")
 
@@ -202,14 +202,8 @@ def _eligible(
 def split_dataset(root: Path, config: SplitConfig) -> SplitSummary:
     """Write data/splits/{train,val,test,holdout}.csv from data/curated/manifest.csv."""
     root = Path(root)
-    manifest = root / layout.CURATED_MANIFEST
-    if not manifest.is_file():
-        raise StageError(
-            f"{layout.CURATED_MANIFEST.as_posix()} not found: run the review stage first"
-        )
-    by_slug: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for row in read_csv(manifest, required=layout.CURATED_COLUMNS):
-        by_slug[row["slug"]].append(row)
+    rows = read_stage_input(root, layout.CURATED_MANIFEST, layout.CURATED_COLUMNS, "review")
+    by_slug = group_by(rows, "slug")
     eligible, warnings = _eligible(by_slug, config)
     held_out = set(derived_rng(config.seed, "holdout").sample(eligible, config.holdout_characters))
 
