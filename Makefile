@@ -9,7 +9,7 @@ MLFLOW_PORT ?= 5000
 REVIEW_PORT ?= 8501
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui clean-venv
+.PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui review clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ prefect-ui: setup ## start the Prefect server and UI on http://127.0.0.1:$(PREFE
 
 mlflow-ui: setup ## start the MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (runs in mlflow.db)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+review: setup ## open the review app on http://127.0.0.1:$(REVIEW_PORT)
+	$(BIN)/streamlit run apps/review.py --server.address 127.0.0.1 --server.port $(REVIEW_PORT) --server.headless true --browser.gatherUsageStats false
 
 clean-venv: ## remove the virtualenv
 	rm -rf $(VENV)

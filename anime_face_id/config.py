@@ -84,6 +84,10 @@ class ReviewConfig(Section):
     # The pipeline flow (flows/pipeline.py) waits this long for a sign-off in the Prefect UI.
     signoff_timeout_s: int = Field(7 * 24 * 3600, ge=1)
     app_url: str = "http://127.0.0.1:8501"  # the review app, linked from the sign-off form
+    # The review app only (the stage ignores these): crops per page, and how close (bits of
+    # 64) the perceptual hashes of two characters' crops must be to flag both as one picture.
+    page_size: int = Field(48, ge=1, le=500)
+    duplicate_distance: int = Field(4, ge=0, le=64)
 
 
 class SplitConfig(Section):
@@ -123,9 +127,21 @@ class TrainConfig(Section):
     loss: Literal["batch_hard", "batch_all"] = "batch_hard"
     margin: Literal["soft"] | float = "soft"
     lr: float = Field(3.0e-4, gt=0)
+    # Adam's L2 penalty (decoupled, as AdamW); 0 = plain Adam as in the original
+    weight_decay: float = Field(0.0, ge=0.0)
+    # cosine: decay the learning rate to 0 over the run (after warm-up); constant: keep lr
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    # linear warm-up from lr/10 over this many epochs: protects the pretrained features
+    # from the large early gradients of a random projection head
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    # face-suited augmentation (flip, tilt, zoom, colour, greyscale) on every training
+    # image; rows that balance marked augment=1 are augmented either way
+    augment: bool = True
     epochs: int = Field(30, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    workers: int = Field(0, ge=0, le=64)  # DataLoader processes; 0 loads in the main process
+    eval_batch_size: int = Field(64, ge=1)  # images per forward pass when embedding val
 
     @field_validator("margin")
     @classmethod
@@ -137,6 +153,20 @@ class TrainConfig(Section):
 
 class EvaluateConfig(Section):
     k: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    # also score the untrained network (pooled ImageNet features) on val: what training bought
+    baseline: bool = True
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    batch_size: int = Field(64, ge=1)
+    grid_queries: int = Field(6, ge=0, le=50)  # val queries shown in the retrieval grid
+    confused_pairs: int = Field(10, ge=0)  # most-confused character pairs reported
+    seed: int = 0  # query choice for the grid and the t-SNE layout
+
+    @field_validator("k")
+    @classmethod
+    def _positive_ks(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 1 for k in value):
+            raise ValueError("evaluate.k must list positive integers")
+        return sorted(set(value))
 
 
 class Params(Section):

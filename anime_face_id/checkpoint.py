@@ -1,0 +1,107 @@
+"""The trained model on disk: weights plus everything needed to use them again.
+
+The file holds only tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``, which refuses to run code from a tampered checkpoint.
+It is written to a temporary file and renamed, so a crash never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from anime_face_id.config import TrainConfig
+from anime_face_id.errors import StageError
+from anime_face_id.fileio import atomic_write_bytes
+from anime_face_id.model.embedder import Embedder
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: Embedder  # in eval mode, on the requested device
+    config: TrainConfig
+    class_names: list[str]
+    image_size: int
+    embedding_dim: int
+    best_epoch: int
+    val_metrics: dict
+
+
+def save_checkpoint(
+    path: Path,
+    model: Embedder,
+    config: TrainConfig,
+    class_names: Sequence[str],
+    best_epoch: int,
+    val_metrics: Mapping[str, float | None],
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Write ``path`` atomically; ``state_dict`` (e.g. a copy kept from the best epoch)
+    defaults to the model's current weights."""
+    weights = state_dict if state_dict is not None else model.state_dict()
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "state_dict": {name: tensor.detach().cpu() for name, tensor in weights.items()},
+        "config": config.model_dump(mode="json"),
+        "class_names": list(class_names),
+        "image_size": config.image_size,
+        "embedding_dim": model.embedding_dim,
+        "backbone": model.backbone_name,
+        "best_epoch": int(best_epoch),
+        "val_metrics": dict(val_metrics),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _read_payload(path: Path) -> dict:
+    if not path.is_file():
+        raise StageError(f"{path} not found: run the train stage first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged or foreign file
+        raise StageError(f"{path} is not a readable checkpoint: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+        raise StageError(
+            f"{path} is not an anime-face-id checkpoint (format {FORMAT_VERSION}): retrain"
+        )
+    return payload
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
+    """The model with its weights, ready for inference (no ImageNet weights needed)."""
+    path = Path(path)
+    payload = _read_payload(path)
+    try:
+        config = TrainConfig.model_validate(payload["config"])
+    except (KeyError, ValidationError) as error:
+        raise StageError(f"{path}: the stored training config is invalid: {error}") from None
+    # pretrained=False: the ImageNet weights would be overwritten by the checkpoint's anyway
+    model = Embedder(
+        backbone=config.backbone,
+        embedding_dim=int(payload["embedding_dim"]),
+        pretrained=False,
+        dropout=config.dropout,
+    )
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise StageError(f"{path}: weights do not fit the network: {error}") from None
+    model.to(device).eval()
+    return LoadedCheckpoint(
+        model=model,
+        config=config,
+        class_names=list(payload["class_names"]),
+        image_size=int(payload["image_size"]),
+        embedding_dim=int(payload["embedding_dim"]),
+        best_epoch=int(payload["best_epoch"]),
+        val_metrics=dict(payload["val_metrics"]),
+    )

@@ -1,0 +1,373 @@
+"""The evaluate stage: the trained embedder scored as a retrieval and identification system.
+
+For ``val`` and ``test``:
+  retrieval within the split (each image queries all the other images of the split):
+    precision_at_1, r_precision, map_at_r, precision_at_5, top_k_accuracy {"k": value}
+  identification: the split's images query a gallery of the TRAINING images
+    (what identifying a new picture does): identification.precision_at_1, .top_k_accuracy
+  verification: equal error rate over all pairs, and its cosine-similarity threshold
+``open_set`` (when characters were held out): retrieval and verification among the held-out
+characters only, which the network never saw. ``baseline_val`` (and ``baseline_open_set``):
+the same numbers for the pooled ImageNet features of the untrained backbone, so users see
+what training bought.
+
+Outputs (relative to the project root, atomic): metrics/eval.json and, under plots/,
+embedding_map.{png,csv}, retrieval_grid.png, per_character.{csv,png},
+confused_pairs.csv and loss_curves.png (from plots/train_history.csv).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anime_face_id import layout
+from anime_face_id.checkpoint import LoadedCheckpoint, load_checkpoint
+from anime_face_id.config import EvaluateConfig
+from anime_face_id.dataset import read_split, require_paths_inside, unreadable_images
+from anime_face_id.embed import ImageNetFeatures, embed_paths
+from anime_face_id.errors import StageError
+from anime_face_id.fileio import atomic_write_json, read_csv, sweep_temporaries, write_csv
+from anime_face_id.metrics import (
+    as_unit_array,
+    confused_pairs,
+    per_class_table,
+    retrieval_metrics,
+    verification_eer,
+)
+from anime_face_id.model import PretrainedWeightsMissing
+from anime_face_id.plots import (
+    GridRow,
+    plot_embedding_map,
+    plot_per_character,
+    plot_retrieval_grid,
+    plot_training_curves,
+    project_2d,
+)
+from anime_face_id.train import CHECKPOINT, TRAIN_HISTORY, json_safe, resolve_device
+
+logger = logging.getLogger("anime_face_id.evaluate")
+
+EVAL_METRICS = Path("metrics/eval.json")
+PLOTS_DIR = Path("plots")
+EMBEDDING_MAP_PNG = PLOTS_DIR / "embedding_map.png"
+EMBEDDING_MAP_CSV = PLOTS_DIR / "embedding_map.csv"
+RETRIEVAL_GRID_PNG = PLOTS_DIR / "retrieval_grid.png"
+PER_CHARACTER_CSV = PLOTS_DIR / "per_character.csv"
+PER_CHARACTER_PNG = PLOTS_DIR / "per_character.png"
+CONFUSED_PAIRS_CSV = PLOTS_DIR / "confused_pairs.csv"
+LOSS_CURVES_PNG = PLOTS_DIR / "loss_curves.png"
+GRID_NEIGHBOURS = 5
+BASELINE_FEATURES = "imagenet_efficientnet_lite0_pooled_1280"
+
+CONFUSED_COLUMNS = ("character_a", "character_b", "count")
+EMBEDDING_MAP_COLUMNS = ("x", "y", "character", "path")
+
+
+@dataclass
+class EmbeddedSplit:
+    paths: list[str]
+    labels: np.ndarray  # character names
+    embeddings: np.ndarray  # (N, D), unit rows
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+# --------------------------------------------------------------------- embedding
+
+
+def readable_splits(root: Path) -> tuple[dict[str, list[dict[str, str]]], dict[str, str]]:
+    """Rows of every split (holdout may be absent) without the unreadable images."""
+    rows = {name: read_split(root, name, required=name != "holdout") for name in layout.SPLIT_NAMES}
+    for name, split_rows in rows.items():
+        require_paths_inside(split_rows, layout.split_csv(name).as_posix())
+    skipped = unreadable_images(root, [row["path"] for split in rows.values() for row in split])
+    kept = {
+        name: [row for row in split_rows if row["path"] not in skipped]
+        for name, split_rows in rows.items()
+    }
+    return kept, skipped
+
+
+def embed_split(
+    model: torch.nn.Module,
+    root: Path,
+    rows: Sequence[dict[str, str]],
+    image_size: int,
+    device: torch.device,
+    batch_size: int,
+) -> EmbeddedSplit:
+    paths = [row["path"] for row in rows]
+    embeddings = embed_paths(model, [root / p for p in paths], image_size, device, batch_size)
+    return EmbeddedSplit(
+        paths=paths,
+        labels=np.array([row["character"] for row in rows], dtype=object),
+        embeddings=as_unit_array(embeddings),
+    )
+
+
+# --------------------------------------------------------------------- metrics
+
+
+def _top_k(values: dict[int, float]) -> dict[str, float]:
+    return {str(k): value for k, value in values.items()}
+
+
+def retrieval_report(split: EmbeddedSplit, ks: Sequence[int]) -> dict:
+    """Retrieval within one split, and verification over its pairs."""
+    scores = retrieval_metrics(split.embeddings, split.labels, ks=ks)
+    eer, threshold = verification_eer(split.embeddings, split.labels)
+    return {
+        "precision_at_1": scores["precision_at_1"],
+        "r_precision": scores["r_precision"],
+        "map_at_r": scores["map_at_r"],
+        "precision_at_5": scores["precision_at_5"],
+        "top_k_accuracy": _top_k(scores["top_k_accuracy"]),
+        "eer": eer,
+        "eer_threshold": threshold,
+        "num_images": len(split),
+        "num_characters": len(set(split.labels.tolist())),
+        "num_queries": scores["num_queries"],
+    }
+
+
+def identification_report(queries: EmbeddedSplit, gallery: EmbeddedSplit, ks) -> dict:
+    scores = retrieval_metrics(
+        queries.embeddings, queries.labels, gallery.embeddings, gallery.labels, ks=ks
+    )
+    return {
+        "precision_at_1": scores["precision_at_1"],
+        "top_k_accuracy": _top_k(scores["top_k_accuracy"]),
+        "num_queries": scores["num_queries"],
+        "gallery_images": len(gallery),
+    }
+
+
+def split_report(split: EmbeddedSplit, gallery: EmbeddedSplit, ks: Sequence[int]) -> dict:
+    report = retrieval_report(split, ks)
+    report["identification"] = identification_report(split, gallery, ks)
+    return report
+
+
+def per_character_rows(split: EmbeddedSplit, ks: Sequence[int]) -> list[dict]:
+    """Retrieval within the split, per character, worst MAP@R first."""
+    rows = per_class_table(retrieval_metrics(split.embeddings, split.labels, ks=ks))
+    return [
+        {
+            "character": row.pop("label"),
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+        }
+        for row in rows
+    ]
+
+
+def confused_pair_rows(queries: EmbeddedSplit, gallery: EmbeddedSplit, top: int) -> list[dict]:
+    """Which characters' queries most often find the other first in the training gallery."""
+    if not len(queries) or not len(gallery) or top == 0:
+        return []
+    pairs = confused_pairs(
+        queries.embeddings, queries.labels, gallery.embeddings, gallery.labels, top=top
+    )
+    return [{"character_a": a, "character_b": b, "count": count} for a, b, count in pairs]
+
+
+def baseline_reports(
+    root: Path,
+    rows: dict[str, list[dict[str, str]]],
+    image_size: int,
+    config: EvaluateConfig,
+    device: torch.device,
+) -> dict[str, dict]:
+    """``baseline_val`` (and ``baseline_open_set`` with held-out characters): the same
+    numbers for the untrained backbone's pooled ImageNet features."""
+    features = ImageNetFeatures().to(device)
+
+    def embed(split_rows):
+        return embed_split(features, root, split_rows, image_size, device, config.batch_size)
+
+    reports = {"baseline_val": split_report(embed(rows["val"]), embed(rows["train"]), config.k)}
+    if rows["holdout"]:
+        reports["baseline_open_set"] = retrieval_report(embed(rows["holdout"]), config.k)
+    for report in reports.values():
+        report["features"] = BASELINE_FEATURES
+    return reports
+
+
+# --------------------------------------------------------------------- plots
+
+
+def grid_rows(
+    root: Path, queries: EmbeddedSplit, gallery: EmbeddedSplit, count: int, seed: int
+) -> list[GridRow]:
+    """``count`` queries, each of a different character while there are enough, with
+    their nearest training images."""
+    if not len(queries) or not len(gallery) or count == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    by_character: dict[str, list[int]] = {}
+    for index, label in enumerate(queries.labels.tolist()):
+        by_character.setdefault(label, []).append(index)
+    characters = sorted(by_character)
+    rng.shuffle(characters)
+    chosen = [int(rng.choice(by_character[name])) for name in characters[:count]]
+    similarity = queries.embeddings[chosen] @ gallery.embeddings.T
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :GRID_NEIGHBOURS]
+    return [
+        GridRow(
+            query_path=root / queries.paths[q],
+            query_label=str(queries.labels[q]),
+            hits=[
+                (root / gallery.paths[g], str(gallery.labels[g]), float(similarity[i, g]))
+                for g in order[i]
+            ],
+        )
+        for i, q in enumerate(chosen)
+    ]
+
+
+def write_plots(
+    root: Path,
+    val: EmbeddedSplit,
+    gallery: EmbeddedSplit,
+    per_character: list[dict],
+    pairs: list[dict],
+    config: EvaluateConfig,
+) -> list[str]:
+    """Every figure and table it can draw; returns the paths written."""
+    written = []
+    per_character_columns = tuple(per_character[0]) if per_character else ("character",)
+    write_csv(root / PER_CHARACTER_CSV, per_character_columns, per_character)
+    write_csv(root / CONFUSED_PAIRS_CSV, CONFUSED_COLUMNS, pairs)
+    written += [PER_CHARACTER_CSV, CONFUSED_PAIRS_CSV]
+    if per_character:
+        plot_per_character(
+            per_character, root / PER_CHARACTER_PNG, "Retrieval within val, per character"
+        )
+        written.append(PER_CHARACTER_PNG)
+    if len(val) >= 2:
+        points, method = project_2d(val.embeddings, config.seed)
+        map_rows = [
+            {"x": f"{x:.4f}", "y": f"{y:.4f}", "character": label, "path": path}
+            for (x, y), label, path in zip(points, val.labels, val.paths, strict=True)
+        ]
+        write_csv(root / EMBEDDING_MAP_CSV, EMBEDDING_MAP_COLUMNS, map_rows)
+        plot_embedding_map(
+            points, val.labels.tolist(), method, root / EMBEDDING_MAP_PNG, "Validation embeddings"
+        )
+        written += [EMBEDDING_MAP_CSV, EMBEDDING_MAP_PNG]
+    rows = grid_rows(root, val, gallery, config.grid_queries, config.seed)
+    if rows:
+        plot_retrieval_grid(
+            rows,
+            root / RETRIEVAL_GRID_PNG,
+            f"Validation queries and their {GRID_NEIGHBOURS} nearest training images\n"
+            "green: same character, red: another; number: cosine similarity",
+        )
+        written.append(RETRIEVAL_GRID_PNG)
+    history_path = root / TRAIN_HISTORY
+    if history_path.is_file():
+        history = read_csv(history_path)
+        if history:
+            plot_training_curves(history, root / LOSS_CURVES_PNG)
+            written.append(LOSS_CURVES_PNG)
+    return [Path(path).as_posix() for path in written]
+
+
+# --------------------------------------------------------------------- the stage
+
+
+def _checkpoint_summary(path: Path, loaded: LoadedCheckpoint) -> dict:
+    return {
+        "path": path.as_posix(),
+        "best_epoch": loaded.best_epoch,
+        "image_size": loaded.image_size,
+        "embedding_dim": loaded.embedding_dim,
+        "characters": len(loaded.class_names),
+    }
+
+
+def evaluate(
+    root: Path,
+    config: EvaluateConfig,
+    checkpoint: Path = CHECKPOINT,
+    run_id: str | None = None,
+) -> dict:
+    """Score the checkpoint on every split, draw the plots, write metrics/eval.json.
+
+    Returns the report as written (NaN as None). ``run_id`` (e.g. the MLflow run) is
+    stored in the report when given."""
+    root = Path(root)
+    device = resolve_device(config.device)
+    loaded = load_checkpoint(root / checkpoint, device)
+    rows, skipped = readable_splits(root)
+    if not rows["train"]:
+        raise StageError("data/splits/train.csv has no readable images: no gallery to search")
+
+    def embed(split_rows):
+        return embed_split(
+            loaded.model, root, split_rows, loaded.image_size, device, config.batch_size
+        )
+
+    gallery = embed(rows["train"])
+    val, test = embed(rows["val"]), embed(rows["test"])
+    logger.info(
+        "embedded %d train, %d val, %d test, %d holdout images",
+        len(gallery),
+        len(val),
+        len(test),
+        len(rows["holdout"]),
+    )
+    report: dict = {
+        "checkpoint": _checkpoint_summary(Path(checkpoint), loaded),
+        "val": split_report(val, gallery, config.k),
+        "test": split_report(test, gallery, config.k),
+    }
+    if rows["holdout"]:
+        report["open_set"] = retrieval_report(embed(rows["holdout"]), config.k)
+    pairs = confused_pair_rows(val, gallery, config.confused_pairs)
+    report["confused_pairs"] = pairs
+    warnings = []
+    if config.baseline:
+        try:
+            report.update(baseline_reports(root, rows, loaded.image_size, config, device))
+        except PretrainedWeightsMissing as error:
+            warnings.append(f"baseline skipped: {error}")
+            logger.warning(warnings[-1])
+    sweep_temporaries(root / PLOTS_DIR)
+    report["plots"] = write_plots(
+        root, val, gallery, per_character_rows(val, config.k), pairs, config
+    )
+    report["skipped_images"] = [{"path": p, "reason": r} for p, r in skipped.items()]
+    report["warnings"] = warnings
+    if run_id is not None:
+        report["run_id"] = run_id
+    report = json_safe(report)
+    atomic_write_json(root / EVAL_METRICS, report)
+    log_summary(report)
+    return report
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def log_summary(report: dict) -> None:
+    for name in ("val", "test", "open_set", "baseline_val", "baseline_open_set"):
+        if name in report:
+            part = report[name]
+            identified = part.get("identification", {}).get("precision_at_1")
+            logger.info(
+                "%s: P@1 %s MAP@R %s R-precision %s EER %s | identification P@1 %s",
+                name,
+                _fmt(part["precision_at_1"]),
+                _fmt(part["map_at_r"]),
+                _fmt(part["r_precision"]),
+                _fmt(part.get("eer")),
+                _fmt(identified),
+            )

@@ -1,0 +1,441 @@
+"""The train stage: one readable loop, top to bottom (``train`` below).
+
+Embedding network (pretrained backbone + projection + L2 norm) trained with a triplet loss
+on P x K batches (P characters, K images each) drawn from the balanced training index,
+validated after every epoch by retrieval within the validation split. The weights of the
+epoch with the best validation MAP@R are kept.
+
+Outputs (paths relative to the project root, every write atomic):
+  models/embedder.pt          weights + resolved config + class names (checkpoint.py)
+  metrics/train.json          best and final numbers (DVC metrics)
+  plots/train_history.csv     one row per epoch (DVC plots; evaluate draws it)
+
+Orchestrators observe progress through ``on_epoch`` / ``on_step`` callbacks; this module
+knows nothing of MLflow or Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from anime_face_id.checkpoint import save_checkpoint
+from anime_face_id.config import TrainConfig
+from anime_face_id.dataset import (
+    FaceDataset,
+    NumberedBatches,
+    class_names_of,
+    examples_from_rows,
+    read_balanced_train,
+    read_split,
+    require_paths_inside,
+    unreadable_images,
+    without_paths,
+)
+from anime_face_id.embed import embed_paths
+from anime_face_id.errors import StageError
+from anime_face_id.fileio import atomic_write_json, sweep_temporaries, write_csv
+from anime_face_id.losses import make_loss
+from anime_face_id.metrics import retrieval_metrics
+from anime_face_id.model import PretrainedWeightsMissing, build_embedder
+from anime_face_id.sampler import PKSampler
+
+logger = logging.getLogger("anime_face_id.train")
+
+CHECKPOINT = Path("models/embedder.pt")
+TRAIN_METRICS = Path("metrics/train.json")
+TRAIN_HISTORY = Path("plots/train_history.csv")
+WARMUP_START = 0.1  # warm-up starts at lr x this
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    loss: float
+    active_fraction: float
+    mean_positive_distance: float
+    mean_negative_distance: float
+    val_precision_at_1: float
+    val_map_at_r: float
+    images_per_s: float
+    seconds: float
+    eta_s: float
+    lr: float
+
+
+HISTORY_COLUMNS = tuple(f.name for f in fields(EpochReport))
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    history: list[EpochReport]
+    best_epoch: int
+    class_names: list[str]
+    device: str
+    untrained_val: dict[str, float] = field(default_factory=dict)
+    skipped_images: dict[str, str] = field(default_factory=dict)  # path -> reason
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: cuda, else mps, else cpu. A device asked for by name must exist."""
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    available = {"cpu": True, "cuda": cuda, "mps": mps}
+    if name not in available:
+        raise StageError(f"unknown device {name!r} (use auto, cpu, cuda or mps)")
+    if not available[name]:
+        raise StageError(
+            f"device {name!r} was requested but is not available on this machine "
+            "(this torch build or its drivers do not see it): set device: auto or cpu"
+        )
+    return torch.device(name)
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        # reproducible convolutions at some cost in speed
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def seed_worker(_worker_id: int) -> None:
+    # DataLoader seeds torch per worker from its generator; numpy and random follow it
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def json_safe(value: object) -> object:
+    """NaN and infinities become null: JSON has no NaN, and DVC/MLflow readers choke on it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def epoch_line(report: EpochReport) -> str:
+    return (
+        f"epoch {report.epoch}/{report.epochs} loss {report.loss:.3f} "
+        f"active {report.active_fraction:.2f} val P@1 {report.val_precision_at_1:.2f} "
+        f"MAP@R {report.val_map_at_r:.2f} | {report.images_per_s:.1f} img/s, "
+        f"ETA {format_duration(report.eta_s)}"
+    )
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate before optimiser step ``step`` (0-based)."""
+    if step < warmup_steps:
+        return WARMUP_START + (1.0 - WARMUP_START) * step / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def is_better(score: float, best: float | None) -> bool:
+    """Higher MAP@R wins; with no validation signal (NaN) the later epoch wins."""
+    if best is None:
+        return True
+    if math.isnan(score):
+        return math.isnan(best)
+    return math.isnan(best) or score > best
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingData:
+    train: FaceDataset
+    image_ids: list[str]  # per training row: the file, so repeats are one image
+    val_paths: list[str]
+    val_labels: list[str]
+    class_names: list[str]
+    skipped_images: dict[str, str]
+
+
+def load_training_data(root: Path, config: TrainConfig) -> TrainingData:
+    """The balanced training rows and the validation rows, unreadable images left out."""
+    train_rows = read_balanced_train(root)
+    val_rows = read_split(root, "val")
+    require_paths_inside(train_rows, "data/balanced/train.csv")
+    require_paths_inside(val_rows, "data/splits/val.csv")
+    skipped = unreadable_images(root, [row["path"] for row in train_rows + val_rows])
+    train_rows = without_paths(train_rows, skipped)
+    val_rows = without_paths(val_rows, skipped)
+    class_names = class_names_of(train_rows)
+    if len(class_names) < 2:
+        raise StageError(
+            f"training needs at least 2 characters with readable images in "
+            f"data/balanced/train.csv; found {len(class_names)}. Add characters or images."
+        )
+    examples = examples_from_rows(train_rows, class_names)
+    dataset = FaceDataset(root, examples, config.image_size, config.seed, config.augment)
+    return TrainingData(
+        train=dataset,
+        image_ids=[example.path for example in examples],
+        val_paths=[row["path"] for row in val_rows],
+        val_labels=[row["character"] for row in val_rows],
+        class_names=class_names,
+        skipped_images=skipped,
+    )
+
+
+def validate(
+    model: torch.nn.Module, data: TrainingData, root: Path, config: TrainConfig, device
+) -> dict[str, float]:
+    """Retrieval within the validation split: every image queries all the others."""
+    if not data.val_paths:
+        return {"precision_at_1": math.nan, "map_at_r": math.nan}
+    embeddings = embed_paths(
+        model,
+        [root / path for path in data.val_paths],
+        config.image_size,
+        device,
+        config.eval_batch_size,
+    )
+    scores = retrieval_metrics(embeddings, np.array(data.val_labels), ks=(1,))
+    return {"precision_at_1": scores["precision_at_1"], "map_at_r": scores["map_at_r"]}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def history_row(report: EpochReport) -> dict[str, object]:
+    row = {}
+    for name, value in asdict(report).items():
+        if isinstance(value, float):
+            value = "" if not math.isfinite(value) else f"{value:.6g}"
+        row[name] = value
+    return row
+
+
+def write_outputs(
+    root: Path, history: list[EpochReport], best_epoch: int, extra: Mapping[str, object]
+) -> None:
+    best = history[best_epoch - 1]
+    summary = {
+        "best_epoch": best_epoch,
+        "best": {
+            "val_precision_at_1": best.val_precision_at_1,
+            "val_map_at_r": best.val_map_at_r,
+            "loss": best.loss,
+        },
+        "final": asdict(history[-1]),
+        **extra,
+    }
+    atomic_write_json(root / TRAIN_METRICS, json_safe(summary))
+    write_csv(root / TRAIN_HISTORY, HISTORY_COLUMNS, [history_row(r) for r in history])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    root: Path,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Train, keep the best epoch by validation MAP@R, write the stage outputs.
+
+    ``on_epoch(report)`` after every epoch; ``on_step(step, total_steps, loss)`` after
+    every optimiser step (steps count from 1 over the whole run)."""
+    root = Path(root)
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    seed_everything(config.seed, device)
+
+    sweep_temporaries(root / CHECKPOINT.parent)  # left by a run killed while saving
+    data = load_training_data(root, config)
+    try:
+        model = build_embedder(config).to(device)
+    except PretrainedWeightsMissing as error:
+        raise StageError(str(error)) from None
+    loss_fn = make_loss(config)
+
+    try:
+        sampler = PKSampler(
+            [example.label for example in data.train.examples],
+            p=config.p,
+            k=config.k,
+            seed=config.seed,
+            batches_per_epoch=config.batches_per_epoch,
+            image_ids=data.image_ids,
+        )
+    except ValueError as error:
+        raise StageError(f"cannot build P x K batches: {error}") from None
+    batches = NumberedBatches(sampler)
+    loader = DataLoader(
+        data.train,
+        batch_sampler=batches,
+        num_workers=config.workers,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
+    )
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = len(batches)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, config.lr_schedule)
+    )
+
+    untrained_val = validate(model, data, root, config, device)
+    logger.info(
+        "training on %s: %d characters, %d rows (%d images), %d val images, "
+        "%d batches of %d x %d per epoch; untrained val P@1 %.2f MAP@R %.2f",
+        device,
+        len(data.class_names),
+        len(data.train),
+        len(set(data.image_ids)),
+        len(data.val_paths),
+        steps_per_epoch,
+        sampler.p,
+        sampler.k,
+        untrained_val["precision_at_1"],
+        untrained_val["map_at_r"],
+    )
+
+    history: list[EpochReport] = []
+    best_score: float | None = None
+    best_epoch = 0
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        epoch_started = time.perf_counter()
+        batches.set_epoch(epoch)
+        model.train()
+        losses, actives, positives, negatives = [], [], [], []
+        images_seen, lr = 0, optimizer.param_groups[0]["lr"]
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            stats = loss_fn(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            stats.loss.backward()
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step is taken with
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss = stats.loss.item()
+            if not math.isfinite(loss):
+                raise StageError(
+                    f"training diverged at epoch {epoch}, step {step} (loss {loss}): "
+                    f"lower train.lr (now {config.lr})"
+                )
+            if stats.num_valid:  # a batch without any valid anchor says nothing
+                losses.append(loss)
+                actives.append(stats.active_fraction)
+                positives.append(stats.mean_positive_distance)
+                negatives.append(stats.mean_negative_distance)
+            images_seen += len(labels)
+            if on_step:
+                on_step(step, total_steps, loss)
+        train_seconds = time.perf_counter() - epoch_started
+
+        val = validate(model, data, root, config, device)
+        seconds = time.perf_counter() - epoch_started
+        report = EpochReport(
+            epoch=epoch,
+            epochs=config.epochs,
+            loss=_mean(losses),
+            active_fraction=_mean(actives),
+            mean_positive_distance=_mean(positives),
+            mean_negative_distance=_mean(negatives),
+            val_precision_at_1=val["precision_at_1"],
+            val_map_at_r=val["map_at_r"],
+            images_per_s=images_seen / max(train_seconds, 1e-9),
+            seconds=seconds,
+            eta_s=(time.perf_counter() - started) / epoch * (config.epochs - epoch),
+            lr=lr,
+        )
+        history.append(report)
+        logger.info(epoch_line(report))
+
+        if is_better(report.val_map_at_r, best_score):
+            best_score, best_epoch = report.val_map_at_r, epoch
+            # saved at once, so an interrupted run still leaves its best model so far
+            save_checkpoint(root / CHECKPOINT, model, config, data.class_names, epoch, val)
+        if on_epoch:
+            on_epoch(report)
+
+    best = history[best_epoch - 1]
+    logger.info(
+        "best epoch %d: val P@1 %.3f MAP@R %.3f (untrained %.3f / %.3f) in %s",
+        best_epoch,
+        best.val_precision_at_1,
+        best.val_map_at_r,
+        untrained_val["precision_at_1"],
+        untrained_val["map_at_r"],
+        format_duration(time.perf_counter() - started),
+    )
+    write_outputs(
+        root,
+        history,
+        best_epoch,
+        {
+            "epochs": config.epochs,
+            "device": str(device),
+            "untrained_val": untrained_val,
+            "num_characters": len(data.class_names),
+            "num_train_rows": len(data.train),
+            "num_train_images": len(set(data.image_ids)),
+            "num_val_images": len(data.val_paths),
+            "seconds": time.perf_counter() - started,
+            "skipped_images": [
+                {"path": path, "reason": reason} for path, reason in data.skipped_images.items()
+            ],
+        },
+    )
+    return TrainResult(
+        checkpoint=root / CHECKPOINT,
+        history=history,
+        best_epoch=best_epoch,
+        class_names=data.class_names,
+        device=str(device),
+        untrained_val=untrained_val,
+        skipped_images=data.skipped_images,
+        warnings=list(sampler.warnings),
+    )

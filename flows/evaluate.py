@@ -1,0 +1,79 @@
+"""evaluate: the embedder as a retrieval system (DVC stage `evaluate`). Adds the numbers,
+plots and model to the MLflow run of `train`, registers the model, and moves the
+`champion` alias when this run beats the holder on val MAP@R."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+
+from anime_face_id import evaluate, train
+from flows._stage import fail_on_stage_error, load, run_stage
+from tasks import tracking
+from tasks.mlflow_model import log_embedder
+from tasks.reporting import publish_summary
+
+SPLITS = ("val", "test", "open_set")
+NUMBERS = ("precision_at_1", "r_precision", "map_at_r", "precision_at_5", "eer")
+
+
+def flat_metrics(report: dict) -> dict[str, float]:
+    metrics = {}
+    for split in (*SPLITS, "baseline_val"):
+        for name in NUMBERS:
+            value = report.get(split, {}).get(name)
+            if value is not None:
+                metrics[f"{split}_{name}"] = float(value)
+        for k, value in report.get(split, {}).get("top_k_accuracy", {}).items():
+            if value is not None:
+                metrics[f"{split}_top_{k}_accuracy"] = float(value)
+        ident = report.get(split, {}).get("identification", {})
+        if ident.get("precision_at_1") is not None:
+            metrics[f"{split}_identification_precision_at_1"] = float(ident["precision_at_1"])
+    return metrics
+
+
+@task
+def evaluate_embedder(root: Path, params, run_id: str) -> dict:
+    return evaluate.evaluate(root, params.evaluate, run_id=run_id)
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(params_path: str = "params.yaml", root: str = "."):
+    root_path, params = load(root, params_path)
+    return fail_on_stage_error(lambda: _evaluate(root_path, params))
+
+
+def _evaluate(root_path: Path, params) -> dict:
+    import mlflow
+
+    tracking.configure(root_path)
+    run_id = tracking.load_run_id(root_path)
+    report = evaluate_embedder(root_path, params, run_id)
+    metrics = flat_metrics(report)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(metrics)
+        mlflow.log_params(tracking.flatten("evaluate", params.evaluate.model_dump(mode="json")))
+        mlflow.log_artifact(str(root_path / evaluate.EVAL_METRICS), "metrics")
+        for plot in sorted((root_path / evaluate.PLOTS_DIR).glob("*")):
+            mlflow.log_artifact(str(plot), "plots")
+        model_uri = log_embedder(root_path / train.CHECKPOINT)
+        registration = tracking.register_if_better(
+            run_id, model_uri, metrics.get("val_map_at_r", 0.0)
+        )
+        mlflow.set_tags({f"registry.{k}": str(v) for k, v in registration.items()})
+    rows = [
+        {"split": split, **{name: report[split].get(name) for name in NUMBERS}}
+        for split in SPLITS
+        if split in report
+    ]
+    champion = "now the champion" if registration["champion"] else "champion unchanged"
+    publish_summary(
+        "evaluate", rows, f"Retrieval metrics (model version {registration['version']}, {champion})"
+    )
+    return {"run_id": run_id, **registration}
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", evaluate_flow)

@@ -1,0 +1,101 @@
+"""train: the embedding network with batch-hard triplet loss (DVC stage `train`),
+tracked as an MLflow run named `train`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from anime_face_id import train
+from flows._stage import fail_on_stage_error, load, run_stage
+from tasks import tracking
+from tasks.reporting import StageProgress, publish_summary
+
+
+class PrefectLogHandler(logging.Handler):
+    """Forwards the core library's progress lines (epoch, loss, throughput, ETA)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        get_run_logger().log(record.levelno, self.format(record))
+
+
+@task
+def train_embedder(root: Path, params, run_id: str) -> train.TrainResult:
+    import mlflow
+
+    progress = StageProgress("train", params.train.epochs, unit="epochs")
+
+    def on_epoch(report: train.EpochReport) -> None:
+        metrics = {
+            "loss": report.loss,
+            "active_fraction": report.active_fraction,
+            "mean_positive_distance": report.mean_positive_distance,
+            "mean_negative_distance": report.mean_negative_distance,
+            "val_precision_at_1": report.val_precision_at_1,
+            "val_map_at_r": report.val_map_at_r,
+            "images_per_s": report.images_per_s,
+            "lr": report.lr,
+        }
+        mlflow.log_metrics(
+            {k: float(v) for k, v in metrics.items() if v is not None},
+            step=report.epoch,
+            run_id=run_id,
+        )
+        progress.advance(f"epoch {report.epoch}")
+
+    handler = PrefectLogHandler()
+    core_logger = logging.getLogger("anime_face_id")
+    core_logger.addHandler(handler)
+    core_logger.setLevel(logging.INFO)
+    try:
+        return train.train(root, params.train, on_epoch=on_epoch)
+    finally:
+        core_logger.removeHandler(handler)
+
+
+@flow(name="train", log_prints=True)
+def train_flow(params_path: str = "params.yaml", root: str = "."):
+    root_path, params = load(root, params_path)
+    return fail_on_stage_error(lambda: _train(root_path, params))
+
+
+def _train(root_path: Path, params) -> dict:
+    import mlflow
+
+    uri = tracking.configure(root_path)  # fails fast when runs could not be recorded
+    with mlflow.start_run(run_name="train") as run:
+        mlflow.log_params(tracking.flatten("train", params.train.model_dump(mode="json")))
+        mlflow.log_params(
+            {**tracking.data_version(root_path), "git_commit": tracking.git_commit(root_path)}
+        )
+        mlflow.set_tags({"stage": "train", "characters": str(len(params.characters))})
+        result = train_embedder(root_path, params, run.info.run_id)
+        best = result.history[result.best_epoch - 1]
+        mlflow.log_metrics(
+            {"best_epoch": result.best_epoch, "best_val_map_at_r": float(best.val_map_at_r or 0)}
+        )
+        mlflow.log_artifact(str(root_path / train.TRAIN_METRICS), "metrics")
+        mlflow.log_artifact(str(root_path / train.TRAIN_HISTORY), "plots")
+        tracking.save_run_id(root_path, run.info.run_id, uri)
+    rows = [
+        {
+            "epoch": r.epoch,
+            "loss": round(r.loss, 4),
+            "val_precision_at_1": r.val_precision_at_1,
+            "val_map_at_r": r.val_map_at_r,
+            "images_per_s": round(r.images_per_s, 1),
+        }
+        for r in result.history
+    ]
+    publish_summary(
+        "train",
+        rows,
+        f"Training on {result.device}: best epoch {result.best_epoch} (MLflow run {run.info.run_id})",
+    )
+    return {"run_id": run.info.run_id, "best_epoch": result.best_epoch}
+
+
+if __name__ == "__main__":
+    run_stage("train", train_flow)

@@ -1,0 +1,177 @@
+"""The evaluate stage on a briefly trained model of generated characters: the report's
+keys and types, identification against the training gallery, open set, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anime_face_id import layout
+from anime_face_id.checkpoint import load_checkpoint
+from anime_face_id.config import EvaluateConfig
+from anime_face_id.dataset import read_split
+from anime_face_id.embed import embed_paths
+from anime_face_id.errors import StageError
+from anime_face_id.evaluate import (
+    CONFUSED_PAIRS_CSV,
+    EMBEDDING_MAP_CSV,
+    EMBEDDING_MAP_PNG,
+    EVAL_METRICS,
+    LOSS_CURVES_PNG,
+    PER_CHARACTER_CSV,
+    PER_CHARACTER_PNG,
+    RETRIEVAL_GRID_PNG,
+    evaluate,
+)
+from anime_face_id.fileio import write_csv
+from anime_face_id.metrics import retrieval_metrics
+from anime_face_id.train import CHECKPOINT, TRAIN_HISTORY, train
+from tests.test_train import make_synthetic_project, tiny_config
+
+pytestmark = pytest.mark.slow
+
+TRAINED = ("Akane Red", "Ao Blue", "Midori Green", "Kiiro Yellow")
+HELD_OUT = ("Murasaki Purple", "Shiro White")
+RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "map_at_r", "precision_at_5")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """Four trained characters and two held out, one short training run."""
+    root = tmp_path_factory.mktemp("evaluate") / "project"
+    make_synthetic_project(root, names=TRAINED + HELD_OUT, counts=(8, 4, 3), holdout=HELD_OUT)
+    train(root, tiny_config(epochs=1, batches_per_epoch=3))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(project) -> dict:
+    return evaluate(project, EvaluateConfig(device="cpu", k=[1, 5, 10]), run_id="abc123")
+
+
+def is_score(value) -> bool:
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def test_report_has_every_metric_for_val_and_test(report, project):
+    assert json.loads((project / EVAL_METRICS).read_text()) == report
+    assert report["run_id"] == "abc123"
+    assert report["checkpoint"]["best_epoch"] == 1 and report["checkpoint"]["characters"] == 4
+    for split, images in (("val", 16), ("test", 12)):
+        part = report[split]
+        assert all(is_score(part[key]) for key in RETRIEVAL_KEYS), part
+        assert set(part["top_k_accuracy"]) == {"1", "5", "10"}
+        assert all(is_score(v) for v in part["top_k_accuracy"].values())
+        assert part["top_k_accuracy"]["1"] == part["precision_at_1"]
+        assert part["top_k_accuracy"]["1"] <= part["top_k_accuracy"]["5"]
+        assert is_score(part["eer"]) and -1.0 <= part["eer_threshold"] <= 1.0
+        assert part["num_images"] == images and part["num_characters"] == 4
+        identification = part["identification"]
+        assert is_score(identification["precision_at_1"])
+        assert set(identification["top_k_accuracy"]) == {"1", "5", "10"}
+        assert identification["gallery_images"] == 32
+    assert report["skipped_images"] == [] and report["warnings"] == []
+
+
+def test_identification_queries_the_training_gallery(report, project):
+    loaded = load_checkpoint(project / CHECKPOINT)
+
+    def embedded(split):
+        rows = read_split(project, split)
+        paths = [project / row["path"] for row in rows]
+        labels = np.array([row["character"] for row in rows])
+        return embed_paths(loaded.model, paths, loaded.image_size, "cpu"), labels
+
+    val, val_labels = embedded("val")
+    gallery, gallery_labels = embedded("train")
+    expected = retrieval_metrics(val, val_labels, gallery, gallery_labels, ks=(1, 5, 10))
+    identification = report["val"]["identification"]
+    assert identification["precision_at_1"] == pytest.approx(expected["precision_at_1"])
+    assert identification["top_k_accuracy"]["5"] == pytest.approx(expected["top_k_accuracy"][5])
+    within = retrieval_metrics(val, val_labels, ks=(1,))
+    assert report["val"]["map_at_r"] == pytest.approx(within["map_at_r"])
+
+
+def test_open_set_scores_only_the_held_out_characters(report):
+    open_set = report["open_set"]
+    assert open_set["num_characters"] == 2 and open_set["num_images"] == 30
+    assert all(is_score(open_set[key]) for key in RETRIEVAL_KEYS)
+    assert "identification" not in open_set  # unseen characters have no gallery
+    assert is_score(open_set["eer"])
+
+
+def test_baseline_uses_imagenet_features_on_the_same_images(report):
+    for name in ("baseline_val", "baseline_open_set"):
+        baseline = report[name]
+        assert baseline["features"].startswith("imagenet")
+        assert all(is_score(baseline[key]) for key in RETRIEVAL_KEYS)
+    assert report["baseline_val"]["num_images"] == report["val"]["num_images"]
+    assert report["baseline_val"]["map_at_r"] != report["val"]["map_at_r"]
+
+
+def test_plots_are_valid_images_and_tables(report, project):
+    for png in (
+        EMBEDDING_MAP_PNG,
+        RETRIEVAL_GRID_PNG,
+        PER_CHARACTER_PNG,
+        LOSS_CURVES_PNG,
+    ):
+        assert png.as_posix() in report["plots"]
+        with Image.open(project / png) as image:
+            assert image.format == "PNG"
+            image.verify()
+        with Image.open(project / png) as image:
+            assert min(image.size) > 200
+    with (project / PER_CHARACTER_CSV).open(newline="") as handle:
+        per_character = list(csv.DictReader(handle))
+    assert sorted(row["character"] for row in per_character) == sorted(TRAINED)
+    assert {"queries", "precision_at_1", "map_at_r"} <= set(per_character[0])
+    map_at_r = [float(row["map_at_r"]) for row in per_character]
+    assert map_at_r == sorted(map_at_r)  # worst first
+    with (project / EMBEDDING_MAP_CSV).open(newline="") as handle:
+        points = list(csv.DictReader(handle))
+    assert len(points) == 16 and all(math.isfinite(float(p["x"])) for p in points)
+    with (project / CONFUSED_PAIRS_CSV).open(newline="") as handle:
+        pairs = list(csv.DictReader(handle))
+    assert pairs == [{k: str(v) for k, v in pair.items()} for pair in report["confused_pairs"]]
+    assert not list((project / "plots").glob(".tmp-*"))
+
+
+def test_without_holdout_or_baseline_those_sections_are_absent(tmp_path, project):
+    root = tmp_path / "copy"
+    (root / "models").mkdir(parents=True)
+    (root / CHECKPOINT).write_bytes((project / CHECKPOINT).read_bytes())
+    make_synthetic_project(root, names=TRAINED, counts=(3, 2, 2))
+    result = evaluate(root, EvaluateConfig(device="cpu", baseline=False, grid_queries=0))
+    assert "open_set" not in result and "baseline_val" not in result
+    assert "run_id" not in result
+    assert RETRIEVAL_GRID_PNG.as_posix() not in result["plots"]
+    assert LOSS_CURVES_PNG.as_posix() not in result["plots"]  # no history here
+    assert EMBEDDING_MAP_PNG.as_posix() in result["plots"]  # 8 points: the PCA fallback
+
+
+def test_an_empty_holdout_file_means_no_open_set(tmp_path, project):
+    root = tmp_path / "copy"
+    (root / "models").mkdir(parents=True)
+    (root / CHECKPOINT).write_bytes((project / CHECKPOINT).read_bytes())
+    make_synthetic_project(root, names=TRAINED, counts=(3, 2, 0))
+    write_csv(root / layout.split_csv("holdout"), layout.SPLIT_COLUMNS, [])
+    (root / TRAIN_HISTORY).parent.mkdir(parents=True)
+    (root / TRAIN_HISTORY).write_text("epoch,loss\n1,0.5\n")
+    result = evaluate(root, EvaluateConfig(device="cpu", baseline=False))
+    assert "open_set" not in result
+    assert result["test"]["num_images"] == 0
+    assert result["test"]["precision_at_1"] is None  # nothing to score: null, not NaN
+    assert LOSS_CURVES_PNG.as_posix() in result["plots"]
+
+
+def test_missing_checkpoint_is_a_stage_error(tmp_path):
+    make_synthetic_project(tmp_path, names=TRAINED, counts=(2, 1, 0))
+    with pytest.raises(StageError, match="run the train stage"):
+        evaluate(tmp_path, EvaluateConfig(device="cpu"))

@@ -1,0 +1,181 @@
+"""End to end through train and evaluate: `dvc repro` on generated characters in a
+temporary git repository, runs tracked in a real MLflow store (SQLite, and a real
+`mlflow server` on 127.0.0.1), the model registered with a `champion` alias."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.prefect_server import free_port
+from tests.support.project import Project, make_project
+from tests.support.synthetic import DESIGNS, write_picture_folder
+
+pytestmark = pytest.mark.slow
+
+NAMES = list(DESIGNS)[:5]  # four to train on, one held out for open-set evaluation
+
+
+def configure(project: Project, pictures: Path) -> None:
+    project.set_params(
+        characters=[{"name": name} for name in NAMES],
+        collect={"backend": "folder", "folder": str(pictures)},
+        crop={"detector": "none", "size": 64},
+        review={"require_complete": False},
+        split={"val": 0.25, "test": 0.25, "holdout_characters": 1, "min_per_character": 4},
+        balance={"min_per_class": 12},
+        train={
+            "image_size": 64,
+            "embedding_dim": 32,
+            "p": 4,
+            "k": 3,
+            "epochs": 3,
+            "batches_per_epoch": 6,
+            "lr": 1e-3,
+            "device": "cpu",
+        },
+        evaluate={"grid_queries": 3},
+    )
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> Path:
+    return write_picture_folder(tmp_path_factory.mktemp("pictures"), NAMES, count=12)
+
+
+def mlflow_client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect_api):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    project = make_project(tmp_path, {**prefect_api, "MLFLOW_TRACKING_URI": uri})
+    configure(project, pictures)
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "small generated data set")
+
+    project.dvc("repro")
+    report = json.loads((project.root / "metrics" / "eval.json").read_text())
+    for split in ("val", "test", "open_set"):
+        for name in ("precision_at_1", "r_precision", "map_at_r", "precision_at_5"):
+            assert 0.0 <= report[split][name] <= 1.0, (split, name)
+        assert set(report[split]["top_k_accuracy"]) == {"1", "5", "10"}
+    train_metrics = json.loads((project.root / "metrics" / "train.json").read_text())
+    # Training beats the network it started from, on this data.
+    assert report["val"]["map_at_r"] > train_metrics["untrained_val"]["map_at_r"]
+    for plot in ("loss_curves.png", "embedding_map.png", "retrieval_grid.png", "per_character.png"):
+        assert (project.root / "plots" / plot).stat().st_size > 1000, plot
+
+    client = mlflow_client(uri)
+    run = client.get_run(report["run_id"])
+    assert run.info.run_name == "train"
+    assert run.data.params["train.lr"] == "0.001"
+    assert run.data.params["git_commit"].startswith(
+        project.run("git", "rev-parse", "HEAD").stdout.strip()
+    )
+    assert any(key.startswith("data.data/balanced") for key in run.data.params)
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert run.data.metrics["val_map_at_r"] == pytest.approx(report["val"]["map_at_r"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics", "plots", "model"} <= artifacts or {"metrics", "plots"} <= artifacts
+    champion = client.get_model_version_by_alias("anime-face-id", "champion")
+    assert champion.run_id == run.info.run_id
+
+    # The registered model embeds a picture sent as base64, from the registry alone.
+    import base64
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/anime-face-id@champion")
+    picture = next((pictures / NAMES[0]).iterdir()).read_bytes()
+    answer = model.predict(
+        pd.DataFrame({"image": [base64.b64encode(picture).decode(), "bm90IGFuIGltYWdl"]})
+    )
+    assert len(answer["embedding"][0]) == 32 and answer["error"][0] == ""
+    assert answer["embedding"][1] is None and "not an image" in answer["error"][1]
+
+    # DVC's views of the metrics and plots work.
+    shown = project.dvc("metrics", "show").stdout
+    assert "metrics/eval.json" in shown and "val.map_at_r" in shown
+    project.dvc("plots", "show", "-o", str(tmp_path / "dvc_plots"))
+    assert (tmp_path / "dvc_plots" / "index.html").is_file()
+    assert "Data and pipelines are up to date." in project.dvc("repro").stdout
+
+    # An experiment with other hyper-parameters: a second run, the alias moves only if better.
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "first model")
+    project.dvc("exp", "run", "-S", "train.lr=0.0001", "-S", "train.margin=0.2")
+    runs = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time ASC"])
+    assert len(runs) == 2 and runs[1].data.params["train.margin"] == "0.2"
+    versions = client.search_model_versions("name='anime-face-id'")
+    assert len(versions) == 2
+    scores = [r.data.metrics["val_map_at_r"] for r in runs]
+    expected_champion = runs[1] if scores[1] > scores[0] else runs[0]
+    holder = client.get_model_version_by_alias("anime-face-id", "champion")
+    assert holder.run_id == expected_champion.info.run_id
+    diff = project.dvc("metrics", "diff").stdout
+    assert "map_at_r" in diff
+
+
+def start_mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=(tmp_path / "mlflow-server.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                return process, uri
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise AssertionError((tmp_path / "mlflow-server.log").read_text()[-3000:])
+
+
+def test_tracking_to_a_real_mlflow_server_and_failing_fast_without_one(
+    tmp_path, pictures, prefect_api
+):
+    process, uri = start_mlflow_server(tmp_path)
+    try:
+        project = make_project(tmp_path / "p", {**prefect_api, "MLFLOW_TRACKING_URI": uri})
+        configure(project, pictures)
+        project.set_params(
+            train={"epochs": 1, "batches_per_epoch": 2}, evaluate={"baseline": False}
+        )
+        project.dvc("repro")
+        run_id = json.loads((project.root / "metrics" / "eval.json").read_text())["run_id"]
+        client = mlflow_client(uri)
+        assert client.get_run(run_id).data.metrics["val_map_at_r"] >= 0
+        assert client.get_model_version_by_alias("anime-face-id", "champion").run_id == run_id
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    # The server is gone: the train stage stops before training, with a clear message.
+    project.set_params(train={"epochs": 2})
+    stopped = project.dvc("repro", "train", check=False)
+    assert stopped.returncode != 0
+    output = stopped.stdout + stopped.stderr
+    assert f"MLflow tracking server at {uri} is unreachable" in output
+    assert "Traceback" not in output
+    assert "epoch 1/2" not in output

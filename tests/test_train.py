@@ -1,0 +1,345 @@
+"""The training loop on generated "faces": outputs, reproducibility, learning, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anime_face_id import layout
+from anime_face_id.checkpoint import load_checkpoint, save_checkpoint
+from anime_face_id.config import TrainConfig
+from anime_face_id.dataset import read_split
+from anime_face_id.embed import embed_paths
+from anime_face_id.errors import StageError
+from anime_face_id.fileio import write_csv
+from anime_face_id.metrics import retrieval_metrics
+from anime_face_id.model import build_embedder
+from anime_face_id.train import (
+    CHECKPOINT,
+    HISTORY_COLUMNS,
+    TRAIN_HISTORY,
+    TRAIN_METRICS,
+    format_duration,
+    is_better,
+    json_safe,
+    lr_factor,
+    resolve_device,
+    train,
+)
+from tests.support.synthetic import DESIGNS, SIZE, drawn_face
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def make_synthetic_project(
+    root: Path,
+    names: Sequence[str] = ("Akane Red", "Ao Blue", "Midori Green", "Kiiro Yellow"),
+    counts: tuple[int, int, int] = (10, 5, 3),
+    holdout: Sequence[str] = (),
+    seed: int = 0,
+) -> dict[str, list[dict]]:
+    """Crops under data/faces and the split and balance tables, as the data stages would
+    write them; held-out characters have all their images in holdout.csv."""
+    rng = np.random.default_rng(seed)
+    splits: dict[str, list[dict]] = {name: [] for name in layout.SPLIT_NAMES}
+    for name in names:
+        slug = name.lower().replace(" ", "_")
+        for split, count in zip(("train", "val", "test"), counts, strict=True):
+            for index in range(count):
+                path = f"data/faces/{slug}/{split}_{index}.png"
+                (root / path).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(drawn_face(rng, DESIGNS[name])).save(root / path)
+                row = {"character": name, "slug": slug, "path": path, "source": path}
+                splits["holdout" if name in holdout else split].append({**row, "cluster": path})
+    for split, rows in splits.items():
+        write_csv(root / layout.split_csv(split), layout.SPLIT_COLUMNS, rows)
+    balanced = [
+        {
+            "character": r["character"],
+            "slug": r["slug"],
+            "path": r["path"],
+            "repeat": 0,
+            "augment": 0,
+        }
+        for r in splits["train"]
+    ]
+    write_csv(root / layout.BALANCED_TRAIN, layout.BALANCED_COLUMNS, balanced)
+    return splits
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """Small enough for CPU tests, strong enough to learn the synthetic characters."""
+    settings = {
+        "image_size": SIZE,
+        "embedding_dim": 32,
+        "p": 4,
+        "k": 4,
+        "epochs": 2,
+        "batches_per_epoch": 5,
+        "lr": 3e-3,
+        "lr_schedule": "constant",
+        "device": "cpu",
+        **overrides,
+    }
+    return TrainConfig(**settings)
+
+
+# --------------------------------------------------------------------------- one real run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "project"
+    make_synthetic_project(root)
+    epochs, steps = [], []
+    handler = _ListHandler()
+    logger = logging.getLogger("anime_face_id.train")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = train(
+            root, tiny_config(), on_epoch=epochs.append, on_step=lambda *a: steps.append(a)
+        )
+    finally:
+        logger.removeHandler(handler)
+    return root, result, epochs, steps, handler.messages
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.slow
+def test_run_writes_a_loadable_checkpoint_with_config_and_class_names(trained):
+    root, result, _, _, _ = trained
+    assert result.checkpoint == root / CHECKPOINT and result.checkpoint.is_file()
+    assert not list((root / "models").glob(".tmp-*"))
+    loaded = load_checkpoint(result.checkpoint)
+    assert loaded.class_names == ["Akane Red", "Ao Blue", "Kiiro Yellow", "Midori Green"]
+    assert loaded.class_names == result.class_names
+    assert loaded.config == tiny_config()
+    assert (loaded.image_size, loaded.embedding_dim) == (SIZE, 32)
+    assert loaded.best_epoch == result.best_epoch
+    assert not loaded.model.training
+
+    # the saved weights are the best epoch's: they reproduce its validation score
+    val = read_split(root, "val")
+    embeddings = embed_paths(loaded.model, [root / row["path"] for row in val], SIZE, "cpu")
+    assert embeddings.shape == (len(val), 32)
+    scores = retrieval_metrics(embeddings, np.array([row["character"] for row in val]), ks=(1,))
+    best = result.history[result.best_epoch - 1]
+    assert scores["map_at_r"] == pytest.approx(best.val_map_at_r, abs=1e-6)
+    assert loaded.val_metrics["map_at_r"] == pytest.approx(best.val_map_at_r, abs=1e-9)
+    assert best.val_map_at_r == max(report.val_map_at_r for report in result.history)
+
+
+@pytest.mark.slow
+def test_run_reports_every_epoch_and_step_and_writes_metrics_and_history(trained):
+    root, result, epochs, steps, messages = trained
+    assert [report.epoch for report in epochs] == [1, 2]
+    assert epochs == result.history
+    assert [step for step, _, _ in steps] == list(range(1, 11))
+    assert all(total == 10 and math.isfinite(loss) for _, total, loss in steps)
+    for report in result.history:
+        assert report.epochs == 2 and report.images_per_s > 0 and report.lr == pytest.approx(3e-3)
+        assert 0 <= report.active_fraction <= 1 and report.loss > 0
+    assert result.history[-1].eta_s == 0
+    epoch_lines = [m for m in messages if m.startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    assert epoch_lines[0].startswith("epoch 1/2 loss ") and "val P@1" in epoch_lines[0]
+    assert "MAP@R" in epoch_lines[0] and "img/s, ETA" in epoch_lines[0]
+
+    summary = json.loads((root / TRAIN_METRICS).read_text())
+    assert summary["best_epoch"] == result.best_epoch
+    assert summary["best"]["val_map_at_r"] == pytest.approx(
+        result.history[result.best_epoch - 1].val_map_at_r
+    )
+    assert summary["final"]["epoch"] == 2
+    assert summary["num_characters"] == 4 and summary["num_train_images"] == 40
+    assert summary["device"] == "cpu" and summary["skipped_images"] == []
+
+    with (root / TRAIN_HISTORY).open(newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert tuple(history[0]) == HISTORY_COLUMNS
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    assert float(history[1]["val_map_at_r"]) == pytest.approx(result.history[1].val_map_at_r)
+
+
+@pytest.mark.slow
+def test_training_improves_retrieval_over_the_untrained_network(trained):
+    _, result, _, _, _ = trained
+    before = result.untrained_val["map_at_r"]
+    after = result.history[result.best_epoch - 1].val_map_at_r
+    # measured: about 0.64 before, 0.96 after
+    assert after >= before + 0.15, (before, after)
+    assert after >= 0.85
+
+
+DETERMINISTIC_FIELDS = (
+    "loss",
+    "active_fraction",
+    "mean_positive_distance",
+    "mean_negative_distance",
+    "val_precision_at_1",
+    "val_map_at_r",
+    "lr",
+)
+
+
+@pytest.mark.slow
+def test_same_seed_same_data_same_history(trained, tmp_path):
+    first_root, first, _, _, _ = trained
+    root = tmp_path / "again"
+    shutil.copytree(first_root / "data", root / "data")
+    second = train(root, tiny_config())
+    assert len(second.history) == len(first.history)
+    for a, b in zip(first.history, second.history, strict=True):
+        assert [getattr(a, f) for f in DETERMINISTIC_FIELDS] == [
+            getattr(b, f) for f in DETERMINISTIC_FIELDS
+        ]
+    first_weights = torch.load(first.checkpoint, weights_only=True)["state_dict"]
+    second_weights = torch.load(second.checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(first_weights[name], second_weights[name]) for name in first_weights)
+
+
+@pytest.mark.slow
+def test_unreadable_images_are_left_out_with_their_reason(tmp_path):
+    splits = make_synthetic_project(tmp_path, counts=(6, 3, 0))
+    broken_train = splits["train"][0]["path"]
+    (tmp_path / broken_train).write_bytes(b"<html>not a picture</html>")
+    missing_val = splits["val"][0]["path"]
+    (tmp_path / missing_val).unlink()
+    result = train(tmp_path, tiny_config(epochs=1, batches_per_epoch=1))
+    assert result.skipped_images == {
+        broken_train: "not an image: HTML/XML document",
+        missing_val: "file not found",
+    }
+    summary = json.loads((tmp_path / TRAIN_METRICS).read_text())
+    assert {item["path"] for item in summary["skipped_images"]} == {broken_train, missing_val}
+    assert summary["num_train_images"] == 23 and summary["num_val_images"] == 11
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_balanced_index_is_a_stage_error(tmp_path):
+    make_synthetic_project(tmp_path, counts=(2, 1, 0))
+    (tmp_path / layout.BALANCED_TRAIN).unlink()
+    with pytest.raises(StageError, match="run the balance stage"):
+        train(tmp_path, tiny_config())
+
+
+def test_missing_validation_split_is_a_stage_error(tmp_path):
+    make_synthetic_project(tmp_path, counts=(2, 1, 0))
+    (tmp_path / layout.split_csv("val")).unlink()
+    with pytest.raises(StageError, match="run the split stage"):
+        train(tmp_path, tiny_config())
+
+
+def test_a_single_character_is_a_stage_error(tmp_path):
+    make_synthetic_project(tmp_path, names=("Akane Red",), counts=(3, 1, 0))
+    with pytest.raises(StageError, match="at least 2 characters"):
+        train(tmp_path, tiny_config())
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_characters_with_one_image_each_cannot_form_batches(tmp_path):
+    make_synthetic_project(tmp_path, counts=(1, 1, 0))
+    with pytest.raises(StageError, match="P x K"):
+        train(tmp_path, tiny_config())
+
+
+def test_paths_outside_the_project_are_refused(tmp_path):
+    make_synthetic_project(tmp_path, counts=(2, 1, 0))
+    rows = [{"character": "Akane Red", "slug": "akane_red", "path": "../outside.png", "repeat": 0}]
+    write_csv(tmp_path / layout.BALANCED_TRAIN, layout.BALANCED_COLUMNS, rows)
+    with pytest.raises(StageError, match="outside the project"):
+        train(tmp_path, tiny_config())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_an_unavailable_device_is_a_stage_error(tmp_path):
+    with pytest.raises(StageError, match="'cuda' was requested but is not available"):
+        resolve_device("cuda")
+    make_synthetic_project(tmp_path, counts=(2, 1, 0))
+    with pytest.raises(StageError, match="not available"):
+        train(tmp_path, tiny_config(device="cuda"))
+
+
+def test_auto_device_resolves_to_an_available_one():
+    device = resolve_device("auto")
+    assert device.type in ("cuda", "mps", "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_checkpoint_files_that_are_missing_or_foreign_are_stage_errors(tmp_path):
+    with pytest.raises(StageError, match="run the train stage"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(StageError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(StageError, match="not an anime-face-id checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
+    config = tiny_config(pretrained=False, embedding_dim=8)
+    torch.manual_seed(3)
+    model = build_embedder(config)
+    save_checkpoint(tmp_path / "m.pt", model, config, ["A", "B"], 4, {"map_at_r": math.nan})
+    loaded = load_checkpoint(tmp_path / "m.pt")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+    assert loaded.class_names == ["A", "B"] and loaded.best_epoch == 4
+    assert math.isnan(loaded.val_metrics["map_at_r"])
+    images = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.allclose(loaded.model(images), model(images))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine_to_zero():
+    factors = [lr_factor(step, 100, 10, "cosine") for step in range(101)]
+    assert factors[0] == pytest.approx(0.1)
+    assert all(a < b for a, b in itertools.pairwise(factors[:11]))
+    assert factors[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+    assert factors[55] == pytest.approx(0.5)
+    assert factors[100] == pytest.approx(0.0, abs=1e-12)
+    assert [lr_factor(step, 100, 0, "constant") for step in (0, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+def test_best_epoch_rule_prefers_higher_scores_and_later_epochs_without_validation():
+    assert is_better(0.5, None)
+    assert is_better(0.6, 0.5) and not is_better(0.5, 0.5) and not is_better(0.4, 0.5)
+    assert is_better(math.nan, math.nan)  # no val set: the latest epoch is kept
+    assert not is_better(math.nan, 0.5) and is_better(0.1, math.nan)
+
+
+def test_durations_and_json_values_are_readable():
+    assert [format_duration(s) for s in (5, 130, 3720)] == ["5s", "2m10s", "1h02m"]
+    assert format_duration(math.inf) == "?"
+    assert json_safe({"a": math.nan, "b": [1.5, math.inf], "c": {1: "x"}}) == {
+        "a": None,
+        "b": [1.5, None],
+        "c": {"1": "x"},
+    }
