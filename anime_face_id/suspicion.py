@@ -15,6 +15,7 @@ path, size and mtime, so an edited or re-cropped file is embedded again.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -42,64 +43,73 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> (B, D)
 Progress = Callable[[int, int], None]
 
 
+class FeaturesUnavailable(RuntimeError):
+    """The feature network cannot be loaded (e.g. a damaged models/embedder.pt)."""
+
+
+@dataclass(frozen=True)
+class Features:
+    """A loaded feature network and the input size it expects."""
+
+    encode: Encoder
+    image_size: int
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which features the suspicion scores use; ``id`` names the cache file and changes
-    whenever the features would (another model, other weights, another input size)."""
+    """Which features the suspicion scores use, before anything is loaded; ``id`` names
+    the cache file and changes whenever the features would (other weights, input size)."""
 
     id: str
     description: str
-    image_size: int
-    load: Callable[[], Encoder] = field(compare=False, repr=False)
+    load: Callable[[], Features] = field(compare=False, repr=False)
 
 
 def imagenet_spec(image_size: int) -> FeatureSpec:
+    def load() -> Features:
+        from anime_face_id.model.efficientnet_lite import (
+            EfficientNetLite0,
+            load_imagenet_weights,
+        )
+
+        model = EfficientNetLite0()
+        load_imagenet_weights(model)
+        model.eval()
+        return Features(model.features, image_size)
+
     return FeatureSpec(
-        id=f"imagenet-efficientnet_lite0-{image_size}",
-        description="ImageNet EfficientNet-Lite0 pooled features",
-        image_size=image_size,
-        load=_load_imagenet_encoder,
+        f"imagenet-efficientnet_lite0-{image_size}",
+        "ImageNet EfficientNet-Lite0 pooled features",
+        load,
     )
 
 
-def _load_imagenet_encoder() -> Encoder:
-    from anime_face_id.model.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
+def trained_spec(weights: Path) -> FeatureSpec:
+    """The trained embedder in ``weights`` (anime_face_id.checkpoint's format)."""
+    # size + mtime rather than the file's sha256: the app asks on every rerun
+    digest = hashlib.sha256(file_stamp(weights).encode()).hexdigest()[:16]
 
-    model = EfficientNetLite0()
-    load_imagenet_weights(model)
-    model.eval()
-    return model.features
+    def load() -> Features:
+        from anime_face_id.checkpoint import load_checkpoint
+
+        try:
+            loaded = load_checkpoint(weights)
+        except Exception as error:  # StageError for a foreign file, torch errors besides
+            raise FeaturesUnavailable(f"cannot load {weights.name}: {error}") from None
+        return Features(loaded.model, loaded.image_size)
+
+    return FeatureSpec(f"embedder-{digest}", "the trained embedder", load)
 
 
 def feature_spec(root: Path, image_size: int) -> tuple[FeatureSpec, str]:
-    """The trained embedder's features when models/embedder.pt exists and a loader for it
-    is available, else the ImageNet backbone's; the second value says why, for the UI."""
+    """The trained embedder when models/embedder.pt exists and its loader is installed,
+    else the ImageNet backbone at ``image_size``; the second value says why, for the UI."""
     weights = Path(root) / TRAINED_EMBEDDER
     if not weights.is_file():
         return imagenet_spec(image_size), "no trained embedder yet (models/embedder.pt)"
-    loader = _trained_loader()
-    if loader is None:
-        return imagenet_spec(image_size), "models/embedder.pt exists but no loader is installed"
-    # size + mtime rather than the file's sha256: this runs on every rerun of the app
-    digest = hashlib.sha256(file_stamp(weights).encode()).hexdigest()[:16]
-
-    def load() -> Encoder:
-        model = loader(weights)
-        model.eval()
-        return model
-
-    spec = FeatureSpec(f"embedder-{digest}-{image_size}", "trained embedder", image_size, load)
-    return spec, "models/embedder.pt"
-
-
-def _trained_loader() -> Callable[[Path], torch.nn.Module] | None:
-    # The training code owns the checkpoint format; until it offers a loader the app
-    # falls back to ImageNet features instead of guessing at the file's layout.
-    try:
-        from anime_face_id.model.checkpoint import load_embedder  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return load_embedder
+    if importlib.util.find_spec("anime_face_id.checkpoint") is None:
+        return imagenet_spec(image_size), "no loader for models/embedder.pt is installed"
+    return trained_spec(weights), TRAINED_EMBEDDER.as_posix()
 
 
 def file_stamp(path: Path) -> str:
@@ -168,12 +178,13 @@ def embed_files(
     paths: Sequence[str],
     spec: FeatureSpec,
     progress: Progress | None = None,
-    encoder: Encoder | None = None,
+    features: Features | None = None,
 ) -> Embeddings:
     """Unit-length embeddings of the crops at ``paths`` (POSIX, relative to ``root``).
 
-    Cached ones are read back; the encoder is only loaded (``spec.load``) when something
-    is missing. ``progress(done, total)`` is called for the files that need computing."""
+    Cached ones are read back; the network is only loaded (``spec.load``, unless given as
+    ``features``) when something is missing; FeaturesUnavailable if it cannot be.
+    ``progress(done, total)`` is called for the files that need computing."""
     root = Path(root)
     cache = EmbeddingCache.open(root, spec)
     result = Embeddings({}, {}, 0)
@@ -190,15 +201,14 @@ def embed_files(
         else:
             result.vectors[path] = cached
     if todo:
-        _compute(root, todo, spec, encoder or spec.load(), cache, result, progress)
+        _compute(root, todo, features or spec.load(), cache, result, progress)
     return result
 
 
 def _compute(
     root: Path,
     todo: list[tuple[str, str]],
-    spec: FeatureSpec,
-    encoder: Encoder,
+    features: Features,
     cache: EmbeddingCache,
     result: Embeddings,
     progress: Progress | None,
@@ -206,11 +216,11 @@ def _compute(
     unsaved = 0
     for start in range(0, len(todo), BATCH_SIZE):
         batch = todo[start : start + BATCH_SIZE]
-        ready = _load_batch(root, batch, spec.image_size, result.failed)
+        ready = _load_batch(root, batch, features.image_size, result.failed)
         if ready:
             with torch.inference_mode():
-                features = encoder(torch.stack([tensor for _, _, tensor in ready]))
-            for (path, stamp, _), vector in zip(ready, _unit_rows(features.numpy()), strict=True):
+                output = features.encode(torch.stack([tensor for _, _, tensor in ready]))
+            for (path, stamp, _), vector in zip(ready, _unit_rows(output.numpy()), strict=True):
                 cache.put(path, stamp, vector)
                 result.vectors[path] = vector
             result.computed += len(ready)

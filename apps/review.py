@@ -47,8 +47,8 @@ def project_root() -> Path:
 
 
 @st.cache_resource(show_spinner="Loading the feature network…")
-def _encoder(spec_id: str, _spec: suspicion.FeatureSpec) -> suspicion.Encoder:
-    return _spec.load()
+def _features(spec_id: str, _spec: suspicion.FeatureSpec) -> suspicion.Features:
+    return _spec.load()  # a failure is not cached: a fixed models/embedder.pt is retried
 
 
 @st.cache_data(max_entries=5000, show_spinner=False)
@@ -68,10 +68,14 @@ def thumbnail(root: Path, path: str, side: int = rq.THUMBNAIL_SIDE) -> bytes | N
     return _thumbnail(str(root / path), stamp, side)
 
 
-def embeddings_for(root: Path, state: rq.ReviewState, name: str) -> suspicion.Embeddings:
+def embeddings_for(
+    root: Path, state: rq.ReviewState, name: str
+) -> tuple[suspicion.Embeddings, str]:
+    """The character's crop embeddings and a line saying which features they are."""
     spec, why = suspicion.feature_spec(root, state.params.train.image_size)
-    st.session_state["features"] = f"{spec.description} ({why})"
-    cached_spec = dataclasses.replace(spec, load=lambda: _encoder(spec.id, spec))
+    if st.session_state.get("unusable_features") == spec.id:
+        spec = suspicion.imagenet_spec(state.params.train.image_size)
+        why = f"{suspicion.TRAINED_EMBEDDER.as_posix()} could not be loaded"
     bar = st.empty()
 
     def progress(done: int, total: int) -> None:
@@ -82,9 +86,20 @@ def embeddings_for(root: Path, state: rq.ReviewState, name: str) -> suspicion.Em
         )
 
     paths = [crop.path for crop in state.crops_of(name)]
-    result = suspicion.embed_files(root, paths, cached_spec, progress)
+    try:
+        result = suspicion.embed_files(root, paths, _cached(spec), progress)
+    except suspicion.FeaturesUnavailable as error:
+        st.session_state["unusable_features"] = spec.id
+        st.warning(f"{error}; ordering by ImageNet features instead.")
+        spec = suspicion.imagenet_spec(state.params.train.image_size)
+        why = f"{suspicion.TRAINED_EMBEDDER.as_posix()} could not be loaded"
+        result = suspicion.embed_files(root, paths, _cached(spec), progress)
     bar.empty()
-    return result
+    return result, f"{spec.description} ({why})"
+
+
+def _cached(spec: suspicion.FeatureSpec) -> suspicion.FeatureSpec:
+    return dataclasses.replace(spec, load=lambda: _features(spec.id, spec))
 
 
 # ---------------------------------------------------------------- callbacks
@@ -191,7 +206,7 @@ def relabel_selector(root: Path, names: list[str], crop: rq.Crop, key: str) -> N
 
 def decision_buttons(root: Path, crop: rq.Crop, key: str, shortcuts: bool = False) -> None:
     # Grid cards are narrow: icon-only buttons there, words (and keys) in the one-by-one
-    # view. No tooltips: an open tooltip swallows the next click elsewhere on the page.
+    # view. No tooltips on this page: an open one swallows the next click elsewhere.
     accept, reject = st.columns(2)
     accept.button(
         "Accept (A)" if shortcuts else ":material/check:",
@@ -235,9 +250,12 @@ def crops_view(root: Path, state: rq.ReviewState, name: str) -> None:
         disabled=counts.pending == 0,
         on_click=on_accept_rest,
         args=(root, state.params, name),
-        help="Accepts every crop of this character that is still pending, on every page.",
     )
-    items = rq.build_queue(state, name, embeddings_for(root, state, name))
+    if not counts.total:
+        st.info(f"No face crops of {name}: see Manual boxes for its raw images.")
+        return
+    embeddings, features = embeddings_for(root, state, name)
+    items = rq.build_queue(state, name, embeddings)
     show = st.radio("Show", rq.FILTERS, key="show", horizontal=True, format_func=str.capitalize)
     shown = rq.filter_items(items, show)
     size = state.params.review.page_size
@@ -245,7 +263,8 @@ def crops_view(root: Path, state: rq.ReviewState, name: str) -> None:
     page = st.pagination(pages, key=f"page-{item_slug(state, name)}-{show}") if pages > 1 else 1
     st.caption(
         f"{len(shown)} crop(s), most suspicious first: unreadable, then the same picture filed "
-        "under another character, then farthest from the character's other crops."
+        "under another character, then farthest from the character's other crops in the "
+        f"space of {features}."
     )
     visible = rq.page_items(shown, page, size)
     for start in range(0, len(visible), GRID_COLUMNS):
@@ -263,9 +282,10 @@ def item_slug(state: rq.ReviewState, name: str) -> str:
 def one_by_one_view(root: Path, state: rq.ReviewState, name: str) -> None:
     show_counts(state.counts(name))
     skipped = st.session_state.get("skipped", set())
+    embeddings, _ = embeddings_for(root, state, name)
     queue = [
         item
-        for item in rq.build_queue(state, name, embeddings_for(root, state, name))
+        for item in rq.build_queue(state, name, embeddings)
         if item.crop.status == "pending" and item.crop.path not in skipped
     ]
     if not queue:
@@ -420,14 +440,12 @@ def main() -> None:
         view = st.radio("Task", VIEWS, key="view")
         st.caption(f"Project: {root}")
         st.caption(f"Decisions: {layout.DECISIONS.as_posix()} (saved on every click)")
-        if "features" in st.session_state:
-            st.caption(f"Suspicion features: {st.session_state['features']}")
         with st.expander("Progress of every character"):
             st.dataframe(progress_table(state), hide_index=True)
         if state.warnings:
             with st.expander(f"{len(state.warnings)} warning(s)"):
                 for warning in state.warnings:
-                    st.write(warning)
+                    st.text(warning)  # plain text: paths and names are not Markdown
     st.header(name)
     if view == "Face crops":
         crops_view(root, state, name)

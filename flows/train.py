@@ -33,8 +33,9 @@ def train_embedder(root: Path, params, run_id: str) -> train.TrainResult:
             "active_fraction": report.active_fraction,
             "mean_positive_distance": report.mean_positive_distance,
             "mean_negative_distance": report.mean_negative_distance,
-            "val_precision_at_1": report.val_precision_at_1,
-            "val_map_at_r": report.val_map_at_r,
+            # per-epoch validation; the final val_* numbers come from the evaluate stage
+            "epoch_val_precision_at_1": report.val_precision_at_1,
+            "epoch_val_map_at_r": report.val_map_at_r,
             "images_per_s": report.images_per_s,
             "lr": report.lr,
         }

@@ -34,10 +34,11 @@ def configure(project: Project, pictures: Path) -> None:
             "image_size": 64,
             "embedding_dim": 32,
             "p": 4,
-            "k": 3,
+            "k": 4,
             "epochs": 3,
             "batches_per_epoch": 6,
-            "lr": 1e-3,
+            "lr": 3e-3,
+            "lr_schedule": "constant",
             "device": "cpu",
         },
         evaluate={"grid_queries": 3},
@@ -46,7 +47,7 @@ def configure(project: Project, pictures: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> Path:
-    return write_picture_folder(tmp_path_factory.mktemp("pictures"), NAMES, count=12)
+    return write_picture_folder(tmp_path_factory.mktemp("pictures"), NAMES, count=16)
 
 
 def mlflow_client(uri: str):
@@ -77,7 +78,7 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     client = mlflow_client(uri)
     run = client.get_run(report["run_id"])
     assert run.info.run_name == "train"
-    assert run.data.params["train.lr"] == "0.001"
+    assert run.data.params["train.lr"] == "0.003"
     assert run.data.params["git_commit"].startswith(
         project.run("git", "rev-parse", "HEAD").stdout.strip()
     )

@@ -191,3 +191,19 @@ def test_one_by_one_view_walks_the_pending_crops_with_keyboard_shortcuts(project
     skipped = current()
     app.button(key=f"skip-{skipped}").click().run()
     assert current() != skipped and len(project.decisions()) == 1  # skipping writes nothing
+
+
+def test_an_unloadable_trained_embedder_falls_back_to_imagenet_features(project):
+    pytest.importorskip("anime_face_id.checkpoint")
+    weights = project.root / "models" / "embedder.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"not a checkpoint")
+    app = AppTest.from_file(str(APP), default_timeout=90)
+    app.run()
+
+    assert not app.exception
+    assert any("ordering by ImageNet features instead" in w.value for w in app.warning)
+    first = next(
+        b.key for b in app.button if b.key.startswith("accept-") and b.key != "accept-rest"
+    )
+    assert first == f"accept-{rq.item_key(project.outlier)}"

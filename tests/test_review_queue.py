@@ -186,22 +186,22 @@ def project(tmp_path: Path) -> ReviewProject:
 
 
 @pytest.fixture(scope="module")
-def encoder():
+def features() -> suspicion.Features:
     """The ImageNet backbone, loaded once for the module (it takes about a second)."""
     return suspicion.imagenet_spec(IMAGE_SIZE).load()
 
 
-def embed(project: ReviewProject, name: str, encoder) -> suspicion.Embeddings:
+def embed(project: ReviewProject, name: str, features) -> suspicion.Embeddings:
     spec = suspicion.imagenet_spec(IMAGE_SIZE)
-    return suspicion.embed_files(project.root, project.crops_of(name), spec, encoder=encoder)
+    return suspicion.embed_files(project.root, project.crops_of(name), spec, features=features)
 
 
 # ---------------------------------------------------------------- ordering
 
 
-def test_planted_outlier_of_another_colour_comes_first(project, encoder):
+def test_planted_outlier_of_another_colour_comes_first(project, features):
     state = rq.load_state(project.root, project.params())
-    queue = rq.build_queue(state, "Alice Liddell", embed(project, "Alice Liddell", encoder))
+    queue = rq.build_queue(state, "Alice Liddell", embed(project, "Alice Liddell", features))
 
     assert queue[0].crop.path == project.outlier
     distances = [item.distance for item in queue]
@@ -257,12 +257,12 @@ def test_cross_character_duplicates_threshold_and_bad_hashes():
     }
 
 
-def test_unreadable_crop_is_recorded_and_listed_first(project, encoder):
+def test_unreadable_crop_is_recorded_and_listed_first(project, features):
     broken = project.crops_of("Bob Builder")[3]
     (project.root / broken).write_bytes(b"<html>not a picture</html>")
     state = rq.load_state(project.root, project.params())
 
-    embeddings = embed(project, "Bob Builder", encoder)
+    embeddings = embed(project, "Bob Builder", features)
     queue = rq.build_queue(state, "Bob Builder", embeddings)
 
     assert embeddings.failed == {broken: "not an image: HTML/XML document"}
@@ -344,16 +344,17 @@ def test_filter_by_status(project):
 # ---------------------------------------------------------------- embedding cache
 
 
-def test_embedding_cache_is_reused_and_refreshed_per_file(project, encoder):
+def test_embedding_cache_is_reused_and_refreshed_per_file(project, features):
     spec = suspicion.imagenet_spec(IMAGE_SIZE)
     paths = project.crops_of("Carol")
     calls: list[int] = []
 
-    def counting(batch):
+    def count_and_encode(batch):
         calls.append(len(batch))
-        return encoder(batch)
+        return features.encode(batch)
 
-    first = suspicion.embed_files(project.root, paths, spec, encoder=counting)
+    counting = suspicion.Features(count_and_encode, IMAGE_SIZE)
+    first = suspicion.embed_files(project.root, paths, spec, features=counting)
     assert (first.computed, sum(calls)) == (len(paths), len(paths))
     cache_file = project.root / suspicion.CACHE_DIR / f"embeddings-{spec.id}.npz"
     assert cache_file.is_file()
@@ -361,7 +362,7 @@ def test_embedding_cache_is_reused_and_refreshed_per_file(project, encoder):
     def must_not_load():
         raise AssertionError("the encoder was loaded although everything is cached")
 
-    lazy = suspicion.FeatureSpec(spec.id, spec.description, spec.image_size, must_not_load)
+    lazy = suspicion.FeatureSpec(spec.id, spec.description, must_not_load)
     second = suspicion.embed_files(project.root, paths, lazy)
     assert second.computed == 0
     for path in paths:
@@ -371,19 +372,45 @@ def test_embedding_cache_is_reused_and_refreshed_per_file(project, encoder):
     changed.write_bytes(png_bytes(face_drawing(np.random.default_rng(9), (0, 0, 0))))
     os.utime(changed, ns=(1, 1))  # a different mtime whatever the clock's resolution
     calls.clear()
-    third = suspicion.embed_files(project.root, paths, spec, encoder=counting)
+    third = suspicion.embed_files(project.root, paths, spec, features=counting)
     assert (third.computed, sum(calls)) == (1, 1)
     assert not np.allclose(third.vectors[paths[0]], first.vectors[paths[0]])
     assert not list(cache_file.parent.glob(f"{TMP_PREFIX}*"))
 
 
-def test_damaged_cache_is_recomputed(project, encoder):
+def test_damaged_cache_is_recomputed(project, features):
     spec = suspicion.imagenet_spec(IMAGE_SIZE)
     cache_file = project.root / suspicion.CACHE_DIR / f"embeddings-{spec.id}.npz"
     atomic_write_bytes(cache_file, b"garbage")
     paths = project.crops_of("Carol")[:2]
-    result = suspicion.embed_files(project.root, paths, spec, encoder=encoder)
+    result = suspicion.embed_files(project.root, paths, spec, features=features)
     assert result.computed == 2 and set(result.vectors) == set(paths)
+
+
+def test_trained_embedder_is_used_when_present_and_unusable_one_is_reported(project):
+    checkpoint = pytest.importorskip("anime_face_id.checkpoint")
+    from anime_face_id.config import TrainConfig
+    from anime_face_id.model.embedder import Embedder
+
+    spec, why = suspicion.feature_spec(project.root, IMAGE_SIZE)
+    assert spec.id.startswith("imagenet-") and "no trained embedder" in why
+
+    config = TrainConfig(image_size=IMAGE_SIZE, embedding_dim=8, pretrained=False)
+    model = Embedder(embedding_dim=8, pretrained=False)
+    weights = project.root / suspicion.TRAINED_EMBEDDER
+    checkpoint.save_checkpoint(weights, model, config, list(NAMES), 0, {})
+    spec, why = suspicion.feature_spec(project.root, IMAGE_SIZE)
+    assert spec.id.startswith("embedder-") and why == "models/embedder.pt"
+
+    paths = project.crops_of("Carol")[:3]
+    result = suspicion.embed_files(project.root, paths, spec)
+    assert {vector.shape for vector in result.vectors.values()} == {(8,)}  # the trained head
+    assert (project.root / suspicion.CACHE_DIR / f"embeddings-{spec.id}.npz").is_file()
+
+    weights.write_bytes(b"not a checkpoint")
+    spec, _ = suspicion.feature_spec(project.root, IMAGE_SIZE)
+    with pytest.raises(suspicion.FeaturesUnavailable, match=r"cannot load embedder\.pt"):
+        suspicion.embed_files(project.root, paths, spec)
 
 
 # ---------------------------------------------------------------- writes
