@@ -1,11 +1,30 @@
-"""The `anime-face-id` console script."""
+"""The `anime-face-id` console script.
+
+  anime-face-id check                      validate params.yaml, list characters and slugs
+  anime-face-id identify PICTURE... [--json] [--top N]
+                                           name the characters in pictures
+  anime-face-id gallery rebuild            re-embed the gallery from curated crops
+                                           (no training), recalibrate the threshold
+  anime-face-id gallery info               what the gallery holds
+
+Exit status of `identify`: 0 when every picture could be read (with or without faces),
+1 when at least one could not (each such picture gets its own message; the others are
+still answered), 2 when nothing could run (no model, stale gallery, bad params.yaml).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from anime_face_id.config import ConfigError, load_params
+from anime_face_id.errors import StageError
+from anime_face_id.faces.cascade import CascadeError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
 
 def check_params(args: argparse.Namespace) -> int:
@@ -16,27 +35,197 @@ def check_params(args: argparse.Namespace) -> int:
     )
     for character in params.characters:
         print(f"  {slugs[character.name]:<32} {character.name}  (query: {character.search_query})")
-    return 0
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------- identify
+
+
+def _in_root(root: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+def face_lines(result) -> list[str]:
+    """Human-readable lines for one picture's result."""
+    if result.status == "error":
+        return [f"{result.picture}: error: {result.error}"]
+    if result.status == "no_face":
+        return [f"{result.picture}: no face detected ({result.width}x{result.height})"]
+    count = len(result.faces)
+    lines = [f"{result.picture}: {count} face{'s' if count != 1 else ''}"]
+    for number, face in enumerate(result.faces, start=1):
+        x, y, w, h = face.box
+        others = ", ".join(f"{c.character} {c.score:.3f}" for c in face.candidates[1:])
+        best = f"{face.label} {face.score:.3f}"
+        if not face.known and face.candidates:
+            best = f"unknown (closest: {face.candidates[0].character} {face.score:.3f})"
+        lines.append(
+            f"  face {number} at x={x} y={y} w={w} h={h}: {best}"
+            + (f"  | next: {others}" if others else "")
+        )
+    return lines
+
+
+def identify_pictures(args: argparse.Namespace) -> int:
+    from anime_face_id import identify
+
+    root = Path(args.root)
+    params = load_params(_in_root(root, args.params))
+    identifier = identify.load_identifier(
+        root, params, _in_root(root, args.model), _in_root(root, args.gallery), args.device
+    )
+    options = {"top": args.top, "neighbours": args.neighbours}
+    results = []
+    for picture in args.pictures:
+        result = identifier.identify_file(Path(picture), picture, **options)
+        results.append(result)
+        if not args.json:
+            stream = sys.stderr if result.status == "error" else sys.stdout
+            print("\n".join(face_lines(result)), file=stream, flush=True)
+    if args.json:
+        print(json.dumps(identify.report(identifier, results), indent=2, ensure_ascii=False))
+    elif results:
+        threshold = identifier.gallery.threshold
+        print(
+            f"(unknown below similarity {threshold:.3f}, "
+            f"{identifier.gallery.calibration.method}; {len(identifier.gallery.class_names)} "
+            "characters in the gallery)"
+        )
+    return EXIT_SOME_FAILED if any(r.status == "error" for r in results) else EXIT_OK
+
+
+# --------------------------------------------------------------------- gallery
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    from anime_face_id.gallery import describe, rebuild_gallery
+
+    root = Path(args.root)
+    params = load_params(_in_root(root, args.params))
+    destination = _in_root(root, args.gallery)
+    gallery, skipped = rebuild_gallery(
+        root, params, _in_root(root, args.model), destination, args.source, args.device
+    )
+    summary = describe(gallery)
+    for path, reason in skipped.items():
+        print(f"left out {path}: {reason}", file=sys.stderr)
+    print(
+        f"{destination}: {summary['items']} images of {summary['characters']} characters "
+        f"({summary['source']}), threshold {summary['threshold']:.3f} "
+        f"({summary['calibration']['method']})"
+    )
+    if summary["not_trained_on"]:
+        print(f"not seen in training: {', '.join(summary['not_trained_on'])}")
+    return EXIT_OK
+
+
+def info(args: argparse.Namespace) -> int:
+    from anime_face_id.gallery import describe, embedder_fingerprint, load_gallery
+
+    root = Path(args.root)
+    gallery = load_gallery(_in_root(root, args.gallery))
+    summary = describe(gallery)
+    checkpoint = _in_root(root, args.model)
+    if checkpoint.is_file():
+        current = embedder_fingerprint(checkpoint) == gallery.embedder
+        summary["matches_model"] = current
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return EXIT_OK if summary.get("matches_model", True) else EXIT_UNUSABLE
+
+
+# --------------------------------------------------------------------- parser
+
+
+def _project_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default=".", help="project root (default: .)")
+    parser.add_argument("--params", default="params.yaml", help="relative to --root")
+    parser.add_argument(
+        "--model", default="models/embedder.pt", help="embedder checkpoint, relative to --root"
+    )
+    parser.add_argument(
+        "--gallery", default="models/gallery.npz", help="gallery file, relative to --root"
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anime-face-id", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="anime-face-id",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser(
         "check", help="validate params.yaml and list the characters and their slugs"
     )
     check.add_argument("--params", default="params.yaml")
     check.set_defaults(handler=check_params)
+
+    identify = commands.add_parser(
+        "identify",
+        help="name the characters in pictures",
+        description="Detect every face (params.crop), embed it and name it from the gallery; "
+        "faces scoring below the calibrated threshold are reported as unknown. Exit status: "
+        "0 all pictures read, 1 some could not be read, 2 nothing could run.",
+    )
+    identify.add_argument("pictures", nargs="+", metavar="PICTURE")
+    identify.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    identify.add_argument(
+        "--top", type=int, default=None, help="candidate characters per face (identify.top)"
+    )
+    identify.add_argument(
+        "--neighbours",
+        type=int,
+        default=None,
+        help="nearest gallery images per face, in the JSON (identify.neighbours)",
+    )
+    _project_options(identify)
+    identify.set_defaults(handler=identify_pictures)
+
+    gallery = commands.add_parser("gallery", help="the gallery of known faces")
+    actions = gallery.add_subparsers(dest="action", required=True)
+    rebuild_cmd = actions.add_parser(
+        "rebuild",
+        help="re-embed curated crops with the current embedder (no training) and recalibrate",
+    )
+    rebuild_cmd.add_argument(
+        "--source",
+        choices=("train", "curated"),
+        default=None,
+        help="train split or every curated crop (default: identify.gallery_source)",
+    )
+    _project_options(rebuild_cmd)
+    rebuild_cmd.set_defaults(handler=rebuild)
+    info_cmd = actions.add_parser("info", help="what the gallery holds, as JSON")
+    _project_options(info_cmd)
+    info_cmd.set_defaults(handler=info)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _check_counts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.command != "identify":
+        return
+    if args.top is not None and not 1 <= args.top <= 50:
+        parser.error("--top must be between 1 and 50")
+    if args.neighbours is not None and not 0 <= args.neighbours <= 50:
+        parser.error("--neighbours must be between 0 and 50")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_counts(parser, args)
     try:
         return args.handler(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_UNUSABLE
+    except (StageError, CascadeError, OSError) as error:
+        # a missing or stale model or gallery, a missing detector file: what to run is in
+        # the message, so no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNUSABLE
 
 
 if __name__ == "__main__":

@@ -169,6 +169,30 @@ class EvaluateConfig(Section):
         return sorted(set(value))
 
 
+class IdentifyConfig(Section):
+    """Naming the faces in new pictures: the gallery, its search and the unknown threshold."""
+
+    top: int = Field(3, ge=1, le=50)  # candidate characters reported per face
+    neighbours: int = Field(5, ge=0, le=50)  # nearest gallery images reported per face
+    # train: the training split's crops (val calibrates the threshold); curated: every
+    # curated crop, so characters added after the last split can be named too
+    gallery_source: Literal["train", "curated"] = "train"
+    # None: calibrated on the validation split (see anime_face_id.gallery); a number
+    # overrides it (cosine similarity; faces scoring below it are reported as unknown)
+    threshold: float | None = Field(None, ge=-1.0, le=1.0)
+    # exact: one matrix product over the whole gallery; ivf: k-means lists, only the
+    # `ivf_probes` nearest lists are scanned; auto: exact up to `exact_max_items` items
+    index: Literal["auto", "exact", "ivf"] = "auto"
+    exact_max_items: int = Field(50_000, ge=1)
+    ivf_lists: int | None = Field(None, ge=1)  # None: about sqrt(gallery items)
+    ivf_probes: int = Field(8, ge=1)
+    search_depth: int = Field(200, ge=1)  # ivf: gallery items ranked per face
+    max_bytes: int = Field(20_000_000, ge=1024)  # bigger pictures are refused unread
+    batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = 0  # k-means initialisation of the ivf index
+
+
 class Params(Section):
     characters: list[Character] = Field(min_length=1)
     collect: CollectConfig = CollectConfig()
@@ -178,6 +202,7 @@ class Params(Section):
     balance: BalanceConfig = BalanceConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    identify: IdentifyConfig = IdentifyConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Params:

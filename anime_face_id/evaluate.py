@@ -45,6 +45,7 @@ from anime_face_id.plots import (
     GridRow,
     plot_embedding_map,
     plot_per_character,
+    plot_placeholder,
     plot_retrieval_grid,
     plot_training_curves,
     project_2d,
@@ -239,7 +240,8 @@ def write_plots(
     pairs: list[dict],
     config: EvaluateConfig,
 ) -> list[str]:
-    """Every figure and table it can draw; returns the paths written."""
+    """Every figure and table; a figure that cannot be drawn (too little data) is a
+    placeholder saying why. Returns the paths of the real figures and tables."""
     written = []
     per_character_columns = tuple(per_character[0]) if per_character else ("character",)
     write_csv(root / PER_CHARACTER_CSV, per_character_columns, per_character)
@@ -250,17 +252,22 @@ def write_plots(
             per_character, root / PER_CHARACTER_PNG, "Retrieval within val, per character"
         )
         written.append(PER_CHARACTER_PNG)
+    else:
+        plot_placeholder(root / PER_CHARACTER_PNG, "No character has two validation images.")
+    map_rows = []
     if len(val) >= 2:
         points, method = project_2d(val.embeddings, config.seed)
         map_rows = [
             {"x": f"{x:.4f}", "y": f"{y:.4f}", "character": label, "path": path}
             for (x, y), label, path in zip(points, val.labels, val.paths, strict=True)
         ]
-        write_csv(root / EMBEDDING_MAP_CSV, EMBEDDING_MAP_COLUMNS, map_rows)
         plot_embedding_map(
             points, val.labels.tolist(), method, root / EMBEDDING_MAP_PNG, "Validation embeddings"
         )
         written += [EMBEDDING_MAP_CSV, EMBEDDING_MAP_PNG]
+    else:
+        plot_placeholder(root / EMBEDDING_MAP_PNG, "Fewer than two validation images.")
+    write_csv(root / EMBEDDING_MAP_CSV, EMBEDDING_MAP_COLUMNS, map_rows)
     rows = grid_rows(root, val, gallery, config.grid_queries, config.seed)
     if rows:
         plot_retrieval_grid(
@@ -270,12 +277,15 @@ def write_plots(
             "green: same character, red: another; number: cosine similarity",
         )
         written.append(RETRIEVAL_GRID_PNG)
+    else:
+        plot_placeholder(root / RETRIEVAL_GRID_PNG, "No validation images to query with.")
     history_path = root / TRAIN_HISTORY
-    if history_path.is_file():
-        history = read_csv(history_path)
-        if history:
-            plot_training_curves(history, root / LOSS_CURVES_PNG)
-            written.append(LOSS_CURVES_PNG)
+    history = read_csv(history_path) if history_path.is_file() else []
+    if history:
+        plot_training_curves(history, root / LOSS_CURVES_PNG)
+        written.append(LOSS_CURVES_PNG)
+    else:
+        plot_placeholder(root / LOSS_CURVES_PNG, f"No training history ({TRAIN_HISTORY}).")
     return [Path(path).as_posix() for path in written]
 
 

@@ -37,6 +37,16 @@ def save_figure(figure: Figure, path: Path, dpi: int = 110) -> Path:
     return path
 
 
+def plot_placeholder(path: Path, message: str) -> Path:
+    """A figure that says why the real one could not be drawn (too little data), so
+    the file a pipeline declares always exists and never shows a stale picture."""
+    figure = Figure(figsize=(6, 2))
+    axes = figure.add_subplot()
+    axes.axis("off")
+    axes.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11)
+    return save_figure(figure, path)
+
+
 def character_styles(names: Sequence[str]) -> dict[str, tuple[tuple[float, ...], str]]:
     """A distinct (colour, marker) per name: tab20 for up to 20, then evenly spaced hues
     combined with changing markers, so 40 characters stay tellable apart."""

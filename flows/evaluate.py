@@ -1,6 +1,7 @@
-"""evaluate: the embedder as a retrieval system (DVC stage `evaluate`). Adds the numbers,
-plots and model to the MLflow run of `train`, registers the model, and moves the
-`champion` alias when this run beats the holder on val MAP@R."""
+"""evaluate: the embedder as a retrieval system (DVC stage `evaluate`). Adds the numbers
+and plots to the MLflow run of `train`; the package stage then logs and registers the
+identifier (embedder + gallery + threshold + detector) and decides on the `champion`
+alias from the val MAP@R logged here."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from anime_face_id import evaluate, train
+from anime_face_id import evaluate
 from flows._stage import fail_on_stage_error, load, run_stage
 from tasks import tracking
-from tasks.mlflow_model import log_embedder
 from tasks.reporting import publish_summary
 
 SPLITS = ("val", "test", "open_set")
@@ -58,21 +58,13 @@ def _evaluate(root_path: Path, params) -> dict:
         mlflow.log_artifact(str(root_path / evaluate.EVAL_METRICS), "metrics")
         for plot in sorted((root_path / evaluate.PLOTS_DIR).glob("*")):
             mlflow.log_artifact(str(plot), "plots")
-        model_uri = log_embedder(root_path / train.CHECKPOINT)
-        registration = tracking.register_if_better(
-            run_id, model_uri, metrics.get("val_map_at_r", 0.0)
-        )
-        mlflow.set_tags({f"registry.{k}": str(v) for k, v in registration.items()})
     rows = [
         {"split": split, **{name: report[split].get(name) for name in NUMBERS}}
         for split in SPLITS
         if split in report
     ]
-    champion = "now the champion" if registration["champion"] else "champion unchanged"
-    publish_summary(
-        "evaluate", rows, f"Retrieval metrics (model version {registration['version']}, {champion})"
-    )
-    return {"run_id": run_id, **registration}
+    publish_summary("evaluate", rows, f"Retrieval metrics (MLflow run {run_id})")
+    return {"run_id": run_id, "val_map_at_r": metrics.get("val_map_at_r")}
 
 
 if __name__ == "__main__":

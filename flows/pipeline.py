@@ -102,14 +102,15 @@ def wait_for_review(root, params_path: str) -> str | None:
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(params_path: str = "params.yaml", root: str = "."):
+def pipeline_flow(params_path: str = "params.yaml", root: str = ".", until: str = "all"):
+    """``until``: the last stage to bring up to date (a dvc.yaml stage), or all of them."""
     root_path, _ = load(root, params_path)
     dvc_repro(root_path, "crop")
     stop = wait_for_review(root_path, params_path)
     if stop is not None:
         return Failed(message=stop)
-    dvc_repro(root_path, "all")
-    return "pipeline complete"
+    dvc_repro(root_path, until)
+    return f"pipeline complete ({until})"
 
 
 def main() -> None:
@@ -125,6 +126,9 @@ def main() -> None:
         "--cron", default=None, help='schedule for --serve, e.g. "0 3 * * 1" (Mondays 03:00)'
     )
     parser.add_argument("--name", default="anime-face-id", help="deployment name for --serve")
+    parser.add_argument(
+        "--until", default="all", help="last stage to run, e.g. balance (default: all)"
+    )
     args = parser.parse_args()
     check_params(Path(args.root) / args.params)
     if args.serve:
@@ -137,7 +141,9 @@ def main() -> None:
             },
         )
         return
-    state = pipeline_flow(params_path=args.params, root=args.root, return_state=True)
+    state = pipeline_flow(
+        params_path=args.params, root=args.root, until=args.until, return_state=True
+    )
     if not state.is_completed():
         print(f"\npipeline stopped: {state.message}", file=sys.stderr)
         raise SystemExit(1)

@@ -1,62 +1,96 @@
-"""The trained embedder as an MLflow pyfunc model: base64 images in, embeddings out.
+"""The identifier as an MLflow pyfunc model: base64 pictures in, named faces out.
 
-Logged with the core package as code, so `mlflow.pyfunc.load_model` (and
-`mlflow models serve`) need nothing of the project but this model directory.
+The model bundles everything identification needs as artifacts: the embedder checkpoint,
+the gallery (embeddings, character names, calibrated threshold), the detector and crop
+settings and, for the `lbp` detector, the cascade file. The core package is logged as code,
+so `mlflow.pyfunc.load_model` and `mlflow models serve --env-manager local` need nothing of
+the project but this model.
+
+Input: a DataFrame with a column `image` (base64 PNG/JPEG/..., a `data:` URL prefix is
+allowed) and optionally `name` (echoed as `picture`). Output: one object per row, exactly
+what `anime-face-id identify --json` gives per picture (anime_face_id.identify); a bad row
+gets `status: "error"` and its reason, never an exception, so a server keeps serving.
 """
 
 from __future__ import annotations
 
-import base64
+import json
+import tempfile
 from pathlib import Path
 
 import mlflow.pyfunc
 
 REPO = Path(__file__).resolve().parents[1]
+SETTINGS_FILE = "identify_settings.json"
 
 
-class EmbedderModel(mlflow.pyfunc.PythonModel):
+class IdentifierModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from anime_face_id.checkpoint import load_checkpoint
+        from anime_face_id.config import CropConfig, IdentifyConfig
+        from anime_face_id.identify import build_identifier
 
-        self.loaded = load_checkpoint(Path(context.artifacts["checkpoint"]))
-
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        from anime_face_id.embed import embed_images
-        from anime_face_id.imaging import ImageRejected, decode
-
-        images, errors = [], []
-        for text in model_input["image"]:
-            try:
-                images.append(decode(base64.b64decode(text, validate=True))[0])
-                errors.append("")
-            except (ImageRejected, ValueError) as error:
-                images.append(None)
-                errors.append(getattr(error, "reason", str(error)))
-        good = [image for image in images if image is not None]
-        vectors = iter(embed_images(self.loaded.model, good, self.loaded.image_size).tolist())
-        return pd.DataFrame(
-            {
-                "embedding": [next(vectors) if image is not None else None for image in images],
-                "error": errors,
-            }
+        artifacts = context.artifacts
+        settings = json.loads(Path(artifacts["settings"]).read_text(encoding="utf-8"))
+        crop = dict(settings["crop"])
+        # the bundled cascade, wherever MLflow unpacked the model
+        crop["cascade"] = artifacts.get("cascade")
+        self.identifier = build_identifier(
+            Path(artifacts["checkpoint"]),
+            Path(artifacts["gallery"]),
+            CropConfig.model_validate(crop),
+            IdentifyConfig.model_validate(settings["identify"]),
         )
 
+    def predict(self, context, model_input, params=None) -> list[dict]:
+        if "image" not in getattr(model_input, "columns", ()):
+            raise ValueError("expected a column 'image' holding base64-encoded pictures")
+        names = (
+            list(model_input["name"])
+            if "name" in model_input.columns
+            else [None] * len(model_input)
+        )
+        results = []
+        for number, (text, name) in enumerate(zip(model_input["image"], names, strict=True)):
+            picture = name if isinstance(name, str) and name else f"#{number}"
+            results.append(self.identifier.identify_base64(text, picture).to_json())
+        return results
 
-def log_embedder(checkpoint: Path) -> str:
-    """Log the checkpoint as a pyfunc model in the active run; returns its model URI."""
-    import pandas as pd
-    from mlflow.models import infer_signature
 
-    example = pd.DataFrame({"image": ["<base64 PNG or JPEG>"]})
-    signature = infer_signature(example, pd.DataFrame({"embedding": [[0.0]], "error": [""]}))
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=EmbedderModel(),
-        artifacts={"checkpoint": str(checkpoint)},
-        code_paths=[str(REPO / "anime_face_id"), str(REPO / "tasks")],
-        signature=signature,
-        pip_requirements=[],
+def _signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image"), ColSpec("string", "name", required=False)])
     )
+
+
+def _settings(params) -> dict:
+    crop = params.crop.model_dump(mode="json")
+    crop.pop("cascade")  # replaced by the bundled file at load time
+    return {"crop": crop, "identify": params.identify.model_dump(mode="json")}
+
+
+def log_identifier(root: Path, params, checkpoint: Path, gallery: Path) -> str:
+    """Log the identifier as a pyfunc model in the active run; returns its model URI."""
+    from anime_face_id.faces.cascade import resolve_cascade
+
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = Path(scratch) / SETTINGS_FILE
+        settings.write_text(json.dumps(_settings(params), indent=2), encoding="utf-8")
+        artifacts = {
+            "checkpoint": str(checkpoint),
+            "gallery": str(gallery),
+            "settings": str(settings),
+        }
+        if params.crop.detector == "lbp":
+            artifacts["cascade"] = str(resolve_cascade(Path(root), params.crop.cascade))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=IdentifierModel(),
+            artifacts=artifacts,
+            code_paths=[str(REPO / "anime_face_id"), str(REPO / "tasks")],
+            signature=_signature(),
+            pip_requirements=[],
+        )
     return info.model_uri

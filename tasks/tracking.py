@@ -107,7 +107,8 @@ def load_run_id(root: Path) -> str:
         raise StageError(f"{path} is missing or unreadable: run the train stage first") from None
 
 
-def champion_score(client) -> float | None:
+def champion(client) -> tuple[str, float | None] | None:
+    """The run behind the `champion` alias and its selection score; None without one."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -115,23 +116,41 @@ def champion_score(client) -> float | None:
     except MlflowException:
         return None
     metrics = client.get_run(version.run_id).data.metrics
-    return metrics.get(SELECTION_METRIC)
+    return version.run_id, metrics.get(SELECTION_METRIC)
+
+
+def champion_score(client) -> float | None:
+    holder = champion(client)
+    return holder[1] if holder else None
+
+
+def run_score(run_id: str) -> float:
+    """The run's selection metric, logged by the evaluate stage."""
+    from mlflow import MlflowClient
+
+    score = MlflowClient().get_run(run_id).data.metrics.get(SELECTION_METRIC)
+    if score is None:
+        raise StageError(f"MLflow run {run_id} has no {SELECTION_METRIC}: run evaluate first")
+    return float(score)
 
 
 def register_if_better(run_id: str, model_uri: str, score: float) -> dict[str, Any]:
-    """Register this run's model; move the champion alias only when it beats the holder."""
+    """Register this run's model; move the champion alias only when it beats the holder,
+    or when the holder is this same run (its embedder packaged again, e.g. with a rebuilt
+    gallery: the newer package of the champion's embedder replaces the older one)."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    holder = champion_score(client)
+    holder = champion(client)
+    holder_score = holder[1] if holder else None
     version = mlflow.register_model(model_uri, MODEL_NAME)
-    promoted = holder is None or score > holder
+    promoted = holder is None or holder[0] == run_id or holder_score is None or score > holder_score
     if promoted:
         client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)
     return {
         "model": MODEL_NAME,
         "version": int(version.version),
         "champion": promoted,
-        "previous_champion_score": holder,
+        "previous_champion_score": holder_score,
     }

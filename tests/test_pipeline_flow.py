@@ -30,7 +30,7 @@ def picture_folder(where: Path) -> Path:
     for name, colour in COLOURS.items():
         folder = where / "pictures" / name
         folder.mkdir(parents=True)
-        for index in range(5):
+        for index in range(8):
             pixels = np.clip(np.array(colour) + rng.normal(0, 40, (48, 48, 3)), 0, 255)
             Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index}.png")
     return where / "pictures"
@@ -44,8 +44,11 @@ def project(tmp_path):
         collect={"backend": "folder", "folder": str(picture_folder(tmp_path))},
         crop={"detector": "none", "size": 32},
         review={"require_complete": True, "signoff_timeout_s": 600},
-        split={"val": 0.2, "test": 0.2, "min_per_character": 2},
-        balance={"min_per_class": 6},
+        split={"val": 0.25, "test": 0.25, "min_per_character": 2},
+        balance={"min_per_class": 8},
+        train={"image_size": 32, "embedding_dim": 8, "p": 2, "k": 2, "epochs": 1}
+        | {"batches_per_epoch": 2, "device": "cpu"},
+        evaluate={"baseline": False},
     )
     return project
 
@@ -55,13 +58,13 @@ def read(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def run_in_thread(root: Path) -> tuple[threading.Thread, dict]:
+def run_in_thread(root: Path, until: str = "all") -> tuple[threading.Thread, dict]:
     from flows.pipeline import pipeline_flow
 
     outcome: dict = {}
 
     def target() -> None:
-        outcome["state"] = pipeline_flow(root=str(root), return_state=True)
+        outcome["state"] = pipeline_flow(root=str(root), until=until, return_state=True)
 
     # The harness's settings live in a context variable: carry it into the thread.
     thread = threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True)
@@ -118,11 +121,12 @@ def test_pauses_for_sign_off_and_completes_after_resume(project, prefect_harness
         sum(row["note"] == "accepted at sign-off by tester" for row in decisions) == len(faces) - 1
     )
     assert (project.root / layout.BALANCED_TRAIN).exists()
+    assert (project.root / "metrics" / "eval.json").exists()  # the whole pipeline ran
 
 
 def test_sign_off_timeout_ends_cleanly_and_rerun_continues(project, prefect_harness):
     project.set_params(review={"signoff_timeout_s": 3})
-    thread, outcome = run_in_thread(project.root)
+    thread, outcome = run_in_thread(project.root, until="balance")
     thread.join(timeout=600)
     state = outcome["state"]
     assert state.is_failed()
@@ -137,10 +141,11 @@ def test_sign_off_timeout_ends_cleanly_and_rerun_continues(project, prefect_harn
     with (project.root / layout.DECISIONS).open("a", encoding="utf-8") as handle:
         for face in faces:
             handle.write(f"2026-01-01T00:00:00Z,{face['path']},accept,,,\n")
-    thread, outcome = run_in_thread(project.root)
+    thread, outcome = run_in_thread(project.root, until="balance")
     thread.join(timeout=600)
     assert outcome["state"].is_completed(), outcome["state"].message
     assert len(read(project.root / layout.CURATED_MANIFEST)) == len(faces)
+    assert not (project.root / "models" / "embedder.pt").exists()  # stopped at balance
     assert (project.root / layout.DECISIONS).read_text().startswith(decisions_before)
 
 

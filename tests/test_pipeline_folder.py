@@ -32,7 +32,7 @@ def test_folder_backend_dvc_repro(tmp_path, shared_dir, cascade_path, prefect_ap
         balance={"min_per_class": 40},
     )
 
-    first = project.dvc("repro")
+    first = project.dvc("repro", "balance")
     assert "Running stage 'balance'" in first.stdout
 
     raw = read(project.root / layout.RAW_MANIFEST)
@@ -69,7 +69,7 @@ def test_folder_backend_dvc_repro(tmp_path, shared_dir, cascade_path, prefect_ap
     for name in CHARACTERS:
         assert sum(row["character"] == name for row in balanced) >= 40
 
-    again = project.dvc("repro")
+    again = project.dvc("repro", "balance")
     assert "Data and pipelines are up to date." in again.stdout
     assert "Running stage" not in again.stdout
 

@@ -64,7 +64,7 @@ def test_google_backend_dvc_repro(tmp_path, shared_dir, prefect_api):
         )
 
         # The review checkpoint stops the pipeline while crops await review.
-        stopped = project.dvc("repro", check=False)
+        stopped = project.dvc("repro", "balance", check=False)
         assert stopped.returncode != 0
         output = stopped.stdout + stopped.stderr
         assert "await review" in output and "make review" in output
@@ -88,20 +88,20 @@ def test_google_backend_dvc_repro(tmp_path, shared_dir, prefect_api):
 
         # Accept pending crops by the param: only review and later stages run.
         project.set_params(review={"require_complete": False})
-        resumed = project.dvc("repro")
+        resumed = project.dvc("repro", "balance")
         assert "Running stage 'collect'" not in resumed.stdout
         assert "Running stage 'balance'" in resumed.stdout
         balanced = read(project.root / layout.BALANCED_TRAIN)
         assert {row["character"] for row in balanced} == set(first_two)
 
-        assert "Data and pipelines are up to date." in project.dvc("repro").stdout
+        assert "Data and pipelines are up to date." in project.dvc("repro", "balance").stdout
 
         # Adding a character searches and downloads only that character.
         searches_before = {q: pages.count(f"/search/{q}") for q, _ in CHARACTERS.values()}
         downloads_before = {q: image_requests(images, q) for q, _ in CHARACTERS.values()}
         assert searches_before["hifumi"] == 0
         project.set_params(characters=[{"name": n, "query": CHARACTERS[n][0]} for n in CHARACTERS])
-        project.dvc("repro")
+        project.dvc("repro", "balance")
         for name, (query, _) in CHARACTERS.items():
             added = name == "Takimoto Hifumi"
             assert pages.count(f"/search/{query}") == searches_before[query] + int(added), name

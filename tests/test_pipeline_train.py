@@ -5,15 +5,12 @@ temporary git repository, runs tracked in a real MLflow store (SQLite, and a rea
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.prefect_server import free_port
+from tests.support.processes import free_port, running_server
 from tests.support.project import Project, make_project
 from tests.support.synthetic import DESIGNS, write_picture_folder
 
@@ -91,7 +88,8 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     champion = client.get_model_version_by_alias("anime-face-id", "champion")
     assert champion.run_id == run.info.run_id
 
-    # The registered model embeds a picture sent as base64, from the registry alone.
+    # The registered model (the package stage's identifier) names the face in a picture
+    # sent as base64, from the registry alone.
     import base64
 
     import mlflow.pyfunc
@@ -103,8 +101,8 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     answer = model.predict(
         pd.DataFrame({"image": [base64.b64encode(picture).decode(), "bm90IGFuIGltYWdl"]})
     )
-    assert len(answer["embedding"][0]) == 32 and answer["error"][0] == ""
-    assert answer["embedding"][1] is None and "not an image" in answer["error"][1]
+    assert answer[0]["status"] == "ok" and answer[0]["faces"][0]["candidates"]
+    assert answer[1]["status"] == "error" and "not an image" in answer[1]["error"]
 
     # DVC's views of the metrics and plots work.
     shown = project.dvc("metrics", "show").stdout
@@ -129,35 +127,23 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     assert "map_at_r" in diff
 
 
-def start_mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+def mlflow_server(tmp_path: Path):
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=(tmp_path / "mlflow-server.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination", str(tmp_path / "artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                return process, uri
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise AssertionError((tmp_path / "mlflow-server.log").read_text()[-3000:])
+    return uri, running_server(command, f"{uri}/health", tmp_path / "mlflow-server.log")
 
 
 def test_tracking_to_a_real_mlflow_server_and_failing_fast_without_one(
     tmp_path, pictures, prefect_api
 ):
-    process, uri = start_mlflow_server(tmp_path)
-    try:
+    uri, server = mlflow_server(tmp_path)
+    with server:
         project = make_project(tmp_path / "p", {**prefect_api, "MLFLOW_TRACKING_URI": uri})
         configure(project, pictures)
         project.set_params(
@@ -168,9 +154,6 @@ def test_tracking_to_a_real_mlflow_server_and_failing_fast_without_one(
         client = mlflow_client(uri)
         assert client.get_run(run_id).data.metrics["val_map_at_r"] >= 0
         assert client.get_model_version_by_alias("anime-face-id", "champion").run_id == run_id
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
     # The server is gone: the train stage stops before training, with a clear message.
     project.set_params(train={"epochs": 2})

@@ -8,11 +8,8 @@ stage must turn them into the curated manifest. Screenshots go to test-artifacts
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +19,7 @@ from anime_face_id import layout
 from anime_face_id import review_queue as rq
 from anime_face_id.fileio import read_csv
 from anime_face_id.review import apply_review
+from tests.support.processes import free_port, running_server
 from tests.test_review_queue import ReviewProject, make_review_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -34,12 +32,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 TIMEOUT_MS = 30_000
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -48,14 +40,6 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 30.0
             return result
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -73,23 +57,11 @@ def app_url(project: ReviewProject, tmp_path: Path) -> Iterator[str]:
         "--server.fileWatcherType", "none",
         "--", "--root", str(project.root),
     ]  # fmt: skip
-    log = (tmp_path / "streamlit.log").open("w")
     env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.streamlit of the person running it
-    server = subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: healthy(url) or server.poll() is not None, "streamlit to start")
-        assert server.poll() is None, (tmp_path / "streamlit.log").read_text()
+    log = tmp_path / "streamlit.log"
+    with running_server(command, f"{url}/_stcore/health", log, env=env, cwd=tmp_path, timeout_s=60):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @pytest.fixture

@@ -1,0 +1,85 @@
+"""package: the identifier (DVC stage `package`). Builds the gallery of training embeddings
+and its calibrated unknown-face threshold (models/gallery.npz, metrics/package.json), logs
+embedder + gallery + detector as one MLflow pyfunc model in the run of `train`, registers it
+as `anime-face-id`, and moves the `champion` alias when this run beats the holder on val
+MAP@R (logged by evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+
+from anime_face_id import gallery, train
+from flows._stage import fail_on_stage_error, load, run_stage
+from tasks import tracking
+from tasks.mlflow_model import log_identifier
+from tasks.reporting import publish_summary
+
+
+@task
+def build_gallery(root: Path, params) -> dict:
+    return gallery.package_gallery(root, params, train.CHECKPOINT)
+
+
+@task
+def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
+    import mlflow
+
+    score = tracking.run_score(run_id)
+    calibration = summary["calibration"]
+    metrics = {
+        "gallery_items": summary["items"],
+        "gallery_characters": summary["characters"],
+        "unknown_threshold": summary["threshold"],
+        "unknown_false_accept": calibration["false_accept"],
+        "unknown_false_reject": calibration["false_reject"],
+    }
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        # tags, not params: a run may be packaged again with other identify settings
+        mlflow.set_tags(
+            {
+                **tracking.flatten("identify", params.identify.model_dump(mode="json")),
+                "identify.calibration": calibration["method"],
+            }
+        )
+        mlflow.log_artifact(str(root / gallery.PACKAGE_METRICS), "metrics")
+        model_uri = log_identifier(root, params, root / train.CHECKPOINT, root / gallery.GALLERY)
+        registration = tracking.register_if_better(run_id, model_uri, score)
+        mlflow.set_tags({f"registry.{k}": str(v) for k, v in registration.items()})
+    return registration
+
+
+@flow(name="package", log_prints=True)
+def package_flow(params_path: str = "params.yaml", root: str = "."):
+    root_path, params = load(root, params_path)
+    return fail_on_stage_error(lambda: _package(root_path, params))
+
+
+def _package(root_path: Path, params) -> dict:
+    tracking.configure(root_path)  # fails fast when the model could not be recorded
+    run_id = tracking.load_run_id(root_path)
+    summary = build_gallery(root_path, params)
+    registration = log_and_register(root_path, params, run_id, summary)
+    calibration = summary["calibration"]
+    champion = "now the champion" if registration["champion"] else "champion unchanged"
+    publish_summary(
+        "package",
+        [
+            {
+                "gallery_images": summary["items"],
+                "characters": summary["characters"],
+                "threshold": round(summary["threshold"], 4),
+                "calibration": calibration["method"],
+                "false_accept": calibration["false_accept"],
+                "false_reject": calibration["false_reject"],
+            }
+        ],
+        f"Identifier: model version {registration['version']}, {champion}",
+    )
+    return {"run_id": run_id, **registration}
+
+
+if __name__ == "__main__":
+    run_stage("package", package_flow)

@@ -1,0 +1,205 @@
+"""The `anime-face-id` console script: identify (text and JSON), bad input, exit codes,
+and rebuilding the gallery; on a briefly trained model of generated characters and on a
+real illustration with the lbp cascade."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from anime_face_id.cli import main
+from anime_face_id.identify import PICTURE_JSON_SCHEMA, SCHEMA
+from tests.test_gallery import add_character
+from tests.test_identify import (
+    GROUP,
+    NAMES,
+    bad_inputs,
+    held_out_pictures,
+    params_dict,
+    save_untrained_checkpoint,
+    trained_project,
+    write_group_picture,
+)
+
+pytestmark = pytest.mark.slow  # trains a small model once per session
+
+SCRIPT = Path(sys.executable).parent / "anime-face-id"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return trained_project(tmp_path_factory)
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def identify_json(capsys, project: Path, *args) -> tuple[int, dict]:
+    code, out, err = run_cli(capsys, "identify", "--json", "--root", project, *args)
+    assert "Traceback" not in err
+    return code, json.loads(out)
+
+
+def test_identify_names_known_characters_in_pictures_it_never_saw(project, capsys):
+    pictures = held_out_pictures(project)
+    code, document = identify_json(capsys, project, *(path for _, path in pictures))
+    assert code == 0
+    assert document["schema"] == SCHEMA
+    assert document["model"]["characters"] == len(NAMES)
+    assert document["model"]["detector"] == "none"
+    assert len(document["pictures"]) == len(pictures)
+    right = 0
+    for (name, path), answer in zip(pictures, document["pictures"], strict=True):
+        jsonschema.validate(answer, PICTURE_JSON_SCHEMA)
+        assert answer["picture"] == str(path) and answer["status"] == "ok"
+        (face,) = answer["faces"]
+        assert len(face["candidates"]) == 3 and len(face["neighbours"]) == 5
+        right += face["candidates"][0]["character"] == name
+        if face["known"]:
+            assert face["character"] == face["candidates"][0]["character"]
+            assert face["score"] >= document["model"]["threshold"]
+        else:
+            assert face["character"] is None
+            assert face["score"] < document["model"]["threshold"]
+    assert right / len(pictures) >= 0.75, f"{right} of {len(pictures)} named right"
+
+
+def test_top_and_neighbours_options(project, capsys):
+    (_, picture), *_ = held_out_pictures(project)
+    code, document = identify_json(capsys, project, picture, "--top", "2", "--neighbours", "0")
+    face = document["pictures"][0]["faces"][0]
+    assert code == 0 and len(face["candidates"]) == 2 and face["neighbours"] == []
+    with pytest.raises(SystemExit):
+        main(["identify", str(picture), "--top", "0"])
+
+
+def test_text_output_gives_box_best_character_score_and_next_candidates(project, capsys):
+    _name, picture = held_out_pictures(project)[0]
+    code, out, err = run_cli(capsys, "identify", "--root", project, picture)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"{picture}: 1 face"
+    pattern = (
+        r"  face 1 at x=0 y=0 w=64 h=64: (.+) (\d\.\d{3})  \| next: .+ \d\.\d{3}, .+ \d\.\d{3}"
+    )
+    match = re.fullmatch(pattern, lines[1].replace("unknown (closest: ", "").replace(")", ""))
+    assert match, lines[1]
+    assert lines[-1].startswith("(unknown below similarity ")
+
+
+def test_bad_files_get_their_own_message_and_the_rest_are_still_answered(project, capsys, tmp_path):
+    (_, good), *_ = held_out_pictures(project)
+    bad = bad_inputs(tmp_path)
+    files = [good, *(path for path, _ in bad.values())]
+    code, out, err = run_cli(capsys, "identify", "--root", project, *files)
+    assert code == 1  # some pictures could not be read
+    assert "Traceback" not in out + err
+    assert out.startswith(f"{good}: 1 face")
+    for path, reason in bad.values():
+        assert re.search(rf"^{re.escape(str(path))}: error: .*{reason}", err, re.M), reason
+
+    code, document = identify_json(capsys, project, *files)
+    assert code == 1
+    statuses = [answer["status"] for answer in document["pictures"]]
+    assert statuses == ["ok"] + ["error"] * len(bad)
+    for answer in document["pictures"]:
+        jsonschema.validate(answer, PICTURE_JSON_SCHEMA)
+
+
+def test_every_file_failing_is_exit_status_one(project, capsys, tmp_path):
+    path, reason = bad_inputs(tmp_path)["text"]
+    code, _out, err = run_cli(capsys, "identify", "--root", project, path)
+    assert code == 1 and reason in err
+
+
+def test_without_a_usable_model_or_gallery_nothing_runs_and_it_says_why(project, capsys, tmp_path):
+    (_, picture), *_ = held_out_pictures(project)
+    code, out, err = run_cli(
+        capsys, "identify", "--root", project, "--gallery", tmp_path / "none.npz", picture
+    )
+    assert code == 2 and out == ""
+    assert "none.npz not found" in err and "anime-face-id gallery rebuild" in err
+    other = tmp_path / "other.pt"
+    save_untrained_checkpoint(other, sorted(NAMES), seed=5)
+    code, out, err = run_cli(capsys, "identify", "--root", project, "--model", other, picture)
+    assert code == 2 and "another embedder" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "identify", "--root", tmp_path, picture)
+    assert code == 2 and "params.yaml" in err
+
+
+def test_the_console_script_answers_json(project):
+    (_, picture), *_ = held_out_pictures(project)
+    process = subprocess.run(
+        [str(SCRIPT), "identify", "--json", str(picture), "--top", "1"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 0, process.stderr
+    answer = json.loads(process.stdout)["pictures"][0]
+    jsonschema.validate(answer, PICTURE_JSON_SCHEMA)
+    assert len(answer["faces"][0]["candidates"]) == 1
+
+
+def test_gallery_rebuild_adds_a_character_without_training(project, capsys, tmp_path):
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    model = (copy / "models" / "embedder.pt").read_bytes()
+    new = add_character(copy, "Shiro White")
+    code, out, err = run_cli(capsys, "gallery", "rebuild", "--root", copy)
+    assert code == 0, err
+    assert "5 characters" in out and "not seen in training: Shiro White" in out
+    code, out, _ = run_cli(capsys, "gallery", "info", "--root", copy)
+    info = json.loads(out)
+    assert code == 0 and info["matches_model"] is True
+    assert info["images_per_character"]["Shiro White"] == len(new)
+    assert info["not_trained_on"] == ["Shiro White"]
+    assert (copy / "models" / "embedder.pt").read_bytes() == model
+    code, document = identify_json(capsys, copy, copy / new[0])
+    assert document["pictures"][0]["faces"][0]["candidates"][0]["character"] == "Shiro White"
+
+
+def test_gallery_info_flags_a_stale_gallery(project, capsys, tmp_path):
+    other = tmp_path / "other.pt"
+    save_untrained_checkpoint(other, sorted(NAMES), seed=6)
+    code, out, _ = run_cli(capsys, "gallery", "info", "--root", project, "--model", other)
+    assert code == 2 and json.loads(out)["matches_model"] is False
+
+
+def test_every_face_of_a_real_illustration_with_the_lbp_cascade(
+    project, capsys, tmp_path, shared_dir, cascade_path
+):
+    params = tmp_path / "lbp.yaml"
+    params.write_text(yaml.safe_dump(params_dict(NAMES, "lbp", str(cascade_path))))
+    picture = tmp_path / "three.png"
+    write_group_picture(shared_dir, picture)
+    code, document = identify_json(capsys, project, "--params", params, picture)
+    answer = document["pictures"][0]
+    assert code == 0 and document["model"]["detector"] == "lbp"
+    jsonschema.validate(answer, PICTURE_JSON_SCHEMA)
+    assert answer["status"] == "ok" and len(answer["faces"]) == len(GROUP)
+    for face in answer["faces"]:
+        box, crop = face["box"], face["crop"]
+        assert box["x"] >= 0 and box["x"] + box["w"] <= answer["width"]
+        assert box["y"] >= 0 and box["y"] + box["h"] <= answer["height"]
+        assert crop["side"] > max(box["w"], box["h"])  # widened by crop.margin
+        assert face["candidates"]
+
+
+def test_check_still_lists_the_characters(capsys, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(params_dict(NAMES)))
+    code, out, _ = run_cli(capsys, "check", "--params", params)
+    assert code == 0 and "4 characters" in out and "akane_red" in out

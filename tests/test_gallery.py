@@ -1,0 +1,314 @@
+"""The gallery: exact search against brute force, the IVF index's recall against exact
+search, threshold calibration, saving and loading, stale-gallery detection, and adding a
+character by rebuilding the gallery without training."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anime_face_id import layout
+from anime_face_id.config import IdentifyConfig, parse_params
+from anime_face_id.fileio import read_csv, write_csv
+from anime_face_id.gallery import (
+    GALLERY,
+    UNCALIBRATED_THRESHOLD,
+    Calibration,
+    ExactIndex,
+    Gallery,
+    GalleryError,
+    IvfIndex,
+    StaleGallery,
+    build_gallery,
+    calibrate,
+    calibration_scores,
+    eer_threshold,
+    embedder_fingerprint,
+    load_gallery,
+    make_index,
+    rebuild_gallery,
+    save_gallery,
+    top_k,
+)
+from anime_face_id.identify import load_identifier
+from tests.support.synthetic import DESIGNS, drawn_face
+from tests.test_identify import NAMES, make_untrained_project, params_for
+
+
+def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def clustered(rng: np.random.Generator, centres: np.ndarray, n: int, noise: float) -> np.ndarray:
+    """Unit vectors around ``centres`` (the structure real embeddings have: one cluster
+    per character)."""
+    points = centres[rng.integers(0, len(centres), n)]
+    points = points + rng.normal(scale=noise, size=points.shape)
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+# --------------------------------------------------------------------- search
+
+
+def test_exact_search_matches_brute_force_ranking():
+    rng = np.random.default_rng(0)
+    items, queries = unit(rng, 500, 16), unit(rng, 40, 16)
+    indices, similarities = ExactIndex(items).search(queries, 10)
+    brute = queries @ items.T
+    expected = np.argsort(-brute, axis=1, kind="stable")[:, :10]
+    assert indices.shape == (40, 10)
+    np.testing.assert_array_equal(indices, expected)
+    np.testing.assert_allclose(similarities, np.take_along_axis(brute, expected, 1), atol=1e-6)
+    assert np.all(np.diff(similarities, axis=1) <= 0)  # best first
+
+
+def test_exact_search_with_k_beyond_the_gallery_returns_every_item_and_breaks_ties_by_order():
+    items = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], np.float32)
+    indices, similarities = ExactIndex(items).search(np.array([[1.0, 0.0]]), 10)
+    assert indices.tolist() == [[0, 2, 1]]
+    np.testing.assert_allclose(similarities, [[1.0, 1.0, 0.0]], atol=1e-6)
+    chosen, values = top_k(np.array([[0.2, 0.9, 0.9, 0.1]]), 2)
+    assert chosen.tolist() == [[1, 2]] and values[0].tolist() == pytest.approx([0.9, 0.9])
+
+
+def recall_at(approximate: np.ndarray, exact: np.ndarray) -> float:
+    found = sum(len(set(a) & set(e)) for a, e in zip(approximate, exact, strict=True))
+    return found / exact.size
+
+
+def test_ivf_index_recall_against_exact_search():
+    rng = np.random.default_rng(1)
+    centres = unit(rng, 60, 32)
+    items, queries = clustered(rng, centres, 6000, 0.12), clustered(rng, centres, 200, 0.12)
+    exact, _ = ExactIndex(items).search(queries, 10)
+    recalls = {}
+    for probes in (1, 8):
+        index = IvfIndex(items, lists=80, probes=probes, seed=0)
+        approximate, similarities = index.search(queries, 10)
+        recalls[probes] = recall_at(approximate, exact)
+        # the similarities reported are the true ones of the items returned
+        true = np.take_along_axis(queries @ items.T, approximate, axis=1)
+        np.testing.assert_allclose(similarities, true, atol=1e-5)
+    assert recalls[8] >= 0.97
+    assert recalls[1] < recalls[8]  # approximate: one list alone misses neighbours
+    # the lists partition the gallery, and a probe scans only a small part of it
+    assert sum(len(m) for m in index.members) == len(items)
+    assert max(len(m) for m in index.members) < len(items) / 20
+
+
+def test_ivf_index_probing_every_list_is_exact():
+    rng = np.random.default_rng(2)
+    items, queries = clustered(rng, unit(rng, 10, 16), 800, 0.2), unit(rng, 30, 16)
+    exact, exact_sims = ExactIndex(items).search(queries, 7)
+    everything = IvfIndex(items, lists=12, probes=12, seed=3)
+    found, sims = everything.search(queries, 7)
+    np.testing.assert_allclose(sims, exact_sims, atol=1e-6)
+    assert recall_at(found, exact) == 1.0
+
+
+def test_ivf_pads_when_the_probed_lists_hold_fewer_than_k_items():
+    rng = np.random.default_rng(4)
+    items = clustered(rng, unit(rng, 20, 8), 200, 0.1)
+    index = IvfIndex(items, lists=20, probes=1, seed=0)
+    indices, similarities = index.search(items[:5], 150)
+    assert indices.shape == (5, 150)
+    assert (indices == -1).any() and np.isneginf(similarities[indices == -1]).all()
+    assert (indices[:, 0] >= 0).all()
+
+
+def test_auto_index_is_exact_for_small_galleries_and_ivf_for_large_ones():
+    rng = np.random.default_rng(5)
+    items = unit(rng, 300, 8)
+    assert make_index(items, IdentifyConfig()).kind == "exact"
+    small_limit = IdentifyConfig(exact_max_items=100, ivf_lists=10, ivf_probes=2)
+    index = make_index(items, small_limit)
+    assert index.kind == "ivf" and len(index.members) == 10
+    assert make_index(items, IdentifyConfig(index="ivf")).kind == "ivf"
+
+
+# --------------------------------------------------------------------- calibration
+
+
+def test_eer_threshold_sits_between_genuine_and_impostor_scores():
+    genuine = np.array([0.9, 0.85, 0.8, 0.75, 0.4])
+    impostor = np.array([0.3, 0.35, 0.5, 0.6, 0.78])
+    threshold, far, frr = eer_threshold(genuine, impostor)
+    assert threshold == pytest.approx(0.75)
+    assert far == pytest.approx(0.2) and frr == pytest.approx(0.2)
+    separable, far, frr = eer_threshold(np.array([0.9, 0.8]), np.array([0.1, 0.2]))
+    assert 0.2 < separable <= 0.8 and far == frr == 0.0
+
+
+def test_calibration_scores_are_own_character_versus_best_other_and_held_out():
+    # two characters along the axes; a val image of each, and one held-out "unknown"
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    labels = np.array([0, 1])
+    val = np.array([[0.8, 0.6], [0.6, 0.8]], np.float32)
+    holdout = np.array([[0.7071, 0.7071]], np.float32)
+    genuine, impostor = calibration_scores(gallery, labels, 2, val, labels, holdout)
+    np.testing.assert_allclose(sorted(genuine), [0.8, 0.8], atol=1e-4)
+    np.testing.assert_allclose(sorted(impostor), [0.6, 0.6, 0.7071], atol=1e-4)
+
+
+def test_calibration_is_configured_or_uncalibrated_when_it_cannot_be_measured():
+    genuine, impostor = np.array([0.9, 0.8]), np.array([0.2, 0.85])
+    chosen = calibrate(genuine, impostor, configured=0.5)
+    assert chosen.method == "configured" and chosen.threshold == 0.5
+    assert chosen.false_accept == 0.5 and chosen.false_reject == 0.0
+    nothing = calibrate(genuine, np.zeros(0), configured=None)
+    assert nothing.method == "uncalibrated" and nothing.threshold == UNCALIBRATED_THRESHOLD
+    assert "identify.threshold" in nothing.note
+
+
+# --------------------------------------------------------------------- persistence
+
+
+def small_gallery(embedder: str = "a" * 64) -> Gallery:
+    rng = np.random.default_rng(6)
+    return Gallery(
+        embeddings=unit(rng, 6, 4),
+        labels=np.array([0, 0, 1, 1, 2, 2]),
+        class_names=["Ａｋａｎｅ", "Bob", "Émile"],  # non-ASCII names survive the round trip
+        paths=[f"data/faces/x/{i}.png" for i in range(6)],
+        embedder=embedder,
+        calibration=Calibration(0.42, "val_eer", 10, 20, 0.1, 0.1),
+        meta={"source": "train"},
+    )
+
+
+def test_gallery_round_trip_without_pickle(tmp_path):
+    original = small_gallery()
+    save_gallery(original, tmp_path / "g.npz")
+    loaded = load_gallery(tmp_path / "g.npz")
+    np.testing.assert_allclose(loaded.embeddings, original.embeddings, atol=1e-6)
+    assert loaded.labels.tolist() == original.labels.tolist()
+    assert loaded.class_names == original.class_names and loaded.paths == original.paths
+    assert loaded.calibration == original.calibration and loaded.threshold == 0.42
+    assert loaded.character_of(4) == "Émile"
+    with np.load(tmp_path / "g.npz", allow_pickle=False) as data:  # no object arrays
+        assert all(data[name].dtype != object for name in data.files)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_missing_or_damaged_gallery_files_are_gallery_errors(tmp_path):
+    with pytest.raises(GalleryError, match="gallery rebuild"):
+        load_gallery(tmp_path / "absent.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(GalleryError, match="not a readable gallery"):
+        load_gallery(tmp_path / "junk.npz")
+
+
+def test_a_gallery_from_another_embedder_is_stale():
+    gallery = small_gallery(embedder="1" * 64)
+    gallery.check_embedder("1" * 64)  # same embedder: fine
+    with pytest.raises(StaleGallery, match=r"another embedder.*gallery rebuild"):
+        gallery.check_embedder("2" * 64)
+
+
+# --------------------------------------------------------------------- building
+
+
+def test_build_gallery_leaves_out_unembedded_rows_and_calibrates_on_val():
+    rows_of = {
+        "gallery": [{"character": c, "path": f"{c}{i}"} for c in "AB" for i in range(3)],
+        "val": [{"character": c, "path": f"v{c}"} for c in "AB"],
+    }
+    rng = np.random.default_rng(7)
+    centres = {"A": np.array([1.0, 0.0, 0.0]), "B": np.array([0.0, 1.0, 0.0])}
+    vectors = {
+        row["path"]: centres[row["character"]] + rng.normal(scale=0.05, size=3)
+        for rows in rows_of.values()
+        for row in rows
+    }
+    del vectors["A2"]  # e.g. an unreadable image
+    from anime_face_id.gallery import GalleryRows
+
+    rows = GalleryRows(rows_of["gallery"], rows_of["gallery"], rows_of["val"], [])
+    gallery = build_gallery(rows, vectors, "f" * 64, IdentifyConfig(), {"source": "train"})
+    assert len(gallery) == 5 and "A2" not in gallery.paths
+    assert gallery.class_names == ["A", "B"]
+    assert gallery.calibration.method == "val_eer"
+    assert gallery.calibration.genuine == 2 and gallery.calibration.impostor == 2
+    # genuine scores are ~1, impostor ~0: the threshold separates them
+    assert 0.0 < gallery.threshold <= 1.0
+
+
+def add_character(root: Path, name: str, count: int = 4) -> list[str]:
+    """A new character's crops as the data stages would leave them (review + split done)."""
+    rng = np.random.default_rng(11)
+    slug = name.lower().replace(" ", "_")
+    rows = read_csv(root / layout.split_csv("train"))
+    paths = []
+    for index in range(count):
+        path = f"data/faces/{slug}/new_{index}.png"
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(drawn_face(rng, DESIGNS[name])).save(root / path)
+        rows.append(
+            {"character": name, "slug": slug, "path": path, "source": path, "cluster": path}
+        )
+        paths.append(path)
+    write_csv(root / layout.split_csv("train"), layout.SPLIT_COLUMNS, rows)
+    return paths
+
+
+def test_rebuilding_adds_a_character_without_touching_the_model(tmp_path):
+    root = make_untrained_project(tmp_path / "project")
+    params = params_for(NAMES)
+    checkpoint = root / "models" / "embedder.pt"
+    model_hash = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    before, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
+    assert "Shiro White" not in before.class_names
+
+    new = add_character(root, "Shiro White")
+    after, skipped = rebuild_gallery(root, params, checkpoint, root / GALLERY)
+    assert skipped == {}
+    assert after.class_names == sorted([*before.class_names, "Shiro White"])
+    assert len(after) == len(before) + len(new)
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == model_hash  # no training
+    assert after.meta["trained_characters"] == before.class_names
+
+    # and the new character is now named
+    identifier = load_identifier(root, params)
+    result = identifier.identify_file(root / new[1])
+    assert result.faces[0].character == "Shiro White"
+    assert result.faces[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_identifier_refuses_a_gallery_left_by_another_model(tmp_path):
+    root = make_untrained_project(tmp_path / "project")
+    params = params_for(NAMES)
+    load_identifier(root, params)  # consistent: loads
+    make_untrained_project(root, seed=1, images=False)  # "retrained": another checkpoint
+    assert (
+        embedder_fingerprint(root / "models" / "embedder.pt")
+        != load_gallery(root / GALLERY).embedder
+    )
+    with pytest.raises(StaleGallery, match="gallery rebuild"):
+        load_identifier(root, params)
+
+
+def test_curated_source_takes_every_curated_crop(tmp_path):
+    root = make_untrained_project(tmp_path / "project")
+    curated = [
+        {**row, "status": "accepted", "origin": "detector"}
+        for split in ("train", "val", "test")
+        for row in read_csv(root / layout.split_csv(split))
+    ]
+    write_csv(root / layout.CURATED_MANIFEST, layout.CURATED_COLUMNS, curated)
+    params = parse_params(
+        {
+            "characters": [{"name": n} for n in NAMES],
+            "crop": {"detector": "none", "size": 64},
+            "identify": {"gallery_source": "curated", "device": "cpu"},
+        }
+    )
+    gallery, _ = rebuild_gallery(root, params, root / "models" / "embedder.pt", root / GALLERY)
+    assert len(gallery) == len(curated) and gallery.meta["source"] == "curated"
+    # still calibrated on val against the train split, not against itself
+    assert gallery.calibration.method == "val_eer"
+    assert gallery.calibration.genuine == len(read_csv(root / layout.split_csv("val")))
