@@ -103,6 +103,16 @@ def test_pauses_for_sign_off_and_completes_after_resume(project, prefect_harness
 
     thread, outcome = run_in_thread(project.root)
     paused = wait_for_paused_run()
+    # The form the Prefect UI shows on the paused run: counts and a link to the review app.
+    from prefect.input.actions import read_flow_run_input
+    from prefect.input.run_input import keyset_from_paused_state
+
+    keyset = keyset_from_paused_state(paused.state)
+    form = read_flow_run_input(keyset["description"], flow_run_id=paused.id)
+    assert "**16 of 16** crops await review" in form and "http://127.0.0.1:8501" in form
+    assert "| Alice |" in form
+    schema = read_flow_run_input(keyset["schema"], flow_run_id=paused.id)
+    assert {"reviewer", "accept_pending", "note"} <= set(schema["properties"])
     assert (project.root / layout.FACES_MANIFEST).exists()
     assert not (project.root / layout.CURATED_MANIFEST).exists()
     faces = read(project.root / layout.FACES_MANIFEST)
@@ -115,7 +125,7 @@ def test_pauses_for_sign_off_and_completes_after_resume(project, prefect_harness
 
     curated = read(project.root / layout.CURATED_MANIFEST)
     assert faces[0]["path"] not in {row["path"] for row in curated}
-    assert len(curated) == len(faces) - 1
+    assert len(curated) == len(faces) - 1  # 16 crops, one rejected
     decisions = read(project.root / layout.DECISIONS)
     assert (
         sum(row["note"] == "accepted at sign-off by tester" for row in decisions) == len(faces) - 1
