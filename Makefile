@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 REVIEW_PORT ?= 8501
+APP_PORT ?= 8502
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui review clean-venv
+.PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui review app clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -55,6 +56,9 @@ mlflow-ui: setup ## start the MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (runs
 
 review: setup ## open the review app on http://127.0.0.1:$(REVIEW_PORT)
 	$(BIN)/streamlit run apps/review.py --server.address 127.0.0.1 --server.port $(REVIEW_PORT) --server.headless true --browser.gatherUsageStats false
+
+app: setup ## open the identify app on http://127.0.0.1:$(APP_PORT)
+	$(BIN)/streamlit run apps/identify.py --server.address 127.0.0.1 --server.port $(APP_PORT) --server.headless true --browser.gatherUsageStats false
 
 clean-venv: ## remove the virtualenv
 	rm -rf $(VENV)

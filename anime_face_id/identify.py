@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -58,6 +59,15 @@ class Neighbour:
     character: str
     similarity: float
     path: str
+
+
+class Naming(NamedTuple):
+    """What the gallery says about one face embedding."""
+
+    character: str | None  # None: unknown (best score below the threshold)
+    score: float  # the best character's score
+    candidates: list[Candidate]
+    neighbours: list[Neighbour]
 
 
 @dataclass(frozen=True)
@@ -279,8 +289,8 @@ class Identifier:
             return len(self.gallery)  # every item ranked: per-character maxima are exact
         return max(self.config.search_depth, self.config.neighbours, self.config.top)
 
-    def name(self, embeddings: np.ndarray, top: int, neighbours: int) -> list[tuple]:
-        """Per embedding: (character or None, score, candidates, neighbours)."""
+    def name(self, embeddings: np.ndarray, top: int, neighbours: int) -> list[Naming]:
+        """What the gallery says about each embedding."""
         indices, similarities = self.gallery.search(embeddings, self._depth())
         named = []
         for row, sims in zip(indices, similarities, strict=True):
@@ -301,7 +311,7 @@ class Identifier:
             ]
             best = candidates[0] if candidates else Candidate(UNKNOWN, -math.inf)
             known = bool(candidates) and best.score >= self.gallery.threshold
-            named.append((best.character if known else None, best.score, candidates, nearest))
+            named.append(Naming(best.character if known else None, best.score, candidates, nearest))
         return named
 
     # ---- pictures
@@ -327,10 +337,8 @@ class Identifier:
             self.config.neighbours if neighbours is None else neighbours,
         )
         return [
-            FaceResult(d.box, square, d.score, character, score, candidates, nearest)
-            for d, square, (character, score, candidates, nearest) in zip(
-                detections, squares, named, strict=True
-            )
+            FaceResult(d.box, square, d.score, *naming)
+            for d, square, naming in zip(detections, squares, named, strict=True)
         ]
 
     def identify_image(self, picture: str, image: Image.Image, **options) -> PictureResult:

@@ -41,7 +41,9 @@ class IdentifierModel(mlflow.pyfunc.PythonModel):
             IdentifyConfig.model_validate(settings["identify"]),
         )
 
-    def predict(self, context, model_input, params=None) -> list[dict]:
+    # No type hints on the arguments, on purpose: with them MLflow would take its signature
+    # from the hints and accept only the `inputs` request format, not `dataframe_split`.
+    def predict(self, context, model_input, params=None):
         if "image" not in getattr(model_input, "columns", ()):
             raise ValueError("expected a column 'image' holding base64-encoded pictures")
         names = (

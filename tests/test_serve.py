@@ -207,21 +207,23 @@ def test_served_model_answers_like_the_cli_and_survives_bad_input(repro, server)
     assert garbage["status"] == "error" and "not base64" in garbage["error"]
 
 
-def test_the_readme_curl_command_works(server, repro):
-    """The request documented in README.md, sent by curl."""
+# The request in README.md ("Serving the model over HTTP"), with its port and picture.
+README_CURL = """printf '{"dataframe_split": {"columns": ["image"], "data": [["%s"]]}}' "$(base64 -w0 PICTURE)" |
+  curl -s -X POST URL/invocations \\
+       -H 'Content-Type: application/json' --data-binary @-"""
+
+
+def test_the_readme_curl_command_works(server, repro, tmp_path):
     _, _, pictures = repro
-    picture = pictures / NAMES[1] / "003.png"
-    payload = '{"dataframe_split": {"columns": ["image"], "data": [["%s"]]}}' % encoded(
-        picture.read_bytes()
+    picture = tmp_path / "picture.png"  # the README's path has no spaces to quote either
+    picture.write_bytes((pictures / NAMES[1] / "003.png").read_bytes())
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert (
+        README_CURL.replace("URL", "http://127.0.0.1:5001").replace("PICTURE", "picture.jpg")
+        in readme
     )
-    process = subprocess.run(
-        [
-            "curl", "-s", "-X", "POST", f"{server}/invocations",
-            "-H", "Content-Type: application/json", "--data-binary", "@-",
-        ],
-        input=payload, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    if process.returncode == 127:
-        pytest.skip("curl is not installed")
+    command = README_CURL.replace("URL", server).replace("PICTURE", str(picture))
+    process = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr
     answer = json.loads(process.stdout)["predictions"][0]
     assert answer["status"] == "ok" and answer["faces"][0]["candidates"]
