@@ -12,15 +12,13 @@ tested elsewhere (test_cli)."""
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port, running_server
+from tests.support.browser import chromium_page, streamlit_app, wait_idle
 from tests.test_identify import GROUP, GROUP_PICTURE, illustration_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -28,8 +26,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "identify.py"
 SCREENSHOT = REPO / "test-artifacts" / "identify-app.png"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TIMEOUT_MS = 60_000
 
 
@@ -40,44 +36,14 @@ def project(tmp_path: Path, shared_dir: Path, cascade_path: Path) -> Path:
 
 @pytest.fixture
 def app_url(project: Path, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.address", "127.0.0.1", "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-        "--", "--root", str(project),
-    ]  # fmt: skip
-    env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.streamlit of the person running it
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "streamlit.log"
-    with running_server(command, f"{url}/_stcore/health", log, env=env, cwd=tmp_path, timeout_s=90):
+    with streamlit_app(APP, project, tmp_path, timeout_s=90) as url:
         yield url
 
 
 @pytest.fixture
 def page(app_url: str):
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (make system-packages)")
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1300, "height": 1000})
-            tab.set_default_timeout(TIMEOUT_MS)
-            tab.goto(app_url)
-            yield tab
-        finally:
-            browser.close()
-
-
-def wait_idle(page) -> None:
-    """Until the script run that the last interaction started has finished."""
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=stApp]')"
-        "?.getAttribute('data-test-script-state') !== 'running'"
-    )
+    with chromium_page(app_url, 1300, 1000, TIMEOUT_MS) as tab:
+        yield tab
 
 
 def upload(page, path: Path) -> None:

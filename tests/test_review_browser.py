@@ -7,8 +7,6 @@ stage must turn them into the curated manifest. Screenshots go to test-artifacts
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ from anime_face_id import layout
 from anime_face_id import review_queue as rq
 from anime_face_id.fileio import read_csv
 from anime_face_id.review import apply_review
-from tests.support.processes import free_port, running_server
+from tests.support.browser import chromium_page, streamlit_app, wait_idle
 from tests.test_review_queue import ReviewProject, make_review_project
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -27,8 +25,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "review.py"
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TIMEOUT_MS = 30_000
 
 
@@ -49,44 +45,14 @@ def project(tmp_path: Path) -> ReviewProject:
 
 @pytest.fixture
 def app_url(project: ReviewProject, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.address", "127.0.0.1", "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-        "--", "--root", str(project.root),
-    ]  # fmt: skip
-    env = {**os.environ, "HOME": str(tmp_path)}  # no ~/.streamlit of the person running it
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "streamlit.log"
-    with running_server(command, f"{url}/_stcore/health", log, env=env, cwd=tmp_path, timeout_s=60):
+    with streamlit_app(APP, project.root, tmp_path, timeout_s=60) as url:
         yield url
 
 
 @pytest.fixture
 def page(app_url: str):
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (make system-packages)")
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page(viewport={"width": 1500, "height": 1100})
-            tab.set_default_timeout(TIMEOUT_MS)
-            tab.goto(app_url)
-            yield tab
-        finally:
-            browser.close()
-
-
-def wait_idle(page) -> None:
-    """Until the script run that the last interaction started has finished."""
-    page.wait_for_timeout(200)  # the run request leaves the browser asynchronously
-    page.wait_for_function(
-        "() => document.querySelector('[data-testid=stApp]')"
-        "?.getAttribute('data-test-script-state') !== 'running'"
-    )
+    with chromium_page(app_url, 1500, 1100, TIMEOUT_MS) as tab:
+        yield tab
 
 
 def button(page, key: str):
