@@ -12,34 +12,19 @@ import pytest
 
 from tests.support.processes import free_port, running_server
 from tests.support.project import Project, make_project
-from tests.support.synthetic import DESIGNS, write_picture_folder
+from tests.support.synthetic import (
+    PIPELINE_NAMES,
+    configure_small_pipeline,
+    write_picture_folder,
+)
 
 pytestmark = pytest.mark.slow
 
-NAMES = list(DESIGNS)[:5]  # four to train on, one held out for open-set evaluation
+NAMES = PIPELINE_NAMES
 
 
 def configure(project: Project, pictures: Path) -> None:
-    project.set_params(
-        characters=[{"name": name} for name in NAMES],
-        collect={"backend": "folder", "folder": str(pictures)},
-        crop={"detector": "none", "size": 64},
-        review={"require_complete": False},
-        split={"val": 0.25, "test": 0.25, "holdout_characters": 1, "min_per_character": 4},
-        balance={"min_per_class": 12},
-        train={
-            "image_size": 64,
-            "embedding_dim": 32,
-            "p": 4,
-            "k": 4,
-            "epochs": 3,
-            "batches_per_epoch": 6,
-            "lr": 3e-3,
-            "lr_schedule": "constant",
-            "device": "cpu",
-        },
-        evaluate={"grid_queries": 3},
-    )
+    configure_small_pipeline(project, pictures, epochs=3, batches=6, evaluate={"grid_queries": 3})
 
 
 @pytest.fixture(scope="module")

@@ -24,35 +24,26 @@ from PIL import Image
 from anime_face_id.identify import PICTURE_JSON_SCHEMA
 from tests.support.processes import free_port, running_server
 from tests.support.project import Project, make_project
-from tests.support.synthetic import DESIGNS, write_picture_folder
+from tests.support.synthetic import (
+    PIPELINE_NAMES,
+    configure_small_pipeline,
+    write_picture_folder,
+)
 from tests.test_identify import png_declaring
 
 pytestmark = pytest.mark.slow
 
-NAMES = list(DESIGNS)[:5]  # four to train on, one held out
+NAMES = PIPELINE_NAMES
 MAX_BYTES = 60_000  # identify.max_bytes here, so that "too large" is cheap to send
 BIN = Path(sys.executable).parent
 
 
 def configure(project: Project, pictures: Path) -> None:
-    project.set_params(
-        characters=[{"name": name} for name in NAMES],
-        collect={"backend": "folder", "folder": str(pictures)},
-        crop={"detector": "none", "size": 64},
-        review={"require_complete": False},
-        split={"val": 0.25, "test": 0.25, "holdout_characters": 1, "min_per_character": 4},
-        balance={"min_per_class": 12},
-        train={
-            "image_size": 64,
-            "embedding_dim": 32,
-            "p": 4,
-            "k": 4,
-            "epochs": 2,
-            "batches_per_epoch": 5,
-            "lr": 3e-3,
-            "lr_schedule": "constant",
-            "device": "cpu",
-        },
+    configure_small_pipeline(
+        project,
+        pictures,
+        epochs=2,
+        batches=5,
         evaluate={"grid_queries": 2, "baseline": False},
         identify={"max_bytes": MAX_BYTES, "device": "cpu"},
     )
