@@ -117,6 +117,11 @@ def run_worker(arguments: dict, timeout_s: float, what: str) -> list[str]:
     return _parse_result(stdout, stderr, process.returncode, what)
 
 
+def _without_stacktrace(message: str) -> str:
+    """chromedriver appends a native stack trace of no use to the reader."""
+    return message.split("\nStacktrace:", 1)[0].strip()
+
+
 def _parse_result(stdout: str, stderr: str, returncode: int | None, what: str) -> list[str]:
     lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if not lines:
@@ -125,5 +130,6 @@ def _parse_result(stdout: str, stderr: str, returncode: int | None, what: str) -
         )
     result = json.loads(lines[-1][len(RESULT_PREFIX) :])
     if not result.get("ok"):
-        raise SearchError(f"{what} failed: {result.get('error')}; last output: {_tail(stderr)}")
+        error = _without_stacktrace(str(result.get("error")))
+        raise SearchError(f"{what} failed: {error}; last output: {_tail(stderr)}")
     return [str(url) for url in result.get("urls", [])]
