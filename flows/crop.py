@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from prefect import flow
 
-from anime_face_id.crop import raw_rows_by_character
+from anime_face_id.crop import raw_rows_by_character, summary
 from flows._stage import load, run_stage
 from tasks.crop import crop_character, load_detector, write_outputs
 from tasks.reporting import StageProgress, publish_summary
@@ -25,13 +25,8 @@ def crop_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
         progress.advance(slug)
     write_outputs(root_path, results)
     table = [asdict(result) for result in results]
-    images = sum(r.images for r in results)
-    with_face = sum(r.with_face for r in results)
-    share = f"{with_face / images:.0%}" if images else "n/a"
     publish_summary(
-        "crop",
-        table,
-        f"Faces per character (detector {params.crop.detector}): {with_face} of {images} images ({share}) yielded at least one face",
+        "crop", table, f"Faces per character (detector {params.crop.detector}): {summary(results)}"
     )
     return table
 
