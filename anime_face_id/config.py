@@ -127,6 +127,9 @@ class TrainConfig(Section):
     loss: Literal["batch_hard", "batch_all"] = "batch_hard"
     margin: Literal["soft"] | float = "soft"
     lr: float = Field(3.0e-4, gt=0)
+    # the pretrained backbone learns at lr x this, the new projection head at lr: below 1
+    # the backbone keeps more of its ImageNet features (characters never trained on)
+    backbone_lr_factor: float = Field(1.0, gt=0.0, le=10.0)
     # Adam's L2 penalty (decoupled, as AdamW); 0 = plain Adam as in the original
     weight_decay: float = Field(0.0, ge=0.0)
     # cosine: decay the learning rate to 0 over the run (after warm-up); constant: keep lr

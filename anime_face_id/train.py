@@ -166,6 +166,21 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with the projection head at ``lr`` (group 0) and the pretrained backbone at
+    ``lr x backbone_lr_factor`` (group 1); the schedule scales both alike."""
+    head = [param for name, param in model.named_parameters() if not name.startswith("backbone.")]
+    backbone = [param for name, param in model.named_parameters() if name.startswith("backbone.")]
+    return torch.optim.AdamW(
+        [
+            {"params": head, "lr": config.lr},
+            {"params": backbone, "lr": config.lr * config.backbone_lr_factor},
+        ],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+
+
 def is_better(score: float, best: float | None) -> bool:
     """Higher MAP@R wins; with no validation signal (NaN) the later epoch wins."""
     if best is None:
@@ -314,9 +329,7 @@ def train(
         pin_memory=device.type == "cuda",
     )
 
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = make_optimizer(model, config)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)

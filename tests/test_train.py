@@ -34,6 +34,7 @@ from anime_face_id.train import (
     is_better,
     json_safe,
     lr_factor,
+    make_optimizer,
     resolve_device,
     train,
 )
@@ -326,6 +327,32 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_zero():
     assert factors[55] == pytest.approx(0.5)
     assert factors[100] == pytest.approx(0.0, abs=1e-12)
     assert [lr_factor(step, 100, 0, "constant") for step in (0, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+def test_backbone_learns_at_its_fraction_of_the_rate_and_the_schedule_scales_both():
+    config = TrainConfig(pretrained=False, lr=1e-3, backbone_lr_factor=0.1, embedding_dim=8)
+    model = build_embedder(config)
+    optimizer = make_optimizer(model, config)
+    head, backbone = optimizer.param_groups
+    assert head["lr"] == pytest.approx(1e-3) and backbone["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
+    assert {id(p) for p in backbone["params"]} == {id(p) for p in model.backbone.parameters()}
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([5e-4, 5e-5])
+
+
+def test_a_tiny_backbone_factor_leaves_the_backbone_all_but_still_while_the_head_learns():
+    config = TrainConfig(pretrained=False, backbone_lr_factor=1e-9, embedding_dim=8)
+    model = build_embedder(config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = make_optimizer(model, config)
+    model(torch.randn(4, 3, 64, 64)).pow(3).sum().backward()
+    optimizer.step()
+    moved = {
+        name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters()
+    }
+    assert moved["head.weight"] > 1e-5
+    assert max(v for name, v in moved.items() if name.startswith("backbone.")) < 1e-9
 
 
 def test_best_epoch_rule_prefers_higher_scores_and_later_epochs_without_validation():
