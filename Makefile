@@ -8,6 +8,10 @@ PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 REVIEW_PORT ?= 8501
 APP_PORT ?= 8502
+# No usage telemetry from Prefect or MLflow unless the caller's environment opts in.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui review app clean-venv

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,14 +47,29 @@ def _in_root(root: Path, value: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
+def shown(text: str) -> str:
+    """``text`` safe to print on a terminal: control and format characters (newlines,
+    escape sequences, bidirectional overrides) in a file name become visible escapes, so
+    a picture cannot forge output lines or move the cursor."""
+    return "".join(_escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp"):
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def face_lines(result) -> list[str]:
     """Human-readable lines for one picture's result."""
+    picture = shown(result.picture)
     if result.status == "error":
-        return [f"{result.picture}: error: {result.error}"]
+        return [f"{picture}: error: {shown(result.error or '')}"]
     if result.status == "no_face":
-        return [f"{result.picture}: no face detected ({result.width}x{result.height})"]
+        return [f"{picture}: no face detected ({result.width}x{result.height})"]
     count = len(result.faces)
-    lines = [f"{result.picture}: {count} face{'s' if count != 1 else ''}"]
+    lines = [f"{picture}: {count} face{'s' if count != 1 else ''}"]
     for number, face in enumerate(result.faces, start=1):
         x, y, w, h = face.box
         others = ", ".join(f"{c.character} {c.score:.3f}" for c in face.candidates[1:])

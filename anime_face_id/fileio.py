@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,64 @@ from pathlib import Path
 from anime_face_id.errors import StageError
 
 TMP_PREFIX = ".tmp-"
+
+
+class UnreadableFile(ValueError):
+    """A path that is not a regular file we may read whole; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
+
+
+def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, or UnreadableFile.
+
+    Opened without blocking (a FIFO would wait for a writer for ever) and checked on the
+    open descriptor, so a symlink to /dev/zero or a pipe is refused, and at most
+    ``max_bytes`` + 1 bytes are ever read even if the file grows meanwhile.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise UnreadableFile("file not found") from None
+    except OSError as error:
+        raise UnreadableFile(error.strerror or str(error)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "an unknown kind of file")
+            raise UnreadableFile(f"not a regular file: {kind}")
+        if info.st_size > max_bytes:
+            raise UnreadableFile(f"too large: {info.st_size} bytes (the limit is {max_bytes})")
+        data = _read_at_most(fd, max_bytes + 1)
+    except OSError as error:
+        raise UnreadableFile(error.strerror or str(error)) from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise UnreadableFile(f"too large: over {max_bytes} bytes (the limit)")
+    return data
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks, total = [], 0
+    while total < limit:
+        chunk = os.read(fd, min(1 << 20, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

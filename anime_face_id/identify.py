@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 from anime_face_id.config import CropConfig, IdentifyConfig, Params
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detector
+from anime_face_id.fileio import UnreadableFile, read_regular_file
 from anime_face_id.gallery import GALLERY, Gallery, embedder_fingerprint, load_gallery
 from anime_face_id.imaging import ImageRejected, decode
 
@@ -219,14 +220,13 @@ def decode_picture(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
 
 
 def read_picture(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes; a file over ``max_bytes`` is refused unread (ImageRejected)."""
+    """The file's bytes; a file over ``max_bytes``, a pipe or a device is refused unread
+    (ImageRejected)."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageRejected(f"too large: {size} bytes (the limit is {max_bytes})")
-        return path.read_bytes()
-    except OSError as error:
-        raise ImageRejected(f"cannot read: {error.strerror or error}") from None
+        return read_regular_file(path, max_bytes)
+    except UnreadableFile as error:
+        prefix = "" if error.reason.startswith("too large") else "cannot read: "
+        raise ImageRejected(prefix + error.reason) from None
 
 
 def base64_bytes(text: object, max_bytes: int) -> bytes:

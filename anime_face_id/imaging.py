@@ -16,6 +16,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from anime_face_id.memory import DECODE_BUDGET, release_freed_memory
+
 # Formats we keep, and the file extension each is stored under.
 EXTENSIONS = {
     "JPEG": "jpg",
@@ -26,6 +28,11 @@ EXTENSIONS = {
     "TIFF": "tif",
 }
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_DECODE_BYTES = 512 * 2**20
+ORIENTATION_TAG = 0x0112
+# Decodes this large hand their memory back to the system when they finish (see
+# memory.release_freed_memory): otherwise a server keeps its peak for ever.
+_TRIM_AFTER_BYTES = 64 * 2**20
 
 
 class ImageRejected(ValueError):
@@ -57,8 +64,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
             raise ImageRejected("not an image: HTML/XML document") from None
         raise ImageRejected("not an image: unrecognised format") from None
+    except MemoryError:
+        raise ImageRejected("not an image: header asks for more memory than there is") from None
     except Exception as error:  # Pillow raises many types for garbage headers
-        raise ImageRejected(f"not an image: {error}") from None
+        raise ImageRejected(f"not an image: {_describe(error)}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageRejected(f"decompression bomb: {width}x{height} exceeds {max_pixels} pixels")
@@ -67,44 +76,125 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+def _describe(error: BaseException) -> str:
+    """Pillow's parsers raise bare SyntaxError, struct.error, IndexError ... with terse
+    messages; the type says which part of the file was broken."""
+    message = str(error).strip()
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+# Bytes per pixel Pillow keeps for each mode (RGB is stored padded to 4).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Working set on top of the decoded image while it is made upright RGB: the RGB result
+# (4 B/px in Pillow), one transposed or RGBA copy (4 B/px) and numpy's views of it.
+_CONVERSION_BYTES_PER_PIXEL = 8
+
+
+def decode_cost(image: Image.Image) -> int:
+    """Peak bytes that decoding ``image`` to upright RGB may take (an upper estimate)."""
+    width, height = image.size
+    stored = _STORED_BYTES.get(image.mode, 4)
+    return width * height * (stored + _CONVERSION_BYTES_PER_PIXEL)
+
+
+def _check_memory(image: Image.Image, max_memory: int) -> int:
+    cost = decode_cost(image)
+    if cost > max_memory:
+        width, height = image.size
+        raise ImageRejected(
+            f"too much memory: decoding {width}x{height} {image.mode} takes about "
+            f"{_mib(cost)} MiB (the limit is {_mib(max_memory)} MiB)"
+        )
+    return cost
+
+
+def _mib(size: int) -> int:
+    return -(-size // 2**20)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright 8-bit RGB, whatever the mode (CMYK, I;16, P with transparency, LA ...)."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
-        grey = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+    """Upright 8-bit RGB, whatever the mode (CMYK, I;16, P with transparency, LA ...).
+
+    Copies are made only where a conversion needs one: a 36-megapixel picture must not
+    be held three times over.
+    """
+    if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return Image.fromarray(_sixteen_bit_to_grey(np.asarray(image)), "L").convert("RGB")
     if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image)
         return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
     return image.convert("RGB")
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
-    """Fully decode ``data`` to upright RGB, or raise ImageRejected with the reason."""
+def _sixteen_bit_to_grey(array: np.ndarray, rows: int = 512) -> np.ndarray:
+    """Scale 16-bit (or 32-bit integer) grey to 8 bits, a band of rows at a time so that
+    the float working copy stays small."""
+    top = 65535.0 if array.max(initial=0) > 255 else 255.0
+    grey = np.empty(array.shape, dtype=np.uint8)
+    for start in range(0, array.shape[0], rows):
+        band = array[start : start + rows].astype(np.float32)
+        grey[start : start + rows] = np.clip(band / top * 255.0 + 0.5, 0, 255)
+    return grey
+
+
+def decode(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_memory: int = DEFAULT_MAX_DECODE_BYTES,
+) -> tuple[Image.Image, str]:
+    """Fully decode ``data`` to upright RGB, or raise ImageRejected with the reason.
+
+    Nothing else leaves this function for any input: Pillow's parsers raise whatever
+    their code happens to hit on hostile bytes (SyntaxError from a corrupt EXIF block,
+    struct.error, IndexError ...), and one bad picture must never stop a batch.
+    """
     image = _open(data, max_pixels)
     fmt = image.format
+    cost = _check_memory(image, max_memory)
+    with DECODE_BUDGET.reserve(cost):
+        try:
+            rgb = _load_rgb(image)
+        finally:
+            if cost >= _TRIM_AFTER_BYTES:
+                release_freed_memory()
+    return rgb, fmt
+
+
+def _load_rgb(image: Image.Image) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # "Corrupt EXIF data", "Metadata Warning": nothing a user could act on
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         try:
             image.load()
+            return to_rgb(image)
+        except ImageRejected:
+            raise
         except Image.DecompressionBombError as error:
             raise ImageRejected(f"decompression bomb: {error}") from None
-        except (OSError, SyntaxError, ValueError) as error:
-            message = str(error)
-            if "truncated" in message.lower() or "broken data stream" in message.lower():
-                raise ImageRejected(f"truncated image: {message}") from None
-            raise ImageRejected(f"corrupt image: {message}") from None
-    return to_rgb(image), fmt
+        except MemoryError:
+            raise ImageRejected("too much memory: the picture could not be decoded") from None
+        except Exception as error:
+            message = str(error).lower()
+            if "truncated" in message or "broken data stream" in message:
+                raise ImageRejected(f"truncated image: {_describe(error)}") from None
+            raise ImageRejected(f"corrupt image: {_describe(error)}") from None
 
 
-def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    rgb, fmt = decode(data, max_pixels)
+def inspect(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_memory: int = DEFAULT_MAX_DECODE_BYTES,
+) -> ImageInfo:
+    rgb, fmt = decode(data, max_pixels, max_memory)
     return ImageInfo(fmt, EXTENSIONS[fmt], rgb.width, rgb.height, phash(rgb))
 
 

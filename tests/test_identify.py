@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import struct
 import zlib
 from dataclasses import replace
@@ -234,7 +235,22 @@ def bad_inputs(where: Path) -> dict[str, tuple[Path, str]]:
         written[what] = (path, reason)
     written["missing"] = (where / "absent.png", "cannot read")
     written["folder"] = (where, "cannot read")
+    written["corrupt_exif"] = (where / "exif.webp", "corrupt image")
+    written["corrupt_exif"][0].write_bytes(corrupt_exif_webp())
+    # a pipe would block a plain read for ever, /dev/zero would never end
+    os.mkfifo(where / "pipe.png")
+    written["fifo"] = (where / "pipe.png", "named pipe")
+    (where / "zeros.png").symlink_to("/dev/zero")
+    written["dev_zero"] = (where / "zeros.png", "character device")
     return written
+
+
+def corrupt_exif_webp() -> bytes:
+    """A valid small WebP whose EXIF block is garbage: Pillow's TIFF parser raises
+    SyntaxError on it when the orientation is read."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, "WEBP", exif=b"garbage!" * 4)
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
