@@ -17,7 +17,7 @@ from pathlib import Path
 from anime_face_id import layout
 from anime_face_id.config import BalanceConfig
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import group_by, read_stage_input, sweep_temporaries, write_csv
+from anime_face_id.fileio import group_by, sweep_temporaries, write_csv
 from anime_face_id.split import derived_rng
 
 
@@ -54,7 +54,10 @@ def _balanced_rows(rows: list[dict[str, str]], config: BalanceConfig, slug: str)
 def balance_train(root: Path, config: BalanceConfig) -> BalanceSummary:
     """Write data/balanced/train.csv from data/splits/train.csv (never from val/test)."""
     root = Path(root)
-    rows = read_stage_input(root, layout.split_csv("train"), layout.SPLIT_COLUMNS, "split")
+    rows = layout.read_table(root, layout.split_csv("train"), layout.SPLIT_COLUMNS, "split")
+    # The index written here tells the train stage which files to open.
+    checks = {"slug": layout.require_slug, "path": lambda path: layout.project_path(root, path)}
+    layout.check_rows(layout.split_csv("train"), rows, checks)
     by_slug = group_by(rows, "slug")
     if not by_slug:
         raise StageError(f"{layout.split_csv('train').as_posix()} has no rows: nothing to train on")

@@ -15,6 +15,10 @@ State per character lives next to its images in ``data/raw/<slug>/``:
 
 Images are stored as ``<sha256>.<ext>`` through atomic writes; duplicates (same sha256
 within a character) are rejected as "duplicate of <sha256>".
+
+Candidate URLs may carry credentials (``https://user:secret@host/x.jpg``). Only the fetch
+sees them: the journal, ``_done.json`` and both CSVs hold ``redact_credentials(url)``, and
+the journal is keyed on that redacted form too.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from anime_face_id.download import (
     ValidatedImage,
     image_filename,
     read_local_file,
+    redact_credentials,
     store_image,
     validate_image,
 )
@@ -234,7 +239,7 @@ def _obtain(
 ) -> tuple[dict, ValidatedImage | None]:
     """Fetch (or read) and validate one candidate; every failure becomes a reason."""
     entry: dict[str, object] = {
-        "url": candidate,
+        "url": redact_credentials(candidate),  # the journal is a file: no secrets in it
         "time": _now(),
         "policy": policy_digest(config),
         "stamp": _stamp(root, candidate, local),
@@ -246,12 +251,13 @@ def _obtain(
             data = downloader.fetch(candidate)
         image = validate_image(data, config.max_pixels)
     except FetchRejected as rejected:
-        return {**entry, "status": "rejected", "reason": rejected.reason}, None
+        return {**entry, "status": "rejected", "reason": redact_credentials(rejected.reason)}, None
     except Exception as error:  # a bug or an odd library error must cost one image, not the run
         return {
             **entry,
             "status": "rejected",
-            "reason": f"unexpected error: {type(error).__name__}: {error}",
+            # library messages may quote the URL, credentials included
+            "reason": redact_credentials(f"unexpected error: {type(error).__name__}: {error}"),
         }, None
     details = {
         "status": "image",
@@ -291,7 +297,7 @@ class _Selection:
             {
                 "character": self.character.name,
                 "slug": self.slug,
-                "url_or_path": candidate,
+                "url_or_path": redact_credentials(candidate),
                 "reason": reason,
                 "backend": self.config.backend,
                 "time": when,
@@ -314,7 +320,7 @@ class _Selection:
                 "character": self.character.name,
                 "slug": self.slug,
                 "path": posix(RAW_DIR / self.slug / filename),
-                "url": candidate,
+                "url": redact_credentials(candidate),
                 "sha256": entry["sha256"],
                 "phash": entry["phash"],
                 "width": entry["width"],
@@ -404,9 +410,8 @@ def fetch_candidates(
     fetched = processed = 0
 
     def cached(candidate: str) -> dict | None:
-        return selection.reusable(
-            journal.entries.get(candidate), _stamp(root, candidate, local), policy
-        )
+        entry = journal.entries.get(redact_credentials(candidate))  # how _obtain keyed it
+        return selection.reusable(entry, _stamp(root, candidate, local), policy)
 
     try:
         with Downloader(config) as downloader, ThreadPoolExecutor(config.workers) as pool:

@@ -6,12 +6,14 @@ params.yaml fails before any work starts instead of being silently ignored.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from anime_face_id.errors import utf8_problem
 from anime_face_id.slugs import assign_slugs
 
 
@@ -26,6 +28,14 @@ class Character(Section):
     @property
     def search_query(self) -> str:
         return self.query or self.name
+
+
+def _is_network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)  # exactly as netguard.AddressPolicy reads it
+    except ValueError:
+        return False
+    return True
 
 
 class CollectConfig(Section):
@@ -54,6 +64,21 @@ class CollectConfig(Section):
     max_redirects: int = Field(5, ge=0, le=20)
     # private, loopback and link-local addresses are refused unless listed here (CIDRs)
     allow_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        # Checked here so that a typo stops `check` and the stage before any download,
+        # instead of failing in the downloader. Kept as written: the entries are part of
+        # the collect stage's "already collected" fingerprint.
+        bad = [entry for entry in value if not _is_network(entry)]
+        if bad:
+            names = ", ".join(repr(entry) for entry in bad)
+            raise ValueError(
+                f"{names} {'is not an IP network' if len(bad) == 1 else 'are not IP networks'}"
+                ": write an address or a CIDR prefix such as 127.0.0.0/8 or ::1/128"
+            )
+        return value
 
     @model_validator(mode="after")
     def _backend_inputs(self) -> CollectConfig:
@@ -242,14 +267,36 @@ def parse_params(data: object, source: str = "params") -> Params:
         raise ConfigError(f"{source}: {_describe(error)}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's several-line report as one line: where, then what."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    what = f"{context}, {problem}" if context else problem
+    if mark is None:
+        return what
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
+def read_params_text(path: Path) -> str:
+    # Bytes first: a text read would fail with a decoder traceback and a chunk offset.
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror or error}") from None
+    where = utf8_problem(data)
+    if where is not None:
+        raise ConfigError(f"{path} is not UTF-8 text ({where}); save it as UTF-8")
+    return data.decode("utf-8")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """The typed params; any problem is one ConfigError whose one-line message names the
+    file and, where it has one, the place (byte offset, line) or the key."""
+    path = Path(path)
+    text = read_params_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(error)}") from None
     return parse_params(data, str(path))

@@ -22,7 +22,6 @@ from torch.utils.data import Dataset, Sampler
 
 from anime_face_id import layout
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import read_stage_input
 from anime_face_id.imaging import ImageRejected, load_rgb
 from anime_face_id.transforms import augment, preprocess
 
@@ -67,7 +66,7 @@ def examples_from_rows(rows: Sequence[dict[str, str]], class_names: Sequence[str
 
 
 def read_balanced_train(root: Path) -> list[dict[str, str]]:
-    return read_stage_input(root, layout.BALANCED_TRAIN, layout.BALANCED_COLUMNS, "balance")
+    return _read_image_table(root, layout.BALANCED_TRAIN, layout.BALANCED_COLUMNS, "balance")
 
 
 def read_split(root: Path, name: str, required: bool = True) -> list[dict[str, str]]:
@@ -75,7 +74,17 @@ def read_split(root: Path, name: str, required: bool = True) -> list[dict[str, s
     path = Path(root) / layout.split_csv(name)
     if not required and not path.is_file():
         return []
-    return read_stage_input(root, layout.split_csv(name), layout.SPLIT_COLUMNS, "split")
+    return _read_image_table(root, layout.split_csv(name), layout.SPLIT_COLUMNS, "split")
+
+
+def _read_image_table(
+    root: Path, table: Path, columns: tuple[str, ...], produced_by: str
+) -> list[dict[str, str]]:
+    """A table whose ``path`` column names images to open: a path that could lead out of
+    data/ is a StageError naming the table, line and column."""
+    rows = layout.read_table(root, table, columns, produced_by)
+    layout.check_rows(table, rows, {"path": lambda path: layout.project_path(root, path)})
+    return rows
 
 
 def unreadable_images(root: Path, paths: Sequence[str]) -> dict[str, str]:
@@ -102,12 +111,19 @@ def without_paths(rows: Sequence[dict[str, str]], excluded: dict[str, str]) -> l
     return [row for row in rows if row["path"] not in excluded]
 
 
-def require_paths_inside(rows: Sequence[dict[str, str]], source: str) -> None:
-    """Paths in the tables must stay inside the project: they are joined to the root."""
+def require_paths_inside(
+    rows: Sequence[dict[str, str]], source: str, root: Path | None = None
+) -> None:
+    """Paths in the tables must stay inside the project: they are joined to the root.
+    With ``root``, symbolic links are followed too and the paths must lie under data/."""
     for row in rows:
-        path = Path(row["path"])
-        if path.is_absolute() or ".." in path.parts:
-            raise StageError(f"{source}: path {row['path']!r} points outside the project")
+        try:
+            if root is None:
+                layout.require_relative(row["path"])
+            else:
+                layout.project_path(root, row["path"])
+        except layout.UnsafeValue as error:
+            raise StageError(f"{source}: {error}") from None
 
 
 class FaceDataset(Dataset):

@@ -11,7 +11,9 @@ Reading rules:
   one raw image can hold several manual boxes. A ``box`` row adds that box, a ``reject``
   row with the same path and box withdraws it;
 - every physical line is one record (writers never put a line break inside a field), so a
-  line torn by an interrupted write spoils only itself: it is reported, never fatal.
+  line torn by an interrupted write spoils only itself: it is reported, never fatal;
+- a UTF-8 byte order mark (editors on Windows add one) and blank lines before the header
+  are ignored, so a file holding nothing else is a log without decisions yet.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from anime_face_id.layout import DECISION_COLUMNS, DECISIONS_KINDS
+from anime_face_id.errors import BadTable
+from anime_face_id.layout import DECISION_COLUMNS, DECISIONS_KINDS, UnsafeValue, require_relative
 
 Box = tuple[int, int, int, int]  # x, y, w, h in raw pixels after EXIF orientation
 HEADER = ",".join(DECISION_COLUMNS) + "\n"
+BOM = "\ufeff"
+BOM_BYTES = BOM.encode("utf-8")
 
 
 class InvalidDecision(ValueError):
@@ -77,14 +82,10 @@ def format_box(box: Box) -> str:
 
 def _check_path(path: str) -> str:
     # Paths come from a hand-editable file and are later joined to the project root.
-    if not path:
-        raise InvalidDecision("path is empty")
-    pure = PurePosixPath(path)
-    if "\\" in path or pure.is_absolute() or ".." in pure.parts:
-        raise InvalidDecision(
-            f"path {path!r} must be relative to the project root, POSIX, without '..'"
-        )
-    return path
+    try:
+        return require_relative(path)
+    except UnsafeValue as error:
+        raise InvalidDecision(str(error)) from None
 
 
 def make_decision(fields: Mapping[str, str], line: int = 0) -> Decision:
@@ -152,14 +153,37 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _check_header(fd: int, path: Path) -> None:
-    # Rows are appended in DECISION_COLUMNS order, so the file must use that order too.
-    head = os.pread(fd, 4096, 0).decode("utf-8", "replace").lstrip("\ufeff")
-    first = head.split("\n", 1)[0].rstrip("\r")
-    if [name.strip() for name in first.split(",")] != list(DECISION_COLUMNS):
-        raise ValueError(
+def _first_line(text: str) -> str:
+    """The header line: the first line that is not blank, after any byte order mark."""
+    for line in text.removeprefix(BOM).split("\n"):
+        if line.strip():
+            return line.rstrip("\r")
+    return ""
+
+
+def _holds_header(fd: int, path: Path) -> bool:
+    """Whether the file already starts with the header (False: nothing but a byte order
+    mark or blank lines, so the header is still to be written). Another header is an
+    error: rows are appended in DECISION_COLUMNS order, so the file must use that order."""
+    first = _first_line(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+    if not first:
+        return False
+    try:
+        names = [name.strip() for name in _parse_line(first)]
+    except InvalidDecision:
+        names = []
+    if names != list(DECISION_COLUMNS):
+        raise BadTable(
             f"{path}: the first line is not the header {HEADER.strip()!r}; refusing to append"
         )
+    return True
+
+
+def _ends_mid_line(fd: int, size: int) -> bool:
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return False
+    # A lone byte order mark is no line: the header goes right behind it.
+    return os.pread(fd, size, 0) != BOM_BYTES if size == len(BOM_BYTES) else True
 
 
 def append_decisions(path: str | Path, rows: Iterable[Mapping[str, object]]) -> int:
@@ -187,14 +211,10 @@ def append_decisions(path: str | Path, rows: Iterable[Mapping[str, object]]) -> 
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
-            prefix = ""
-            if size == 0:
-                prefix = HEADER
-            else:
-                _check_header(fd, path)
+            prefix = "" if size > 0 and _holds_header(fd, path) else HEADER
+            if _ends_mid_line(fd, size):
                 # A writer killed mid-line left no line end; end that line so ours stand alone.
-                if os.pread(fd, 1, size - 1) != b"\n":
-                    prefix = "\n"
+                prefix = "\n" + prefix
             _write_all(fd, (prefix + body).encode("utf-8"))
             os.fsync(fd)
         finally:
@@ -212,10 +232,16 @@ def _parse_line(text: str) -> list[str]:
 
 
 def _header_positions(header_line: str, path: Path) -> dict[str, int]:
-    names = [name.strip() for name in _parse_line(header_line.lstrip("\ufeff"))]
+    try:
+        names = [name.strip() for name in _parse_line(header_line)]
+    except InvalidDecision as error:
+        raise BadTable(f"{path}: the header is {error}") from None
     missing = [name for name in DECISION_COLUMNS if name not in names]
     if missing:
-        raise ValueError(f"{path}: header lacks column(s) {', '.join(missing)}")
+        raise BadTable(
+            f"{path}: the header lacks column(s) {', '.join(missing)} (the first line must "
+            f"name the columns {HEADER.strip()!r}, in any order)"
+        )
     return {name: names.index(name) for name in DECISION_COLUMNS}
 
 
@@ -229,23 +255,25 @@ def _record(decisions: Decisions, decision: Decision) -> None:
 
 
 def read_decisions(path: str | Path) -> Decisions:
-    """The decisions in force. A missing or empty file means no decisions; invalid rows
-    (a torn last line included) are skipped and listed in ``invalid`` with the reason.
-    A file whose header lacks a column is unusable as a whole: ValueError."""
+    """The decisions in force. A missing or empty file (or one holding only a byte order
+    mark) means no decisions; invalid rows (a torn last line included) are skipped and
+    listed in ``invalid`` with the reason. A file whose header lacks a column is unusable
+    as a whole: BadTable (a StageError, and a ValueError)."""
     path = Path(path)
     decisions = Decisions()
     if not path.exists():
         return decisions
-    text = path.read_bytes().decode("utf-8", errors="replace")
+    text = path.read_bytes().decode("utf-8", errors="replace").removeprefix(BOM)
     lines = [line.rstrip("\r") for line in text.split("\n")]
     unterminated = lines.pop() if lines else ""  # text after the last line end, if any
     if unterminated.strip():
         lines.append(unterminated)
-    if not lines or not lines[0].strip():
-        return decisions
-    positions = _header_positions(lines[0], path)
-    width = len(_parse_line(lines[0]))
-    for number, line in enumerate(lines[1:], start=2):
+    header = next((index for index, line in enumerate(lines) if line.strip()), None)
+    if header is None:
+        return decisions  # empty, or nothing but a byte order mark and blank lines
+    positions = _header_positions(lines[header], path)
+    width = len(_parse_line(lines[header]))
+    for number, line in enumerate(lines[header + 1 :], start=header + 2):
         if not line.strip():
             continue
         torn = number == len(lines) and unterminated.strip() != ""

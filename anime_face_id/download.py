@@ -6,12 +6,20 @@ image is handled here: address policy (see ``netguard``), redirects followed by 
 that every hop is checked, timeouts, retries with exponential backoff for failures that
 may go away (5xx, timeouts, dropped connections; never 4xx), a byte cap, a decode of the
 whole image (decompression-bomb limit included), and an atomic, content-addressed write.
+
+Two clocks bound a fetch. ``timeout_s`` bounds each connect and each wait for the next
+bytes; ``deadline_s`` bounds the whole URL: connect, TLS, status line, headers, every
+redirect, every retry with its backoff, and the body (see ``Downloader.fetch``).
+
+URLs may carry credentials (``https://user:secret@host/x.jpg``); the fetch uses them, but
+anything that writes a URL to a file or a log passes it through ``redact_credentials``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +39,13 @@ from urllib3.exceptions import (
 from anime_face_id.config import CollectConfig
 from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.imaging import ImageRejected, inspect
-from anime_face_id.netguard import AddressPolicy, GuardedAdapter, RefusedAddress
+from anime_face_id.netguard import (
+    AddressPolicy,
+    GuardedAdapter,
+    RefusedAddress,
+    SocketWatch,
+    watching,
+)
 
 USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -40,6 +54,18 @@ USER_AGENT = (
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+# scheme://userinfo@ : the greedy run stops at the LAST "@" before the path, as URL
+# parsers do, so a password containing an unescaped "@" is hidden whole
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` (a URL, or a message quoting URLs) with the user name and password of
+    every URL replaced by ``***``: https://user:secret@host/x.jpg -> https://***@host/x.jpg.
+    Use it on whatever goes to a file or a log; fetch with the real URL."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class FetchRejected(Exception):
@@ -66,6 +92,40 @@ class _Transient(Exception):
 @dataclass(frozen=True)
 class _Redirect:
     location: str
+
+
+class _Deadline:
+    """``seconds`` for one URL in all, enforced by a watchdog thread that cuts the
+    exchange's sockets when they run out (see ``netguard.SocketWatch``): a server that
+    sends its status line one byte per ``timeout_s`` would otherwise hold a worker for as
+    long as it likes. The only wait it cannot cut is a slow DNS answer, which the system
+    resolver's own timeouts bound."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.watch = SocketWatch()
+        self._ends = time.monotonic() + seconds
+        self._timer = threading.Timer(seconds, self.watch.cut)
+        self._timer.daemon = True  # never keeps the interpreter alive
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        self.watch.finish()  # a late cut must not hit sockets back in the pool
+        self._timer.join()  # one timer thread per fetch: none outlives it
+
+    def remaining(self) -> float:
+        return max(0.0, self._ends - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return self.watch.is_cut or self.remaining() == 0.0
+
+    def rejection(self) -> FetchRejected:
+        return FetchRejected(f"deadline exceeded: {self.seconds:g} s")
 
 
 @dataclass(frozen=True)
@@ -131,7 +191,10 @@ def default_verify() -> bool | str:
 
 
 def check_scheme(url: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # e.g. an unclosed "[" of an IPv6 literal
+        raise FetchRejected(f"invalid URL: {error}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise FetchRejected(f"unsupported URL scheme {scheme or '(none)'!r}")
@@ -183,12 +246,33 @@ class Downloader:
         return session
 
     def fetch(self, url: str) -> bytes:
-        """The body of ``url`` after following redirects, or FetchRejected."""
+        """The body of ``url`` after following redirects, or FetchRejected.
+
+        ``deadline_s`` covers the whole fetch, retries included: connects, status lines,
+        headers, redirects, backoff pauses and the body together never take much more than
+        ``deadline_s`` (a read under way is cut at once, a connect gets no more than the
+        time left; only a DNS look-up is left to the resolver's own timeouts). Per attempt
+        it would not be enough: with retries, a server trickling bytes could hold a worker
+        (retries + 1) times as long, and a caller budgeting a run needs one number per URL.
+        A fetch that runs out is rejected as "deadline exceeded: <deadline_s> s"; a retry
+        that could not finish in time is not started."""
+        with _Deadline(self.config.deadline_s) as deadline, watching(deadline.watch):
+            try:
+                data = self._follow_redirects(url, deadline)
+            except FetchRejected:
+                if deadline.expired:  # e.g. a TLS error: the cut, not the server, caused it
+                    raise deadline.rejection() from None
+                raise
+            if deadline.watch.is_cut:  # a body without a length ends at the cut, cleanly
+                raise deadline.rejection()
+            return data
+
+    def _follow_redirects(self, url: str, deadline: _Deadline) -> bytes:
         seen = {url}
         current = url
         for _hop in range(self.config.max_redirects + 1):
             check_scheme(current)
-            outcome = self._with_retries(current)
+            outcome = self._with_retries(current, deadline)
             if isinstance(outcome, bytes):
                 return outcome
             if outcome.location in seen:
@@ -197,20 +281,28 @@ class Downloader:
             current = outcome.location
         raise FetchRejected(f"too many redirects (more than {self.config.max_redirects})")
 
-    def _with_retries(self, url: str) -> bytes | _Redirect:
+    def _with_retries(self, url: str, deadline: _Deadline) -> bytes | _Redirect:
         retries = self.config.retries
         for attempt in range(retries + 1):
             try:
-                return self._attempt(url)
+                return self._attempt(url, deadline)
             except _Transient as failure:
+                if deadline.expired:
+                    raise deadline.rejection() from None
                 if attempt == retries:
                     raise FetchRejected(failure.final_reason(retries)) from None
-                self._sleep(self.config.backoff_s * 2**attempt)
+                pause = self.config.backoff_s * 2**attempt
+                if pause >= deadline.remaining():  # the next try could not even start
+                    raise deadline.rejection() from None
+                self._sleep(pause)
         raise AssertionError("unreachable")
 
-    def _attempt(self, url: str) -> bytes | _Redirect:
-        deadline = time.monotonic() + self.config.deadline_s
-        timeout = self.config.timeout_s
+    def _attempt(self, url: str, deadline: _Deadline) -> bytes | _Redirect:
+        if deadline.expired:
+            raise deadline.rejection()
+        # A connect cannot be cut by the watchdog (shutting down a socket that is still
+        # connecting does not wake it), so it gets no more than the time that is left.
+        timeout = min(self.config.timeout_s, deadline.remaining())
         try:
             response = self._session().get(
                 url,
@@ -227,7 +319,7 @@ class Downloader:
             return self._interpret(response, url, deadline)
 
     def _interpret(
-        self, response: requests.Response, url: str, deadline: float
+        self, response: requests.Response, url: str, deadline: _Deadline
     ) -> bytes | _Redirect:
         status = response.status_code
         if status in REDIRECT_STATUSES:
@@ -241,7 +333,7 @@ class Downloader:
             raise FetchRejected(f"http {status}")
         return self._read_body(response, deadline)
 
-    def _read_body(self, response: requests.Response, deadline: float) -> bytes:
+    def _read_body(self, response: requests.Response, deadline: _Deadline) -> bytes:
         cap = self.config.max_bytes
         declared = response.headers.get("Content-Length", "").strip()
         if declared.isdigit() and int(declared) > cap:
@@ -252,8 +344,8 @@ class Downloader:
             total += len(chunk)
             if total > cap:  # no or false Content-Length: count what actually arrives
                 raise FetchRejected(f"too large: > {cap} bytes")
-            if time.monotonic() > deadline:
-                raise _Transient("timeout", f"response took over {self.config.deadline_s:g} s")
+            if deadline.expired:  # bytes arriving fast enough never let the watchdog act
+                raise deadline.rejection()
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -1,8 +1,41 @@
 """Failures the user can act on: their message says what happened and what to do."""
 
+from __future__ import annotations
+
 
 class StageError(RuntimeError):
     """An expected stop of a stage (bad input, pending review, too little data).
 
     Runners print the message without a traceback and exit non-zero.
     """
+
+
+class BadTable(StageError, ValueError):
+    """A table the stage reads cannot be used: wrong header, not UTF-8, a bad row.
+
+    Also a ValueError, because readers of tables have always raised ValueError for a
+    wrong header and callers (the review app) catch that."""
+
+
+class BadRow(BadTable):
+    """One row of a table holds a value that must not be used (e.g. a path leading out
+    of the project); the message names the table, the line and the column."""
+
+    def __init__(self, table: str, line: int, field: str, reason: str):
+        self.table = table
+        self.line = line
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{table} line {line}, column {field}: {reason}")
+
+
+def utf8_problem(data: bytes) -> str | None:
+    """Where ``data`` stops being UTF-8 ('byte 0xff at offset 120, line 4'), or None when
+    all of it decodes. Decoding the whole file here gives the offset in the file; a
+    decoder reading in chunks reports it within its chunk."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return f"byte 0x{data[error.start]:02x} at offset {error.start}, line {line}"
+    return None

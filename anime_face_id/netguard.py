@@ -6,14 +6,26 @@ metadata service at 169.254.169.254 or a service on the internal network. The ch
 inside the connection itself, on the very addresses the socket is about to use, so a
 host name that resolves to a public address for a first check and to a private one a
 moment later (DNS rebinding) is still refused, and a refused address is never contacted.
+
+IPv6 transition addresses (6to4, Teredo, NAT64) carry an IPv4 address inside them, and a
+relay or translator delivers the packets to that IPv4 host, so ``2002:a00:1::`` can reach
+10.0.0.1. They are refused outright unless ``allow_networks`` lists their prefix: no image
+host needs them (6to4 and Teredo are deprecated, RFC 7526), and where the path leads
+depends on relays nobody here controls. Even when a prefix is allowed, the embedded IPv4
+address must itself be public or allowed, so allowing 2002::/16 never opens 10.0.0.0/8.
+
+The module also records the sockets an exchange uses (``SocketWatch``), so that the
+downloader's deadline can cut a connection whose reads are blocked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from requests.adapters import HTTPAdapter
@@ -35,18 +47,47 @@ class RefusedAddress(Exception):
         self.reason = reason
 
 
+# Prefixes whose addresses stand for an IPv4 host behind a relay or translator. Checked
+# before Python's own tables, which disagree between versions (3.11 calls 2002::/16 global).
+TRANSITION_NETWORKS: tuple[tuple[str, ipaddress.IPv6Network], ...] = (
+    ("6to4", ipaddress.IPv6Network("2002::/16")),
+    ("teredo", ipaddress.IPv6Network("2001::/32")),
+    ("nat64", ipaddress.IPv6Network("64:ff9b::/96")),
+    ("nat64", ipaddress.IPv6Network("64:ff9b:1::/48")),  # local-use NAT64, RFC 8215
+)
+NAT64_WELL_KNOWN = TRANSITION_NETWORKS[2][1]
+
+
 def address_kind(address: IPAddress) -> str | None:
     """Why ``address`` is not a public unicast address, or None when it is one."""
     checks = (
         ("unspecified", address.is_unspecified),
         ("loopback", address.is_loopback),
+        *((kind, address in network) for kind, network in TRANSITION_NETWORKS),
         ("link-local", address.is_link_local),
+        # fec0::/10 was deprecated (RFC 3879) but routers may still route it internally,
+        # and Python counts it as global
+        ("site-local", getattr(address, "is_site_local", False)),
         ("multicast", address.is_multicast),
         ("private", address.is_private),
         ("reserved", address.is_reserved),
         ("non-public", not address.is_global),  # e.g. 100.64.0.0/10 carrier-grade NAT
     )
     return next((kind for kind, matches in checks if matches), None)
+
+
+def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses a transition address leads to (IPv4-mapped excepted: that one is
+    simply the IPv4 address, see ``AddressPolicy.refusal``)."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return ()
+    if address.sixtofour is not None:
+        return (address.sixtofour,)
+    if address.teredo is not None:
+        return address.teredo  # (server, client); the client part is de-obfuscated
+    if address in NAT64_WELL_KNOWN:
+        return (ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF),)
+    return ()
 
 
 @dataclass(frozen=True)
@@ -60,12 +101,25 @@ class AddressPolicy:
         return cls(tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs))
 
     def refusal(self, address: IPAddress) -> str | None:
-        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:a.b.c.d is a.b.c.d
-        effective = mapped or address
-        kind = address_kind(effective)
-        if kind is None or any(effective in network for network in self.allowed):
+        """Why connecting to ``address`` is refused, or None when it is allowed."""
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d on the wire
+            kind = self._forbidden_kind(mapped)
+            return f"refused {kind} address {address}" if kind else None
+        embedded = embedded_ipv4(address)
+        kinds = (self._forbidden_kind(each) for each in (address, *embedded))
+        kind = next((each for each in kinds if each), None)
+        if kind is None:
             return None
-        return f"refused {kind} address {address}"
+        inside = f" (embeds {', '.join(map(str, embedded))})" if embedded else ""
+        return f"refused {kind} address {address}{inside}"
+
+    def _forbidden_kind(self, address: IPAddress) -> str | None:
+        kind = address_kind(address)
+        return None if kind is None or self._allows(address) else kind
+
+    def _allows(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.allowed)
 
 
 def resolve_checked(host: str, port: int, policy: AddressPolicy) -> list[tuple]:
@@ -92,6 +146,8 @@ def connect_checked(
     literals, so nothing resolves the name a second time)."""
     last_error: OSError | None = None
     for _family, _type, _proto, _name, sockaddr in resolve_checked(host, port, policy):
+        if _current_watch_is_cut():  # the deadline passed: try no further address
+            raise OSError("deadline passed while connecting")
         try:
             return create_connection(
                 (sockaddr[0], port),
@@ -102,6 +158,84 @@ def connect_checked(
         except OSError as error:
             last_error = error
     raise last_error or OSError(f"no address found for {host}")
+
+
+# --- cutting an exchange short ---------------------------------------------------------
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """Make every blocked and future read or write on ``sock`` fail at once. Called as the
+    plain socket method on purpose: SSLSocket.shutdown also drops its TLS state, which
+    the thread blocked in a read is still using."""
+    # OSError: already closed, never connected, or detached into a TLS socket
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class SocketWatch:
+    """The sockets one exchange has used, so that another thread can cut them all.
+
+    A read blocked in recv() cannot be bounded by a timeout when the server sends one
+    byte just before each timeout; shutting the socket down wakes it at once. ``cut``
+    after ``finish`` does nothing, because by then the sockets may be back in the pool
+    and serving another exchange."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._cut = False
+        self._finished = False
+
+    @property
+    def is_cut(self) -> bool:
+        return self._cut
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._finished or any(sock is known for known in self._sockets):
+                return
+            if self._cut:  # connected just after the deadline: fail its first read
+                _shut_down(sock)
+            self._sockets.append(sock)
+
+    def cut(self) -> None:
+        # Under the lock, so no socket is shut down after finish() handed it back.
+        with self._lock:
+            if self._finished:
+                return
+            self._cut = True
+            for sock in self._sockets:
+                _shut_down(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+            self._sockets.clear()
+
+
+_exchange = threading.local()  # requests does all its socket work in the calling thread
+
+
+@contextlib.contextmanager
+def watching(watch: SocketWatch) -> Iterator[SocketWatch]:
+    """Record in ``watch`` every socket that guarded connections use in this thread."""
+    previous = getattr(_exchange, "watch", None)
+    _exchange.watch = watch
+    try:
+        yield watch
+    finally:
+        _exchange.watch = previous
+
+
+def _track(sock: socket.socket | None) -> None:
+    watch = getattr(_exchange, "watch", None)
+    if watch is not None and sock is not None:
+        watch.track(sock)
+
+
+def _current_watch_is_cut() -> bool:
+    watch = getattr(_exchange, "watch", None)
+    return watch is not None and watch.is_cut
 
 
 class _GuardedConnectionMixin:
@@ -130,7 +264,16 @@ class _GuardedConnectionMixin:
                 self, f"Failed to establish a new connection: {error}"
             ) from error  # type: ignore[arg-type]
         sys.audit("http.client.connect", self, self.host, self.port)  # type: ignore[attr-defined]
+        _track(sock)  # the TLS handshake reads this raw socket before it is wrapped
         return sock
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _track(self.sock)  # type: ignore[attr-defined]  # on https: the wrapped TLS socket
+
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _track(self.sock)  # type: ignore[attr-defined]  # a pooled connection reused by this exchange
+        return super().getresponse(*args, **kwargs)  # type: ignore[misc]
 
 
 class GuardedAdapter(HTTPAdapter):

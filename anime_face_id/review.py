@@ -5,14 +5,14 @@ the decisions log; the output is data/curated: a manifest of the crops that go o
 split, plus the crops cut from manual boxes. The decisions log is only ever read here.
 
 A decision that cannot be applied (a path that is not in the manifests, a character that
-is not in params.yaml, a malformed row) is reported as a warning and otherwise ignored:
-one stale or mistyped row must not block a pipeline run, and rewriting the human's log
-would destroy the audit trail.
+is not in params.yaml, a malformed row, a box that does not fit its picture) is reported as
+a warning and otherwise ignored: one stale or mistyped row must not block a pipeline run,
+and rewriting the human's log would destroy the audit trail. Manifest rows whose path or
+sha256 could lead a read or a write out of data/ are reported and left out the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,14 +30,8 @@ from anime_face_id.decisions import (
     read_decisions,
 )
 from anime_face_id.errors import StageError
-from anime_face_id.faces.boxes import crop_square, square_crop_box
-from anime_face_id.fileio import (
-    atomic_write_bytes,
-    read_csv,
-    read_stage_input,
-    sweep_temporaries,
-    write_csv,
-)
+from anime_face_id.faces.boxes import check_box_inside, crop_square, square_crop_box
+from anime_face_id.fileio import atomic_write_bytes, sweep_temporaries, write_csv
 from anime_face_id.imaging import ImageRejected, load_rgb_array, phash
 
 MANUAL_DIR = layout.CURATED_DIR / "manual"
@@ -118,15 +112,30 @@ def _examples(paths: list[str]) -> str:
     return shown + (f" and {len(paths) - EXAMPLES} more" if len(paths) > EXAMPLES else "")
 
 
-def _read_faces(root: Path) -> list[dict[str, str]]:
-    return read_stage_input(root, layout.FACES_MANIFEST, layout.FACE_COLUMNS, "crop")
+def _read_faces(root: Path, warnings: list[str]) -> list[dict[str, str]]:
+    rows = layout.read_table(root, layout.FACES_MANIFEST, layout.FACE_COLUMNS, "crop")
+    checks = {"path": lambda path: layout.project_path(root, path, layout.FACES_DIR)}
+    return _usable_rows(layout.FACES_MANIFEST, rows, checks, "crop", warnings)
 
 
-def _read_raw(root: Path) -> dict[str, dict[str, str]]:
-    path = root / layout.RAW_MANIFEST
-    if not path.is_file():
-        return {}  # only manual boxes need it; they are reported as unknown images
-    return {row["path"]: row for row in read_csv(path, required=layout.RAW_COLUMNS)}
+def _read_raw(root: Path, warnings: list[str]) -> dict[str, dict[str, str]]:
+    # Optional: only manual boxes need it; they are reported as unknown images without it.
+    rows = layout.read_table(root, layout.RAW_MANIFEST, layout.RAW_COLUMNS)
+    checks = {
+        "path": lambda path: layout.project_path(root, path, layout.RAW_DIR),
+        "sha256": layout.require_sha256,  # names the crops cut from manual boxes
+    }
+    usable = _usable_rows(layout.RAW_MANIFEST, rows, checks, "raw image", warnings)
+    return {row["path"]: row for row in usable}
+
+
+def _usable_rows(
+    table: Path, rows: list[dict[str, str]], checks: dict, what: str, warnings: list[str]
+) -> list[dict[str, str]]:
+    """Rows whose paths and names are safe to use; each other one becomes a warning."""
+    good, bad = layout.screen_rows(table, rows, checks)
+    warnings.extend(f"{problem}: the {what} is left out" for problem in bad)
+    return good
 
 
 def _curated_row(face: dict[str, str], character: str, slug: str, status: str) -> dict[str, str]:
@@ -257,16 +266,25 @@ class _Planner:
         if name is None:
             return None
         assert decision.box is not None  # manual_boxes() only yields box rows
-        x, y, _, _ = decision.box
         width, height = _int(image.get("width")), _int(image.get("height"))
-        if width and height and (x >= width or y >= height):
+        if width and height and not _fits(decision.box, width, height):
+            # Refused like the review app refuses it, rather than clipped to another crop.
             self.warn(
                 f"{_where(decision)}: box {format_box(decision.box)} lies outside "
-                f"{decision.path} ({width}x{height}); ignored"
+                f"{decision.path} ({width}x{height}), in whole or in part; ignored "
+                "(draw it again in the review app)"
             )
             return None
         slug = self.slugs[name]
         return ManualCrop(decision, name, slug, image, _manual_path(slug, image, decision))
+
+
+def _fits(box: tuple[int, int, int, int], width: int, height: int) -> bool:
+    try:
+        check_box_inside(box, width, height)
+    except ValueError:
+        return False
+    return True
 
 
 def _int(text: str | None) -> int:
@@ -278,19 +296,23 @@ def _int(text: str | None) -> int:
 
 def _manual_path(slug: str, image: dict[str, str], decision: Decision) -> str:
     # The raw sha256 names the picture whatever its path; the box makes each crop unique.
-    digest = image.get("sha256") or hashlib.sha256(decision.path.encode()).hexdigest()
+    # Both it and the slug were checked (_read_raw, params), so the name stays in MANUAL_DIR.
+    digest = layout.require_sha256(image["sha256"])
     x, y, w, h = decision.box or (0, 0, 0, 0)
-    return (MANUAL_DIR / slug / f"{digest[:12]}_{x}_{y}_{w}_{h}.png").as_posix()
+    return (
+        MANUAL_DIR / layout.require_slug(slug) / f"{digest[:12]}_{x}_{y}_{w}_{h}.png"
+    ).as_posix()
 
 
 def plan_review(root: Path, params: Params) -> ReviewPlan:
     """What the review stage would do, without reading pixels or writing anything."""
     root = Path(root)
-    faces = _read_faces(root)
-    raw = _read_raw(root)
+    warnings: list[str] = []
+    faces = _read_faces(root, warnings)
+    raw = _read_raw(root, warnings)
     decisions = read_decisions(root / layout.DECISIONS)
     planner = _Planner(root, params)
-    planner.plan.warnings.extend(decisions.invalid)
+    planner.plan.warnings.extend(warnings + decisions.invalid)
     face_paths = planner.crops(faces, decisions)
     planner.stray_decisions(decisions, face_paths, raw)
     planner.manual_boxes(decisions, raw, face_paths)
@@ -330,13 +352,18 @@ def review_status(root: Path, params: Params) -> ReviewSummary:
 
 
 def _cut_manual(root: Path, manual: ManualCrop, margin: float, size: int) -> dict[str, str]:
-    rgb = load_rgb_array(root / manual.decision.path)
+    assert manual.decision.box is not None  # manual_boxes() only yields box rows
+    source = layout.project_path(root, manual.decision.path, layout.RAW_DIR)
+    destination = layout.project_path(root, manual.path, MANUAL_DIR)
+    rgb = load_rgb_array(source)
     height, width = rgb.shape[:2]
+    # Again on the decoded picture: the manifest's size may be missing or out of date.
+    check_box_inside(manual.decision.box, width, height)
     x, y, side = square_crop_box(manual.decision.box, width, height, margin)
     face = Image.fromarray(crop_square(rgb, x, y, side, size))
     buffer = io.BytesIO()
     face.save(buffer, format="PNG")
-    atomic_write_bytes(root / manual.path, buffer.getvalue())
+    atomic_write_bytes(destination, buffer.getvalue())
     return {
         "character": manual.character,
         "slug": manual.slug,

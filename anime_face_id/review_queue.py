@@ -28,8 +28,7 @@ from anime_face_id import layout
 from anime_face_id.config import Params
 from anime_face_id.crop import NO_FACE
 from anime_face_id.decisions import Box, Decisions, append_decisions, read_decisions
-from anime_face_id.faces.boxes import crop_square, square_crop_box
-from anime_face_id.fileio import read_csv
+from anime_face_id.faces.boxes import check_box_inside, crop_square, square_crop_box
 from anime_face_id.imaging import load_rgb
 from anime_face_id.suspicion import Embeddings, cross_character_duplicates, distances_by_path
 
@@ -152,11 +151,13 @@ def load_state(root: Path, params: Params) -> ReviewState:
             f"{layout.FACES_MANIFEST.as_posix()} does not exist yet: run `dvc repro` first "
             "(the collect and crop stages make the face crops this app reviews)."
         )
-    faces = read_csv(manifest, required=layout.FACE_COLUMNS)
+    warnings: list[str] = []
+    faces = _shown_rows(root, layout.FACES_MANIFEST, layout.FACE_COLUMNS, warnings)
+    raw = _shown_rows(root, layout.RAW_MANIFEST, layout.RAW_COLUMNS, warnings)
     decisions = read_decisions(root / layout.DECISIONS)
     listed = set(params.slugs)
     crops, unlisted = _crops(faces, decisions, listed)
-    warnings = list(decisions.invalid)
+    warnings += decisions.invalid
     warnings += [
         f"{count} crop(s) of {name!r}, which is not in params.yaml, are not shown"
         for name, count in unlisted.items()
@@ -165,7 +166,7 @@ def load_state(root: Path, params: Params) -> ReviewState:
         root=root,
         params=params,
         crops=crops,
-        raw=_optional_csv(root / layout.RAW_MANIFEST, layout.RAW_COLUMNS),
+        raw=raw,
         face_boxes=_face_boxes(faces),
         unusable=_unusable_raw(root),
         decisions=decisions,
@@ -173,8 +174,17 @@ def load_state(root: Path, params: Params) -> ReviewState:
     )
 
 
-def _optional_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    return read_csv(path, required=columns) if path.is_file() else []
+def _shown_rows(
+    root: Path, table: Path, columns: tuple[str, ...], warnings: list[str]
+) -> list[dict[str, str]]:
+    """A manifest's rows whose path stays in the stage's folder (the app reads those
+    files); each other row is a warning, as the review stage reports it."""
+    rows = layout.read_table(root, table, columns)
+    within = table.parent  # data/faces or data/raw: where the stage writes its files
+    checks = {"path": lambda path: layout.project_path(root, path, within)}
+    good, bad = layout.screen_rows(table, rows, checks)
+    warnings.extend(f"{problem}: not shown" for problem in bad)
+    return good
 
 
 def _crops(
@@ -223,7 +233,7 @@ def _face_boxes(faces: list[dict[str, str]]) -> dict[str, list[Box]]:
 
 
 def _unusable_raw(root: Path) -> dict[str, str]:
-    rows = _optional_csv(root / layout.FACES_REJECTS, layout.FACE_REJECT_COLUMNS)
+    rows = layout.read_table(root, layout.FACES_REJECTS, layout.FACE_REJECT_COLUMNS)
     return {row["source"]: row["reason"] for row in rows if row["reason"] != NO_FACE}
 
 
@@ -304,13 +314,8 @@ def accept_rest(root: Path, params: Params, name: str) -> int:
 
 
 def check_box(image: RawImage, box: Box) -> None:
-    x, y, w, h = box
-    if w <= 0 or h <= 0:
-        raise ValueError("the box needs a positive width and height")
-    if x < 0 or y < 0 or x + w > image.width or y + h > image.height:
-        raise ValueError(
-            f"the box {x},{y},{w},{h} does not fit in the {image.width}x{image.height} image"
-        )
+    """The check the review stage applies too, so a box the app accepts is cut as drawn."""
+    check_box_inside(box, image.width, image.height)
 
 
 def add_box(root: Path, image: RawImage, box: Box, character: str) -> None:

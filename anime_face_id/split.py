@@ -24,7 +24,7 @@ import numpy as np
 from anime_face_id import layout
 from anime_face_id.config import SplitConfig
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import group_by, read_stage_input, sweep_temporaries, write_csv
+from anime_face_id.fileio import group_by, sweep_temporaries, write_csv
 
 EVAL_SPLITS = ("val", "test")
 
@@ -202,7 +202,10 @@ def _eligible(
 def split_dataset(root: Path, config: SplitConfig) -> SplitSummary:
     """Write data/splits/{train,val,test,holdout}.csv from data/curated/manifest.csv."""
     root = Path(root)
-    rows = read_stage_input(root, layout.CURATED_MANIFEST, layout.CURATED_COLUMNS, "review")
+    rows = layout.read_table(root, layout.CURATED_MANIFEST, layout.CURATED_COLUMNS, "review")
+    # The slugs and paths written here become folders and files the later stages open.
+    checks = {"slug": layout.require_slug, "path": lambda path: layout.project_path(root, path)}
+    layout.check_rows(layout.CURATED_MANIFEST, rows, checks)
     by_slug = group_by(rows, "slug")
     eligible, warnings = _eligible(by_slug, config)
     held_out = set(derived_rng(config.seed, "holdout").sample(eligible, config.holdout_characters))

@@ -1,8 +1,21 @@
-"""Running a stage flow from the command line (the cmd of its DVC stage)."""
+"""Running a stage flow from the command line (the cmd of its DVC stage).
+
+Expected errors (a StageError such as a pending review or a bad table, a bad params.yaml,
+a failed search) are the user's to act on: their message says what to do, and a traceback
+would only bury it. Prefect logs every exception that leaves a task or a flow with its
+traceback, so two logging filters handle them:
+
+- on Prefect's run loggers (console and UI alike), an expected error keeps its log line
+  but loses the traceback; unexpected errors (bugs) keep theirs;
+- on the console of a stage run from the command line, the lines that only repeat an error
+  that stops the stage (the task's exception, the "Finished in state Failed(...)" lines)
+  are left out, because the runner ends with that message itself: the stage prints it once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +24,17 @@ from prefect.states import Failed, State
 
 from anime_face_id.config import ConfigError, Params, load_params
 from anime_face_id.errors import StageError
+from anime_face_id.sources.base import SearchError
+
+# Errors that stop a stage: the runner's last line is their message.
+STOPPING_ERRORS: tuple[type[Exception], ...] = (StageError, ConfigError)
+# Errors with a message for the user and no traceback: a failed search is one too, but it
+# is recorded as a reject and the stage goes on.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (*STOPPING_ERRORS, SearchError)
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+# Messages of errors that stopped a run in this process, for the console filter.
+_stopped_with: set[str] = set()
 
 
 def parse_args(stage: str) -> argparse.Namespace:
@@ -24,12 +48,68 @@ def parse_args(stage: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+class _NoTracebackForExpectedErrors(logging.Filter):
+    """On a run logger: drop the traceback of an expected error, keep its line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, EXPECTED_ERRORS):
+            record.exc_info = None
+            record.exc_text = None
+            record.expected_error = error  # for the console filter below
+            if isinstance(error, STOPPING_ERRORS):
+                _stopped_with.add(str(error))
+        return True
+
+
+class _StopReportedOnce(logging.Filter):
+    """On the console of a command-line run: leave out Prefect's lines that repeat the
+    error that stops the stage; the runner prints it as its last line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(getattr(record, "expected_error", None), STOPPING_ERRORS):
+            return False
+        if record.name in RUN_LOGGERS and record.getMessage().startswith("Finished in state"):
+            text = record.getMessage()
+            # The state's message is shown as its repr, inside that of a longer message.
+            return not any(repr(stop)[1:-1] in text for stop in _stopped_with)
+        return True
+
+
+def _has_filter(filterer: logging.Filterer, kind: type) -> bool:
+    return any(isinstance(existing, kind) for existing in filterer.filters)
+
+
+def quiet_expected_errors() -> None:
+    """Expected errors log without a traceback in this process (idempotent)."""
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not _has_filter(logger, _NoTracebackForExpectedErrors):
+            logger.addFilter(_NoTracebackForExpectedErrors())
+
+
+def report_stops_once() -> None:
+    """For command-line runs: the console shows a stopping error once, as the last line."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    quiet_expected_errors()
+    ensure_logging_setup()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not _has_filter(
+            handler, _StopReportedOnce
+        ):
+            handler.addFilter(_StopReportedOnce())
+
+
 def fail_on_stage_error(action: Callable[[], object]) -> object:
-    """Run ``action``; an expected StageError becomes a Failed state with its message
-    (no traceback in the log), anything else propagates."""
+    """Run ``action``; an expected error that stops the stage (StageError, ConfigError)
+    becomes a Failed state with its message, anything else propagates."""
+    quiet_expected_errors()
     try:
         return action()
-    except StageError as error:
+    except STOPPING_ERRORS as error:
+        _stopped_with.add(str(error))
         return Failed(message=str(error))
 
 
@@ -42,15 +122,23 @@ def check_params(path: Path) -> None:
         raise SystemExit(2) from None
 
 
-def run_stage(stage: str, flow) -> None:
-    args = parse_args(stage)
-    check_params(Path(args.root) / args.params)
-    state: State = flow(params_path=args.params, root=args.root, return_state=True)
+def finish(name: str, state: State) -> None:
+    """End a command-line run: nothing more when it completed, else one line saying why
+    and exit status 1."""
     if not state.is_completed():
-        print(f"\n{stage} stopped: {state.message}", file=sys.stderr)
+        print(f"\n{name} stopped: {state.message}", file=sys.stderr)
         raise SystemExit(1)
 
 
+def run_stage(stage: str, flow) -> None:
+    args = parse_args(stage)
+    check_params(Path(args.root) / args.params)
+    report_stops_once()
+    state: State = flow(params_path=args.params, root=args.root, return_state=True)
+    finish(stage, state)
+
+
 def load(root: str, params_path: str) -> tuple[Path, Params]:
+    quiet_expected_errors()
     root_path = Path(root).resolve()
     return root_path, load_params(root_path / params_path)

@@ -17,8 +17,7 @@ def balance_train(root, config) -> balance.BalanceSummary:
 
 @flow(name="balance", log_prints=True)
 def balance_flow(params_path: str = "params.yaml", root: str = "."):
-    root_path, params = load(root, params_path)
-    return fail_on_stage_error(lambda: _balance(root_path, params))
+    return fail_on_stage_error(lambda: _balance(*load(root, params_path)))
 
 
 def _balance(root_path, params) -> list[dict]:

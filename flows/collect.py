@@ -7,14 +7,17 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from anime_face_id.collect import sweep_interrupted
-from flows._stage import load, run_stage
+from flows._stage import fail_on_stage_error, load, run_stage
 from tasks.collect import collect_character, write_outputs
 from tasks.reporting import StageProgress, publish_summary
 
 
 @flow(name="collect", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
-def collect_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
-    root_path, params = load(root, params_path)
+def collect_flow(params_path: str = "params.yaml", root: str = "."):
+    return fail_on_stage_error(lambda: _collect(*load(root, params_path)))
+
+
+def _collect(root_path, params) -> list[dict]:
     sweep_interrupted(root_path)
     slugs = params.slugs
     progress = StageProgress("collect", len(params.characters))

@@ -7,14 +7,17 @@ from dataclasses import asdict
 from prefect import flow
 
 from anime_face_id.crop import raw_rows_by_character, summary
-from flows._stage import load, run_stage
+from flows._stage import fail_on_stage_error, load, run_stage
 from tasks.crop import crop_character, load_detector, write_outputs
 from tasks.reporting import StageProgress, publish_summary
 
 
 @flow(name="crop", log_prints=True)
-def crop_flow(params_path: str = "params.yaml", root: str = ".") -> list[dict]:
-    root_path, params = load(root, params_path)
+def crop_flow(params_path: str = "params.yaml", root: str = "."):
+    return fail_on_stage_error(lambda: _crop(*load(root, params_path)))
+
+
+def _crop(root_path, params) -> list[dict]:
     rows_by_slug = raw_rows_by_character(root_path)
     detector = load_detector(root_path, params.crop)
     progress = StageProgress("crop", len(rows_by_slug))

@@ -41,8 +41,7 @@ def evaluate_embedder(root: Path, params, run_id: str) -> dict:
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(params_path: str = "params.yaml", root: str = "."):
-    root_path, params = load(root, params_path)
-    return fail_on_stage_error(lambda: _evaluate(root_path, params))
+    return fail_on_stage_error(lambda: _evaluate(*load(root, params_path)))
 
 
 def _evaluate(root_path: Path, params) -> dict:

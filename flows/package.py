@@ -53,8 +53,7 @@ def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
 
 @flow(name="package", log_prints=True)
 def package_flow(params_path: str = "params.yaml", root: str = "."):
-    root_path, params = load(root, params_path)
-    return fail_on_stage_error(lambda: _package(root_path, params))
+    return fail_on_stage_error(lambda: _package(*load(root, params_path)))
 
 
 def _package(root_path: Path, params) -> dict:

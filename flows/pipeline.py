@@ -13,7 +13,6 @@ server to resume from, it stops at review with the same message as `dvc repro`.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -24,7 +23,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Failed
 
 from anime_face_id import review
-from flows._stage import check_params, load
+from flows._stage import check_params, fail_on_stage_error, finish, load, report_stops_once
 from tasks.dvc import dvc_repro
 
 
@@ -104,6 +103,10 @@ def wait_for_review(root, params_path: str) -> str | None:
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(params_path: str = "params.yaml", root: str = ".", until: str = "all"):
     """``until``: the last stage to bring up to date (a dvc.yaml stage), or all of them."""
+    return fail_on_stage_error(lambda: _pipeline(params_path, root, until))
+
+
+def _pipeline(params_path: str, root: str, until: str):
     root_path, _ = load(root, params_path)
     dvc_repro(root_path, "crop")
     stop = wait_for_review(root_path, params_path)
@@ -141,12 +144,11 @@ def main() -> None:
             },
         )
         return
+    report_stops_once()
     state = pipeline_flow(
         params_path=args.params, root=args.root, until=args.until, return_state=True
     )
-    if not state.is_completed():
-        print(f"\npipeline stopped: {state.message}", file=sys.stderr)
-        raise SystemExit(1)
+    finish("pipeline", state)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ def apply_review(root, params) -> review.ReviewSummary:
 
 @flow(name="review", log_prints=True)
 def review_flow(params_path: str = "params.yaml", root: str = "."):
-    root_path, params = load(root, params_path)
-    return fail_on_stage_error(lambda: _review(root_path, params))
+    return fail_on_stage_error(lambda: _review(*load(root, params_path)))
 
 
 def _review(root_path, params) -> list[dict]:

@@ -16,8 +16,7 @@ def split_dataset(root, config) -> split.SplitSummary:
 
 @flow(name="split", log_prints=True)
 def split_flow(params_path: str = "params.yaml", root: str = "."):
-    root_path, params = load(root, params_path)
-    return fail_on_stage_error(lambda: _split(root_path, params))
+    return fail_on_stage_error(lambda: _split(*load(root, params_path)))
 
 
 def _split(root_path, params) -> list[dict]:

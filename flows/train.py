@@ -58,8 +58,7 @@ def train_embedder(root: Path, params, run_id: str) -> train.TrainResult:
 
 @flow(name="train", log_prints=True)
 def train_flow(params_path: str = "params.yaml", root: str = "."):
-    root_path, params = load(root, params_path)
-    return fail_on_stage_error(lambda: _train(root_path, params))
+    return fail_on_stage_error(lambda: _train(*load(root, params_path)))
 
 
 def _train(root_path: Path, params) -> dict:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
 from anime_face_id import collect
 from anime_face_id.config import Character, CollectConfig, Params
+from anime_face_id.sources import SearchError
 from tasks.reporting import log_progress
 
 WEB_BACKENDS = {"google", "duckduckgo"}
@@ -21,18 +23,33 @@ def search(
     return collect.find_candidates(character, slug, config, root=root)
 
 
+def _reported(attempt: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    """``attempt``, with a failed search logged as one line: collect records it as a
+    reject and goes on, so it is news, not a crash (no traceback)."""
+
+    def reported(character: Character, slug: str, config: CollectConfig, root=None):
+        try:
+            return attempt(character, slug, config, root=root)
+        except SearchError as error:
+            get_run_logger().warning("%s: recorded as a reject: %s", character.name, error)
+            raise
+
+    return reported
+
+
 @task(task_run_name="collect-{slug}")
 def collect_character(
     root: Path, character: Character, slug: str, config: CollectConfig
 ) -> collect.CharacterCollectResult:
-    # Only web searches are worth retrying; a missing folder or CSV row stays missing.
-    attempt = search if config.backend in WEB_BACKENDS else search.with_options(retries=0)
+    # Only web searches are worth a retrying task of their own; a missing folder or CSV
+    # row stays missing, and a task that fails logs a traceback however expected it was.
+    attempt = search if config.backend in WEB_BACKENDS else collect.find_candidates
     result = collect.collect_character(
         root,
         character,
         slug,
         config,
-        search=attempt,
+        search=_reported(attempt),
         progress=log_progress(f"{character.name} downloads"),
     )
     get_run_logger().info(

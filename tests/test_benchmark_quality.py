@@ -1,9 +1,12 @@
 """benchmarks/quality.py runs the recipe from params.yaml, with -S overrides and several
-seeds, and reports numbers next to the ImageNet baseline (a smoke test of the machinery on
-generated characters; the measurement itself is the benchmark's job)."""
+seeds, in the users' regime (a capped sample of crops per character, characters held out)
+and reports numbers next to the ImageNet baseline (a smoke test of the machinery on
+generated characters; the measurement itself is the benchmark's job), plus its pieces:
+the sample, the choice of held-out characters, the comparison."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from anime_face_id.config import ConfigError
+from anime_face_id.errors import StageError
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,13 +32,36 @@ def run_benchmark(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.fixture(scope="module")
+def quality():
+    """The benchmark script as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def table_lines(stdout: str) -> list[str]:
+    """The comparison table's rows, after its header and rule."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("metric"))
+    return lines[start + 2 :]
+
+
 @pytest.mark.slow
-def test_benchmark_trains_each_seed_and_compares_with_imagenet(tmp_path):
+def test_benchmark_trains_each_seed_and_compares_with_imagenet(tmp_path, quality):
     folder = write_picture_folder(tmp_path / "faces", PIPELINE_NAMES, count=12)
     result = run_benchmark(
         str(folder),
         "--holdout", "1",
         "--seeds", "0", "1",
+        "--per-character", "10",
+        # split.seed 1 holds out Akane Red, which a hard case must never be (one hard
+        # character: at most half of one, i.e. none, may be held out)
+        "--hard-case", "Akane Red",
+        "-S", "split.seed=1",
         "--json", str(tmp_path / "quality.json"),
         "-S", "train.image_size=64",
         "-S", "train.embedding_dim=16",
@@ -54,15 +82,67 @@ def test_benchmark_trains_each_seed_and_compares_with_imagenet(tmp_path):
     assert "train.loss" not in report["changes"]
     assert [r["train_config"]["seed"] for r in report["reports"]] == [0, 1]
 
+    # at most 10 crops per character, drawn per seed, the same draw for the same seed
+    assert report["per_character"] == 10
+    assert report["sample_of_seed"] == {"0": "seed-0", "1": "seed-1"}
+    for seed in (0, 1):
+        sample = report["samples"][f"seed-{seed}"]
+        assert sample == quality.sample_crops(folder, PIPELINE_NAMES, 10, seed)
+        assert all(len(files) == 10 for files in sample.values())
+    assert report["samples"]["seed-0"] != report["samples"]["seed-1"]
+    for seed_report in report["reports"]:  # the pipeline saw the sample, not the folder
+        trained = seed_report["val"]
+        assert (
+            trained["num_images"]
+            + seed_report["test"]["num_images"]
+            + trained["identification"]["gallery_images"]
+            + seed_report["open_set"]["num_images"]
+        ) == 10 * len(PIPELINE_NAMES)
+
+    # held-out characters: never the hard case, the same for both seeds, printed
+    held_out = report["held_out"]
+    assert len(held_out) == 1 and "Akane Red" not in held_out
+    assert report["split_seed"]["seed-0"] > 1  # split.seed 1 was refused
+    assert report["split_seed"]["seed-0"] == report["split_seed"]["seed-1"]
+    assert all(r["held_out"] == held_out for r in report["reports"])
+    assert all(r["open_set"]["num_characters"] == 1 for r in report["reports"])
+    assert f"held out (split.seed={report['split_seed']['seed-0']}): {held_out[0]}" in (
+        result.stdout
+    )
+    assert f"1 held out: {held_out[0]}" in result.stdout
+
+    # headline: identification precision@1, then val MAP@R, then the open set
+    metrics = [row["metric"] for row in report["rows"]]
+    assert metrics[:4] == [
+        "identification precision@1",
+        "val MAP@R",
+        "open-set precision@1",
+        "open-set MAP@R",
+    ]
+    assert table_lines(result.stdout)[0].startswith("identification precision@1")
     rows = {row["metric"]: row for row in report["rows"]}
-    p_at_1 = rows["val precision@1"]
-    assert len(p_at_1["per_seed"]) == 2
-    assert p_at_1["model"] == pytest.approx(sum(p_at_1["per_seed"]) / 2)
-    assert p_at_1["worst"] == min(p_at_1["per_seed"])
-    assert 0.0 <= p_at_1["baseline"] <= 1.0
-    assert p_at_1["target"] == 0.95 and p_at_1["passed"] == (p_at_1["model"] >= 0.95)
-    assert rows["open-set precision@1"]["target"] == 0.85
-    assert "val precision@1" in result.stdout and "ImageNet" in result.stdout
+    headline = rows["identification precision@1"]
+    assert len(headline["per_seed"]) == 2
+    assert headline["per_seed"] == [
+        r["val"]["identification"]["precision_at_1"] for r in report["reports"]
+    ]
+    assert headline["model"] == pytest.approx(sum(headline["per_seed"]) / 2)
+    assert headline["worst"] == headline["min"] == min(headline["per_seed"])
+    assert headline["max"] == max(headline["per_seed"])
+    assert 0.0 <= headline["baseline"] <= 1.0
+    assert headline["target"] == 0.95 and headline["passed"] == (headline["model"] >= 0.95)
+    assert rows["val MAP@R"]["target"] == 0.80
+    assert rows["open-set precision@1"]["target"] == 0.90
+    assert rows["open-set MAP@R"]["target"] == 0.60
+    p_at_1 = rows["val precision@1 (within val)"]
+    assert len(p_at_1["per_seed"]) == 2 and 0.0 <= p_at_1["baseline"] <= 1.0
+    assert "ImageNet" in result.stdout and "min-max" in result.stdout
+
+    # seconds per epoch, per seed and on average
+    per_epoch = report["seconds_per_epoch"]
+    assert len(per_epoch["per_seed"]) == 2 and per_epoch["mean"] > 0
+    assert [r["seconds_per_epoch"] for r in report["reports"]] == per_epoch["per_seed"]
+    assert "s per epoch" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -81,3 +161,133 @@ def test_bad_override_is_refused_before_any_work(tmp_path, override, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--per-character", "-1"], "must be 0 or more"),
+        # all five hard: at most two may go, so three would leave only hard ones to hold out
+        (["--holdout", "3", "--hard-case", *PIPELINE_NAMES], "--holdout 3"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, arguments, message):
+    folder = write_picture_folder(tmp_path / "faces", PIPELINE_NAMES, count=3)
+    result = run_benchmark(str(folder), "--workdir", str(tmp_path / "work"), *arguments)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "work").exists()
+
+
+# --------------------------------------------------------------------- the sample
+
+
+def touch_crops(folder: Path, counts: dict[str, int]) -> Path:
+    """Empty files are enough: the sample only lists names."""
+    for name, count in counts.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            (folder / name / f"{index:03d}.jpg").touch()
+    return folder
+
+
+def test_sample_caps_each_character_deterministically_per_seed(tmp_path, quality):
+    folder = touch_crops(tmp_path / "faces", {"many": 50, "also_many": 40, "few": 7})
+    (folder / "many" / ".DS_Store").touch()  # not a crop: the folder backend skips it too
+    names = ["also_many", "few", "many"]
+
+    sample = quality.sample_crops(folder, names, 30, sample_seed=0)
+    assert {name: len(files) for name, files in sample.items()} == {
+        "also_many": 30,
+        "few": 7,
+        "many": 30,
+    }
+    assert sample["few"] == sorted(path.name for path in (folder / "few").iterdir())
+    assert set(sample["many"]) <= {f"{i:03d}.jpg" for i in range(50)}
+    assert sample == quality.sample_crops(folder, names, 30, sample_seed=0)
+    assert sample["many"] != quality.sample_crops(folder, names, 30, sample_seed=1)["many"]
+    # a character's sample depends on the seed and its name alone
+    alone = quality.sample_crops(folder, ["many"], 30, sample_seed=0)
+    assert alone["many"] == sample["many"]
+    # 0: every crop
+    every = quality.sample_crops(folder, names, 0, sample_seed=0)
+    assert len(every["many"]) == 50 and len(every["also_many"]) == 40
+
+
+def test_sample_is_copied_as_a_folder_backend_tree(tmp_path, quality):
+    folder = touch_crops(tmp_path / "faces", {"a": 5, "b": 5})
+    sample = quality.sample_crops(folder, ["a", "b"], 2, sample_seed=3)
+    copied = quality.write_sample(folder, sample, tmp_path / "sample")
+    assert {
+        name: sorted(path.name for path in (copied / name).iterdir()) for name in ("a", "b")
+    } == sample
+
+
+# --------------------------------------------------------------------- held-out characters
+
+CHARACTERS = [f"other_{i:02d}" for i in range(16)]
+
+
+def test_at_most_half_of_the_hard_case_may_be_held_out(quality):
+    names = sorted([*CHARACTERS, *quality.HARD_CASE])
+    hard = quality.HARD_CASE
+    assert len(names) == 22
+    assert quality.holdout_acceptable(["other_00", *hard[:3]], hard, names)
+    assert not quality.holdout_acceptable(list(hard[:4]), hard, names)
+    assert quality.holdout_acceptable(["other_00", "other_01"], hard, names)
+    # only the hard-case characters in the folder count: of one, none may be held out
+    assert quality.holdout_acceptable(["other_00"], ["other_00", "not_here"], names) is False
+    assert quality.holdout_acceptable(["other_00"], ["other_00", "other_01"], names)
+
+
+def test_a_holdout_that_must_take_the_hard_case_is_refused(quality):
+    names = ["a", "b", "hard_1", "hard_2", "hard_3"]
+    quality.check_holdout_possible(names, 3, ["hard_1", "hard_2", "hard_3"])  # a, b, one hard
+    with pytest.raises(ConfigError, match="--holdout 4"):
+        quality.check_holdout_possible(names, 4, ["hard_1", "hard_2", "hard_3"])
+
+
+def test_split_seed_search_takes_the_first_acceptable_seed(quality):
+    tried = []
+
+    def held_out_for(seed):
+        tried.append(seed)
+        return ["hard"] if seed < 7 else ["other"]
+
+    def acceptable(held):
+        return "hard" not in held
+
+    assert quality.first_acceptable_split_seed(5, held_out_for, acceptable) == (7, ["other"])
+    assert tried == [5, 6, 7]  # stops at once: the accepted split is the last one written
+    with pytest.raises(StageError, match=r"no split seed in 0\.\.2"):
+        quality.first_acceptable_split_seed(0, held_out_for, acceptable, attempts=3)
+
+
+# --------------------------------------------------------------------- the comparison
+
+
+def seed_report(identified: float, eer: float, baseline_identified: float) -> dict:
+    return {
+        "val": {"identification": {"precision_at_1": identified}, "map_at_r": 0.8, "eer": eer},
+        "baseline_val": {"identification": {"precision_at_1": baseline_identified}},
+        "open_set": {"precision_at_1": 0.9, "map_at_r": 0.6},
+    }
+
+
+def test_comparison_puts_identification_first_with_mean_spread_and_baseline(quality):
+    rows = quality.comparison([seed_report(0.90, 0.10, 0.50), seed_report(1.00, 0.20, 0.60)])
+    assert [row["metric"] for row in rows][:4] == [
+        "identification precision@1",
+        "val MAP@R",
+        "open-set precision@1",
+        "open-set MAP@R",
+    ]
+    headline = rows[0]
+    assert headline["model"] == pytest.approx(0.95)
+    assert headline["std"] == pytest.approx(0.0707, abs=1e-4)
+    assert (headline["min"], headline["max"], headline["worst"]) == (0.90, 1.00, 0.90)
+    assert headline["baseline"] == pytest.approx(0.55)  # each seed's sample has its own
+    assert headline["passed"] is True  # 0.95 >= 0.95
+    eer = next(row for row in rows if row["metric"].startswith("val verification EER"))
+    assert eer["worst"] == 0.20 and eer["lower_is_better"]

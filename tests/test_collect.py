@@ -28,6 +28,9 @@ from anime_face_id.config import Params, parse_params
 from anime_face_id.fileio import TMP_PREFIX, read_csv
 from anime_face_id.layout import RAW_COLUMNS, RAW_DIR, RAW_MANIFEST, RAW_REJECT_COLUMNS, RAW_REJECTS
 from anime_face_id.slugs import slugify
+from tests.support.webserver import Response, WebServer, web_server
+
+__all__ = ["web_server"]  # a fixture used below
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
@@ -286,3 +289,50 @@ def test_recorded_search_failure_is_one_reject_row_until_a_search_succeeds(
     collect_all(root, params)
     manifest, rejects = read_outputs(root)
     assert len(manifest) == 3 and rejects == []
+
+
+def test_credentials_in_urls_never_reach_data_raw(tmp_path: Path, web_server: WebServer) -> None:
+    secret = "s3cret-Pa55"
+    image = web_server.serve("/kept.png", png_bytes(42), "image/png")
+    missing = web_server.add("/missing.png", Response(status=404))
+    with_credentials = [
+        url.replace("://", f"://reader:{secret}@") for url in (image, missing, image + "?again")
+    ]
+    unparsable = f"http://reader:{secret}@127.0.0.1:99999/x.png"  # quoted in its reason
+    root = tmp_path / "project"
+    root.mkdir()
+    rows = [f"Test Subject,{url}" for url in [*with_credentials, unparsable]]
+    (root / "urls.csv").write_text("character,url\n" + "\n".join(rows) + "\n")
+    collect = {
+        "backend": "urls",
+        "urls": "urls.csv",
+        "allow_networks": ["127.0.0.0/8"],
+        "retries": 0,
+        "workers": 2,
+    }
+    params = parse_params({"characters": [{"name": "Test Subject"}], "collect": collect})
+
+    (result,) = collect_all(root, params)
+
+    assert (result.kept, result.rejected) == (1, 3)
+    assert web_server.count("/kept.png") == 2  # fetched with the real URL: the server answered
+    raw = root / RAW_DIR
+    leaks = [
+        path for path in raw.rglob("*") if path.is_file() and secret in path.read_text("latin-1")
+    ]
+    assert leaks == []
+    manifest, rejects = read_outputs(root)
+    base = web_server.base_url.replace("://", "://***@")
+    assert [row["url"] for row in manifest] == [base + "/kept.png"]
+    reasons = {row["url_or_path"]: row["reason"] for row in rejects}
+    assert reasons[base + "/missing.png"] == "http 404"
+    assert reasons[base + "/kept.png?again"].startswith("duplicate of ")
+    unparsable_redacted = unparsable.replace(f"reader:{secret}", "***")
+    assert reasons[unparsable_redacted].startswith("invalid URL: ")
+    assert "***@" in reasons[unparsable_redacted]
+
+    # the journal is keyed on the redacted URL: a second run fetches nothing again
+    (directory,) = [path for path in raw.iterdir() if path.is_dir()]
+    (directory / DONE).unlink()
+    (again,) = collect_all(root, params)
+    assert (again.kept, again.fetched) == (1, 0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from anime_face_id.decisions import HEADER, InvalidDecision, append_decisions, read_decisions
+from anime_face_id.errors import StageError
 from anime_face_id.layout import DECISION_COLUMNS
 
 WRITERS = 4
@@ -219,3 +220,48 @@ def test_columns_are_read_by_header_name_and_crlf_is_tolerated(tmp_path):
     decisions = read_decisions(path)
     assert decisions.invalid == []
     assert decisions.crops["data/faces/a/1.png"].decision == "reject"
+
+
+def test_a_file_holding_only_a_byte_order_mark_means_no_decisions(tmp_path):
+    # Editors on Windows save an "empty" CSV as a byte order mark alone.
+    for content in (b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n", b"\n\n"):
+        path = tmp_path / "decisions.csv"
+        path.write_bytes(content)
+        decisions = read_decisions(path)
+        assert (decisions.rows, decisions.crops, decisions.invalid) == (0, {}, [])
+        # The review app can still record decisions there: the header goes in first.
+        append_decisions(path, [{"path": "data/faces/a/1.png", "decision": "accept"}])
+        append_decisions(path, [{"path": "data/faces/a/2.png", "decision": "reject"}])
+        decisions = read_decisions(path)
+        assert decisions.invalid == []
+        assert {p: d.decision for p, d in decisions.crops.items()} == {
+            "data/faces/a/1.png": "accept",
+            "data/faces/a/2.png": "reject",
+        }
+        assert path.read_bytes().count(HEADER.encode()) == 1
+        path.unlink()
+
+
+def test_byte_order_mark_and_blank_lines_before_the_header_are_skipped(tmp_path):
+    path = tmp_path / "decisions.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbf\r\n\r\n"
+        b'"time","path","decision","character","box","note"\r\n'
+        b"t,data/faces/a/1.png,reject,,,\r\n"
+        b"t,data/faces/a/2.png,maybe,,,\r\n"
+    )
+    decisions = read_decisions(path)
+    assert list(decisions.crops) == ["data/faces/a/1.png"]
+    assert decisions.crops["data/faces/a/1.png"].line == 4  # lines as an editor counts them
+    assert decisions.invalid and decisions.invalid[0].startswith("decisions.csv line 5:")
+    append_decisions(path, [{"path": "data/faces/a/3.png", "decision": "accept"}])
+    assert "data/faces/a/3.png" in read_decisions(path).crops
+
+
+def test_a_header_without_the_columns_is_a_stage_error_naming_the_file(tmp_path):
+    path = tmp_path / "decisions.csv"
+    path.write_text("when,path,decision\nt,data/faces/a/1.png,accept\n", encoding="utf-8")
+    with pytest.raises(StageError, match="header lacks column") as caught:
+        read_decisions(path)
+    assert str(path) in str(caught.value) and "time, character, box, note" in str(caught.value)
+    assert isinstance(caught.value, ValueError)  # what the review app catches

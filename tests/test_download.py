@@ -7,14 +7,20 @@ ever failed, the test would fail without a single packet leaving the machine.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import gc
 import gzip
 import io
 import json
 import os
 import signal
+import socket
+import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -26,9 +32,10 @@ from PIL import Image
 
 from anime_face_id.collect import DONE, JOURNAL, collect_all, read_journal
 from anime_face_id.config import CollectConfig, parse_params
-from anime_face_id.download import Downloader, FetchRejected
+from anime_face_id.download import Downloader, FetchRejected, redact_credentials
 from anime_face_id.fileio import TMP_PREFIX, read_csv
 from anime_face_id.layout import RAW_DIR, RAW_MANIFEST, RAW_REJECTS
+from tests.support.tls import make_tls_files
 from tests.support.webserver import Response, WebServer, https_server, web_server
 
 __all__ = ["https_server", "web_server"]  # fixtures used below
@@ -188,13 +195,15 @@ def test_slow_responses_time_out_and_are_retried(web_server: WebServer) -> None:
         "/trickle.jpg", Response(body=b"x" * 10_000, chunk_size=1000, chunk_delay=0.15)
     )
     started = time.monotonic()
-    with Downloader(config(retries=1, timeout_s=0.4, deadline_s=0.6)) as downloader:
+    with Downloader(config(retries=1, timeout_s=0.4, deadline_s=3)) as downloader:
         assert fetch_reason(downloader, slow) == "timeout after 1 retries"
-        assert (
-            fetch_reason(downloader, trickle)
-            == "timeout after 1 retries (response took over 0.6 s)"
-        )
-    assert web_server.count("/slow.jpg") == 2 and web_server.count("/trickle.jpg") == 2
+    # deadline_s bounds the URL in all, retries included: a body trickled past it is cut
+    # and not tried again (it would only be cut again)
+    with Downloader(config(retries=1, timeout_s=0.4, deadline_s=0.6)) as downloader:
+        trickle_started = time.monotonic()
+        assert fetch_reason(downloader, trickle) == "deadline exceeded: 0.6 s"
+        assert time.monotonic() - trickle_started < 3 * 0.6
+    assert web_server.count("/slow.jpg") == 2 and web_server.count("/trickle.jpg") == 1
     assert time.monotonic() - started < 6
 
 
@@ -250,6 +259,26 @@ def test_redirect_to_private_addresses_is_refused_without_connecting(web_server:
     assert contacted and all(host == "127.0.0.1" for host in contacted), contacted
 
 
+def test_redirect_to_ipv6_transition_and_site_local_addresses_is_refused_without_connecting(
+    web_server: WebServer,
+) -> None:
+    targets = {
+        "/to-6to4": ("[2002:a00:1::]", "refused 6to4 address 2002:a00:1:: (embeds 10.0.0.1)"),
+        "/to-nat64": (
+            "[64:ff9b::a9fe:a9fe]",
+            "refused nat64 address 64:ff9b::a9fe:a9fe (embeds 169.254.169.254)",
+        ),
+        "/to-site-local": ("[fec0::1]", "refused site-local address fec0::1"),
+    }
+    for path, (host, _reason) in targets.items():
+        web_server.redirect(path, f"http://{host}/x.jpg")
+    since = len(_connects)
+    with Downloader(config()) as downloader:
+        for path, (_host, reason) in targets.items():
+            assert fetch_reason(downloader, web_server.url(path)) == reason
+    assert all(host == "127.0.0.1" for host in connected_hosts(since))
+
+
 def test_loopback_is_refused_unless_allowed(web_server: WebServer) -> None:
     url = web_server.serve("/here.jpg", jpeg(12), "image/jpeg")
     since = len(_connects)
@@ -285,6 +314,235 @@ def test_https_needs_the_ca_and_honours_requests_ca_bundle(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_server.ca_file))
     with Downloader(config()) as downloader:
         assert downloader.fetch(url) == body
+
+
+# --- the deadline over the whole exchange ----------------------------------------------------
+
+
+class ScriptedServer:
+    """A raw TCP server on 127.0.0.1 for what WebServer cannot do (http.server writes a
+    status line and its headers at once): every connection gets ``reply`` sent ``step``
+    bytes at a time, ``interval`` seconds apart, or nothing at all when ``silent`` (not
+    even a TLS handshake). Requests are recorded; ``stop`` ends and joins every thread."""
+
+    def __init__(
+        self,
+        reply: bytes = b"",
+        interval: float = 0.0,
+        step: int = 1,
+        silent: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ):
+        self.reply = reply
+        self.interval = interval
+        self.step = step
+        self.silent = silent
+        self.tls = tls
+        self.requests: list[bytes] = []
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)  # so the accept loop notices stop()
+
+    def __enter__(self) -> ScriptedServer:
+        self._spawn(self._accept_loop)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._listener.getsockname()[1]
+
+    def url(self, path: str) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in list(self._threads):
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "a scripted server thread did not stop"
+        self._listener.close()
+
+    def _spawn(self, target, *args: object) -> None:  # type: ignore[no-untyped-def]
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, _address = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._spawn(self._answer, connection)
+
+    def _answer(self, connection: socket.socket) -> None:
+        try:
+            connection.settimeout(5)
+            if self.silent:
+                self._stopping.wait()
+                return
+            if self.tls is not None:
+                connection = self.tls.wrap_socket(connection, server_side=True)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                received = connection.recv(4096)
+                if not received:
+                    return
+                request += received
+            self.requests.append(request)
+            for start in range(0, len(self.reply), self.step):
+                connection.sendall(self.reply[start : start + self.step])
+                if self.interval and self._stopping.wait(self.interval):
+                    return
+        except OSError:
+            pass  # the client hung up: the point of most tests here
+        finally:
+            connection.close()
+
+
+def http_reply(body: bytes, content_type: str = "image/jpeg") -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}"
+    return (head + "\r\nConnection: close\r\n\r\n").encode() + body
+
+
+# At one byte per 0.2 s these headers take about 20 s, and the body never comes.
+TRICKLED_HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Padding: " + b"a" * 60
+
+
+def open_sockets_on_port(port: int) -> int:
+    """This process's TCP sockets with ``port`` at either end, from Linux's /proc (other
+    tests' servers may close theirs meanwhile, so a plain descriptor count would not do)."""
+    gc.collect()  # a socket only closed by its finaliser would look like a leak
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed since the listing
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    found = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            ends = {int(address.rsplit(":", 1)[1], 16) for address in fields[1:3]}
+            found += port in ends and fields[9] in inodes
+    return found
+
+
+@pytest.fixture
+def tls_context(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    files = make_tls_files(tmp_path / "tls")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert_file, files.key_file)
+    return context, files.ca_file
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="lists sockets from /proc")
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_deadline_cuts_headers_trickled_one_byte_at_a_time(
+    scheme: str, tls_context: tuple[ssl.SSLContext, Path]
+) -> None:
+    context, ca_file = tls_context
+    threads = set(threading.enumerate())
+    server = ScriptedServer(
+        TRICKLED_HEADERS, interval=0.2, tls=context if scheme == "https" else None
+    )
+    port = server.port
+    # each byte comes well within timeout_s, so only the deadline can end this
+    settings = config(retries=2, backoff_s=0.01, timeout_s=1.0, deadline_s=1.5)
+    with server, Downloader(settings, verify=str(ca_file)) as downloader:
+        started = time.monotonic()
+        assert fetch_reason(downloader, server.url("/x.jpg")) == "deadline exceeded: 1.5 s"
+        elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 3 * 1.5, elapsed
+    assert len(server.requests) == 1  # no retry was started after the deadline
+    assert set(threading.enumerate()) <= threads  # the watchdog timer is gone
+    assert open_sockets_on_port(port) == 0  # and so is every socket, at both ends
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_deadline_cuts_a_read_longer_than_itself(scheme: str) -> None:
+    """A server that accepts and says nothing (on https: never answers the TLS hello),
+    with timeout_s above deadline_s: the one blocked read is cut at the deadline."""
+    settings = config(retries=3, timeout_s=10, deadline_s=1)
+    with ScriptedServer(silent=True) as server, Downloader(settings) as downloader:
+        url = server.url("/x.jpg").replace("http:", f"{scheme}:")
+        started = time.monotonic()
+        assert fetch_reason(downloader, url) == "deadline exceeded: 1 s"
+        assert time.monotonic() - started < 3 * 1
+
+
+def test_deadline_covers_redirects_and_the_stage_keeps_nothing_of_a_cut_download(
+    tmp_path: Path, web_server: WebServer
+) -> None:
+    with ScriptedServer(TRICKLED_HEADERS, interval=0.2) as trickler:
+        web_server.redirect("/hop", trickler.url("/x.jpg"))
+        web_server.add("/slow-hop", Response(status=302, headers={"Location": "/hop"}, delay=0.5))
+        root = tmp_path / "project"
+        write_stage_params(
+            root, web_server, ["/slow-hop"], retries=2, timeout_s=1.0, deadline_s=1.5
+        )
+        started = time.monotonic()
+        collect_all(root, load_stage_params(root))
+        assert time.monotonic() - started < 3 * 1.5
+    (reject,) = read_csv(root / RAW_REJECTS)
+    assert reject["reason"] == "deadline exceeded: 1.5 s"
+    assert read_csv(root / RAW_MANIFEST) == []
+    directory = root / RAW_DIR / "test_subject"
+    assert {p.name for p in directory.iterdir()} == {JOURNAL, DONE}
+    assert not list(root.rglob(f"{TMP_PREFIX}*"))
+
+
+def test_deadline_bounds_retries_and_their_backoff(web_server: WebServer) -> None:
+    url = web_server.add("/down.jpg", Response(status=503))
+    # without a bound over the retries: 0.4 + 0.8 + 1.6 + 3.2 s of backoff alone
+    with Downloader(config(retries=4, backoff_s=0.4, deadline_s=1)) as downloader:
+        started = time.monotonic()
+        assert fetch_reason(downloader, url) == "deadline exceeded: 1 s"
+        assert time.monotonic() - started < 3 * 1
+    assert 1 <= web_server.count("/down.jpg") <= 3
+
+
+# --- credentials in URLs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("https://user:secret@host/x.jpg", "https://***@host/x.jpg"),
+        ("http://user@host:8080/a.png", "http://***@host:8080/a.png"),
+        ("HTTPS://User:Pass@Host/x", "HTTPS://***@Host/x"),
+        ("https://u:p@ss@host/x.jpg", "https://***@host/x.jpg"),  # the last @ ends userinfo
+        ("https://:secret@host", "https://***@host"),
+        ("https://host/a@b.jpg", "https://host/a@b.jpg"),  # an @ in the path is no userinfo
+        ("https://host/x?to=a@b", "https://host/x?to=a@b"),
+        ("https://host/x.jpg", "https://host/x.jpg"),
+        ("/data/source/a@b.png", "/data/source/a@b.png"),
+        (
+            "invalid URL: Failed to parse: http://u:secret@127.0.0.1:99999/x.jpg",
+            "invalid URL: Failed to parse: http://***@127.0.0.1:99999/x.jpg",
+        ),
+        (
+            "'http://a:b@one/x' then https://c:d@two/y",
+            "'http://***@one/x' then https://***@two/y",
+        ),
+    ],
+)
+def test_redact_credentials(text: str, redacted: str) -> None:
+    assert redact_credentials(text) == redacted
+
+
+def test_credentials_in_the_url_are_still_sent() -> None:
+    body = jpeg(14)
+    with ScriptedServer(http_reply(body), step=1 << 20) as server, Downloader(config()) as dl:
+        url = server.url("/private.jpg").replace("://", "://user:s3cret@")
+        assert dl.fetch(url) == body
+    (request,) = server.requests
+    expected = base64.b64encode(b"user:s3cret")
+    assert b"Authorization: Basic " + expected in request, request
 
 
 # --- the whole stage on a server full of faults ---------------------------------------------------

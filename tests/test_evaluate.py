@@ -115,6 +115,17 @@ def test_baseline_uses_imagenet_features_on_the_same_images(report):
     assert report["baseline_val"]["map_at_r"] != report["val"]["map_at_r"]
 
 
+def test_baseline_identifies_val_against_the_same_training_gallery(report):
+    """benchmarks/quality.py's headline (identification precision@1) needs its baseline."""
+    baseline, trained = report["baseline_val"]["identification"], report["val"]["identification"]
+    assert is_score(baseline["precision_at_1"])
+    assert set(baseline["top_k_accuracy"]) == {"1", "5", "10"}
+    assert baseline["top_k_accuracy"]["1"] == baseline["precision_at_1"]
+    assert baseline["num_queries"] == trained["num_queries"]
+    assert baseline["gallery_images"] == trained["gallery_images"] == 32
+    assert "identification" not in report["baseline_open_set"]  # no gallery for unseen ones
+
+
 def test_plots_are_valid_images_and_tables(report, project):
     for png in (
         EMBEDDING_MAP_PNG,

@@ -375,3 +375,185 @@ def test_missing_crop_manifest_is_a_clear_error(tmp_path):
     params = parse_params({"characters": [{"name": "A"}, {"name": "B"}]})
     with pytest.raises(StageError, match="run the crop stage first"):
         apply_review(tmp_path, params)
+
+
+# ---------------------------------------------------------------- untrusted table values
+
+
+def files_outside_data(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_relative_to(root / "data")]
+
+
+def rewrite_raw(project: Project) -> None:
+    write_csv(project.root / layout.RAW_MANIFEST, layout.RAW_COLUMNS, project.raw)
+
+
+def test_a_raw_sha256_that_climbs_out_never_leads_a_write_outside_data(project):
+    raw = project.raw[0]
+    raw["sha256"] = (
+        "../../../../x"  # once named the manual crop: data/curated/manual/<slug>/../../../../
+    )
+    rewrite_raw(project)
+    accept_all_but(project)
+    project.decide({"path": raw["path"], "decision": "box", "box": "10,5,24,24"})
+
+    summary = apply_review(project.root, project.params())
+
+    assert files_outside_data(project.root) == []
+    assert not any(row["origin"] == "manual" for row in project.curated().values())
+    assert not list((project.root / layout.CURATED_DIR).rglob("*.png"))
+    text = "\n".join(summary.warnings)
+    assert "data/raw/manifest.csv line 2, column sha256: '../../../../x' is not a sha256" in text
+    assert "not in the raw manifest" in text  # the box on it is not applied
+
+
+def test_face_paths_leading_out_of_data_faces_are_left_out_with_a_warning(
+    project, tmp_path_factory
+):
+    outside = tmp_path_factory.mktemp("elsewhere") / "secret.png"
+    outside.write_bytes(png_bytes(np.zeros((32, 32, 3), dtype=np.uint8)))
+    link = project.root / "data/faces/alice_liddell/link.png"
+    link.symlink_to(outside)
+    template = project.faces[0]
+    for path in (link.relative_to(project.root).as_posix(), "data/faces/../../secret.png"):
+        project.faces.append({**template, "path": path})
+    write_csv(project.root / layout.FACES_MANIFEST, layout.FACE_COLUMNS, project.faces)
+
+    summary = apply_review(project.root, project.params(require_complete=False))
+
+    curated = project.curated()
+    assert len(curated) == len(project.faces) - 2
+    assert not any("link" in path or ".." in path for path in curated)
+    text = "\n".join(summary.warnings)
+    assert "data/faces/manifest.csv line 12, column path:" in text
+    assert "outside the project through a symbolic link" in text
+    assert "data/faces/manifest.csv line 13, column path:" in text and "'..'" in text
+
+
+def test_a_raw_image_reached_through_a_link_out_of_the_project_is_not_cut(
+    project, tmp_path_factory
+):
+    outside = tmp_path_factory.mktemp("elsewhere") / "picture.png"
+    outside.write_bytes(png_bytes(np.zeros((60, 80, 3), dtype=np.uint8)))
+    raw = project.raw[0]
+    (project.root / raw["path"]).unlink()
+    (project.root / raw["path"]).symlink_to(outside)
+    accept_all_but(project)
+    project.decide({"path": raw["path"], "decision": "box", "box": "1,1,20,20"})
+
+    summary = apply_review(project.root, project.params())
+
+    assert not any(row["origin"] == "manual" for row in project.curated().values())
+    assert any("through a symbolic link" in warning for warning in summary.warnings)
+
+
+@pytest.mark.parametrize(
+    "box, width, height",
+    [
+        ("400,600,100000,100000", 480, 640),  # starts inside the picture: was clipped
+        ("400,600,100000,100000", 640, 480),
+        ("600,400,100,100", 640, 480),
+        ("0,470,20,20", 640, 480),
+    ],
+)
+def test_manual_boxes_beyond_the_picture_are_refused_as_the_review_app_refuses_them(
+    project, box, width, height
+):
+    from anime_face_id.decisions import parse_box
+    from anime_face_id.review_queue import RawImage, check_box
+
+    pixels = project.rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    raw = project.add_raw("Carol", pixels)
+    image = RawImage(raw["path"], "Carol", width, height, (), (), True)
+    with pytest.raises(ValueError, match=f"does not fit in the {width}x{height} image"):
+        check_box(image, parse_box(box))  # the app's refusal
+    accept_all_but(project)
+    project.decide({"path": raw["path"], "decision": "box", "box": box})
+
+    summary = apply_review(project.root, project.params())
+
+    assert not any(row["origin"] == "manual" for row in project.curated().values())
+    assert by_slug(summary.rows)["carol"]["manual"] == 0
+    assert len(summary.warnings) == 1
+    assert f"box {box} lies outside {raw['path']} ({width}x{height})" in summary.warnings[0]
+
+
+def test_box_beyond_the_decoded_picture_is_refused_when_the_manifest_has_no_size(project):
+    raw = project.raw[0]  # 80 x 60
+    raw["width"] = raw["height"] = ""
+    rewrite_raw(project)
+    accept_all_but(project)
+    project.decide({"path": raw["path"], "decision": "box", "box": "70,50,20,20"})
+
+    summary = apply_review(project.root, project.params())
+
+    assert not any(row["origin"] == "manual" for row in project.curated().values())
+    assert len(summary.warnings) == 1
+    assert "cannot cut the box" in summary.warnings[0]
+    assert "does not fit in the 80x60 image" in summary.warnings[0]
+
+
+def test_a_decisions_header_without_the_columns_is_a_stage_error(project):
+    (project.root / layout.DECISIONS).parent.mkdir(parents=True, exist_ok=True)
+    (project.root / layout.DECISIONS).write_text("when,path,decision\n", encoding="utf-8")
+    with pytest.raises(StageError, match="header lacks column"):
+        apply_review(project.root, project.params())
+
+
+def test_a_decisions_file_holding_only_a_byte_order_mark_has_no_decisions(project):
+    (project.root / layout.DECISIONS).parent.mkdir(parents=True, exist_ok=True)
+    (project.root / layout.DECISIONS).write_bytes(b"\xef\xbb\xbf")
+    with pytest.raises(ReviewIncomplete, match="10 of 10 face crops"):
+        apply_review(project.root, project.params())
+    assert apply_review(project.root, project.params(require_complete=False)).curated == 10
+
+
+@pytest.mark.parametrize(
+    "table, content, message",
+    [
+        (
+            layout.FACES_MANIFEST,
+            b"character,slug,file\n",
+            "data/faces/manifest.csv: missing column",
+        ),
+        (layout.RAW_MANIFEST, b"character,path\n", "data/raw/manifest.csv: missing column"),
+        (
+            layout.FACES_MANIFEST,
+            b"character,slug\nBob,b\xffb\n",
+            r"data/faces/manifest.csv is not UTF-8 text: byte 0xff at offset 20, line 2",
+        ),
+    ],
+)
+def test_unreadable_manifests_are_stage_errors_naming_the_table(project, table, content, message):
+    (project.root / table).write_bytes(content)
+    with pytest.raises(StageError, match=message):
+        apply_review(project.root, project.params())
+
+
+@pytest.mark.slow  # a Prefect server for the session, and a stage process
+def test_review_stage_stops_on_a_bad_decisions_header_with_one_message(project, prefect_api):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    params = {"characters": [{"name": name} for name in NAMES]}
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (project.root / layout.DECISIONS).parent.mkdir(parents=True, exist_ok=True)
+    (project.root / layout.DECISIONS).write_text("when,path,decision\n", encoding="utf-8")
+    env = {**os.environ, **prefect_api, "PYTHONPATH": str(repo)}
+    process = subprocess.run(
+        [sys.executable, "-m", "flows.review"],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 1, output
+    assert "Traceback" not in output
+    assert output.count("header lacks column(s) time, character, box, note") == 1, output
+    assert "review stopped: " in process.stderr

@@ -259,3 +259,42 @@ def test_get_backend_by_name(tmp_path: Path) -> None:
     assert get_backend(CollectConfig(backend="duckduckgo")) is duckduckgo.search
     assert get_backend(folder_config(tmp_path)) is folder.search
     assert get_backend(CollectConfig(backend="urls", urls="u.csv")) is urls.search
+
+
+# --- the collect stage with a missing folder ----------------------------------------
+
+
+@pytest.mark.slow  # a Prefect server for the session, and a stage process
+def test_collect_stage_records_a_missing_character_folder_without_traceback(
+    tmp_path: Path, prefect_api: dict[str, str]
+) -> None:
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "import" / "alice").mkdir(parents=True)
+    (tmp_path / "import" / "alice" / "1.jpg").write_bytes(jpeg(1))
+    params = {
+        "characters": [{"name": "Alice"}, {"name": "Bob"}],
+        "collect": {"backend": "folder", "folder": "import"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.run(
+        [sys.executable, "-m", "flows.collect"],
+        cwd=tmp_path,
+        env={**os.environ, **prefect_api, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    assert "Bob: recorded as a reject: folder backend: no directory for 'Bob'" in output
+    with (tmp_path / "data" / "raw" / "rejects.csv").open(newline="", encoding="utf-8") as handle:
+        (reject,) = list(csv.DictReader(handle))
+    assert reject["character"] == "Bob" and "no directory for 'Bob'" in reject["reason"]

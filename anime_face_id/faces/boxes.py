@@ -29,6 +29,20 @@ def _pixel_bounds(box: Box, image_w: int, image_h: int) -> tuple[int, int, int, 
     return left, top, right - left, bottom - top
 
 
+def check_box_inside(box: Sequence[float], image_w: int, image_h: int) -> None:
+    """Refuse (ValueError saying why) a box that is not wholly inside the image.
+
+    Manual boxes go through this, when the review app records one and again when the
+    review stage cuts it: a box reaching beyond the picture was mistyped or drawn for
+    another picture, and clipping it quietly would crop something the reviewer never saw.
+    """
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        raise ValueError("the box needs a positive width and height")
+    if x < 0 or y < 0 or x + w > image_w or y + h > image_h:
+        raise ValueError(f"the box {x},{y},{w},{h} does not fit in the {image_w}x{image_h} image")
+
+
 def _place(start: int, side: int, limit: int) -> int:
     """Shift a span of ``side`` pixels starting at ``start`` so that it lies in [0, limit)."""
     return min(max(start, 0), limit - side)

@@ -1,0 +1,100 @@
+"""params.yaml: every problem is one line naming the file and the place, never a traceback,
+from the config loader, `anime-face-id check` and the stage runners alike."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from anime_face_id.cli import main
+from anime_face_id.config import ConfigError, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = "characters:\n  - name: Alice\n  - name: Bob\n"
+
+
+def write(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_bytes(data)
+    return path
+
+
+def check(capsys, path: Path) -> tuple[int, str]:
+    code = main(["check", "--params", str(path)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    return code, captured.err
+
+
+def test_params_that_are_not_utf8_name_the_file_the_byte_offset_and_the_line(tmp_path, capsys):
+    path = write(tmp_path, b'characters:\n  - name: A\n  - name: "B\xe9"\n')  # Latin-1
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    message = str(caught.value)
+    assert message == (
+        f"{path} is not UTF-8 text (byte 0xe9 at offset 36, line 3); save it as UTF-8"
+    )
+    code, err = check(capsys, path)
+    assert code == 2 and err == f"error: {message}\n"
+
+
+def test_invalid_yaml_is_one_line_naming_the_file_and_the_line(tmp_path, capsys):
+    path = write(tmp_path, GOOD.encode() + b"collect: [backend\n")
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not valid YAML: line 5, column 1: ")
+    assert "\n" not in message
+    code, err = check(capsys, path)
+    assert code == 2 and err.count("\n") == 1 and "line 5" in err
+
+
+@pytest.mark.parametrize("entry", ["banana", "10.0.0.0/33", "127.0.0.1/8/8", "", " 10.0.0.0/8"])
+def test_allow_networks_entries_that_are_not_networks_are_refused(entry):
+    with pytest.raises(ConfigError, match=r"collect\.allow_networks") as caught:
+        parse_params({"characters": [{"name": "A"}], "collect": {"allow_networks": [entry]}})
+    assert repr(entry) in str(caught.value)
+
+
+def test_allow_networks_names_every_bad_entry_and_keeps_good_ones_as_written():
+    with pytest.raises(ConfigError) as caught:
+        parse_params(
+            {
+                "characters": [{"name": "A"}],
+                "collect": {"allow_networks": ["banana", "127.0.0.0/8", "10.0.0.0/33"]},
+            }
+        )
+    assert "'banana', '10.0.0.0/33' are not IP networks" in str(caught.value)
+    written = ["127.0.0.0/8", "10.1.2.3/8", "::1/128", "192.168.1.7"]
+    params = parse_params({"characters": [{"name": "A"}], "collect": {"allow_networks": written}})
+    assert params.collect.allow_networks == written
+
+
+def test_check_refuses_allow_networks_that_are_not_networks(tmp_path, capsys):
+    path = write(tmp_path, (GOOD + "collect:\n  allow_networks: [banana]\n").encode())
+    code, err = check(capsys, path)
+    assert code == 2
+    assert err.startswith(f"error: {path}: collect.allow_networks: ")
+    assert "'banana' is not an IP network" in err
+    assert check(capsys, write(tmp_path, GOOD.encode()))[0] == 0
+
+
+def test_a_stage_runner_prints_a_params_error_without_traceback(tmp_path):
+    write(tmp_path, b"characters:\n  - name: \xff\n")
+    process = subprocess.run(
+        [sys.executable, "-m", "flows.review", "--root", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 2
+    assert "Traceback" not in process.stdout + process.stderr
+    assert process.stderr == (
+        f"error: {tmp_path / 'params.yaml'} is not UTF-8 text "
+        "(byte 0xff at offset 22, line 2); save it as UTF-8\n"
+    )

@@ -1,0 +1,118 @@
+"""The stage runner's handling of errors: expected ones end a stage with their message once
+and no traceback; unexpected ones (bugs) keep their traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from anime_face_id.config import ConfigError
+from anime_face_id.errors import BadTable, StageError
+from anime_face_id.sources import SearchError
+from flows import _stage
+
+
+def record_with(error: BaseException, logger: str = "prefect.task_runs", message: str = "x"):
+    try:
+        raise error
+    except BaseException:
+        exc_info = sys.exc_info()
+    return logging.LogRecord(logger, logging.ERROR, __file__, 1, message, None, exc_info)
+
+
+@pytest.fixture
+def seen_by_run_logger():
+    """Records as Prefect's task run logger passes them on to its handlers."""
+    _stage.quiet_expected_errors()
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("prefect.task_runs")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        _stage._stopped_with.clear()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [StageError("stop"), BadTable("bad header"), ConfigError("bad key"), SearchError("no dir")],
+)
+def test_expected_errors_are_logged_without_traceback(seen_by_run_logger, error):
+    logger = logging.getLogger("prefect.task_runs")
+    try:
+        raise error
+    except Exception:
+        logger.error("Task run failed with exception: %r", error, exc_info=True)
+    (record,) = seen_by_run_logger
+    assert record.exc_info is None and record.exc_text is None
+    assert record.getMessage() == f"Task run failed with exception: {error!r}"
+    assert logging.Formatter().format(record).count("\n") == 0
+
+
+def test_unexpected_errors_keep_their_traceback(seen_by_run_logger):
+    logger = logging.getLogger("prefect.task_runs")
+    try:
+        raise KeyError("a bug")
+    except KeyError:
+        logger.error("Task run failed with exception", exc_info=True)
+    (record,) = seen_by_run_logger
+    assert record.exc_info is not None
+    assert "Traceback (most recent call last)" in logging.Formatter().format(record)
+
+
+def test_the_console_leaves_out_lines_that_repeat_a_stopping_error(seen_by_run_logger):
+    stop = StageError("data/review/decisions.csv: the header lacks column(s) time, 'box'")
+    logger = logging.getLogger("prefect.task_runs")
+    try:
+        raise stop
+    except StageError:
+        logger.error("Task run failed with exception: %r", stop, exc_info=True)
+    console = _stage._StopReportedOnce()
+    (failed,) = seen_by_run_logger
+    assert not console.filter(failed)
+
+    def line(logger: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(logger, logging.ERROR, __file__, 1, message, None, None)
+
+    finished = f"Finished in state Failed({f'Task run encountered an exception {stop}'!r})"
+    assert not console.filter(line("prefect.task_runs", finished))
+    assert not console.filter(line("prefect.flow_runs", f"Finished in state Failed({str(stop)!r})"))
+    # Everything else stays: other failures, and lines that are not Prefect's state reports.
+    assert console.filter(line("prefect.flow_runs", "Finished in state Failed('other')"))
+    assert console.filter(line("prefect.flow_runs", "Beginning flow run"))
+    assert console.filter(record_with(KeyError("a bug")))
+    search_failed = record_with(SearchError("no dir"))
+    assert _stage._NoTracebackForExpectedErrors().filter(search_failed)
+    assert console.filter(search_failed)  # a failed search does not stop the stage
+
+
+def test_fail_on_stage_error_turns_stopping_errors_into_a_failed_state():
+    def stop(error: Exception):
+        raise error
+
+    for error in (StageError("pending review"), ConfigError("bad params"), BadTable("bad")):
+        state = _stage.fail_on_stage_error(lambda error=error: stop(error))
+        assert state.is_failed() and state.message == str(error)
+    with pytest.raises(KeyError):
+        _stage.fail_on_stage_error(lambda: stop(KeyError("a bug")))
+    assert _stage.fail_on_stage_error(lambda: 42) == 42
+    _stage._stopped_with.clear()
+
+
+def test_finish_prints_one_line_and_exits_1_when_the_run_failed(capsys):
+    from prefect.states import Completed, Failed
+
+    _stage.finish("review", Completed())
+    with pytest.raises(SystemExit) as caught:
+        _stage.finish("review", Failed(message="Review incomplete: 3 of 3"))
+    assert caught.value.code == 1
+    assert capsys.readouterr().err == "\nreview stopped: Review incomplete: 3 of 3\n"
