@@ -249,7 +249,7 @@ def _obtain(
             data = read_local_file(_local_path(root, candidate), config.max_bytes)
         else:
             data = downloader.fetch(candidate)
-        image = validate_image(data, config.max_pixels)
+        image = validate_image(data, config.max_pixels, config.max_decode_mb * 2**20)
     except FetchRejected as rejected:
         return {**entry, "status": "rejected", "reason": redact_credentials(rejected.reason)}, None
     except Exception as error:  # a bug or an odd library error must cost one image, not the run

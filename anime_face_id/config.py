@@ -54,13 +54,16 @@ class CollectConfig(Section):
     # downloader
     workers: int = Field(8, ge=1, le=64)
     timeout_s: float = Field(15.0, gt=0)
-    # one response (headers and body) may take at most this long, however slowly the
-    # server trickles bytes: timeout_s alone only bounds the gap between two reads
+    # one URL in all (connect, headers, redirects, retries and their backoff, body) takes at
+    # most this long, however slowly the server trickles bytes: timeout_s alone only
+    # bounds the gap between two reads
     deadline_s: float = Field(120.0, gt=0)
     retries: int = Field(3, ge=0, le=10)
     backoff_s: float = Field(0.5, ge=0)
     max_bytes: int = Field(20_000_000, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1024)
+    # memory one decode may take (16-bit and alpha pictures take more per pixel)
+    max_decode_mb: int = Field(512, ge=16)
     max_redirects: int = Field(5, ge=0, le=20)
     # private, loopback and link-local addresses are refused unless listed here (CIDRs)
     allow_networks: list[str] = Field(default_factory=list)
@@ -102,6 +105,8 @@ class CropConfig(Section):
     workers: int = Field(0, ge=0)  # 0: one per CPU core
     # raw images larger than this are recorded as decompression bombs instead of decoded
     max_pixels: int = Field(40_000_000, ge=1024)
+    # memory one decode may take (16-bit and alpha pictures take more per pixel)
+    max_decode_mb: int = Field(512, ge=16)
 
 
 class ReviewConfig(Section):

@@ -261,7 +261,7 @@ def crop_image(
     except OSError as error:
         return _rejected(entry, f"cannot read file: {error.strerror or error}", cacheable=False)
     try:
-        image, _format = decode(data, config.max_pixels)
+        image, _format = decode(data, config.max_pixels, config.max_decode_mb * 2**20)
     except ImageRejected as error:
         return _rejected(entry, error.reason)
     rgb = np.asarray(image)

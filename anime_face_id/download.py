@@ -37,8 +37,8 @@ from urllib3.exceptions import (
 )
 
 from anime_face_id.config import CollectConfig
-from anime_face_id.fileio import atomic_write_bytes
-from anime_face_id.imaging import ImageRejected, inspect
+from anime_face_id.fileio import UnreadableFile, atomic_write_bytes, read_regular_file
+from anime_face_id.imaging import DEFAULT_MAX_DECODE_BYTES, ImageRejected, inspect
 from anime_face_id.netguard import (
     AddressPolicy,
     GuardedAdapter,
@@ -148,10 +148,12 @@ def image_filename(sha256: str, extension: str) -> str:
     return f"{sha256}.{extension}"
 
 
-def validate_image(data: bytes, max_pixels: int) -> ValidatedImage:
+def validate_image(
+    data: bytes, max_pixels: int, max_memory: int = DEFAULT_MAX_DECODE_BYTES
+) -> ValidatedImage:
     """Decode all of ``data`` (a truncated file fails here, not in a later stage)."""
     try:
-        info = inspect(data, max_pixels)
+        info = inspect(data, max_pixels, max_memory)
     except ImageRejected as rejected:
         raise FetchRejected(rejected.reason) from None
     sha256 = hashlib.sha256(data).hexdigest()
@@ -169,16 +171,16 @@ def store_image(directory: Path, image: ValidatedImage) -> Path:
 
 
 def read_local_file(path: Path, max_bytes: int) -> bytes:
-    """The folder backend's counterpart of ``Downloader.fetch``."""
+    """The folder backend's counterpart of ``Downloader.fetch``: a regular file only (a
+    pipe in the folder would block, a link to /dev/zero would never end)."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise FetchRejected(f"too large: > {max_bytes} bytes")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise FetchRejected("file not found") from None
-    except OSError as error:
-        raise FetchRejected(f"cannot read file: {error.strerror or error}") from None
+        return read_regular_file(path, max_bytes)
+    except UnreadableFile as error:
+        if error.reason.startswith("too large"):
+            raise FetchRejected(f"too large: > {max_bytes} bytes") from None
+        if error.reason == "file not found":
+            raise FetchRejected("file not found") from None
+        raise FetchRejected(f"cannot read file: {error.reason}") from None
 
 
 def default_verify() -> bool | str:

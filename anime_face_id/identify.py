@@ -37,7 +37,7 @@ from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detector
 from anime_face_id.fileio import UnreadableFile, read_regular_file
 from anime_face_id.gallery import GALLERY, Gallery, embedder_fingerprint, load_gallery
-from anime_face_id.imaging import ImageRejected, decode
+from anime_face_id.imaging import DEFAULT_MAX_DECODE_BYTES, ImageRejected, decode
 
 SCHEMA = "anime-face-id/identify/v1"
 UNKNOWN = "unknown"
@@ -212,11 +212,13 @@ PICTURE_JSON_SCHEMA = {
 # --------------------------------------------------------------------- reading input
 
 
-def decode_picture(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+def decode_picture(
+    data: bytes, max_bytes: int, max_pixels: int, max_memory: int = DEFAULT_MAX_DECODE_BYTES
+) -> Image.Image:
     """Upright RGB, or ImageRejected with the reason (size limits checked before decoding)."""
     if len(data) > max_bytes:
         raise ImageRejected(f"too large: {len(data)} bytes (the limit is {max_bytes})")
-    return decode(data, max_pixels)[0]
+    return decode(data, max_pixels, max_memory)[0]
 
 
 def read_picture(path: Path, max_bytes: int) -> bytes:
@@ -352,7 +354,12 @@ class Identifier:
 
     def identify_bytes(self, data: bytes, picture: str, **options) -> PictureResult:
         try:
-            image = decode_picture(data, self.config.max_bytes, self.crop.max_pixels)
+            image = decode_picture(
+                data,
+                self.config.max_bytes,
+                self.crop.max_pixels,
+                self.crop.max_decode_mb * 2**20,
+            )
         except ImageRejected as error:
             return failed(picture, error.reason)
         return self.identify_image(picture, image, **options)

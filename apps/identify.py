@@ -120,7 +120,10 @@ def face_card(root: Path, image: Image.Image, number: int, face: identify.FaceRe
 def show_result(root: Path, identifier: identify.Identifier, name: str, data: bytes) -> None:
     config = identifier.config
     try:
-        image = identify.decode_picture(data, config.max_bytes, identifier.crop.max_pixels)
+        crop = identifier.crop
+        image = identify.decode_picture(
+            data, config.max_bytes, crop.max_pixels, crop.max_decode_mb * 2**20
+        )
     except ImageRejected as error:
         st.error(f"{name}: {error.reason}")
         return

@@ -202,3 +202,15 @@ def test_bounded_reads_refuse_pipes_and_devices_without_blocking(tmp_path) -> No
         read_regular_file(tmp_path / "big", 1000)
     (tmp_path / "ok").write_bytes(b"x" * 1000)
     assert read_regular_file(tmp_path / "ok", 1000) == b"x" * 1000
+
+
+@pytest.mark.timeout(20)
+def test_the_folder_backend_rejects_a_pipe_or_device_instead_of_hanging(tmp_path) -> None:
+    from anime_face_id.download import FetchRejected, read_local_file
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(FetchRejected, match="cannot read file: not a regular file: a named"):
+        read_local_file(tmp_path / "pipe.jpg", 1000)
+    (tmp_path / "zeros.jpg").symlink_to("/dev/zero")
+    with pytest.raises(FetchRejected, match="character device"):
+        read_local_file(tmp_path / "zeros.jpg", 1000)
