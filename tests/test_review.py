@@ -18,6 +18,7 @@ from anime_face_id.errors import StageError
 from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.imaging import load_rgb_array, phash
 from anime_face_id.review import ReviewIncomplete, apply_review, review_status
+from tests.support.processes import run_stage_flow
 
 NAMES = ("Alice Liddell", "Bob Builder", "Carol")
 RAW_PER_CHARACTER = {"Alice Liddell": 2, "Bob Builder": 2, "Carol": 1}
@@ -532,26 +533,14 @@ def test_unreadable_manifests_are_stage_errors_naming_the_table(project, table, 
 
 @pytest.mark.slow  # a Prefect server for the session, and a stage process
 def test_review_stage_stops_on_a_bad_decisions_header_with_one_message(project, prefect_api):
-    import os
-    import subprocess
-    import sys
 
     import yaml
 
-    repo = Path(__file__).resolve().parents[1]
     params = {"characters": [{"name": name} for name in NAMES]}
     (project.root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     (project.root / layout.DECISIONS).parent.mkdir(parents=True, exist_ok=True)
     (project.root / layout.DECISIONS).write_text("when,path,decision\n", encoding="utf-8")
-    env = {**os.environ, **prefect_api, "PYTHONPATH": str(repo)}
-    process = subprocess.run(
-        [sys.executable, "-m", "flows.review"],
-        cwd=project.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    process = run_stage_flow("review", project.root, prefect_api)
     output = process.stdout + process.stderr
     assert process.returncode == 1, output
     assert "Traceback" not in output

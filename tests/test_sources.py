@@ -17,6 +17,7 @@ from anime_face_id.config import Character, CollectConfig
 from anime_face_id.fileio import write_csv
 from anime_face_id.sources import SearchError, duckduckgo, folder, get_backend, google, urls
 from anime_face_id.sources.base import wanted_count
+from tests.support.processes import run_stage_flow
 from tests.support.webserver import (
     Response,
     WebServer,
@@ -269,9 +270,6 @@ def test_collect_stage_records_a_missing_character_folder_without_traceback(
     tmp_path: Path, prefect_api: dict[str, str]
 ) -> None:
     import csv
-    import os
-    import subprocess
-    import sys
 
     import yaml
 
@@ -282,15 +280,7 @@ def test_collect_stage_records_a_missing_character_folder_without_traceback(
         "collect": {"backend": "folder", "folder": "import"},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    repo = Path(__file__).resolve().parents[1]
-    process = subprocess.run(
-        [sys.executable, "-m", "flows.collect"],
-        cwd=tmp_path,
-        env={**os.environ, **prefect_api, "PYTHONPATH": str(repo)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    process = run_stage_flow("collect", tmp_path, prefect_api)
     output = process.stdout + process.stderr
     assert process.returncode == 0, output
     assert "Traceback" not in output

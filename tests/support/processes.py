@@ -61,3 +61,22 @@ def running_server(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def run_stage_flow(
+    stage: str, project: Path, env: dict[str, str], timeout_s: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m flows.<stage>` in ``project``, as a DVC stage's cmd runs it, with the
+    repository importable; stdout and stderr captured as text."""
+    import os
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-m", f"flows.{stage}"],
+        cwd=project,
+        env={**os.environ, **env, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
