@@ -30,7 +30,7 @@ from anime_face_id.config import CropConfig
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.cascade import resolve_cascade
 from anime_face_id.faces.detectors import Detector, LbpCascadeDetector, WholeImageDetector
-from anime_face_id.fileio import atomic_write_bytes, csv_text, read_csv, sweep_temporaries
+from anime_face_id.fileio import atomic_write_bytes, csv_text, sweep_temporaries
 from anime_face_id.imaging import ImageRejected, decode, phash
 from anime_face_id.slugs import is_safe_slug
 
@@ -76,18 +76,18 @@ def load_detector(root: Path, config: CropConfig) -> Detector:
 
 
 def raw_rows_by_character(root: Path) -> dict[str, list[dict]]:
-    """Raw manifest rows grouped by slug, in manifest order."""
-    manifest = Path(root) / layout.RAW_MANIFEST
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{layout.RAW_MANIFEST} not found under {root}: run collect first")
+    """Raw manifest rows grouped by slug, in manifest order.
+
+    A missing manifest or one with wrong headers is a StageError (one clear line, no
+    traceback). Slugs become directory names: a manifest holding anything else was not
+    written by collect and must not steer where files are written or deleted, so its first
+    unsafe slug stops the stage, naming the line.
+    """
+    rows = layout.read_table(root, layout.RAW_MANIFEST, layout.RAW_COLUMNS, "collect")
+    layout.check_rows(layout.RAW_MANIFEST, rows, {"slug": layout.require_slug})
     grouped: dict[str, list[dict]] = {}
-    for number, row in enumerate(read_csv(manifest, required=layout.RAW_COLUMNS), start=2):
-        slug = row["slug"]
-        if not is_safe_slug(slug):
-            # Slugs become directory names; a manifest holding anything else was not
-            # written by collect and must not steer where files are written or deleted.
-            raise ValueError(f"{layout.RAW_MANIFEST} line {number}: unsafe slug {slug!r}")
-        grouped.setdefault(slug, []).append(row)
+    for row in rows:
+        grouped.setdefault(row["slug"], []).append(row)
     return grouped
 
 

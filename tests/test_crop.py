@@ -24,6 +24,7 @@ from anime_face_id.crop import (
     raw_rows_by_character,
     write_crop_outputs,
 )
+from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detection, LbpCascadeDetector, WholeImageDetector
 from anime_face_id.fileio import read_csv, write_csv
@@ -453,10 +454,19 @@ def test_outputs_refuse_characters_cropped_with_different_settings(raw: RawData)
 def test_unsafe_slug_in_the_raw_manifest_is_refused(raw: RawData) -> None:
     raw.rows[0]["slug"] = "../../etc"
     raw.write()
-    with pytest.raises(ValueError, match="unsafe slug"):
+    with pytest.raises(
+        StageError, match=r"manifest\.csv line 2, column slug: '../../etc' is not a slug"
+    ):
         raw_rows_by_character(raw.root)
 
 
 def test_missing_raw_manifest_says_to_run_collect(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="run collect"):
+    with pytest.raises(StageError, match=r"manifest\.csv not found: run the collect stage first"):
+        crop_all(tmp_path, NONE)
+
+
+def test_a_raw_manifest_with_wrong_headers_is_a_stage_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / layout.RAW_MANIFEST).parent.mkdir(parents=True)
+    (tmp_path / layout.RAW_MANIFEST).write_text("when,where\n1,2\n", encoding="utf-8")
+    with pytest.raises(StageError, match=r"manifest\.csv.*slug"):
         crop_all(tmp_path, NONE)
