@@ -17,8 +17,6 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from anime_face_id.errors import StageError
-
 TMP_PREFIX = ".tmp-"
 
 
@@ -127,19 +125,6 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, s
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
         return [dict(row) for row in reader]
-
-
-def read_stage_input(
-    root: str | Path, relative: Path, required: Sequence[str], produced_by: str
-) -> list[dict[str, str]]:
-    """Rows of a table another stage writes; its absence is a StageError saying which
-    stage to run first."""
-    path = Path(root) / relative
-    if not path.is_file():
-        raise StageError(
-            f"{Path(relative).as_posix()} not found: run the {produced_by} stage first"
-        )
-    return read_csv(path, required)
 
 
 def group_by(rows: Iterable[Mapping[str, str]], key: str) -> dict[str, list]:

@@ -41,7 +41,7 @@ import numpy as np
 from anime_face_id import layout
 from anime_face_id.config import IdentifyConfig, Params
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import atomic_write_bytes, atomic_write_json, read_stage_input
+from anime_face_id.fileio import atomic_write_bytes, atomic_write_json
 
 GALLERY = Path("models/gallery.npz")
 PACKAGE_METRICS = Path("metrics/package.json")  # the package stage's DVC metrics
@@ -407,10 +407,7 @@ class GalleryRows:
 
 
 def _split_rows(root: Path, name: str) -> list[dict[str, str]]:
-    path = Path(root) / layout.split_csv(name)
-    if not path.is_file():
-        return []
-    return read_stage_input(root, layout.split_csv(name), layout.SPLIT_COLUMNS, "split")
+    return layout.read_table(root, layout.split_csv(name), layout.SPLIT_COLUMNS)
 
 
 def gallery_rows(root: Path, source: str) -> GalleryRows:
@@ -419,9 +416,9 @@ def gallery_rows(root: Path, source: str) -> GalleryRows:
     perfect match)."""
     train = _split_rows(root, "train")
     if source == "curated":
-        gallery = read_stage_input(root, layout.CURATED_MANIFEST, ("character", "path"), "review")
+        gallery = layout.read_table(root, layout.CURATED_MANIFEST, ("character", "path"), "review")
     else:
-        gallery = read_stage_input(root, layout.split_csv("train"), layout.SPLIT_COLUMNS, "split")
+        gallery = layout.read_table(root, layout.split_csv("train"), layout.SPLIT_COLUMNS, "split")
     return GalleryRows(gallery, train, _split_rows(root, "val"), _split_rows(root, "holdout"))
 
 
