@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from anime_face_id.config import TrainConfig
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_bytes
-from anime_face_id.model.embedder import Embedder
+from anime_face_id.model.embedder import Embedder, build_embedder
 
 FORMAT_VERSION = 1
 
@@ -85,12 +85,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedChe
     except (KeyError, ValidationError) as error:
         raise StageError(f"{path}: the stored training config is invalid: {error}") from None
     # pretrained=False: the ImageNet weights would be overwritten by the checkpoint's anyway
-    model = Embedder(
-        backbone=config.backbone,
-        embedding_dim=int(payload["embedding_dim"]),
-        pretrained=False,
-        dropout=config.dropout,
-    )
+    model = build_embedder(config, int(payload["embedding_dim"]), pretrained=False)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:

@@ -150,6 +150,15 @@ class TrainConfig(Section):
     # dropout on the pooled backbone features, before the embedding projection: 0.2 keeps
     # more of what generalises to characters never trained on (benchmarks/quality.py)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # batchnorm: BNNeck (Luo et al. 2019), a BatchNorm after the projection whose output is
+    # the embedding and feeds the identity loss; none: the projection is the embedding
+    neck: Literal["none", "batchnorm"] = "none"
+    # weight of the label-smoothed identity (cross-entropy) loss added to the triplet
+    # loss, through a training-only classifier over the training characters; 0 = off
+    id_loss_weight: float = Field(0.0, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # of the identity loss
+    # embed each image and its mirror image, averaged (every stage and the served model)
+    flip_test: bool = False
     p: int = Field(8, ge=2)
     k: int = Field(4, ge=2)
     # P x K batches per epoch; None: enough to see every usable image about once and

@@ -1,7 +1,9 @@
 """The train stage: one readable loop, top to bottom (``train`` below).
 
 Embedding network (pretrained backbone + projection + L2 norm) trained with a triplet loss
-on P x K batches (P characters, K images each) drawn from the balanced training index,
+(plus, when ``train.id_loss_weight`` > 0, a label-smoothed identity loss through a
+training-only classifier: identity_loss.py) on P x K batches (P characters, K images
+each) drawn from the balanced training index,
 validated after every epoch by retrieval within the validation split. The weights of the
 epoch with the best validation MAP@R are kept.
 
@@ -44,6 +46,7 @@ from anime_face_id.dataset import (
 from anime_face_id.embed import embed_paths
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_json, sweep_temporaries, write_csv
+from anime_face_id.identity_loss import IdentityClassifier, identity_loss
 from anime_face_id.losses import make_loss
 from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.model import PretrainedWeightsMissing, build_embedder
@@ -62,6 +65,7 @@ class EpochReport:
     epoch: int
     epochs: int
     loss: float
+    identity_loss: float  # NaN when train.id_loss_weight is 0
     active_fraction: float
     mean_positive_distance: float
     mean_negative_distance: float
@@ -166,11 +170,17 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with the projection head at ``lr`` (group 0) and the pretrained backbone at
-    ``lr x backbone_lr_factor`` (group 1); the schedule scales both alike."""
-    head = [param for name, param in model.named_parameters() if not name.startswith("backbone.")]
-    backbone = [param for name, param in model.named_parameters() if name.startswith("backbone.")]
+def make_optimizer(
+    model: torch.nn.Module, config: TrainConfig, extra: torch.nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """AdamW with the projection head (and ``extra``, the identity classifier) at ``lr``
+    (group 0) and the pretrained backbone at ``lr x backbone_lr_factor`` (group 1); the
+    schedule scales both alike. Frozen parameters are left out."""
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    head = [param for name, param in named if not name.startswith("backbone.")]
+    backbone = [param for name, param in named if name.startswith("backbone.")]
+    if extra is not None:
+        head += list(extra.parameters())
     return torch.optim.AdamW(
         [
             {"params": head, "lr": config.lr},
@@ -307,6 +317,9 @@ def train(
     except PretrainedWeightsMissing as error:
         raise StageError(str(error)) from None
     loss_fn = make_loss(config)
+    classifier = None
+    if config.id_loss_weight > 0:
+        classifier = IdentityClassifier(model.embedding_dim, len(data.class_names)).to(device)
 
     try:
         sampler = PKSampler(
@@ -329,7 +342,7 @@ def train(
         pin_memory=device.type == "cuda",
     )
 
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, classifier)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
@@ -361,18 +374,24 @@ def train(
         epoch_started = time.perf_counter()
         batches.set_epoch(epoch)
         model.train()
-        losses, actives, positives, negatives = [], [], [], []
+        losses, id_losses, actives, positives, negatives = [], [], [], [], []
         images_seen, lr = 0, optimizer.param_groups[0]["lr"]
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
-            stats = loss_fn(model(images), labels)
+            embeddings, neck_features = model.training_outputs(images)
+            stats = loss_fn(embeddings, labels)
+            total = stats.loss
+            if classifier is not None:
+                id_loss = identity_loss(classifier(neck_features), labels, config.label_smoothing)
+                total = total + config.id_loss_weight * id_loss
+                id_losses.append(id_loss.item())
             optimizer.zero_grad(set_to_none=True)
-            stats.loss.backward()
+            total.backward()
             lr = optimizer.param_groups[0]["lr"]  # the rate this step is taken with
             optimizer.step()
             scheduler.step()
             step += 1
-            loss = stats.loss.item()
+            loss = total.item()
             if not math.isfinite(loss):
                 raise StageError(
                     f"training diverged at epoch {epoch}, step {step} (loss {loss}): "
@@ -394,6 +413,7 @@ def train(
             epoch=epoch,
             epochs=config.epochs,
             loss=_mean(losses),
+            identity_loss=_mean(id_losses),
             active_fraction=_mean(actives),
             mean_positive_distance=_mean(positives),
             mean_negative_distance=_mean(negatives),

@@ -4,6 +4,7 @@ tracked as an MLflow run named `train`."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -30,6 +31,7 @@ def train_embedder(root: Path, params, run_id: str) -> train.TrainResult:
     def on_epoch(report: train.EpochReport) -> None:
         metrics = {
             "loss": report.loss,
+            "identity_loss": report.identity_loss,
             "active_fraction": report.active_fraction,
             "mean_positive_distance": report.mean_positive_distance,
             "mean_negative_distance": report.mean_negative_distance,
@@ -40,7 +42,7 @@ def train_embedder(root: Path, params, run_id: str) -> train.TrainResult:
             "lr": report.lr,
         }
         mlflow.log_metrics(
-            {k: float(v) for k, v in metrics.items() if v is not None},
+            {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)},
             step=report.epoch,
             run_id=run_id,
         )

@@ -192,6 +192,54 @@ def test_training_improves_retrieval_over_the_untrained_network(trained):
     assert after >= 0.85
 
 
+@pytest.mark.slow
+def test_identity_loss_on_a_batchnorm_neck_trains_and_saves_only_the_embedder(tmp_path):
+    root = tmp_path / "project"
+    make_synthetic_project(root)
+    config = tiny_config(neck="batchnorm", id_loss_weight=1.0, label_smoothing=0.1)
+    result = train(root, config)
+    identity = [report.identity_loss for report in result.history]
+    assert all(math.isfinite(value) and value > 0 for value in identity)
+    # four characters: chance-level cross-entropy is ln 4; the classifier must beat it
+    assert identity[-1] < math.log(4)
+    assert result.history[result.best_epoch - 1].val_map_at_r >= 0.85
+    loaded = load_checkpoint(result.checkpoint)  # strict: no classifier weights inside
+    assert loaded.config.neck == "batchnorm" and loaded.config.id_loss_weight == 1.0
+    assert not any("linear" in name for name in loaded.model.state_dict())
+    with (root / TRAIN_HISTORY).open(newline="") as handle:
+        assert all(float(row["identity_loss"]) > 0 for row in csv.DictReader(handle))
+
+
+def test_without_identity_loss_history_leaves_it_empty(trained):
+    root, result, _, _, _ = trained
+    assert all(math.isnan(report.identity_loss) for report in result.history)
+    with (root / TRAIN_HISTORY).open(newline="") as handle:
+        assert all(row["identity_loss"] == "" for row in csv.DictReader(handle))
+
+
+def test_checkpoints_from_before_the_neck_options_still_load(tmp_path):
+    config = tiny_config(pretrained=False, embedding_dim=8)
+    model = build_embedder(config)
+    save_checkpoint(tmp_path / "old.pt", model, config, ["A", "B"], 1, {})
+    payload = torch.load(tmp_path / "old.pt", weights_only=True)
+    for key in ("neck", "id_loss_weight", "label_smoothing", "flip_test"):
+        del payload["config"][key]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.config.neck == "none" and not loaded.config.flip_test
+
+
+def test_the_optimiser_trains_the_classifier_with_the_head_and_skips_frozen_weights():
+    config = tiny_config(pretrained=False, neck="batchnorm", lr=1e-3, backbone_lr_factor=0.1)
+    model = build_embedder(config)
+    classifier = torch.nn.Linear(config.embedding_dim, 3, bias=False)
+    head, backbone = make_optimizer(model, config, classifier).param_groups
+    head_ids = {id(param) for param in head["params"]}
+    assert id(classifier.weight) in head_ids and head["lr"] == pytest.approx(1e-3)
+    assert id(model.neck.weight) in head_ids and id(model.neck.bias) not in head_ids
+    assert backbone["lr"] == pytest.approx(1e-4)
+
+
 DETERMINISTIC_FIELDS = (
     "loss",
     "active_fraction",
