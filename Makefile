@@ -8,13 +8,15 @@ PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 REVIEW_PORT ?= 8501
 APP_PORT ?= 8502
+SERVE_PORT ?= 5001
+MODEL ?= models:/anime-face-id@champion
 # No usage telemetry from Prefect or MLflow unless the caller's environment opts in.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui review app clean-venv
+.PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui review app serve clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -63,6 +65,12 @@ review: setup ## open the review app on http://127.0.0.1:$(REVIEW_PORT)
 
 app: setup ## open the identify app on http://127.0.0.1:$(APP_PORT)
 	$(BIN)/streamlit run apps/identify.py --server.address 127.0.0.1 --server.port $(APP_PORT) --server.headless true --browser.gatherUsageStats false
+
+# mlflow starts its server as `uvicorn` found on PATH, hence the venv's bin first. Runs are
+# in mlflow.db, as for training, unless MLFLOW_TRACKING_URI says otherwise.
+serve: setup ## serve MODEL (default: the champion) over HTTP on http://127.0.0.1:$(SERVE_PORT)
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" \
+	  $(BIN)/mlflow models serve -m '$(MODEL)' --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 clean-venv: ## remove the virtualenv
 	rm -rf $(VENV)

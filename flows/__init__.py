@@ -1,4 +1,5 @@
-"""Prefect flows: one module per DVC stage (`python -m flows.<stage>` is the stage's cmd).
+"""Prefect flows: one module per DVC stage; the stage's cmd, `sh flows/run <stage>`, runs
+`python -m flows.<stage>` with the project's interpreter.
 
 Settings that must be in place before prefect or mlflow is imported (they read them then):
 - Without PREFECT_API_URL each flow starts a temporary local Prefect server; on a busy

@@ -21,9 +21,11 @@ def dvc_executable() -> str:
 
 def stage_environment() -> dict[str, str]:
     """The stage flows report to the same Prefect API as this flow (a real server, or
-    the test harness), and find this interpreter's packages first."""
+    the test harness), and run with this interpreter (flows/run, the stages' cmd, reads
+    ANIME_FACE_ID_PYTHON) unless the caller chose another."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("ANIME_FACE_ID_PYTHON", sys.executable)
     api_url = PREFECT_API_URL.value()
     if api_url:
         env["PREFECT_API_URL"] = api_url

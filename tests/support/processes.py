@@ -66,16 +66,22 @@ def running_server(
 def run_stage_flow(
     stage: str, project: Path, env: dict[str, str], timeout_s: float = 300
 ) -> subprocess.CompletedProcess:
-    """`python -m flows.<stage>` in ``project``, as a DVC stage's cmd runs it, with the
-    repository importable; stdout and stderr captured as text."""
+    """`sh flows/run <stage>` (`python -m flows.<stage>` with this interpreter) in
+    ``project``, as a DVC stage's cmd runs it, with the repository importable; stdout and
+    stderr captured as text."""
     import os
     import sys
 
     repo = Path(__file__).resolve().parents[2]
     return subprocess.run(
-        [sys.executable, "-m", f"flows.{stage}"],
+        ["sh", str(repo / "flows" / "run"), stage],
         cwd=project,
-        env={**os.environ, **env, "PYTHONPATH": str(repo)},
+        env={
+            **os.environ,
+            **env,
+            "PYTHONPATH": str(repo),
+            "ANIME_FACE_ID_PYTHON": sys.executable,
+        },
         capture_output=True,
         text=True,
         timeout=timeout_s,
