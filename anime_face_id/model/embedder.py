@@ -81,11 +81,11 @@ class Embedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed images -> (B, embedding_dim) unit vectors."""
-        features = self.neck(self.project(x))
         if self.flip_test and not self.training:
-            features = F.normalize(features, p=2, dim=1)
-            features = features + F.normalize(self.neck(self.project(x.flip(3))), p=2, dim=1)
-        return F.normalize(features, p=2, dim=1)
+            # one forward pass over the images and their mirror images together
+            both = F.normalize(self.neck(self.project(torch.cat([x, x.flip(3)]))), p=2, dim=1)
+            return F.normalize(both[: len(x)] + both[len(x) :], p=2, dim=1)
+        return F.normalize(self.neck(self.project(x)), p=2, dim=1)
 
 
 def build_embedder(
