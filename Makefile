@@ -9,6 +9,7 @@ MLFLOW_PORT ?= 5000
 REVIEW_PORT ?= 8501
 APP_PORT ?= 8502
 SERVE_PORT ?= 5001
+SHARED ?= ../shared
 MODEL ?= models:/anime-face-id@champion
 # No usage telemetry from Prefect or MLflow unless the caller's environment opts in.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -16,7 +17,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages pipeline test test-fast lint format prefect-ui mlflow-ui review app serve clean-venv
+.PHONY: help setup system-packages pipeline detector test test-fast lint format prefect-ui mlflow-ui review app serve clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -40,6 +41,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 pipeline: setup ## run the whole pipeline with params.yaml (dvc repro)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+detector: setup ## retrain the face detector on $(SHARED)/testdata (writes the packaged weights)
+	$(PY) -m flows.detector --frames $(SHARED)/testdata/detection-train --crops $(SHARED)/testdata/identities
 
 test: setup ## run the whole test suite (slow and browser tests included)
 	$(BIN)/pytest

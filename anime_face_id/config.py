@@ -95,7 +95,13 @@ class CollectConfig(Section):
 
 
 class CropConfig(Section):
-    detector: Literal["lbp", "none"] = "lbp"
+    detector: Literal["centernet", "lbp", "none"] = "centernet"
+    # centernet: null = the weights shipped in the package
+    detector_weights: str | None = None
+    input_size: int = Field(512, ge=64, le=2048, multiple_of=32)
+    min_score: float = Field(0.3, gt=0.0, lt=1.0)
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
+    # lbp: nagadomi's cascade and the author's parameters
     cascade: str | None = None
     scale_factor: float = Field(1.1, gt=1.0)
     min_neighbors: int = Field(5, ge=0)

@@ -29,7 +29,13 @@ from anime_face_id import layout
 from anime_face_id.config import CropConfig
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.cascade import resolve_cascade
-from anime_face_id.faces.detectors import Detector, LbpCascadeDetector, WholeImageDetector
+from anime_face_id.faces.detectors import (
+    PACKAGED_WEIGHTS,
+    CenterNetDetector,
+    Detector,
+    LbpCascadeDetector,
+    WholeImageDetector,
+)
 from anime_face_id.fileio import atomic_write_bytes, csv_text, sweep_temporaries
 from anime_face_id.imaging import ImageRejected, decode, phash
 from anime_face_id.slugs import is_safe_slug
@@ -71,8 +77,19 @@ def load_detector(root: Path, config: CropConfig) -> Detector:
     """The configured detector; for ``lbp`` this may download and verify the cascade."""
     if config.detector == "none":
         return WholeImageDetector()
+    if config.detector == "centernet":
+        weights = detector_weights_path(root, config)
+        return CenterNetDetector(weights, config.input_size, config.min_score, config.nms_iou)
     cascade = resolve_cascade(Path(root), config.cascade)
     return LbpCascadeDetector(cascade, config.scale_factor, config.min_neighbors, config.min_size)
+
+
+def detector_weights_path(root: Path, config: CropConfig) -> Path:
+    """The CenterNet weights: ``crop.detector_weights`` (relative to the project root), or
+    the file shipped in the package."""
+    if config.detector_weights:
+        return Path(root) / config.detector_weights
+    return PACKAGED_WEIGHTS
 
 
 def raw_rows_by_character(root: Path) -> dict[str, list[dict]]:

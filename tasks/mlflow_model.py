@@ -2,7 +2,7 @@
 
 The model bundles everything identification needs as artifacts: the embedder checkpoint,
 the gallery (embeddings, character names, calibrated threshold), the detector and crop
-settings and, for the `lbp` detector, the cascade file. The core package is logged as code,
+settings and the detector's own file (the CenterNet weights, or the `lbp` cascade). The core package is logged as code,
 so `mlflow.pyfunc.load_model` and `mlflow models serve --env-manager local` need nothing of
 the project but this model.
 
@@ -32,8 +32,9 @@ class IdentifierModel(mlflow.pyfunc.PythonModel):
         artifacts = context.artifacts
         settings = json.loads(Path(artifacts["settings"]).read_text(encoding="utf-8"))
         crop = dict(settings["crop"])
-        # the bundled cascade, wherever MLflow unpacked the model
+        # the bundled cascade or detector weights, wherever MLflow unpacked the model
         crop["cascade"] = artifacts.get("cascade")
+        crop["detector_weights"] = artifacts.get("detector_weights")
         self.identifier = build_identifier(
             Path(artifacts["checkpoint"]),
             Path(artifacts["gallery"]),
@@ -69,12 +70,14 @@ def _signature():
 
 def _settings(params) -> dict:
     crop = params.crop.model_dump(mode="json")
-    crop.pop("cascade")  # replaced by the bundled file at load time
+    crop.pop("cascade")  # replaced by the bundled files at load time
+    crop.pop("detector_weights")
     return {"crop": crop, "identify": params.identify.model_dump(mode="json")}
 
 
 def log_identifier(root: Path, params, checkpoint: Path, gallery: Path) -> str:
     """Log the identifier as a pyfunc model in the active run; returns its model URI."""
+    from anime_face_id.crop import detector_weights_path
     from anime_face_id.faces.cascade import resolve_cascade
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -87,6 +90,8 @@ def log_identifier(root: Path, params, checkpoint: Path, gallery: Path) -> str:
         }
         if params.crop.detector == "lbp":
             artifacts["cascade"] = str(resolve_cascade(Path(root), params.crop.cascade))
+        if params.crop.detector == "centernet":
+            artifacts["detector_weights"] = str(detector_weights_path(Path(root), params.crop))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=IdentifierModel(),

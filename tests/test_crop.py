@@ -355,7 +355,7 @@ def illustrations(tmp_path: Path, shared_dir: Path) -> RawData:
 
 
 def lbp_config(cascade_path: Path, **changes) -> CropConfig:
-    return CropConfig(cascade=str(cascade_path), size=96, workers=2, **changes)
+    return CropConfig(detector="lbp", cascade=str(cascade_path), size=96, workers=2, **changes)
 
 
 def test_cascade_crops_contain_the_detected_face(illustrations: RawData, cascade_path) -> None:

@@ -177,7 +177,7 @@ def test_configured_cascade_path_is_used_and_checked(tmp_path: Path, cascade_pat
     assert resolve_cascade(tmp_path, str(cascade_path)) == cascade_path
     with pytest.raises(CascadeError, match=r"crop\.cascade"):
         resolve_cascade(tmp_path, "models/missing.xml")
-    config = CropConfig(cascade=str(cascade_path))
+    config = CropConfig(detector="lbp", cascade=str(cascade_path))
     assert load_detector(tmp_path, config).settings["cascade_sha256"] == CASCADE_SHA256
     assert not (tmp_path / CASCADE_CACHE).exists()  # nothing fetched
     assert load_detector(tmp_path, CropConfig(detector="none")).name == "none"

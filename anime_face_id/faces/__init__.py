@@ -3,16 +3,20 @@
 from anime_face_id.faces.boxes import crop_square, iou, square_crop_box
 from anime_face_id.faces.cascade import CascadeError, fetch_cascade, resolve_cascade
 from anime_face_id.faces.detectors import (
+    CenterNetDetector,
     Detection,
     Detector,
+    DetectorWeightsError,
     LbpCascadeDetector,
     WholeImageDetector,
 )
 
 __all__ = [
     "CascadeError",
+    "CenterNetDetector",
     "Detection",
     "Detector",
+    "DetectorWeightsError",
     "LbpCascadeDetector",
     "WholeImageDetector",
     "crop_square",

@@ -18,6 +18,9 @@ import numpy as np
 
 from anime_face_id.faces.cascade import CascadeError, file_sha256
 
+# The trained detector's weights ship inside the package (see weights/MODEL_CARD.md).
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "centernet_lite0.pt"
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -150,3 +153,86 @@ class LbpCascadeDetector:
         # OpenCV gathers candidates from worker threads, so its output order can vary
         # between runs; a fixed order keeps crop file names stable.
         return sorted(found, key=lambda d: (-d.score, d.y, d.x, d.w, d.h))
+
+
+class DetectorWeightsError(CascadeError):
+    """The detector's weights file is missing or is not one."""
+
+
+class CenterNetDetector:
+    """The project's own detector: a CenterNet head on EfficientNet-Lite0, trained on
+    cartoon frames and pasted illustration faces (``anime_face_id/faces/weights``).
+
+    The picture is scaled so its longest side is ``input_size``; faces scoring at least
+    ``min_score`` are kept, and of two boxes overlapping by more than ``nms_iou`` the
+    weaker goes. torch modules are safe to call from several threads in inference mode.
+    """
+
+    name = "centernet"
+
+    def __init__(
+        self,
+        weights: Path | None = None,
+        input_size: int = 512,
+        min_score: float = 0.3,
+        nms_iou: float = 0.5,
+    ):
+        self.weights = Path(weights) if weights is not None else PACKAGED_WEIGHTS
+        self.input_size = input_size
+        self.min_score = min_score
+        self.nms_iou = nms_iou
+        if not self.weights.is_file():
+            raise DetectorWeightsError(f"detector weights not found: {self.weights}")
+        self._weights_sha256 = file_sha256(self.weights)
+        self._model = self._load()
+
+    def _load(self):
+        from anime_face_id.faces.centernet import load_weights
+
+        try:
+            model, _metadata = load_weights(self.weights)
+        except (ValueError, RuntimeError, OSError, EOFError) as error:
+            raise DetectorWeightsError(
+                f"cannot load detector weights {self.weights}: {error}"
+            ) from None
+        return model
+
+    @property
+    def settings(self) -> Mapping[str, object]:
+        return {
+            "name": self.name,
+            "weights_sha256": self._weights_sha256,
+            "input_size": self.input_size,
+            "min_score": self.min_score,
+            "nms_iou": self.nms_iou,
+        }
+
+    # Workers receive a pickled copy; the model is reloaded there from the weights file.
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_model"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._model = self._load()
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        from anime_face_id.faces.centernet import detect_boxes
+
+        _check_rgb(rgb)
+        found = detect_boxes(
+            self._model,
+            rgb,
+            input_size=self.input_size,
+            min_score=self.min_score,
+            nms_iou=self.nms_iou,
+        )
+        detections = []
+        for x, y, w, h, score in found:
+            left, top = round(x), round(y)
+            right = min(rgb.shape[1], round(x + w))
+            bottom = min(rgb.shape[0], round(y + h))
+            if right > left and bottom > top:
+                detections.append(
+                    Detection(left, top, right - left, bottom - top, round(float(score), 6))
+                )
+        return sorted(detections, key=lambda d: (-d.score, d.y, d.x, d.w, d.h))

@@ -1,0 +1,219 @@
+"""Training views for the face detector: labelled frames, random scale and crop, pasted
+illustration faces, and the CenterNet targets drawn from the boxes.
+
+Boxes are ``x, y, w, h`` in pixels of the array they belong to, as everywhere in
+``anime_face_id.faces``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anime_face_id.faces.boxes import from_yolo
+from anime_face_id.faces.centernet import STRIDE
+from anime_face_id.imaging import load_rgb_array
+from anime_face_id.transforms import FILL_VALUE, AugmentSettings, normalise, random_colour
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# Identity crops are cut with a margin around the face (the crop stage widens the box by
+# crop.margin on each side); the face is taken as this centred share of the crop's side.
+PASTED_FACE_SHARE = 0.65
+# CenterNet draws each face as a Gaussian; TTFNet's elliptical one (sigma = alpha * side / 6)
+# follows the box's aspect ratio.
+GAUSSIAN_ALPHA = 0.54
+COLOUR = AugmentSettings(
+    brightness=0.3, contrast=0.3, saturation=0.4, max_hue_shift_deg=20.0, greyscale_probability=0.1
+)
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    boxes: np.ndarray  # (N, 4) float32, pixels
+
+
+def read_yolo_folder(folder: Path) -> list[LabelledImage]:
+    """``folder/images/*`` with ``folder/labels/<stem>.txt`` (``0 cx cy w h`` normalised).
+
+    A picture without a label file has no faces (a valid negative).
+    """
+    images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"no pictures in {folder / 'images'}")
+    items = []
+    for image in images:
+        height, width = _image_size(image)
+        label = folder / "labels" / f"{image.stem}.txt"
+        rows = label.read_text().split("\n") if label.is_file() else []
+        boxes = [
+            from_yolo(*map(float, row.split()[1:5]), width, height) for row in rows if row.strip()
+        ]
+        items.append(LabelledImage(image, np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
+    return items
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height, image.width
+
+
+def split_validation(
+    items: list[LabelledImage], fraction: float
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """Hold out about ``fraction`` of the pictures, chosen by a hash of the file name so the
+    split never changes when pictures are added or the order differs."""
+
+    def held_out(item: LabelledImage) -> bool:
+        digest = hashlib.sha256(item.path.name.encode()).digest()
+        return int.from_bytes(digest[:4], "big") / 2**32 < fraction
+
+    return [i for i in items if not held_out(i)], [i for i in items if held_out(i)]
+
+
+def random_view(
+    rgb: np.ndarray,
+    boxes: np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    longest_side: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` view: the picture scaled so its longest side is drawn
+    log-uniformly from ``longest_side``, placed at random (cut or padded), maybe mirrored.
+
+    Faces whose centre leaves the view are dropped; the others are clipped to it.
+    """
+    height, width = rgb.shape[:2]
+    target = math.exp(rng.uniform(math.log(longest_side[0]), math.log(longest_side[1])))
+    scale = target / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    # Place the picture at (left, top) on the canvas; negative means cut.
+    left = int(rng.integers(min(0, size - new_w), max(0, size - new_w) + 1))
+    top = int(rng.integers(min(0, size - new_h), max(0, size - new_h) + 1))
+    canvas = np.full((size, size, 3), FILL_VALUE, dtype=np.uint8)
+    src_x, src_y = max(0, -left), max(0, -top)
+    dst_x, dst_y = max(0, left), max(0, top)
+    span_w = min(new_w - src_x, size - dst_x)
+    span_h = min(new_h - src_y, size - dst_y)
+    canvas[dst_y : dst_y + span_h, dst_x : dst_x + span_w] = resized[
+        src_y : src_y + span_h, src_x : src_x + span_w
+    ]
+    moved = boxes * scale
+    moved[:, 0] += left
+    moved[:, 1] += top
+    if rng.random() < 0.5:
+        canvas = canvas[:, ::-1].copy()
+        moved[:, 0] = size - moved[:, 0] - moved[:, 2]
+    return canvas, clip_boxes(moved, size)
+
+
+def clip_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
+    """Keep boxes whose centre is on the ``size`` x ``size`` canvas, clipped to it."""
+    centre_x = boxes[:, 0] + boxes[:, 2] / 2
+    centre_y = boxes[:, 1] + boxes[:, 3] / 2
+    inside = (centre_x >= 0) & (centre_x < size) & (centre_y >= 0) & (centre_y < size)
+    boxes = boxes[inside]
+    left = np.clip(boxes[:, 0], 0, size)
+    top = np.clip(boxes[:, 1], 0, size)
+    right = np.clip(boxes[:, 0] + boxes[:, 2], 0, size)
+    bottom = np.clip(boxes[:, 1] + boxes[:, 3], 0, size)
+    clipped = np.stack([left, top, right - left, bottom - top], axis=1).astype(np.float32)
+    return clipped[(clipped[:, 2] >= 2) & (clipped[:, 3] >= 2)]
+
+
+def paste_faces(
+    canvas: np.ndarray,
+    boxes: np.ndarray,
+    crops: list[Path],
+    rng: np.random.Generator,
+    count: int,
+    side_range: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste ``count`` face crops (illustrations) at random sizes and places.
+
+    Frames are not illustrations; pasted crops show the detector the drawing styles users
+    scrape. A pasted crop hides what it covers, so faces mostly covered are dropped.
+    """
+    size = canvas.shape[0]
+    canvas = canvas.copy()
+    for _ in range(count):
+        crop = load_rgb_array(crops[int(rng.integers(len(crops)))])
+        side = int(math.exp(rng.uniform(math.log(side_range[0]), math.log(side_range[1]))))
+        side = min(side, size)
+        patch = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        x = int(rng.integers(0, size - side + 1))
+        y = int(rng.integers(0, size - side + 1))
+        canvas[y : y + side, x : x + side] = patch
+        boxes = _drop_covered(boxes, (x, y, side, side))
+        face = side * PASTED_FACE_SHARE
+        inset = (side - face) / 2
+        boxes = np.vstack([boxes, [[x + inset, y + inset, face, face]]]).astype(np.float32)
+    return canvas, boxes
+
+
+def _drop_covered(boxes: np.ndarray, patch: tuple[int, int, int, int]) -> np.ndarray:
+    x, y, w, h = patch
+    inter_w = np.clip(
+        np.minimum(boxes[:, 0] + boxes[:, 2], x + w) - np.maximum(boxes[:, 0], x), 0, None
+    )
+    inter_h = np.clip(
+        np.minimum(boxes[:, 1] + boxes[:, 3], y + h) - np.maximum(boxes[:, 1], y), 0, None
+    )
+    covered = inter_w * inter_h / np.maximum(boxes[:, 2] * boxes[:, 3], 1e-6)
+    return boxes[covered < 0.3]
+
+
+def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """CenterNet targets on the stride-8 grid of a ``size`` x ``size`` view.
+
+    heatmap (1, S, S): per cell the highest Gaussian of any face; size (2, S, S) and offset
+    (2, S, S) are set at each face's centre cell, where mask (S, S) is 1.
+    """
+    cells = size // STRIDE
+    heatmap = np.zeros((1, cells, cells), dtype=np.float32)
+    log_size = np.zeros((2, cells, cells), dtype=np.float32)
+    offset = np.zeros((2, cells, cells), dtype=np.float32)
+    mask = np.zeros((cells, cells), dtype=np.float32)
+    ys, xs = np.mgrid[0:cells, 0:cells].astype(np.float32)
+    # Larger faces last, so a small face's centre cell keeps its own size when two collide.
+    for x, y, w, h in sorted(boxes.tolist(), key=lambda b: -b[2] * b[3]):
+        cx, cy = (x + w / 2) / STRIDE, (y + h / 2) / STRIDE
+        col, row = min(int(cx), cells - 1), min(int(cy), cells - 1)
+        sigma_x = max(GAUSSIAN_ALPHA * w / STRIDE / 6, 0.5)
+        sigma_y = max(GAUSSIAN_ALPHA * h / STRIDE / 6, 0.5)
+        gaussian = np.exp(
+            -((xs - col) ** 2) / (2 * sigma_x**2) - ((ys - row) ** 2) / (2 * sigma_y**2)
+        )
+        np.maximum(heatmap[0], gaussian, out=heatmap[0])
+        log_size[:, row, col] = (math.log(w / STRIDE), math.log(h / STRIDE))
+        offset[:, row, col] = (cx - col, cy - row)
+        mask[row, col] = 1.0
+    return {"heatmap": heatmap, "log_size": log_size, "offset": offset, "mask": mask}
+
+
+def training_sample(
+    item: LabelledImage,
+    crops: list[Path],
+    rng: np.random.Generator,
+    size: int,
+    paste_probability: float,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One augmented view (normalised, 3 x size x size) and its targets."""
+    canvas, boxes = random_view(
+        load_rgb_array(item.path), item.boxes, rng, size, (size * 2 / 3, size * 5 / 3)
+    )
+    if crops and rng.random() < paste_probability:
+        count = int(rng.integers(1, 3))
+        canvas, boxes = paste_faces(canvas, boxes, crops, rng, count, (40, size * 0.6))
+    canvas = random_colour(canvas, rng, COLOUR)
+    return normalise(canvas).numpy(), encode_targets(boxes, size)

@@ -1,0 +1,174 @@
+"""detector-train: retrain the CenterNet face detector that crop, review, identify and the
+served model use, tracked as an MLflow run named `detector-train`.
+
+    .venv/bin/python -m flows.detector --frames ../shared/testdata/detection-train \\
+        --crops ../shared/testdata/identities
+
+The weights are written (atomically, best validation epoch) to ``--out``, by default the
+file shipped in the package; ``crop.detector_weights`` in params.yaml can point the
+pipeline at another file instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from anime_face_id.faces.detector_data import IMAGE_SUFFIXES
+from anime_face_id.faces.detector_train import DetectorEpoch, DetectorTrainConfig, train_detector
+from anime_face_id.faces.detectors import PACKAGED_WEIGHTS
+from flows._stage import fail_on_stage_error, finish, report_stops_once
+from tasks import tracking
+from tasks.reporting import StageProgress
+
+
+def face_crops(folder: Path | None) -> list[Path]:
+    """Every picture one level down (``<character>/*.jpg``), as the identities folder."""
+    if folder is None:
+        return []
+    return sorted(p for p in folder.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@task
+def train_weights(
+    config: DetectorTrainConfig, frames: Path, crops: list[Path], out: Path, run_id: str
+) -> list[DetectorEpoch]:
+    import mlflow
+
+    logger = get_run_logger()
+    progress = StageProgress("detector-train", config.epochs, unit="epochs")
+    last_shown = [0]
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if step - last_shown[0] >= 20 or step == total:
+            last_shown[0] = step
+            logger.info("step %d/%d, loss %.3f", step, total, loss)
+
+    def on_epoch(report: DetectorEpoch) -> None:
+        metrics = {
+            "loss": report.loss,
+            "heatmap_loss": report.heatmap_loss,
+            "size_loss": report.size_loss,
+            "offset_loss": report.offset_loss,
+            "val_recall": report.recall,
+            "val_precision": report.precision,
+            "val_f1": report.f1,
+            "epoch_seconds": report.seconds,
+        }
+        mlflow.log_metrics(
+            {k: float(v) for k, v in metrics.items() if math.isfinite(v)},
+            step=report.epoch,
+            run_id=run_id,
+        )
+        logger.info(
+            "epoch %d: loss %.3f, validation recall %.3f precision %.3f (IoU 0.5), %.0f s",
+            report.epoch,
+            report.loss,
+            report.recall,
+            report.precision,
+            report.seconds,
+        )
+        progress.advance(f"epoch {report.epoch}")
+
+    return train_detector(config, frames, out, crops, on_epoch=on_epoch, on_step=on_step)
+
+
+@flow(name="detector-train", log_prints=True)
+def detector_flow(
+    frames: str,
+    crops: str | None = None,
+    out: str = str(PACKAGED_WEIGHTS),
+    config: dict | None = None,
+):
+    return fail_on_stage_error(lambda: _train(frames, crops, out, config or {}))
+
+
+def _train(frames: str, crops: str | None, out: str, overrides: dict) -> dict:
+    import mlflow
+
+    config = DetectorTrainConfig.model_validate(overrides)
+    pasted = face_crops(Path(crops) if crops else None)
+    root = Path(".")
+    tracking.configure(root)
+    with mlflow.start_run(run_name="detector-train") as run:
+        mlflow.log_params(tracking.flatten("detector", config.model_dump(mode="json")))
+        mlflow.log_params(
+            {
+                "frames": frames,
+                "crops": crops or "",
+                "pasted_crops": len(pasted),
+                "git_commit": tracking.git_commit(root),
+            }
+        )
+        mlflow.set_tags({"stage": "detector-train"})
+        reports = train_weights(config, Path(frames), pasted, Path(out), run.info.run_id)
+        best = max(reports, key=lambda r: r.f1)
+        mlflow.log_metrics(
+            {
+                "best_epoch": best.epoch,
+                "best_val_recall": best.recall,
+                "best_val_precision": best.precision,
+            }
+        )
+        mlflow.log_artifact(out, artifact_path="detector")
+    return {"best_epoch": best.epoch, "recall": best.recall, "precision": best.precision}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.detector", description="Retrain the CenterNet face detector."
+    )
+    parser.add_argument(
+        "--frames",
+        required=True,
+        type=Path,
+        help="folder with images/ and YOLO labels/ (0 cx cy w h)",
+    )
+    parser.add_argument(
+        "--crops",
+        type=Path,
+        default=None,
+        help="face crops <character>/*.jpg to paste onto frames (optional)",
+    )
+    parser.add_argument("--out", type=Path, default=PACKAGED_WEIGHTS)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
+    parser.add_argument("--seed", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    for name, folder in (("--frames", args.frames), ("--crops", args.crops)):
+        if folder is not None and not folder.is_dir():
+            print(f"error: {name} {folder} is not a folder", file=sys.stderr)
+            raise SystemExit(2)
+    if not (args.frames / "images").is_dir():
+        print(f"error: {args.frames} has no images/ folder", file=sys.stderr)
+        raise SystemExit(2)
+    overrides = {
+        key: value
+        for key, value in (
+            ("epochs", args.epochs),
+            ("max_steps", args.max_steps),
+            ("seed", args.seed),
+        )
+        if value is not None
+    }
+    report_stops_once()
+    state = detector_flow(
+        frames=str(args.frames),
+        crops=str(args.crops) if args.crops else None,
+        out=str(args.out),
+        config=overrides,
+        return_state=True,
+    )
+    finish("detector-train", state)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The CenterNet face detector: decoding and NMS against brute-force references, targets
+that decode back to their boxes, the loss, and a short real training run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anime_face_id.faces.boxes import iou
+from anime_face_id.faces.centernet import (
+    STRIDE,
+    FaceCenterNet,
+    box_iou,
+    decode,
+    load_weights,
+    nms,
+    prepare_input,
+    save_weights,
+)
+from anime_face_id.faces.detector_data import (
+    clip_boxes,
+    encode_targets,
+    random_view,
+    read_yolo_folder,
+    split_validation,
+)
+from anime_face_id.faces.detector_train import DetectorTrainConfig, focal_loss, train_detector
+
+
+def random_boxes(rng: np.random.Generator, count: int, size: float = 100.0) -> torch.Tensor:
+    xy = rng.uniform(0, size, (count, 2))
+    wh = rng.uniform(2, size / 2, (count, 2))
+    return torch.tensor(np.hstack([xy, wh]), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ geometry
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_box_iou_matches_the_scalar_iou(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = random_boxes(rng, 7), random_boxes(rng, 5)
+    table = box_iou(a, b)
+    for i in range(len(a)):
+        for j in range(len(b)):
+            assert table[i, j].item() == pytest.approx(iou(a[i].tolist(), b[j].tolist()), abs=1e-5)
+
+
+def reference_nms(boxes: list, scores: list, threshold: float) -> list[int]:
+    """Greedy NMS as the textbook writes it."""
+    remaining = sorted(range(len(boxes)), key=lambda i: (-scores[i], i))
+    kept = []
+    while remaining:
+        best = remaining.pop(0)
+        kept.append(best)
+        remaining = [i for i in remaining if iou(boxes[best], boxes[i]) <= threshold]
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("threshold", [0.2, 0.5, 0.8])
+def test_nms_matches_a_brute_force_reference(seed: int, threshold: float) -> None:
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, 30, size=60.0)
+    scores = torch.tensor(rng.uniform(0, 1, 30), dtype=torch.float32)
+    kept = nms(boxes, scores, threshold).tolist()
+    assert kept == reference_nms(boxes.tolist(), scores.tolist(), threshold)
+
+
+def test_nms_of_nothing_is_nothing() -> None:
+    assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).numel() == 0
+
+
+def reference_decode(heat, size, offset, top_k, min_score):
+    """Loop over every cell: a peak is >= each of its 3 x 3 neighbours."""
+    scores = 1 / (1 + np.exp(-heat))
+    rows, cols = scores.shape
+    found = []
+    for r in range(rows):
+        for c in range(cols):
+            window = scores[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2]
+            if scores[r, c] >= window.max() and scores[r, c] >= min_score:
+                w = math.exp(size[0, r, c]) * STRIDE
+                h = math.exp(size[1, r, c]) * STRIDE
+                cx = (c + offset[0, r, c]) * STRIDE
+                cy = (r + offset[1, r, c]) * STRIDE
+                found.append((scores[r, c], (cx - w / 2, cy - h / 2, w, h)))
+    found.sort(key=lambda item: -item[0])
+    return found[:top_k]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decode_matches_a_brute_force_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    heat = rng.normal(-1, 2, (2, 1, 9, 11)).astype(np.float32)
+    size = rng.normal(0, 1, (2, 2, 9, 11)).astype(np.float32)
+    offset = rng.uniform(0, 1, (2, 2, 9, 11)).astype(np.float32)
+    results = decode(
+        torch.from_numpy(heat),
+        torch.from_numpy(size),
+        torch.from_numpy(offset),
+        top_k=12,
+        min_score=0.4,
+    )
+    for index, (boxes, scores) in enumerate(results):
+        expected = reference_decode(heat[index, 0], size[index], offset[index], 12, 0.4)
+        assert len(boxes) == len(expected)
+        np.testing.assert_allclose(scores.numpy(), [s for s, _ in expected], rtol=1e-5)
+        np.testing.assert_allclose(boxes.numpy(), [b for _, b in expected], rtol=1e-4, atol=1e-3)
+
+
+def test_targets_decode_back_to_their_boxes() -> None:
+    boxes = np.array([[10.5, 20.25, 40, 30], [120, 64, 90, 120], [200, 200, 17, 23]], np.float32)
+    targets = encode_targets(boxes, 256)
+    assert targets["mask"].sum() == 3 and targets["heatmap"].max() == 1.0
+    logits = torch.from_numpy(
+        np.log(targets["heatmap"] + 1e-9) - np.log1p(-targets["heatmap"] + 1e-6)
+    )
+    ((found, _scores),) = decode(
+        logits[None],
+        torch.from_numpy(targets["log_size"])[None],
+        torch.from_numpy(targets["offset"])[None],
+        min_score=0.99,
+    )
+    assert len(found) == 3
+    for box in boxes:
+        assert max(iou(box.tolist(), f.tolist()) for f in found) > 0.99
+
+
+def test_views_keep_faces_whose_centre_stays_and_clip_them() -> None:
+    boxes = np.array([[-10, 10, 40, 40], [-30, 10, 40, 40], [85, 85, 20, 20]], np.float32)
+    clipped = clip_boxes(boxes, 100)
+    np.testing.assert_allclose(clipped, [[0, 10, 30, 40], [85, 85, 15, 15]])
+    rng = np.random.default_rng(0)
+    picture = np.zeros((100, 200, 3), np.uint8)
+    picture[40:60, 90:110] = 255  # the "face" is the white square
+    for _ in range(20):
+        view, moved = random_view(
+            picture, np.array([[90, 40, 20, 20]], np.float32), rng, 128, (64, 256)
+        )
+        assert view.shape == (128, 128, 3)
+        for x, y, w, h in moved:  # the box still frames white pixels
+            centre = view[int(y + h / 2), int(x + w / 2)]
+            assert centre.min() > 200
+
+
+def test_focal_loss_rewards_the_right_heatmap() -> None:
+    target = torch.from_numpy(
+        encode_targets(np.array([[32, 32, 32, 32]], np.float32), 128)["heatmap"]
+    )
+    right = torch.logit(target.clamp(1e-4, 1 - 1e-4))
+    wrong = torch.logit((1 - target).clamp(1e-4, 1 - 1e-4))
+    assert focal_loss(right[None], target[None]) < 0.05 < focal_loss(wrong[None], target[None])
+
+
+def test_input_is_scaled_to_the_longest_side_and_padded_to_32() -> None:
+    batch, scale = prepare_input(np.zeros((300, 500, 3), np.uint8), 320)
+    assert scale == pytest.approx(320 / 500) and batch.shape == (1, 3, 192, 320)
+
+
+# ------------------------------------------------------------------ training
+
+
+def write_yolo_folder(root: Path, count: int) -> Path:
+    """Grey pictures with one or two bright ellipses ("faces") and their YOLO labels."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for index in range(count):
+        picture = np.full((96, 128, 3), 90, np.uint8)
+        lines = []
+        for _ in range(1 + index % 2):
+            w, h = (int(v) for v in rng.integers(16, 40, 2))
+            x, y = int(rng.integers(0, 128 - w)), int(rng.integers(0, 96 - h))
+            picture[y : y + h, x : x + w] = (250, 220, 200)
+            lines.append(f"0 {(x + w / 2) / 128} {(y + h / 2) / 96} {w / 128} {h / 96}")
+        Image.fromarray(picture).save(root / "images" / f"{index:03d}.jpg")
+        (root / "labels" / f"{index:03d}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_labels_are_read_in_pixels_and_the_split_is_stable(tmp_path: Path) -> None:
+    folder = write_yolo_folder(tmp_path / "frames", 40)
+    (folder / "images" / "extra.jpg").write_bytes((folder / "images" / "000.jpg").read_bytes())
+    items = read_yolo_folder(folder)
+    assert len(items) == 41 and len(items[-1].boxes) == 0  # no label file: no faces
+    first = items[0]
+    assert first.boxes.shape == (1, 4) and 16 <= first.boxes[0, 2] <= 40
+    train, val = split_validation(items, 0.25)
+    _, val_again = split_validation(list(reversed(items)), 0.25)
+    assert {i.path for i in val} == {i.path for i in val_again} and 0 < len(val) < 41
+    assert not {i.path for i in train} & {i.path for i in val}
+
+
+def test_a_short_training_run_writes_weights_that_load_strictly(tmp_path: Path) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 24)
+    out = tmp_path / "detector.pt"
+    seen = []
+    config = DetectorTrainConfig(
+        epochs=2,
+        batch_size=4,
+        view_size=96,
+        input_size=128,
+        max_steps=4,
+        warmup_steps=1,
+        val_fraction=0.25,
+        min_score=0.05,
+    )
+    reports = train_detector(config, frames, out, on_epoch=seen.append)
+    assert reports == seen and 1 <= len(reports) <= 2
+    assert all(math.isfinite(r.loss) and 0 <= r.recall <= 1 for r in reports)
+    model, metadata = load_weights(out)
+    assert metadata["config"]["view_size"] == 96 and metadata["train_pictures"] > 0
+    assert out.stat().st_size < 8_000_000  # half precision: the packaged file stays small
+    heat, size, offset = model(torch.zeros(1, 3, 64, 96))
+    assert heat.shape == (1, 1, 8, 12) and size.shape == offset.shape == (1, 2, 8, 12)
+
+
+def test_weights_of_another_kind_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="not a CenterNet face detector"):
+        load_weights(path)
+    model = FaceCenterNet()
+    save_weights(model, tmp_path / "ok.pt", {"note": "x"})
+    assert load_weights(tmp_path / "ok.pt")[1] == {"note": "x"}
