@@ -20,7 +20,10 @@ export DO_NOT_TRACK ?= true
 .PHONY: help setup system-packages pipeline detector test test-fast lint format prefect-ui mlflow-ui review app serve clean-venv
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}' \
+	  | sed -e 's/$$(PREFECT_PORT)/$(PREFECT_PORT)/g' -e 's/$$(MLFLOW_PORT)/$(MLFLOW_PORT)/g' \
+	    -e 's/$$(REVIEW_PORT)/$(REVIEW_PORT)/g' -e 's/$$(APP_PORT)/$(APP_PORT)/g' \
+	    -e 's/$$(SERVE_PORT)/$(SERVE_PORT)/g' -e 's|$$(SHARED)|$(SHARED)|g' -e 's|$$(MODEL)|$(MODEL)|g'
 
 setup: system-packages $(STAMP) ## install everything: Debian chromium + chromedriver, the virtualenv, the package
 

@@ -349,6 +349,10 @@ def evaluate(
         except PretrainedWeightsMissing as error:
             warnings.append(f"baseline skipped: {error}")
             logger.warning(warnings[-1])
+    below = below_baseline(report)
+    if below:
+        warnings.append(below)
+        logger.warning(below)
     sweep_temporaries(root / PLOTS_DIR)
     report["plots"] = write_plots(
         root, val, gallery, per_character_rows(val, config.k), pairs, config
@@ -361,6 +365,21 @@ def evaluate(
     atomic_write_json(root / EVAL_METRICS, report)
     log_summary(report)
     return report
+
+
+def below_baseline(report: dict) -> str | None:
+    """A warning when the trained embedder retrieves worse than the ImageNet features it
+    started from (val MAP@R): training then made the model worse, and a user should know
+    before serving it."""
+    trained = report.get("val", {}).get("map_at_r")
+    untrained = report.get("baseline_val", {}).get("map_at_r")
+    if trained is None or untrained is None or trained >= untrained:
+        return None
+    return (
+        f"the trained embedder is below the untrained ImageNet baseline: val MAP@R "
+        f"{trained:.3f} < {untrained:.3f}. Look at plots/loss_curves.png; more epochs, more "
+        "crops per character or a lower train.lr usually help."
+    )
 
 
 def _fmt(value: float | None) -> str:

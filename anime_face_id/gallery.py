@@ -244,7 +244,7 @@ class Gallery:
                 f"{where} was built with another embedder (checkpoint sha256 "
                 f"{self.embedder[:12]}…, the model in use is {fingerprint[:12]}…): its "
                 "embeddings cannot be compared with this model's. Rebuild it: "
-                "`anime-face-id gallery rebuild` (or `dvc repro package`)."
+                "`.venv/bin/anime-face-id gallery rebuild` (or `.venv/bin/dvc repro package`)."
             )
 
 
@@ -281,8 +281,8 @@ def load_gallery(path: Path) -> Gallery:
     path = Path(path)
     if not path.is_file():
         raise GalleryError(
-            f"{path} not found: build it with `anime-face-id gallery rebuild` "
-            "(or `dvc repro package`)"
+            f"{path} not found: build it with `.venv/bin/anime-face-id gallery rebuild` "
+            "(or `.venv/bin/dvc repro package`)"
         )
     try:
         with np.load(path, allow_pickle=False) as data:

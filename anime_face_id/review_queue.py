@@ -148,7 +148,7 @@ def load_state(root: Path, params: Params) -> ReviewState:
     manifest = root / layout.FACES_MANIFEST
     if not manifest.is_file():
         raise FacesNotReady(
-            f"{layout.FACES_MANIFEST.as_posix()} does not exist yet: run `dvc repro` first "
+            f"{layout.FACES_MANIFEST.as_posix()} does not exist yet: run `.venv/bin/dvc repro` first "
             "(the collect and crop stages make the face crops this app reviews)."
         )
     warnings: list[str] = []

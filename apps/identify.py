@@ -159,8 +159,8 @@ def main() -> None:
     except (ConfigError, StageError, CascadeError, OSError) as error:
         st.error(str(error))
         st.info(
-            "The app needs a trained model and its gallery: run `dvc repro` (or, after "
-            "adding images of a new character, `anime-face-id gallery rebuild`)."
+            "The app needs a trained model and its gallery: run `.venv/bin/dvc repro` (or, after "
+            "adding images of a new character, `.venv/bin/anime-face-id gallery rebuild`)."
         )
         return
     sidebar(identifier)

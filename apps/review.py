@@ -146,7 +146,7 @@ def on_add_box(root: Path, image: rq.RawImage, key: str) -> None:
     # before the click reaches the session state before this callback runs, not the args.
     box = tuple(int(st.session_state[f"box-{name}-{key}"]) for name in ("x", "y", "w", "h"))
     if _guarded(rq.add_box, root, image, box, st.session_state[f"box-who-{key}"]):
-        _flash("Box saved: the next `dvc repro` crops it.")
+        _flash("Box saved: the next `.venv/bin/dvc repro` crops it.")
 
 
 def on_skip(crop: rq.Crop) -> None:
@@ -344,7 +344,7 @@ def boxes_view(root: Path, state: rq.ReviewState, name: str) -> None:
     missing = sum(image.no_face and not image.manual for image in images)
     st.caption(
         f"{missing} of {len(images)} raw image(s) have no detected face and no box yet; they "
-        "come first. A saved box becomes a crop at the next `dvc repro`."
+        "come first. A saved box becomes a crop at the next `.venv/bin/dvc repro`."
     )
     by_path = {image.path: image for image in images}
     path = st.selectbox(

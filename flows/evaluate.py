@@ -53,6 +53,8 @@ def _evaluate(root_path: Path, params) -> dict:
     metrics = flat_metrics(report)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
+        below = evaluate.below_baseline(report)
+        mlflow.set_tag("below_untrained_baseline", str(below is not None))
         mlflow.log_params(tracking.flatten("evaluate", params.evaluate.model_dump(mode="json")))
         mlflow.log_artifact(str(root_path / evaluate.EVAL_METRICS), "metrics")
         for plot in sorted((root_path / evaluate.PLOTS_DIR).glob("*")):
@@ -62,7 +64,10 @@ def _evaluate(root_path: Path, params) -> dict:
         for split in SPLITS
         if split in report
     ]
-    publish_summary("evaluate", rows, f"Retrieval metrics (MLflow run {run_id})")
+    description = f"Retrieval metrics (MLflow run {run_id})"
+    if below:
+        description += f". WARNING: {below}"
+    publish_summary("evaluate", rows, description)
     return {"run_id": run_id, "val_map_at_r": metrics.get("val_map_at_r")}
 
 

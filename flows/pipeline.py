@@ -83,7 +83,7 @@ def wait_for_review(root, params_path: str) -> str | None:
         # The server may already have failed the run ("never resumed"); say why in the log.
         message = (
             f"no review sign-off within {params.review.signoff_timeout_s} s; nothing was applied. "
-            "Decisions made so far are kept: run `python -m flows.pipeline` again to pick up "
+            "Decisions made so far are kept: run `.venv/bin/python -m flows.pipeline` again to pick up "
             "where review left off."
         )
         logger.error(message)

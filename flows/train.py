@@ -52,10 +52,14 @@ def train_embedder(root: Path, params, run_id: str) -> train.TrainResult:
     core_logger = logging.getLogger("anime_face_id")
     core_logger.addHandler(handler)
     core_logger.setLevel(logging.INFO)
+    # The run logger prints to the console already; propagating to the root logger's
+    # console handler as well showed every training line twice.
+    propagate, core_logger.propagate = core_logger.propagate, False
     try:
         return train.train(root, params.train, on_epoch=on_epoch)
     finally:
         core_logger.removeHandler(handler)
+        core_logger.propagate = propagate
 
 
 @flow(name="train", log_prints=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -61,6 +62,18 @@ def log_progress(prefix: str, every: float = 0.1) -> Callable[[int, int], None]:
     return report
 
 
+def shown(value: Any, digits: int = 4) -> Any:
+    """Floats as people read them (0.6111 rather than 0.6111111111111112); the files
+    the stages write keep full precision."""
+    if isinstance(value, float) and math.isfinite(value):
+        return round(value, digits)
+    return value
+
+
+def display_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: shown(value) for key, value in row.items()} for row in rows]
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table for the terminal that ran `dvc repro`."""
     if not rows:
@@ -74,5 +87,6 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def publish_summary(stage: str, rows: list[dict[str, Any]], description: str) -> None:
     """The stage's per-character table, as a Prefect artifact and in the log."""
+    rows = display_rows(rows)
     create_table_artifact(table=rows, key=artifact_key(stage, "summary"), description=description)
     get_run_logger().info("%s\n%s", description, format_table(rows))

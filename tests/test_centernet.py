@@ -229,3 +229,53 @@ def test_weights_of_another_kind_are_refused(tmp_path: Path) -> None:
     model = FaceCenterNet()
     save_weights(model, tmp_path / "ok.pt", {"note": "x"})
     assert load_weights(tmp_path / "ok.pt")[1] == {"note": "x"}
+
+
+# ------------------------------------------------------------------ the retraining flow
+
+
+@pytest.mark.slow
+def test_detector_flow_trains_and_records_an_mlflow_run(
+    tmp_path: Path, prefect_harness, monkeypatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from flows.detector import detector_flow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    frames = write_yolo_folder(tmp_path / "frames", 16)
+    out = tmp_path / "weights" / "detector.pt"
+    result = detector_flow(
+        frames=str(frames),
+        out=str(out),
+        config={
+            "epochs": 1,
+            "batch_size": 4,
+            "view_size": 96,
+            "input_size": 128,
+            "max_steps": 2,
+            "val_fraction": 0.25,
+            "min_score": 0.05,
+        },
+    )
+    assert result["best_epoch"] == 1 and out.is_file()
+    load_weights(out)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("anime-face-id").experiment_id],
+        "attributes.run_name = 'detector-train'",
+    )
+    assert run.data.params["detector.view_size"] == "96"
+    assert {"val_recall", "val_precision", "loss", "best_val_recall"} <= set(run.data.metrics)
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "detector")]
+    assert artifacts == ["detector/detector.pt"]
+
+
+def test_detector_command_refuses_a_folder_without_pictures(tmp_path: Path, capsys) -> None:
+    from flows.detector import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--frames", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "has no images/ folder" in capsys.readouterr().err

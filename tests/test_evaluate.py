@@ -76,7 +76,10 @@ def test_report_has_every_metric_for_val_and_test(report, project):
         assert is_score(identification["precision_at_1"])
         assert set(identification["top_k_accuracy"]) == {"1", "5", "10"}
         assert identification["gallery_images"] == 32
-    assert report["skipped_images"] == [] and report["warnings"] == []
+    from anime_face_id.evaluate import below_baseline
+
+    assert report["skipped_images"] == []
+    assert report["warnings"] == [w for w in [below_baseline(report)] if w]
 
 
 def test_identification_queries_the_training_gallery(report, project):
@@ -186,3 +189,17 @@ def test_missing_checkpoint_is_a_stage_error(tmp_path):
     make_synthetic_project(tmp_path, names=TRAINED, counts=(2, 1, 0))
     with pytest.raises(StageError, match="run the train stage"):
         evaluate(tmp_path, EvaluateConfig(device="cpu"))
+
+
+def test_a_model_below_the_untrained_baseline_is_flagged(report):
+    from anime_face_id.evaluate import below_baseline
+
+    flagged = below_baseline(report) is not None
+    assert flagged == (report["val"]["map_at_r"] < report["baseline_val"]["map_at_r"])
+    assert (below_baseline(report) in report["warnings"]) if flagged else True
+    worse = {**report, "val": {**report["val"], "map_at_r": 0.1}}
+    worse["baseline_val"] = {**report["baseline_val"], "map_at_r": 0.4}
+    assert "below the untrained ImageNet baseline: val MAP@R 0.100 < 0.400" in below_baseline(worse)
+    better = {**worse, "val": {**worse["val"], "map_at_r": 0.5}}
+    assert below_baseline(better) is None
+    assert below_baseline({"val": {"map_at_r": 0.1}}) is None  # no baseline, no verdict

@@ -213,3 +213,17 @@ def test_the_pipeline_flow_runs_its_stages_with_its_own_interpreter(monkeypatch)
     assert stage_environment()["ANIME_FACE_ID_PYTHON"] == sys.executable
     monkeypatch.setenv("ANIME_FACE_ID_PYTHON", "/opt/other/python")
     assert stage_environment()["ANIME_FACE_ID_PYTHON"] == "/opt/other/python"
+
+
+def test_make_help_shows_the_ports_not_the_variable_names() -> None:
+    process = subprocess.run(
+        ["make", "--no-print-directory", "help", "PREFECT_PORT=4321"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": FRESH_PATH, "HOME": os.environ.get("HOME", "/tmp")},
+        timeout=60,
+    )
+    assert process.returncode == 0, process.stderr
+    assert "$(" not in process.stdout
+    assert "http://127.0.0.1:4321" in process.stdout and "make detector" in process.stdout

@@ -45,7 +45,10 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "small generated data set")
 
-    project.dvc("repro")
+    repro = project.dvc("repro")
+    output = repro.stdout + repro.stderr
+    # each training line once (it used to come twice: run logger and root logger)
+    assert sum(line.count("epoch 1/") for line in output.splitlines()) == 1, output
     report = json.loads((project.root / "metrics" / "eval.json").read_text())
     for split in ("val", "test", "open_set"):
         for name in ("precision_at_1", "r_precision", "map_at_r", "precision_at_5"):

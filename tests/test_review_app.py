@@ -40,7 +40,7 @@ def test_no_crops_yet_says_run_dvc_repro(tmp_path, monkeypatch):
     monkeypatch.setenv("ANIME_FACE_ID_ROOT", str(tmp_path))
     write_params(tmp_path, 48)
     app = start()
-    assert any("run `dvc repro` first" in info.value for info in app.info)
+    assert any("run `.venv/bin/dvc repro` first" in info.value for info in app.info)
     assert not app.button and not (tmp_path / "data").exists()
 
 

@@ -312,7 +312,7 @@ def test_counts_follow_the_decisions_like_the_review_stage(project):
 
 def test_missing_face_manifest_says_run_dvc_repro(tmp_path):
     write_params(tmp_path, 48)
-    with pytest.raises(rq.FacesNotReady, match=r"run `dvc repro` first"):
+    with pytest.raises(rq.FacesNotReady, match=r"run `.venv/bin/dvc repro` first"):
         rq.load_state(tmp_path, load_params(tmp_path / "params.yaml"))
 
 
