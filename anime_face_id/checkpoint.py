@@ -41,14 +41,11 @@ def save_checkpoint(
     class_names: Sequence[str],
     best_epoch: int,
     val_metrics: Mapping[str, float | None],
-    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write ``path`` atomically; ``state_dict`` (e.g. a copy kept from the best epoch)
-    defaults to the model's current weights."""
-    weights = state_dict if state_dict is not None else model.state_dict()
+    """Write ``path`` atomically with the model's current weights."""
     payload = {
         "format_version": FORMAT_VERSION,
-        "state_dict": {name: tensor.detach().cpu() for name, tensor in weights.items()},
+        "state_dict": {k: tensor.detach().cpu() for k, tensor in model.state_dict().items()},
         "config": config.model_dump(mode="json"),
         "class_names": list(class_names),
         "image_size": config.image_size,

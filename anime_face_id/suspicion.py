@@ -15,7 +15,6 @@ path, size and mtime, so an edited or re-cropped file is embedded again.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -102,13 +101,11 @@ def trained_spec(weights: Path) -> FeatureSpec:
 
 
 def feature_spec(root: Path, image_size: int) -> tuple[FeatureSpec, str]:
-    """The trained embedder when models/embedder.pt exists and its loader is installed,
-    else the ImageNet backbone at ``image_size``; the second value says why, for the UI."""
+    """The trained embedder when models/embedder.pt exists, else the ImageNet backbone at
+    ``image_size``; the second value says why, for the UI."""
     weights = Path(root) / TRAINED_EMBEDDER
     if not weights.is_file():
         return imagenet_spec(image_size), "no trained embedder yet (models/embedder.pt)"
-    if importlib.util.find_spec("anime_face_id.checkpoint") is None:
-        return imagenet_spec(image_size), "no loader for models/embedder.pt is installed"
     return trained_spec(weights), TRAINED_EMBEDDER.as_posix()
 
 

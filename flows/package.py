@@ -42,6 +42,7 @@ def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
             {
                 **tracking.flatten("identify", params.identify.model_dump(mode="json")),
                 "identify.calibration": calibration["method"],
+                "crop.detector": params.crop.detector,
             }
         )
         mlflow.log_artifact(str(root / gallery.PACKAGE_METRICS), "metrics")

@@ -119,11 +119,6 @@ def champion(client) -> tuple[str, float | None] | None:
     return version.run_id, metrics.get(SELECTION_METRIC)
 
 
-def champion_score(client) -> float | None:
-    holder = champion(client)
-    return holder[1] if holder else None
-
-
 def run_score(run_id: str) -> float:
     """The run's selection metric, logged by the evaluate stage."""
     from mlflow import MlflowClient
@@ -132,6 +127,33 @@ def run_score(run_id: str) -> float:
     if score is None:
         raise StageError(f"MLflow run {run_id} has no {SELECTION_METRIC}: run evaluate first")
     return float(score)
+
+
+# What a model version's page in the MLflow UI shows first: (run metric, label).
+VERSION_METRICS = (
+    ("val_map_at_r", "val MAP@R"),
+    ("val_identification_precision_at_1", "val identification P@1"),
+    ("test_map_at_r", "test MAP@R"),
+    ("open_set_precision_at_1", "open-set P@1"),
+    ("baseline_val_map_at_r", "untrained baseline val MAP@R"),
+    ("unknown_threshold", "unknown-face threshold"),
+    ("gallery_characters", "characters"),
+    ("gallery_items", "gallery images"),
+)
+
+
+def describe_version(client, version: str, run_data) -> None:
+    """A registered version carries its headline numbers (description and tags) and the
+    detector that crops for it, so the Models page compares versions without opening runs."""
+    metrics, tags = run_data.metrics, run_data.tags
+    parts = [f"{label} {metrics[name]:.4g}" for name, label in VERSION_METRICS if name in metrics]
+    detector = tags.get("crop.detector") or run_data.params.get("crop.detector")
+    if detector:
+        parts.append(f"detector {detector}")
+    client.update_model_version(MODEL_NAME, version, description="; ".join(parts))
+    for name, _label in VERSION_METRICS:
+        if name in metrics:
+            client.set_model_version_tag(MODEL_NAME, version, name, f"{metrics[name]:.6g}")
 
 
 def register_if_better(run_id: str, model_uri: str, score: float) -> dict[str, Any]:
@@ -145,6 +167,7 @@ def register_if_better(run_id: str, model_uri: str, score: float) -> dict[str, A
     holder = champion(client)
     holder_score = holder[1] if holder else None
     version = mlflow.register_model(model_uri, MODEL_NAME)
+    describe_version(client, version.version, client.get_run(run_id).data)
     promoted = holder is None or holder[0] == run_id or holder_score is None or score > holder_score
     if promoted:
         client.set_registered_model_alias(MODEL_NAME, CHAMPION, version.version)

@@ -80,6 +80,11 @@ def test_repro_packages_the_identifier_and_registers_it_as_champion(repro):
     assert run.data.metrics["unknown_threshold"] == pytest.approx(summary["threshold"])
     assert run.data.tags["identify.calibration"] == "val_eer"
     assert run.data.tags["registry.champion"] == "True"
+    # the version's page shows its headline numbers without opening the run
+    assert "val MAP@R" in champion.description and "unknown-face threshold" in champion.description
+    assert float(champion.tags["val_map_at_r"]) == pytest.approx(
+        run.data.metrics["val_map_at_r"], abs=1e-5
+    )
     assert "package" in project.dvc("dag").stdout
     assert "Data and pipelines are up to date." in project.dvc("repro").stdout
 
