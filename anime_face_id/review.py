@@ -2,7 +2,9 @@
 
 Inputs are the crop manifest, the raw manifest (manual boxes are drawn on raw images) and
 the decisions log; the output is data/curated: a manifest of the crops that go on to the
-split, plus the crops cut from manual boxes. The decisions log is only ever read here.
+split, plus the crops cut from manual boxes. The stage only reads the decisions log; the
+one writer here is ``accept_pending``, a reviewer's sign-off (flows/pipeline.py, in the
+reviewer's name), which appends and never rewrites.
 
 A decision that cannot be applied (a path that is not in the manifests, a character that
 is not in params.yaml, a malformed row, a box that does not fit its picture) is reported as

@@ -7,6 +7,7 @@ whether a cached result is still valid.
 
 from __future__ import annotations
 
+import pickle
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ class CenterNetDetector:
 
         try:
             model, _metadata = load_weights(self.weights)
-        except (ValueError, RuntimeError, OSError, EOFError) as error:
+        except (ValueError, RuntimeError, OSError, EOFError, KeyError, pickle.PickleError) as error:
             raise DetectorWeightsError(
                 f"cannot load detector weights {self.weights}: {error}"
             ) from None
