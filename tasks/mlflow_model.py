@@ -25,6 +25,10 @@ SETTINGS_FILE = "identify_settings.json"
 
 
 class IdentifierModel(mlflow.pyfunc.PythonModel):
+    # `predict` has no type hints on purpose (see there); this tells MLflow not to wrap it
+    # for type-hint validation, which would only warn on every import that they are missing.
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         from anime_face_id.config import CropConfig, IdentifyConfig
         from anime_face_id.identify import build_identifier
