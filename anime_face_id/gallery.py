@@ -214,6 +214,7 @@ class Gallery:
     calibration: Calibration
     meta: dict = field(default_factory=dict)
     _index: SearchIndex | None = field(default=None, repr=False)
+    _grouped: tuple[CharacterGroups, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -234,6 +235,14 @@ class Gallery:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar gallery items of each query (see ``SearchIndex``)."""
         return self.index.search(np.atleast_2d(queries), k)
+
+    @property
+    def grouped(self) -> tuple[CharacterGroups, np.ndarray]:
+        """The character grouping and the unit embeddings in its column order (cached)."""
+        if self._grouped is None:
+            groups = CharacterGroups.of(self.labels)
+            self._grouped = (groups, unit_rows(self.embeddings)[groups.order])
+        return self._grouped
 
     def character_of(self, index: int) -> str:
         return self.class_names[int(self.labels[index])]
@@ -330,16 +339,47 @@ def eer_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, flo
     return float(thresholds[best]), float(false_accept[best]), float(false_reject[best])
 
 
+@dataclass(frozen=True)
+class CharacterGroups:
+    """Gallery columns grouped by character, so per-character maxima are one
+    ``np.maximum.reduceat`` over a similarity table computed in this order."""
+
+    order: np.ndarray  # the gallery item behind each grouped column
+    starts: np.ndarray  # first grouped column of each character present
+    present: np.ndarray  # that character's label
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> CharacterGroups:
+        labels = np.asarray(labels)
+        order = np.argsort(labels, kind="stable")
+        grouped = labels[order]
+        starts = (
+            np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if len(grouped) else grouped
+        )
+        return cls(order, starts.astype(np.int64), grouped[starts] if len(grouped) else grouped)
+
+    def maxima(self, grouped_similarity: np.ndarray, classes: int) -> np.ndarray:
+        """(Q, classes) from a (Q, N) table whose columns follow ``order`` (-inf for a
+        character without items)."""
+        scores = np.full((grouped_similarity.shape[0], classes), -np.inf, np.float32)
+        if len(self.starts):
+            scores[:, self.present] = np.maximum.reduceat(grouped_similarity, self.starts, axis=1)
+        return scores
+
+
+def character_maxima(similarity: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """(Q, classes) from a (Q, N) similarity table: per row, the highest value among each
+    character's columns (-inf for a character without items)."""
+    groups = CharacterGroups.of(labels)
+    return groups.maxima(similarity[:, groups.order], classes)
+
+
 def best_per_character(
     queries: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, classes: int
 ) -> np.ndarray:
     """(Q, classes): each query's highest similarity to each character's items
     (-inf for a character without items)."""
-    similarity = unit_rows(queries) @ unit_rows(embeddings).T
-    scores = np.full((len(queries), classes), -np.inf, np.float32)
-    for label in np.unique(labels):
-        scores[:, label] = similarity[:, labels == label].max(axis=1)
-    return scores
+    return character_maxima(unit_rows(queries) @ unit_rows(embeddings).T, labels, classes)
 
 
 def calibration_scores(

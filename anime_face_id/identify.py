@@ -286,14 +286,52 @@ class Identifier:
 
     # ---- naming embeddings
 
-    def _depth(self) -> int:
-        if self.gallery.index.kind == "exact":
-            return len(self.gallery)  # every item ranked: per-character maxima are exact
-        return max(self.config.search_depth, self.config.neighbours, self.config.top)
-
     def name(self, embeddings: np.ndarray, top: int, neighbours: int) -> list[Naming]:
         """What the gallery says about each embedding."""
-        indices, similarities = self.gallery.search(embeddings, self._depth())
+        if self.gallery.index.kind == "exact":
+            return self._name_exactly(embeddings, top, neighbours)
+        return self._name_from_neighbours(embeddings, top, neighbours)
+
+    def _name_exactly(self, embeddings: np.ndarray, top: int, neighbours: int) -> list[Naming]:
+        """Every gallery item compared: each character's score is its best item's
+        similarity (vectorised per character), the neighbours a partial sort."""
+        from anime_face_id.gallery import top_k, unit_rows
+
+        gallery = self.gallery
+        groups, grouped_vectors = gallery.grouped
+        similarity = unit_rows(np.atleast_2d(embeddings)) @ grouped_vectors.T
+        scores = groups.maxima(similarity, len(gallery.class_names))
+        best_classes, best_scores = top_k(scores, top)
+        near_columns, near_similarities = top_k(similarity, neighbours)
+        near_items = groups.order[near_columns]
+        named = []
+        for classes, class_scores, items, item_similarities in zip(
+            best_classes, best_scores, near_items, near_similarities, strict=True
+        ):
+            candidates = [
+                Candidate(gallery.class_names[int(c)], float(s))
+                for c, s in zip(classes, class_scores, strict=True)
+                if math.isfinite(s)
+            ]
+            nearest = [
+                Neighbour(gallery.character_of(i), float(s), gallery.paths[int(i)])
+                for i, s in zip(items, item_similarities, strict=True)
+            ]
+            named.append(self._verdict(candidates, nearest))
+        return named
+
+    def _verdict(self, candidates: list[Candidate], nearest: list[Neighbour]) -> Naming:
+        best = candidates[0] if candidates else Candidate(UNKNOWN, -math.inf)
+        known = bool(candidates) and best.score >= self.gallery.threshold
+        return Naming(best.character if known else None, best.score, candidates, nearest)
+
+    def _name_from_neighbours(
+        self, embeddings: np.ndarray, top: int, neighbours: int
+    ) -> list[Naming]:
+        """An approximate index: characters scored from the ``search_depth`` nearest
+        items."""
+        depth = max(self.config.search_depth, self.config.neighbours, self.config.top)
+        indices, similarities = self.gallery.search(embeddings, depth)
         named = []
         for row, sims in zip(indices, similarities, strict=True):
             ranked = [(int(i), float(s)) for i, s in zip(row, sims, strict=True) if i >= 0]
@@ -311,9 +349,7 @@ class Identifier:
                 Neighbour(self.gallery.character_of(i), s, self.gallery.paths[i])
                 for i, s in ranked[:neighbours]
             ]
-            best = candidates[0] if candidates else Candidate(UNKNOWN, -math.inf)
-            known = bool(candidates) and best.score >= self.gallery.threshold
-            named.append(Naming(best.character if known else None, best.score, candidates, nearest))
+            named.append(self._verdict(candidates, nearest))
         return named
 
     # ---- pictures

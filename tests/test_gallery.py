@@ -312,3 +312,65 @@ def test_curated_source_takes_every_curated_crop(tmp_path):
     # still calibrated on val against the train split, not against itself
     assert gallery.calibration.method == "val_eer"
     assert gallery.calibration.genuine == len(read_csv(root / layout.split_csv("val")))
+
+
+# --------------------------------------------------------------------- naming
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_character_maxima_match_a_loop_over_characters(seed: int) -> None:
+    from anime_face_id.gallery import character_maxima
+
+    rng = np.random.default_rng(seed)
+    similarity = rng.normal(size=(5, 40)).astype(np.float32)
+    labels = rng.integers(0, 9, 40)
+    labels[labels == 3] = 2  # character 3 has no items
+    scores = character_maxima(similarity, labels, 9)
+    for row in range(5):
+        for label in range(9):
+            columns = similarity[row, labels == label]
+            expected = columns.max() if len(columns) else -np.inf
+            assert scores[row, label] == expected
+    assert (
+        character_maxima(np.zeros((2, 0), np.float32), labels[:0], 3).tolist()
+        == [[-np.inf] * 3] * 2
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_naming_equals_naming_from_every_item_ranked(seed: int) -> None:
+    """The vectorised exact path against the neighbour path made exhaustive (the old way:
+    every item ranked, a character's score at its first appearance)."""
+    from anime_face_id.config import CropConfig
+    from anime_face_id.gallery import Calibration, Gallery, unit_rows
+    from anime_face_id.identify import Identifier
+
+    rng = np.random.default_rng(seed)
+    items, classes = 300, 12
+    labels = rng.integers(0, classes, items)
+    labels[labels == 5] = 4  # a character without items is never a candidate
+    gallery = Gallery(
+        unit_rows(rng.normal(size=(items, 16))),
+        labels,
+        [f"character {i}" for i in range(classes)],
+        [f"data/faces/{i}.png" for i in range(items)],
+        "sha",
+        Calibration(0.3, "configured", 0, 0, None, None),
+    )
+    config = IdentifyConfig(device="cpu", search_depth=items)
+    identifier = Identifier(None, 64, gallery, None, CropConfig(detector="none"), config)
+    assert gallery.index.kind == "exact"
+    queries = rng.normal(size=(7, 16)).astype(np.float32)
+    fast = identifier._name_exactly(queries, top=5, neighbours=6)
+    slow = identifier._name_from_neighbours(queries, top=5, neighbours=6)
+    assert identifier.name(queries, 5, 6) == fast
+    for quick, reference in zip(fast, slow, strict=True):
+        assert quick.character == reference.character
+        assert quick.score == pytest.approx(reference.score, abs=1e-6)
+        assert [c.character for c in quick.candidates] == [
+            c.character for c in reference.candidates
+        ]
+        assert "character 5" not in [c.character for c in quick.candidates]
+        assert [n.path for n in quick.neighbours] == [n.path for n in reference.neighbours]
+        for a, b in zip(quick.neighbours, reference.neighbours, strict=True):
+            assert a.similarity == pytest.approx(b.similarity, abs=1e-6)
