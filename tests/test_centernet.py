@@ -31,6 +31,8 @@ from anime_face_id.faces.detector_data import (
 )
 from anime_face_id.faces.detector_train import DetectorTrainConfig, focal_loss, train_detector
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def random_boxes(rng: np.random.Generator, count: int, size: float = 100.0) -> torch.Tensor:
     xy = rng.uniform(0, size, (count, 2))
@@ -235,38 +237,45 @@ def test_weights_of_another_kind_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_detector_flow_trains_and_records_an_mlflow_run(
-    tmp_path: Path, prefect_harness, monkeypatch
-) -> None:
+def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefect_api) -> None:
+    """`python -m flows.detector` as `make detector` runs it, in its own process (a flow run
+    in this process would leave Prefect's test server behind for later forking tests)."""
+    import os
+    import subprocess
+    import sys
+
     from mlflow import MlflowClient
 
-    from flows.detector import detector_flow
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     frames = write_yolo_folder(tmp_path / "frames", 16)
     out = tmp_path / "weights" / "detector.pt"
-    result = detector_flow(
-        frames=str(frames),
-        out=str(out),
-        config={
-            "epochs": 1,
-            "batch_size": 4,
-            "view_size": 96,
-            "input_size": 128,
-            "max_steps": 2,
-            "val_fraction": 0.25,
-            "min_score": 0.05,
-        },
+    command = [
+        sys.executable,
+        "-m",
+        "flows.detector",
+        "--frames",
+        str(frames),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+    ]
+    env = {**os.environ, **prefect_api, "MLFLOW_TRACKING_URI": uri}
+    process = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
-    assert result["best_epoch"] == 1 and out.is_file()
-    load_weights(out)
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert "epoch 1: loss" in process.stdout + process.stderr
+    _model, metadata = load_weights(out)
+    assert metadata["epoch"] == 1 and metadata["config"]["max_steps"] == 2
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("anime-face-id").experiment_id],
         "attributes.run_name = 'detector-train'",
     )
-    assert run.data.params["detector.view_size"] == "96"
+    assert run.data.params["detector.epochs"] == "1"
     assert {"val_recall", "val_precision", "loss", "best_val_recall"} <= set(run.data.metrics)
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "detector")]
     assert artifacts == ["detector/detector.pt"]
