@@ -241,7 +241,7 @@ class Gallery:
         """The character grouping and the unit embeddings in its column order (cached)."""
         if self._grouped is None:
             groups = CharacterGroups.of(self.labels)
-            self._grouped = (groups, unit_rows(self.embeddings)[groups.order])
+            self._grouped = (groups, self.embeddings[groups.order])  # unit rows already
         return self._grouped
 
     def character_of(self, index: int) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anime_face_id.faces.boxes import matched
+from anime_face_id.faces.boxes import recall_precision
 from anime_face_id.faces.detector_data import read_yolo_folder, split_validation
 from anime_face_id.faces.detectors import PACKAGED_WEIGHTS, CenterNetDetector, LbpCascadeDetector
 from anime_face_id.imaging import load_rgb_array
@@ -41,30 +41,21 @@ def labelled(folder: Path, validation_only: bool) -> list[tuple[np.ndarray, list
     return [(load_rgb_array(item.path), [tuple(b) for b in item.boxes.tolist()]) for item in items]
 
 
-def recall_precision(detector, pictures, threshold: float) -> tuple[float, float]:
-    hits = truths = found = 0
-    for rgb, boxes in pictures:
-        detections = [d.box for d in detector.detect(rgb)]
-        hits += matched(boxes, detections, threshold)
-        truths += len(boxes)
-        found += len(detections)
-    return hits / max(truths, 1), hits / max(found, 1)
+def detector_recall_precision(detector, pictures, threshold: float) -> tuple[float, float]:
+    return recall_precision(
+        ((boxes, [d.box for d in detector.detect(rgb)]) for rgb, boxes in pictures), threshold
+    )
 
 
 def score_sweep(weights: Path, input_size: int, pictures, thresholds) -> list[tuple]:
     """Recall and precision at IoU 0.5 for each ``min_score`` (one detection pass at the
     lowest, then filtered): where the operating point could sit."""
     detector = CenterNetDetector(weights, input_size, min(thresholds))
-    found = [(detector.detect(rgb), boxes) for rgb, boxes in pictures]
+    found = [(boxes, detector.detect(rgb)) for rgb, boxes in pictures]
     rows = []
     for threshold in thresholds:
-        hits = truths = kept = 0
-        for detections, boxes in found:
-            chosen = [d.box for d in detections if d.score >= threshold]
-            hits += matched(boxes, chosen, 0.5)
-            truths += len(boxes)
-            kept += len(chosen)
-        rows.append((threshold, hits / max(truths, 1), hits / max(kept, 1)))
+        kept = [(boxes, [d.box for d in dets if d.score >= threshold]) for boxes, dets in found]
+        rows.append((threshold, *recall_precision(kept, 0.5)))
     return rows
 
 
@@ -126,9 +117,9 @@ def main() -> None:
     )
     speeds = {}
     for name, detector in detectors.items():
-        recall, precision = recall_precision(detector, validation, 0.5)
-        small_05, _ = recall_precision(detector, small_set, 0.5)
-        small_03, _ = recall_precision(detector, small_set, 0.3)
+        recall, precision = detector_recall_precision(detector, validation, 0.5)
+        small_05, _ = detector_recall_precision(detector, small_set, 0.5)
+        small_03, _ = detector_recall_precision(detector, small_set, 0.3)
         with_face, found = share_with_a_face(detector, illustrations)
         speeds[name] = images_per_second(detector, frames_640, args.seconds)
         print(

@@ -147,7 +147,7 @@ def describe_version(client, version: str, run_data) -> None:
     detector that crops for it, so the Models page compares versions without opening runs."""
     metrics, tags = run_data.metrics, run_data.tags
     parts = [f"{label} {metrics[name]:.4g}" for name, label in VERSION_METRICS if name in metrics]
-    detector = tags.get("crop.detector") or run_data.params.get("crop.detector")
+    detector = tags.get("crop.detector")  # set by the package stage
     if detector:
         parts.append(f"detector {detector}")
     client.update_model_version(MODEL_NAME, version, description="; ".join(parts))

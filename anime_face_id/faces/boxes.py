@@ -9,7 +9,7 @@ project indexed ``image[x:x + w, y:y + h]``; keeping the indexing in one functio
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -125,3 +125,16 @@ def matched(truths: Sequence[Box], found: Sequence[Box], threshold: float = 0.5)
             used_truths.add(ti)
             used_found.add(fi)
     return len(used_truths)
+
+
+def recall_precision(
+    pictures: Iterable[tuple[Sequence[Box], Sequence[Box]]], threshold: float = 0.5
+) -> tuple[float, float]:
+    """Recall and precision at IoU ``threshold`` over ``(truths, found)`` per picture
+    (one-to-one matching as ``matched``; 0 where nothing was labelled or found)."""
+    hits = truths = found = 0
+    for picture_truths, picture_found in pictures:
+        hits += matched(picture_truths, picture_found, threshold)
+        truths += len(picture_truths)
+        found += len(picture_found)
+    return hits / max(truths, 1), hits / max(found, 1)

@@ -11,18 +11,23 @@ cannot load beside the CPU torch build, see DESIGN.md).
 
 from __future__ import annotations
 
+import io
 import math
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.model.efficientnet_lite import (
     LITE0_STAGES,
     SameConv2d,
     _batch_norm,
     _build_blocks,
 )
+from anime_face_id.transforms import FILL_VALUE, normalise
 
 STRIDE = 8
 NECK_CHANNELS = 64
@@ -192,10 +197,6 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 def prepare_input(rgb, input_size: int) -> tuple[torch.Tensor, float]:
     """Scale a picture so its longest side is ``input_size``, pad right and bottom to a
     multiple of 32, normalise: (1, 3, H, W) and the scale applied."""
-    import cv2
-    import numpy as np
-
-    from anime_face_id.transforms import FILL_VALUE, normalise
 
     height, width = rgb.shape[:2]
     scale = input_size / max(height, width)
@@ -239,9 +240,6 @@ WEIGHTS_FORMAT = "anime-face-id/centernet-lite0/1"
 
 def save_weights(model: FaceCenterNet, path, metadata: dict) -> None:
     """Half-precision weights (a few MB) plus how they were made, written atomically."""
-    import io
-
-    from anime_face_id.fileio import atomic_write_bytes
 
     state = {
         key: value.half() if value.is_floating_point() else value

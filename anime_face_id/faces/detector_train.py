@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from anime_face_id.faces.boxes import matched
+from anime_face_id.faces.boxes import recall_precision
 from anime_face_id.faces.centernet import (
     FaceCenterNet,
     detect_boxes,
@@ -109,20 +109,18 @@ def evaluate_detector(
 ) -> tuple[float, float]:
     """Recall and precision at IoU ``threshold`` over labelled pictures."""
     model.eval()
-    hits = truths = found = 0
-    for item in items:
-        boxes = detect_boxes(
+
+    def truths_and_found(item: LabelledImage) -> tuple[list, list]:
+        found = detect_boxes(
             model,
             load_rgb_array(item.path),
             input_size=input_size,
             min_score=min_score,
             nms_iou=nms_iou,
         )
-        boxes = [b[:4] for b in boxes]
-        hits += matched([tuple(b) for b in item.boxes.tolist()], boxes, threshold)
-        truths += len(item.boxes)
-        found += len(boxes)
-    return hits / max(truths, 1), hits / max(found, 1) if found else 0.0
+        return [tuple(b) for b in item.boxes.tolist()], [b[:4] for b in found]
+
+    return recall_precision(map(truths_and_found, items), threshold)
 
 
 def _freeze_stem(model: FaceCenterNet, blocks: int) -> None:
