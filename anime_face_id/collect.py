@@ -197,8 +197,14 @@ class Journal:
 
     def __init__(self, path: Path):
         self.path = path
-        self.entries, damaged = read_journal(path)
-        if damaged:
+        read, damaged = read_journal(path)
+        # Journals written before a secret was redacted are cleaned the first time they are
+        # opened again, so no old file keeps a password or a token.
+        self.entries = {}
+        for entry in read.values():
+            clean = _redacted_entry(entry)
+            self.entries[clean["url"]] = clean
+        if damaged or list(self.entries.values()) != list(read.values()):
             lines = "".join(
                 json.dumps(entry, sort_keys=True) + "\n" for entry in self.entries.values()
             )
@@ -213,6 +219,13 @@ class Journal:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _redacted_entry(entry: dict) -> dict:
+    clean = {**entry, "url": redact_credentials(entry["url"])}
+    if isinstance(entry.get("reason"), str):
+        clean["reason"] = redact_credentials(entry["reason"])
+    return clean
 
 
 # --- fetching one candidate ----------------------------------------------------------------
@@ -478,7 +491,7 @@ def record_search_failure(
         directory / SEARCH_ERROR,
         {
             "fingerprint": collection_fingerprint(Path(root), character, slug, config),
-            "reason": reason,
+            "reason": redact_credentials(reason),  # a search error may quote its URL
             "time": _now(),
         },
     )

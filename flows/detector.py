@@ -138,6 +138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of the heads")
+    parser.add_argument("--backbone-lr", type=float, default=None)
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue from this weights file (default: start from the ImageNet trunk)",
+    )
     return parser.parse_args(argv)
 
 
@@ -150,12 +158,18 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.frames / "images").is_dir():
         print(f"error: {args.frames} has no images/ folder", file=sys.stderr)
         raise SystemExit(2)
+    if args.init is not None and not args.init.is_file():
+        print(f"error: --init {args.init} is not a file", file=sys.stderr)
+        raise SystemExit(2)
     overrides = {
         key: value
         for key, value in (
             ("epochs", args.epochs),
             ("max_steps", args.max_steps),
             ("seed", args.seed),
+            ("lr", args.lr),
+            ("backbone_lr", args.backbone_lr),
+            ("init_weights", str(args.init) if args.init else None),
         )
         if value is not None
     }

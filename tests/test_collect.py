@@ -336,3 +336,35 @@ def test_credentials_in_urls_never_reach_data_raw(tmp_path: Path, web_server: We
     (directory / DONE).unlink()
     (again,) = collect_all(root, params)
     assert (again.kept, again.fetched) == (1, 0)
+
+    # a journal from before redaction (or by hand) is cleaned the next time it is opened
+    journal = directory / JOURNAL
+    old = {"url": f"{with_credentials[1]}?token={secret}", "time": "t", "status": "rejected"}
+    with journal.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({**old, "reason": f"http 404 for {old['url']}"}) + "\n")
+    (directory / DONE).unlink()
+    collect_all(root, params)
+    assert secret not in journal.read_text()
+    assert base + "/missing.png?token=***" in read_journal(journal)[0]
+
+
+def test_a_failed_search_keeps_no_secret(tmp_path: Path) -> None:
+    """A search error quoting its URL (an API key in the query, a password) is recorded and
+    reported without them."""
+    from anime_face_id.collect import collect_character
+    from anime_face_id.sources import SearchError
+
+    secret = "k3y-Secret"
+    root = tmp_path / "project"
+    params = make_params(tmp_path / "nowhere", ["Kuroko Tetsuya"])
+
+    def failing_search(character, slug, config, root=None):
+        raise SearchError(f"search failed: https://user:{secret}@api.example/?api_key={secret}")
+
+    character, config = params.characters[0], params.collect
+    collect_character(root, character, "kuroko_tetsuya", config, search=failing_search)
+    write_collect_outputs(root, params)
+    files = [path for path in (root / RAW_DIR).rglob("*") if path.is_file()]
+    assert files and not [path for path in files if secret in path.read_text("latin-1")]
+    _, rejects = read_outputs(root)
+    assert rejects[0]["reason"] == "search failed: https://***@api.example/?api_key=***"

@@ -529,6 +529,19 @@ def test_deadline_bounds_retries_and_their_backoff(web_server: WebServer) -> Non
             "'http://a:b@one/x' then https://c:d@two/y",
             "'http://***@one/x' then https://***@two/y",
         ),
+        # query parameters named like secrets lose their values, the others stay
+        ("https://h/x.jpg?api_key=abc&page=2", "https://h/x.jpg?api_key=***&page=2"),
+        ("https://h/x?q=cat&access_token=t0k#f", "https://h/x?q=cat&access_token=***#f"),
+        (
+            "https://b.s3.example/x.png?X-Amz-Credential=AK%2F1&X-Amz-Signature=9f&X-Amz-Expires=60",
+            "https://b.s3.example/x.png?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60",
+        ),
+        ("https://h/x?apiKey=1&sig=2&Key-Pair-Id=3", "https://h/x?apiKey=***&sig=***&Key-Pair-Id=***"),
+        ("https://h/x?keyword=cat&monkey=1&token=", "https://h/x?keyword=cat&monkey=1&token="),
+        (
+            "http 403 for https://u:p@h/x?session=abc (expired)",
+            "http 403 for https://***@h/x?session=*** (expired)",
+        ),
     ],
 )
 def test_redact_credentials(text: str, redacted: str) -> None:

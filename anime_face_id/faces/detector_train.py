@@ -23,6 +23,7 @@ from anime_face_id.faces.centernet import (
     FaceCenterNet,
     detect_boxes,
     load_trunk_imagenet_weights,
+    load_weights,
     save_weights,
 )
 from anime_face_id.faces.detector_data import (
@@ -54,6 +55,9 @@ class DetectorTrainConfig(BaseModel):
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs and tests)
     seed: int = 0
+    # Continue from an earlier weights file instead of the ImageNet trunk: on a CPU a long
+    # recipe is run as several shorter runs, each recorded in the file it writes.
+    init_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,9 +173,13 @@ def train_detector(
     train_items, val_items = split_validation(read_yolo_folder(frames), config.val_fraction)
     crops = list(crops or [])
 
-    model = FaceCenterNet()
-    if pretrained:
-        load_trunk_imagenet_weights(model)
+    init_metadata: dict = {}
+    if config.init_weights is not None:
+        model, init_metadata = load_weights(config.init_weights)
+    else:
+        model = FaceCenterNet()
+        if pretrained:
+            load_trunk_imagenet_weights(model)
     _freeze_stem(model, config.frozen_blocks)
     trunk = [p for p in model.trunk.parameters() if p.requires_grad]
     rest = [p for name, p in model.named_parameters() if not name.startswith("trunk.")]
@@ -251,6 +259,8 @@ def train_detector(
                     "val_pictures": len(val_items),
                     "train_pictures": len(train_items),
                     "pasted_crops": len(crops),
+                    # The run this one continued, so the whole recipe stays in the file.
+                    "continued_from": init_metadata or None,
                 },
             )
         if step >= total_steps:

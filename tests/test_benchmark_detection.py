@@ -1,0 +1,83 @@
+"""benchmarks/detection.py as the README runs it, on a few of ../shared's pictures: both
+detectors measured side by side, the min_score sweep and the speed ratio printed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from anime_face_id.faces.detector_data import read_yolo_folder, split_validation
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def link_frames(items, source: Path, destination: Path) -> None:
+    for folder in ("images", "labels"):
+        (destination / folder).mkdir(parents=True, exist_ok=True)
+    for item in items:
+        (destination / "images" / item.path.name).symlink_to(item.path)
+        label = source / "labels" / f"{item.path.stem}.txt"
+        (destination / "labels" / label.name).symlink_to(label)
+
+
+@pytest.fixture
+def small_shared(tmp_path: Path, shared_dir: Path) -> Path:
+    """../shared's layout with a handful of its pictures (validation frames stay validation
+    frames: the split is by file name)."""
+    testdata = shared_dir / "testdata"
+    train, validation = split_validation(read_yolo_folder(testdata / "detection-train"), 0.1)
+    small = tmp_path / "shared"
+    link_frames(
+        train[:3] + validation[:4],
+        testdata / "detection-train",
+        small / "testdata" / "detection-train",
+    )
+    link_frames(
+        read_yolo_folder(testdata / "detection")[:3],
+        testdata / "detection",
+        small / "testdata" / "detection",
+    )
+    for character in sorted((testdata / "raw").iterdir())[:2]:
+        (small / "testdata" / "raw" / character.name).mkdir(parents=True)
+        for picture in sorted(character.glob("*.jpg"))[:3]:
+            (small / "testdata" / "raw" / character.name / picture.name).symlink_to(picture)
+    (small / "detector").mkdir()
+    (small / "detector" / "lbpcascade_animeface.xml").symlink_to(
+        shared_dir / "detector" / "lbpcascade_animeface.xml"
+    )
+    return small
+
+
+def test_detection_benchmark_compares_both_detectors(small_shared: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.jpg"
+    process = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/detection.py",
+            "--shared",
+            str(small_shared),
+            "--seconds",
+            "0.5",
+            "--sheet",
+            str(sheet),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    out = process.stdout
+    assert "4 validation frames, 3 small-set frames, 6 illustrations" in out
+    for name in ("cascade (lbp)", "centernet"):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        recall, precision = map(float, re.search(r"recall (\S+) precision (\S+)", line).groups())
+        assert 0 <= recall <= 1 and 0 <= precision <= 1
+        assert re.search(r"illustrations with a face \d/6", line)
+    assert len(re.findall(r"min_score 0\.\d: recall", out)) == 6
+    assert re.search(r"speed of centernet against the cascade: \d+\.\d\dx", out)
+    assert sheet.stat().st_size > 0

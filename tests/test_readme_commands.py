@@ -1,0 +1,382 @@
+"""Every command the README shows works when pasted into a fresh shell (issue 12).
+
+The commands are read from README.md itself (``tests/support/readme.py``). Each one is either
+run here, literally, with ``bash -c`` in a shell that has nothing but PATH=/usr/bin:/bin and a
+HOME, in a copy of this checkout set up as `make setup` leaves it; or started here and probed
+until it answers (servers); or named with the test that runs it elsewhere and why (the
+internet, hours of CPU, the suite itself). A README command that is in none of these fails
+the first test, so the README cannot gain an unchecked command.
+
+Only two things are changed in what runs: the project uses small generated characters (the
+default params.yaml collects 40 characters from Google Images), and a server's port is a free
+one (through make's own variables, or the number in the command) so that the test never
+collides with a server already running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.processes import answers, free_port
+from tests.support.project import Project, prefect_post
+from tests.support.readme import readme_commands
+from tests.support.synthetic import PIPELINE_NAMES, configure_small_pipeline, write_picture_folder
+
+REPO = Path(__file__).resolve().parents[1]
+FRESH_PATH = "/usr/bin:/bin"
+
+# Run here, literally, in this order (the order a reader follows).
+RUN = [
+    ".venv/bin/anime-face-id check",
+    "make pipeline",
+    ".venv/bin/dvc repro",
+    ".venv/bin/python -m flows.pipeline",
+    "make help",
+    "source .venv/bin/activate",
+    ".venv/bin/dvc metrics show",
+    ".venv/bin/dvc plots show",
+    ".venv/bin/dvc exp run -S train.lr=1e-4 -S train.margin=0.2",
+    ".venv/bin/dvc exp run",
+    ".venv/bin/dvc metrics diff",
+    ".venv/bin/anime-face-id identify picture.jpg other.png",
+    ".venv/bin/anime-face-id identify --json --top 5 picture.jpg",
+    ".venv/bin/dvc repro split",
+    ".venv/bin/anime-face-id gallery rebuild",
+    ".venv/bin/anime-face-id gallery info",
+    ".venv/bin/dvc repro review",
+    ".venv/bin/dvc repro --single-item package",
+    "make lint",
+]
+# Started here until they answer, then stopped (with what answers, and how the port is set).
+SERVE = [
+    "make serve",
+    "make serve MODEL=models:/anime-face-id/3 SERVE_PORT=5002",
+    "make review",
+    "make app",
+    "make mlflow-ui",
+    "make prefect-ui",
+    '.venv/bin/python -m flows.pipeline --serve --cron "0 3 * * 1"',
+]
+CURL = (
+    'printf \'{"dataframe_split": {"columns": ["image"], "data": [["%s"]]}}\' '
+    '"$(base64 -w0 picture.jpg)" |\n'
+    "  curl -s -X POST http://127.0.0.1:5001/invocations \\\n"
+    "       -H 'Content-Type: application/json' --data-binary @-"
+)
+# Run by another test, with the reason it is not run here.
+ELSEWHERE = {
+    "make test": (".ci/run", "the suite this test belongs to"),
+    "make test-fast": (".ci/run", "the same pytest as make test, without slow and browser tests"),
+    ".venv/bin/python benchmarks/quality.py": (
+        "tests/test_benchmark_quality.py::test_benchmark_trains_each_seed_and_compares_with_imagenet",
+        "about 12 minutes per seed on 2 cores; the test runs the script on a small folder",
+    ),
+    ".venv/bin/python benchmarks/quality.py my_crops/ --seeds 0 1 2 -S train.epochs=20 "
+    "--json q.json": (
+        "tests/test_benchmark_quality.py::test_benchmark_trains_each_seed_and_compares_with_imagenet",
+        "my_crops/ is the reader's folder; the test passes a folder, seeds, -S and --json",
+    ),
+    ".venv/bin/python benchmarks/detection.py": (
+        "tests/test_benchmark_detection.py::test_detection_benchmark_compares_both_detectors",
+        "minutes on the whole of ../shared; the test runs the script on a few of its pictures",
+    ),
+    "make detector": (
+        "tests/test_centernet.py::test_detector_command_trains_and_records_an_mlflow_run",
+        "about 85 minutes of CPU; the test runs the same command for two steps",
+    ),
+    ".venv/bin/mlflow server": (
+        "tests/test_pipeline_train.py::test_tracking_to_a_real_mlflow_server_and_failing_fast_without_one",
+        "the README says to run it with a database of one's own",
+    ),
+}
+# Not commands: placeholders and names in prose.
+NOT_COMMANDS = {
+    ".venv/bin/<tool>": "a placeholder",
+    "make <target>": "a placeholder",
+    ".venv/bin/": "a prefix in prose",
+    ".venv/bin/python": "the interpreter, named",
+    "sh flows/run <stage>": "a placeholder (tests/test_fresh_shell.py runs the launcher)",
+    ".venv/bin/mlflow models serve": "named as the form that fails without make (uvicorn on PATH)",
+}
+
+
+def test_every_readme_command_is_checked() -> None:
+    commands = {c.text for c in readme_commands((REPO / "README.md").read_text())}
+    known = set(RUN) | set(SERVE) | {CURL} | set(ELSEWHERE) | set(NOT_COMMANDS)
+    assert commands - known == set(), "README commands that no test checks"
+    assert known - commands == set(), "checked commands that the README no longer shows"
+
+
+@pytest.mark.parametrize("command", sorted(ELSEWHERE))
+def test_the_tests_named_for_commands_run_elsewhere_exist(command: str) -> None:
+    where, _why = ELSEWHERE[command]
+    path, _, name = where.partition("::")
+    assert (REPO / path).is_file(), where
+    if name:
+        assert f"def {name}(" in (REPO / path).read_text(), where
+
+
+def test_comments_and_continuations_are_read_as_a_reader_copies_them() -> None:
+    text = (
+        "```bash\n"
+        "make a   # comment\n"
+        "echo '# not a comment' \"x # y\" |\n"
+        "  cat \\\n"
+        "   -n\n"
+        "# a whole comment line\n"
+        "```\n"
+        "Then `make b` or `.venv/bin/c --x`, not `other`.\n"
+        "```\n"
+        "make not-bash\n"
+        "```\n"
+    )
+    found = [(c.text, c.line, c.inline) for c in readme_commands(text)]
+    assert found == [
+        ("make a", 2, False),
+        ("echo '# not a comment' \"x # y\" |\n  cat \\\n   -n", 3, False),
+        ("make b", 8, True),
+        (".venv/bin/c --x", 8, True),
+    ]
+
+
+# ------------------------------------------------------------------ the commands, run
+
+
+def copy_checkout(destination: Path) -> Path:
+    """The files a clone of this checkout has (tracked, and new files not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (item.decode() for item in listed)):
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def installed_venv() -> Path:
+    """The virtualenv running these tests, as `make setup` made it (its stamp is there)."""
+    venv = Path(sys.prefix)
+    if sys.prefix == sys.base_prefix or not (venv / ".installed").exists():
+        pytest.skip("not run from a virtualenv made by `make setup`")
+    return venv
+
+
+class Shell:
+    """A fresh shell in the project: PATH=/usr/bin:/bin, its own HOME, nothing activated."""
+
+    def __init__(self, root: Path, home: Path, extra: dict[str, str]):
+        self.root = root
+        self.env = {
+            "PATH": FRESH_PATH,
+            "HOME": str(home),
+            "LANG": "C.UTF-8",
+            "DVC_NO_ANALYTICS": "1",
+            # who the reader is, for the commits dvc exp run makes
+            "GIT_AUTHOR_NAME": "reader",
+            "GIT_AUTHOR_EMAIL": "reader@example.invalid",
+            "GIT_COMMITTER_NAME": "reader",
+            "GIT_COMMITTER_EMAIL": "reader@example.invalid",
+            **extra,
+        }
+        self.ran: list[str] = []
+
+    def run(self, command: str, timeout: float = 900, **env: str) -> str:
+        process = subprocess.run(
+            ["bash", "-c", command],
+            cwd=self.root,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        output = process.stdout + process.stderr
+        assert process.returncode == 0, (
+            f"$ {command}\n(exit {process.returncode})\n{output[-6000:]}"
+        )
+        self.ran.append(command)
+        return output
+
+    @contextmanager
+    def serving(
+        self, command: str, health: str, timeout: float = 180, **env: str
+    ) -> Iterator[None]:
+        """``command`` running until ``health`` answers 200 (or, for a text, until its log
+        says it), then stopped with its whole process group (make starts children)."""
+        log_path = self.root.parent / f"serve-{len(self.ran)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                ["bash", "-c", command],
+                cwd=self.root,
+                env={**self.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                deadline = time.monotonic() + timeout
+                while not self._ready(health, log_path):
+                    tail = log_path.read_text(errors="replace")[-4000:]
+                    assert process.poll() is None, f"$ {command} exited:\n{tail}"
+                    assert time.monotonic() < deadline, f"$ {command} never answered:\n{tail}"
+                    time.sleep(0.5)
+                self.ran.append(command)
+                yield
+            finally:
+                stop_group(process)
+
+    @staticmethod
+    def _ready(health: str, log_path: Path) -> bool:
+        if health.startswith("http"):
+            return answers(health)
+        return health in log_path.read_text(errors="replace")
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    import signal
+
+    for sig, wait in ((signal.SIGINT, 15), (signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory, prefect_api) -> Shell:
+    """A copy of the checkout with `.venv` from `make setup`, configured for generated data
+    (the README's own-data path), and a fresh shell in it."""
+    venv = installed_venv()
+    where = tmp_path_factory.mktemp("readme")
+    root = copy_checkout(where / "anime-face-id")
+    (root / ".venv").symlink_to(venv, target_is_directory=True)
+    # make's setup target compares pyproject.toml and constraints.txt with the venv's stamp;
+    # the copies keep their times, older than an install made from them.
+    stamp = (venv / ".installed").stat().st_mtime
+    for name in ("pyproject.toml", "constraints.txt"):
+        os.utime(root / name, (stamp - 60, stamp - 60))
+
+    pictures = write_picture_folder(where / "pictures", PIPELINE_NAMES, count=16)
+    project = Project(root)
+    configure_small_pipeline(
+        project,
+        pictures,
+        epochs=2,
+        batches=4,
+        evaluate={"grid_queries": 2, "baseline": False},
+        identify={"device": "cpu"},
+    )
+    # One character waits for the README's "adding a character without retraining".
+    project.set_params(characters=[{"name": name} for name in PIPELINE_NAMES[:-1]])
+    first, second = sorted((pictures / PIPELINE_NAMES[0]).iterdir())[:2]
+    shutil.copy(first, root / "picture.jpg")
+    shutil.copy(second, root / "other.png")
+
+    home = where / "home"
+    home.mkdir()
+    shell = Shell(root, home, prefect_api)
+    for command in ("git init -q", "git add -A", "git commit -qm 'a fresh clone'"):
+        shell.run(command)
+    shell.ran.clear()
+    return shell
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> None:
+    root = reader.root
+    new_character = PIPELINE_NAMES[-1]
+
+    # Quick start and own data
+    assert "slug" in reader.run(".venv/bin/anime-face-id check").lower()
+    reader.run("make pipeline")
+    assert json.loads((root / "metrics" / "eval.json").read_text())["val"]["map_at_r"] >= 0
+    reader.run("git add -A && git commit -qm 'first model'")
+    again = reader.run(".venv/bin/dvc repro")
+    assert "Running stage" not in again, again  # "nothing re-runs"
+    reader.run(".venv/bin/python -m flows.pipeline")
+    assert "make review" in reader.run("make help")
+    activated = reader.run("source .venv/bin/activate && command -v dvc")
+    assert activated.strip().endswith("/bin/dvc") and activated.strip() != "/usr/bin/dvc"
+    reader.ran[-1] = "source .venv/bin/activate"
+
+    # Experiments, metrics and plots
+    assert "metrics/eval.json" in reader.run(".venv/bin/dvc metrics show")
+    reader.run(".venv/bin/dvc plots show")
+    assert (root / "dvc_plots" / "index.html").is_file()
+    reader.run(".venv/bin/dvc exp run -S train.lr=1e-4 -S train.margin=0.2")
+    reader.run(".venv/bin/dvc exp run")
+    assert "metrics/" in reader.run(".venv/bin/dvc metrics diff")  # the experiment's numbers
+
+    # Identifying characters in new pictures
+    text = reader.run(".venv/bin/anime-face-id identify picture.jpg other.png")
+    assert "picture.jpg:" in text and "other.png:" in text
+    answer = json.loads(reader.run(".venv/bin/anime-face-id identify --json --top 5 picture.jpg"))
+    assert answer["schema"] == "anime-face-id/identify/v1"
+    assert answer["pictures"][0]["status"] in ("ok", "no_face")
+
+    # Adding a character without retraining: "1. add the character to params.yaml"
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["characters"].append({"name": new_character})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    reader.run(".venv/bin/dvc repro split")
+    reader.run(".venv/bin/anime-face-id gallery rebuild")
+    assert new_character in reader.run(".venv/bin/anime-face-id gallery info")
+    reader.run(".venv/bin/dvc repro review")
+    reader.run(".venv/bin/dvc repro --single-item package")
+
+    # Serving: the champion, then version 3 (pipeline, experiment, re-package)
+    port = free_port()
+    with reader.serving("make serve", f"http://127.0.0.1:{port}/ping", SERVE_PORT=str(port)):
+        served = json.loads(reader.run(CURL.replace("5001", str(port))))
+        assert served["predictions"][0]["status"] in ("ok", "no_face")
+        reader.ran[-1] = CURL
+    port = free_port()
+    other = "make serve MODEL=models:/anime-face-id/3 SERVE_PORT=5002"
+    with reader.serving(other.replace("5002", str(port)), f"http://127.0.0.1:{port}/ping"):
+        reader.ran[-1] = other
+
+    # The web apps and the UIs
+    for command, variable, health in (
+        ("make review", "REVIEW_PORT", "/_stcore/health"),
+        ("make app", "APP_PORT", "/_stcore/health"),
+        ("make mlflow-ui", "MLFLOW_PORT", "/health"),
+    ):
+        port = free_port()
+        with reader.serving(command, f"http://127.0.0.1:{port}{health}", **{variable: str(port)}):
+            pass
+    # A second Prefect server, as a reader starts it: its own database, the UI on.
+    port = free_port()
+    with reader.serving(
+        "make prefect-ui",
+        f"http://127.0.0.1:{port}/api/health",
+        PREFECT_PORT=str(port),
+        PREFECT_HOME=str(reader.root.parent / "home" / ".prefect"),
+        PREFECT_SERVER_UI_ENABLED="true",
+    ):
+        assert answers(f"http://127.0.0.1:{port}/")
+    deployment = '.venv/bin/python -m flows.pipeline --serve --cron "0 3 * * 1"'
+    with reader.serving(deployment, "being served"):
+        found = prefect_post(reader.env["PREFECT_API_URL"], "deployments/filter", {})
+        assert any(d["name"] == "anime-face-id" for d in found), found
+
+    reader.run("make lint")
+    assert set(RUN) | set(SERVE) | {CURL} <= set(reader.ran)
