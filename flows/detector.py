@@ -141,6 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the heads")
     parser.add_argument("--backbone-lr", type=float, default=None)
     parser.add_argument(
+        "--close-up-probability",
+        type=float,
+        default=None,
+        help="share of training views that are one identity crop, scaled up (default 0)",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         default=None,
@@ -169,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
             ("seed", args.seed),
             ("lr", args.lr),
             ("backbone_lr", args.backbone_lr),
+            ("close_up_probability", args.close_up_probability),
             ("init_weights", str(args.init) if args.init else None),
         )
         if value is not None

@@ -23,8 +23,12 @@ from anime_face_id.faces.centernet import (
     save_weights,
 )
 from anime_face_id.faces.detector_data import (
+    FaceCrop,
     clip_boxes,
+    close_up_view,
     encode_targets,
+    paste_faces,
+    pseudo_label,
     random_view,
     read_yolo_folder,
     split_validation,
@@ -149,6 +153,62 @@ def test_views_keep_faces_whose_centre_stays_and_clip_them() -> None:
         for x, y, w, h in moved:  # the box still frames white pixels
             centre = view[int(y + h / 2), int(x + w / 2)]
             assert centre.min() > 200
+
+
+def write_crop_with_a_face(path: Path, width: int, height: int, face: tuple) -> FaceCrop:
+    """A black crop whose "face" is a white rectangle at ``face`` (shares of the crop)."""
+    x, y, w, h = face
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[
+        round(y * height) : round((y + h) * height), round(x * width) : round((x + w) * width)
+    ] = 255
+    Image.fromarray(pixels).save(path)
+    return FaceCrop(path, face)
+
+
+def assert_boxes_frame_white(view: np.ndarray, boxes: np.ndarray) -> None:
+    for x, y, w, h in boxes:
+        inner = view[int(y + h * 0.25) : int(y + h * 0.75), int(x + w * 0.25) : int(x + w * 0.75)]
+        assert inner.size and inner.min() > 200, (x, y, w, h)
+
+
+def test_pasted_faces_are_labelled_where_their_face_lands(tmp_path: Path) -> None:
+    crop = write_crop_with_a_face(tmp_path / "crop.png", 90, 120, (0.1, 0.5, 0.4, 0.3))
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # mirrored half of the time
+        canvas = np.full((160, 160, 3), 100, np.uint8)
+        view, boxes = paste_faces(canvas, np.zeros((0, 4), np.float32), [crop], rng, 1, (40, 120))
+        assert len(boxes) == 1
+        assert_boxes_frame_white(view, boxes)
+
+
+def test_close_up_views_frame_the_face(tmp_path: Path) -> None:
+    crop = write_crop_with_a_face(tmp_path / "crop.png", 96, 96, (0.3, 0.35, 0.5, 0.5))
+    rng = np.random.default_rng(1)
+    sizes = []
+    for _ in range(30):
+        view, boxes = close_up_view(crop, rng, 128)
+        assert_boxes_frame_white(view, boxes)
+        sizes.extend(boxes[:, 2])
+    assert max(sizes) > 100  # faces nearly as large as the view, which frames rarely give
+
+
+def test_pseudo_labels_are_the_detection_mapped_back_onto_the_crop(tmp_path: Path) -> None:
+    crop = write_crop_with_a_face(tmp_path / "crop.png", 80, 100, (0.25, 0.1, 0.5, 0.6))
+
+    def white_box(score: float):
+        def detect(rgb: np.ndarray) -> list:  # finds the white pixels exactly
+            ys, xs = np.nonzero(rgb[:, :, 0] == 255)
+            box = (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min())
+            return [(*map(float, box), score)]
+
+        return detect
+
+    labelled = pseudo_label(crop.path, white_box(0.9), min_score=0.4)
+    assert labelled is not None and labelled.path == crop.path
+    np.testing.assert_allclose(labelled.box, crop.box, atol=0.02)
+    assert pseudo_label(crop.path, white_box(0.3), min_score=0.4) is None
+    assert pseudo_label(crop.path, lambda rgb: [], min_score=0.4) is None
 
 
 def test_focal_loss_rewards_the_right_heatmap() -> None:

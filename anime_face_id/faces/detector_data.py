@@ -22,8 +22,13 @@ from anime_face_id.transforms import FILL_VALUE, AugmentSettings, normalise, ran
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Identity crops are cut with a margin around the face (the crop stage widens the box by
-# crop.margin on each side); the face is taken as this centred share of the crop's side.
+# crop.margin on each side); without a detector to label them (the first training run) the
+# face is taken as this centred share of the crop's side.
 PASTED_FACE_SHARE = 0.65
+# Identity crops are framed anywhere from a close-up to the head and shoulders, so a fixed
+# share mislabels many. A trained detector labels them instead, on the crop set in the
+# middle of a canvas this many times its side (a close-up face is then of a size it knows).
+PSEUDO_LABEL_CANVAS = 2.0
 # CenterNet draws each face as a Gaussian; TTFNet's elliptical one (sigma = alpha * side / 6)
 # follows the box's aspect ratio.
 GAUSSIAN_ALPHA = 0.54
@@ -36,6 +41,39 @@ COLOUR = AugmentSettings(
 class LabelledImage:
     path: Path
     boxes: np.ndarray  # (N, 4) float32, pixels
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """An identity crop and its face: ``box`` as shares of the crop's width and height."""
+
+    path: Path
+    box: tuple[float, float, float, float]
+
+
+def centred_face(path: Path) -> FaceCrop:
+    inset = (1 - PASTED_FACE_SHARE) / 2
+    return FaceCrop(path, (inset, inset, PASTED_FACE_SHARE, PASTED_FACE_SHARE))
+
+
+def pseudo_label(path: Path, detect, min_score: float) -> FaceCrop | None:
+    """The crop's best face by ``detect`` (an RGB array -> ``(x, y, w, h, score)`` list), found
+    with the crop centred on a larger canvas; None when no face scores ``min_score``."""
+    rgb = load_rgb_array(path)
+    height, width = rgb.shape[:2]
+    side = round(max(height, width) * PSEUDO_LABEL_CANVAS)
+    left, top = (side - width) // 2, (side - height) // 2
+    canvas = np.full((side, side, 3), FILL_VALUE, dtype=np.uint8)
+    canvas[top : top + height, left : left + width] = rgb
+    found = [f for f in detect(canvas) if f[4] >= min_score]
+    if not found:
+        return None
+    x, y, w, h, _score = max(found, key=lambda f: f[4])
+    x0, y0 = max(x - left, 0.0), max(y - top, 0.0)
+    x1, y1 = min(x - left + w, width), min(y - top + h, height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    return FaceCrop(path, (x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height))
 
 
 def read_yolo_folder(folder: Path) -> list[LabelledImage]:
@@ -132,7 +170,7 @@ def clip_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
 def paste_faces(
     canvas: np.ndarray,
     boxes: np.ndarray,
-    crops: list[Path],
+    crops: list[FaceCrop],
     rng: np.random.Generator,
     count: int,
     side_range: tuple[float, float],
@@ -145,20 +183,33 @@ def paste_faces(
     size = canvas.shape[0]
     canvas = canvas.copy()
     for _ in range(count):
-        crop = load_rgb_array(crops[int(rng.integers(len(crops)))])
+        crop = crops[int(rng.integers(len(crops)))]
         side = int(math.exp(rng.uniform(math.log(side_range[0]), math.log(side_range[1]))))
         side = min(side, size)
-        patch = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+        patch = cv2.resize(load_rgb_array(crop.path), (side, side), interpolation=cv2.INTER_AREA)
+        face_x, face_y, face_w, face_h = crop.box
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
+            face_x = 1 - face_x - face_w
         x = int(rng.integers(0, size - side + 1))
         y = int(rng.integers(0, size - side + 1))
         canvas[y : y + side, x : x + side] = patch
         boxes = _drop_covered(boxes, (x, y, side, side))
-        face = side * PASTED_FACE_SHARE
-        inset = (side - face) / 2
-        boxes = np.vstack([boxes, [[x + inset, y + inset, face, face]]]).astype(np.float32)
+        face = [x + face_x * side, y + face_y * side, face_w * side, face_h * side]
+        boxes = np.vstack([boxes, [face]]).astype(np.float32)
     return canvas, boxes
+
+
+def close_up_view(
+    crop: FaceCrop, rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A view of one identity crop, scaled from half the view to well beyond it: faces that
+    fill the picture, as in the portraits users scrape, which frames rarely show."""
+    rgb = load_rgb_array(crop.path)
+    height, width = rgb.shape[:2]
+    x, y, w, h = crop.box
+    box = np.array([[x * width, y * height, w * width, h * height]], dtype=np.float32)
+    return random_view(rgb, box, rng, size, (size * 0.5, size * 2.5))
 
 
 def _drop_covered(boxes: np.ndarray, patch: tuple[int, int, int, int]) -> np.ndarray:
@@ -203,12 +254,18 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
 
 def training_sample(
     item: LabelledImage,
-    crops: list[Path],
+    crops: list[FaceCrop],
     rng: np.random.Generator,
     size: int,
     paste_probability: float,
+    close_up_probability: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One augmented view (normalised, 3 x size x size) and its targets."""
+    """One augmented view (normalised, 3 x size x size) and its targets: a frame (with
+    pasted faces now and then) or, with ``close_up_probability``, one identity crop."""
+    if crops and rng.random() < close_up_probability:
+        canvas, boxes = close_up_view(crops[int(rng.integers(len(crops)))], rng, size)
+        canvas = random_colour(canvas, rng, COLOUR)
+        return normalise(canvas).numpy(), encode_targets(boxes, size)
     canvas, boxes = random_view(
         load_rgb_array(item.path), item.boxes, rng, size, (size * 2 / 3, size * 5 / 3)
     )

@@ -27,7 +27,10 @@ from anime_face_id.faces.centernet import (
     save_weights,
 )
 from anime_face_id.faces.detector_data import (
+    FaceCrop,
     LabelledImage,
+    centred_face,
+    pseudo_label,
     read_yolo_folder,
     split_validation,
     training_sample,
@@ -50,6 +53,11 @@ class DetectorTrainConfig(BaseModel):
     # they cost no backward pass at the highest resolutions.
     frozen_blocks: int = Field(5, ge=0, le=16)
     paste_probability: float = Field(0.4, ge=0, le=1)
+    # Views that are one identity crop, scaled up to well beyond the view (close-ups).
+    close_up_probability: float = Field(0.0, ge=0, le=1)
+    # Continuing a run, the earlier detector labels the identity crops' faces (pseudo-labels)
+    # at this score; crops it finds no face in are not used. From scratch: a centred share.
+    pseudo_label_min_score: float = Field(0.4, gt=0, lt=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     min_score: float = Field(0.3, gt=0, lt=1)
     nms_iou: float = Field(0.5, gt=0, le=1)
@@ -158,6 +166,24 @@ def _batch(samples: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return images, targets
 
 
+def label_crops(
+    crops: list[Path], model: FaceCenterNet | None, config: DetectorTrainConfig
+) -> list[FaceCrop]:
+    """Each identity crop with its face box: found by ``model`` when there is one (crops
+    without a face it trusts are left out), else the centred share."""
+    if model is None:
+        return [centred_face(path) for path in crops]
+    model.eval()
+
+    def detect(rgb: np.ndarray) -> list:
+        return detect_boxes(
+            model, rgb, input_size=config.input_size, min_score=0.1, nms_iou=config.nms_iou
+        )
+
+    labelled = (pseudo_label(path, detect, config.pseudo_label_min_score) for path in crops)
+    return [crop for crop in labelled if crop is not None]
+
+
 def train_detector(
     config: DetectorTrainConfig,
     frames: Path,
@@ -171,15 +197,16 @@ def train_detector(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     train_items, val_items = split_validation(read_yolo_folder(frames), config.val_fraction)
-    crops = list(crops or [])
 
     init_metadata: dict = {}
     if config.init_weights is not None:
         model, init_metadata = load_weights(config.init_weights)
+        faces = label_crops(list(crops or []), model, config)
     else:
         model = FaceCenterNet()
         if pretrained:
             load_trunk_imagenet_weights(model)
+        faces = label_crops(list(crops or []), None, config)
     _freeze_stem(model, config.frozen_blocks)
     trunk = [p for p in model.trunk.parameters() if p.requires_grad]
     rest = [p for name, p in model.named_parameters() if not name.startswith("trunk.")]
@@ -209,7 +236,12 @@ def train_detector(
             chosen = order[first : first + config.batch_size]
             samples = [
                 training_sample(
-                    train_items[i], crops, rng, config.view_size, config.paste_probability
+                    train_items[i],
+                    faces,
+                    rng,
+                    config.view_size,
+                    config.paste_probability,
+                    config.close_up_probability,
                 )
                 for i in chosen
             ]
@@ -258,7 +290,7 @@ def train_detector(
                     "val_precision": precision,
                     "val_pictures": len(val_items),
                     "train_pictures": len(train_items),
-                    "pasted_crops": len(crops),
+                    "pasted_crops": len(faces),
                     # The run this one continued, so the whole recipe stays in the file.
                     "continued_from": init_metadata or None,
                 },
