@@ -63,6 +63,46 @@ class Decisions:
         return [row for row in self.boxes.values() if row.decision == "box"]
 
 
+@dataclass(frozen=True)
+class CropStatus:
+    """What the log means for one detector crop, read the same way by the review stage and
+    the review app."""
+
+    status: str  # pending | accepted | rejected | relabelled
+    character: str  # the character the crop counts for now
+    ignored: Decision | None = None  # a relabel in force whose character is not listed
+
+
+def crop_status(decision: Decision | None, name: str, listed: Iterable[str]) -> CropStatus:
+    """The status of a crop filed under ``name`` given its latest ``decision``: a relabel to
+    its own character is an accept; a relabel to a character not in ``listed`` (params.yaml)
+    leaves it pending; so does a box row on a crop's path."""
+    if decision is None:
+        return CropStatus("pending", name)
+    if decision.decision == "accept":
+        return CropStatus("accepted", name)
+    if decision.decision == "reject":
+        return CropStatus("rejected", name)
+    if decision.decision != "relabel":
+        return CropStatus("pending", name)
+    if decision.character not in listed:
+        return CropStatus("pending", name, ignored=decision)
+    if decision.character == name:
+        return CropStatus("accepted", name)
+    return CropStatus("relabelled", decision.character)
+
+
+def unique_paths(rows: Iterable[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    """Manifest rows, the first per path: a duplicated row must not count a crop twice."""
+    seen: set[str] = set()
+    unique = []
+    for row in rows:
+        if row["path"] not in seen:
+            seen.add(row["path"])
+            unique.append(row)
+    return unique
+
+
 def parse_box(text: str) -> Box:
     parts = [part.strip() for part in text.split(",")]
     if len(parts) != 4:

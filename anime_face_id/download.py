@@ -65,8 +65,23 @@ _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s]*@")
 # access_token, api_key, apiKey, X-Amz-Signature, X-Amz-Credential, Key-Pair-Id, sig ...
 _QUERY_PARAMETER = re.compile(r"([?&])([^=&#\s]+)=([^&#\s]*)")
 _SECRET_WORDS = frozenset(
-    "token key apikey sig signature secret password passwd pwd auth authorization "
-    "credential credentials session sessionid".split()
+    [
+        "token",
+        "key",
+        "apikey",
+        "sig",
+        "signature",
+        "secret",
+        "password",
+        "passwd",
+        "pwd",
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "session",
+        "sessionid",
+    ]
 )
 
 

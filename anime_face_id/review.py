@@ -25,11 +25,14 @@ from PIL import Image
 from anime_face_id import layout
 from anime_face_id.config import Params
 from anime_face_id.decisions import (
+    CropStatus,
     Decision,
     Decisions,
     append_decisions,
+    crop_status,
     format_box,
     read_decisions,
+    unique_paths,
 )
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import check_box_inside, crop_square, square_crop_box
@@ -160,32 +163,34 @@ class _Planner:
     def target(self, decision: Decision, name: str) -> str | None:
         if name in self.slugs:
             return name
+        self.warn_unlisted(decision, name)
+        return None
+
+    def warn_unlisted(self, decision: Decision, name: str) -> None:
         self.warn(
             f"{_where(decision)}: {decision.decision} of {decision.path} names {name!r}, "
             "which is not a character in params.yaml; ignored"
         )
-        return None
 
     def crops(self, faces: list[dict[str, str]], decisions: Decisions) -> set[str]:
-        seen: set[str] = set()
         missing: list[str] = []
         unlisted: Counter = Counter()
+        faces = unique_paths(faces)
         for face in faces:
             path, name = face["path"], face["character"]
-            if path in seen:
-                continue  # a duplicated manifest row must not double a crop
-            seen.add(path)
             if name in self.slugs:
                 self.plan.total += 1
                 self.plan.counts[self.slugs[name]]["crops"] += 1
-            kind, target = self.resolve(decisions.crops.get(path), name)
-            if kind != "reject" and not (self.root / path).is_file():
+            now = crop_status(decisions.crops.get(path), name, self.slugs)
+            if now.ignored is not None:
+                self.warn_unlisted(now.ignored, now.ignored.character)
+            if now.status != "rejected" and not (self.root / path).is_file():
                 missing.append(path)
-            elif name not in self.slugs and kind != "relabel":
-                if kind != "reject":  # rejected crops of a dropped character are no loss
+            elif name not in self.slugs and now.status != "relabelled":
+                if now.status != "rejected":  # rejected crops of a dropped character are no loss
                     unlisted[name] += 1
             else:
-                self.crop(face, kind, target)
+                self.crop(face, now)
         if missing:
             self.warn(
                 f"{len(missing)} crop(s) in the crop manifest have no file and are left out: {_examples(missing)}"
@@ -194,31 +199,20 @@ class _Planner:
             self.warn(
                 f"character {name!r} is not in params.yaml: {count} of its crops are left out"
             )
-        return seen
+        return {face["path"] for face in faces}
 
-    def resolve(self, decision: Decision | None, name: str) -> tuple[str | None, str]:
-        """The decision in force for a crop of ``name``: (kind or None if pending, character)."""
-        if decision is None:
-            return None, name
-        if decision.decision != "relabel":
-            return decision.decision, name
-        target = self.target(decision, decision.character)
-        if target is None:
-            return None, name  # an unusable relabel leaves the crop undecided
-        return ("accept" if target == name else "relabel"), target
-
-    def crop(self, face: dict[str, str], kind: str | None, character: str) -> None:
-        slug = self.slugs[character]
+    def crop(self, face: dict[str, str], now: CropStatus) -> None:
+        slug = self.slugs[now.character]
         counts = self.plan.counts
-        if kind == "relabel":
-            self.plan.rows.append(_curated_row(face, character, slug, "relabelled"))
+        if now.status == "relabelled":
+            self.plan.rows.append(_curated_row(face, now.character, slug, "relabelled"))
             counts[slug]["relabelled_in"] += 1
             if face["character"] in self.slugs:
                 counts[self.slugs[face["character"]]]["relabelled_out"] += 1
-        elif kind == "reject":
+        elif now.status == "rejected":
             counts[slug]["rejected"] += 1
-        elif kind == "accept":
-            self.plan.rows.append(_curated_row(face, character, slug, "accepted"))
+        elif now.status == "accepted":
+            self.plan.rows.append(_curated_row(face, now.character, slug, "accepted"))
             counts[slug]["accepted"] += 1
         else:
             # The manifest's slug predates any params edit; params.yaml is the truth.

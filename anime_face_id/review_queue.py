@@ -6,9 +6,10 @@ a reviewer sees survives an app restart and includes what another tab decided. T
 file written is the decisions log, through ``append_decisions`` (one locked, fsynced
 append per click): images and manifests are never touched.
 
-A crop's status follows the review stage's reading of the log (anime_face_id.review): the
-latest row per path wins; a relabel to the crop's own character is an accept, and a
-relabel to a character that is not in params.yaml leaves the crop pending.
+A crop's status is the review stage's reading of the log, by the same function
+(``decisions.crop_status``): the latest row per path wins; a relabel to the crop's own
+character is an accept, and a relabel to a character that is not in params.yaml leaves the
+crop pending.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from PIL import Image, ImageDraw
 from anime_face_id import layout
 from anime_face_id.config import Params
 from anime_face_id.crop import NO_FACE
-from anime_face_id.decisions import Box, Decisions, append_decisions, read_decisions
+from anime_face_id.decisions import (
+    Box,
+    Decisions,
+    append_decisions,
+    crop_status,
+    read_decisions,
+    unique_paths,
+)
 from anime_face_id.faces.boxes import check_box_inside, crop_square, square_crop_box
 from anime_face_id.imaging import load_rgb
 from anime_face_id.suspicion import Embeddings, cross_character_duplicates, distances_by_path
@@ -191,34 +199,15 @@ def _crops(
     faces: list[dict[str, str]], decisions: Decisions, listed: set[str]
 ) -> tuple[list[Crop], Counter]:
     crops: list[Crop] = []
-    seen: set[str] = set()
     unlisted: Counter = Counter()
-    for face in faces:
+    for face in unique_paths(faces):
         path, name = face["path"], face["character"]
-        if path in seen:
-            continue  # a duplicated manifest row must not show a crop twice
-        seen.add(path)
         if name not in listed:
             unlisted[name] += 1
             continue
-        status, target = _status(decisions, path, name, listed)
-        crops.append(Crop(path, name, face["source"], face["phash"], status, target))
+        now = crop_status(decisions.crops.get(path), name, listed)
+        crops.append(Crop(path, name, face["source"], face["phash"], now.status, now.character))
     return crops, unlisted
-
-
-def _status(decisions: Decisions, path: str, name: str, listed: set[str]) -> tuple[str, str]:
-    decision = decisions.crops.get(path)
-    if decision is None:
-        return "pending", name
-    if decision.decision == "accept":
-        return "accepted", name
-    if decision.decision == "reject":
-        return "rejected", name
-    if decision.decision == "relabel" and decision.character in listed:
-        if decision.character == name:
-            return "accepted", name
-        return "relabelled", decision.character
-    return "pending", name  # a relabel to an unlisted name, or a box row on a crop path
 
 
 def _face_boxes(faces: list[dict[str, str]]) -> dict[str, list[Box]]:
