@@ -43,7 +43,6 @@ from anime_face_id.download import (
     ValidatedImage,
     image_filename,
     read_local_file,
-    redact_credentials,
     store_image,
     validate_image,
 )
@@ -56,6 +55,7 @@ from anime_face_id.layout import (
     RAW_REJECTS,
     posix,
 )
+from anime_face_id.redaction import redact_credentials
 from anime_face_id.slugs import is_safe_slug
 from anime_face_id.sources import SearchError, get_backend
 from anime_face_id.sources import folder as folder_source

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from anime_face_id.redaction import redact_credentials
+
 
 class StageError(RuntimeError):
     """An expected stop of a stage (bad input, pending review, too little data).
@@ -27,6 +29,15 @@ class BadRow(BadTable):
         self.field = field
         self.reason = reason
         super().__init__(f"{table} line {line}, column {field}: {reason}")
+
+
+class SearchError(RuntimeError):
+    """The search itself failed (engine unreachable, browser crashed, folder missing).
+    The message says what was searched and why it failed; it becomes a reject row and a log
+    line, so any URL it quotes loses its credentials here, where it is made."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(redact_credentials(str(message)))
 
 
 def utf8_problem(data: bytes) -> str | None:

@@ -30,9 +30,17 @@ from anime_face_id import layout
 from anime_face_id.checkpoint import LoadedCheckpoint, load_checkpoint
 from anime_face_id.config import EvaluateConfig
 from anime_face_id.dataset import read_split, require_paths_inside, unreadable_images
+from anime_face_id.device import resolve_device
 from anime_face_id.embed import ImageNetFeatures, embed_paths
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import atomic_write_json, read_csv, sweep_temporaries, write_csv
+from anime_face_id.fileio import (
+    atomic_write_json,
+    json_safe,
+    read_csv,
+    sweep_temporaries,
+    write_csv,
+)
+from anime_face_id.layout import EMBEDDER
 from anime_face_id.metrics import (
     as_unit_array,
     confused_pairs,
@@ -50,7 +58,7 @@ from anime_face_id.plots import (
     plot_training_curves,
     project_2d,
 )
-from anime_face_id.train import CHECKPOINT, TRAIN_HISTORY, json_safe, resolve_device
+from anime_face_id.train import TRAIN_HISTORY
 
 logger = logging.getLogger("anime_face_id.evaluate")
 
@@ -305,7 +313,7 @@ def _checkpoint_summary(path: Path, loaded: LoadedCheckpoint) -> dict:
 def evaluate(
     root: Path,
     config: EvaluateConfig,
-    checkpoint: Path = CHECKPOINT,
+    checkpoint: Path = EMBEDDER,
     run_id: str | None = None,
 ) -> dict:
     """Score the checkpoint on every split, draw the plots, write metrics/eval.json.

@@ -41,7 +41,7 @@ import numpy as np
 from anime_face_id import layout
 from anime_face_id.config import IdentifyConfig, Params
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import atomic_write_bytes, atomic_write_json
+from anime_face_id.fileio import atomic_write_bytes, atomic_write_json, json_safe
 
 GALLERY = Path("models/gallery.npz")
 PACKAGE_METRICS = Path("metrics/package.json")  # the package stage's DVC metrics
@@ -533,8 +533,8 @@ def rebuild_gallery(
     # The network stack is imported here, so that reading a gallery stays light.
     from anime_face_id.checkpoint import load_checkpoint
     from anime_face_id.dataset import require_paths_inside, unreadable_images
+    from anime_face_id.device import resolve_device
     from anime_face_id.embed import embed_paths
-    from anime_face_id.train import resolve_device
 
     root = Path(root)
     config = params.identify
@@ -596,15 +596,6 @@ def package_gallery(root: Path, params: Params, checkpoint: Path) -> dict:
         **describe(gallery),
         "skipped_images": [{"path": p, "reason": r} for p, r in skipped.items()],
     }
-    summary = {key: _finite(value) for key, value in summary.items()}
+    summary = json_safe(summary)
     atomic_write_json(root / PACKAGE_METRICS, summary)
     return summary
-
-
-def _finite(value: object) -> object:
-    """JSON has no NaN or infinity (DVC and MLflow readers reject them)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    return value

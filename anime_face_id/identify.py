@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from anime_face_id import layout
 from anime_face_id.config import CropConfig, IdentifyConfig, Params
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detector
@@ -41,7 +42,6 @@ from anime_face_id.imaging import DEFAULT_MAX_DECODE_BYTES, ImageRejected, decod
 
 SCHEMA = "anime-face-id/identify/v1"
 UNKNOWN = "unknown"
-DEFAULT_CHECKPOINT = Path("models/embedder.pt")  # = train.CHECKPOINT, without importing train
 KNOWN_COLOUR = (40, 200, 90)
 UNKNOWN_COLOUR = (255, 150, 30)
 
@@ -445,7 +445,7 @@ def build_identifier(
     a message saying what to run (StageError / CascadeError)."""
     from anime_face_id.checkpoint import load_checkpoint
     from anime_face_id.crop import load_detector
-    from anime_face_id.train import resolve_device
+    from anime_face_id.device import resolve_device
 
     torch_device = resolve_device(device or config.device)
     loaded = load_checkpoint(checkpoint, torch_device)
@@ -461,7 +461,7 @@ def build_identifier(
 def load_identifier(
     root: Path,
     params: Params,
-    checkpoint: Path | str = DEFAULT_CHECKPOINT,
+    checkpoint: Path | str = layout.EMBEDDER,
     gallery: Path | str = GALLERY,
     device: str | None = None,
 ) -> Identifier:

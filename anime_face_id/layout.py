@@ -87,6 +87,9 @@ CURATED_COLUMNS = (
     "status",
 )
 
+MODELS = Path("models")
+EMBEDDER = MODELS / "embedder.pt"  # written by train; read by evaluate, package, identify, review
+
 SPLITS_DIR = DATA / "splits"
 SPLIT_NAMES = ("train", "val", "test", "holdout")
 SPLIT_COLUMNS = ("character", "slug", "path", "source", "cluster")

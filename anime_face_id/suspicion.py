@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anime_face_id import layout
 from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.imaging import ImageRejected, load_rgb
 from anime_face_id.transforms import preprocess
 
 CACHE_DIR = Path(".cache") / "review"
-TRAINED_EMBEDDER = Path("models") / "embedder.pt"
 BATCH_SIZE = 16
 # Save the cache this often while embedding, so a reviewer who switches character (which
 # stops the script) keeps what was computed so far.
@@ -103,10 +103,10 @@ def trained_spec(weights: Path) -> FeatureSpec:
 def feature_spec(root: Path, image_size: int) -> tuple[FeatureSpec, str]:
     """The trained embedder when models/embedder.pt exists, else the ImageNet backbone at
     ``image_size``; the second value says why, for the UI."""
-    weights = Path(root) / TRAINED_EMBEDDER
+    weights = Path(root) / layout.EMBEDDER
     if not weights.is_file():
         return imagenet_spec(image_size), "no trained embedder yet (models/embedder.pt)"
-    return trained_spec(weights), TRAINED_EMBEDDER.as_posix()
+    return trained_spec(weights), layout.EMBEDDER.as_posix()
 
 
 def file_stamp(path: Path) -> str:

@@ -43,10 +43,12 @@ from anime_face_id.dataset import (
     unreadable_images,
     without_paths,
 )
+from anime_face_id.device import resolve_device
 from anime_face_id.embed import embed_paths
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import atomic_write_json, sweep_temporaries, write_csv
+from anime_face_id.fileio import atomic_write_json, json_safe, sweep_temporaries, write_csv
 from anime_face_id.identity_loss import IdentityClassifier, identity_loss
+from anime_face_id.layout import EMBEDDER
 from anime_face_id.losses import make_loss
 from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.model import PretrainedWeightsMissing, build_embedder
@@ -54,7 +56,6 @@ from anime_face_id.sampler import PKSampler
 
 logger = logging.getLogger("anime_face_id.train")
 
-CHECKPOINT = Path("models/embedder.pt")
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_HISTORY = Path("plots/train_history.csv")
 WARMUP_START = 0.1  # warm-up starts at lr x this
@@ -95,23 +96,6 @@ class TrainResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto: cuda, else mps, else cpu. A device asked for by name must exist."""
-    cuda = torch.cuda.is_available()
-    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    available = {"cpu": True, "cuda": cuda, "mps": mps}
-    if name not in available:
-        raise StageError(f"unknown device {name!r} (use auto, cpu, cuda or mps)")
-    if not available[name]:
-        raise StageError(
-            f"device {name!r} was requested but is not available on this machine "
-            "(this torch build or its drivers do not see it): set device: auto or cpu"
-        )
-    return torch.device(name)
-
-
 def seed_everything(seed: int, device: torch.device) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -127,17 +111,6 @@ def seed_worker(_worker_id: int) -> None:
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
-
-
-def json_safe(value: object) -> object:
-    """NaN and infinities become null: JSON has no NaN, and DVC/MLflow readers choke on it."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def format_duration(seconds: float) -> str:
@@ -310,7 +283,7 @@ def train(
     device = resolve_device(config.device)
     seed_everything(config.seed, device)
 
-    sweep_temporaries(root / CHECKPOINT.parent)  # left by a run killed while saving
+    sweep_temporaries(root / EMBEDDER.parent)  # left by a run killed while saving
     data = load_training_data(root, config)
     try:
         model = build_embedder(config).to(device)
@@ -430,7 +403,7 @@ def train(
         if is_better(report.val_map_at_r, best_score):
             best_score, best_epoch = report.val_map_at_r, epoch
             # saved at once, so an interrupted run still leaves its best model so far
-            save_checkpoint(root / CHECKPOINT, model, config, data.class_names, epoch, val)
+            save_checkpoint(root / EMBEDDER, model, config, data.class_names, epoch, val)
         if on_epoch:
             on_epoch(report)
 
@@ -463,7 +436,7 @@ def train(
         },
     )
     return TrainResult(
-        checkpoint=root / CHECKPOINT,
+        checkpoint=root / EMBEDDER,
         history=history,
         best_epoch=best_epoch,
         class_names=data.class_names,

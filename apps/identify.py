@@ -20,7 +20,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-from anime_face_id import identify
+from anime_face_id import identify, layout
 from anime_face_id.config import ConfigError, load_params
 from anime_face_id.errors import StageError
 from anime_face_id.faces.cascade import CascadeError
@@ -43,7 +43,7 @@ def project_root() -> Path:
 def file_stamp(root: Path) -> str:
     """Changes whenever the params, the model or the gallery change: a new cache key."""
     parts = []
-    for path in (PARAMS, identify.DEFAULT_CHECKPOINT, GALLERY):
+    for path in (PARAMS, layout.EMBEDDER, GALLERY):
         try:
             stat = (root / path).stat()
             parts.append(f"{stat.st_size}:{stat.st_mtime_ns}")

@@ -75,7 +75,7 @@ def embeddings_for(
     spec, why = suspicion.feature_spec(root, state.params.train.image_size)
     if st.session_state.get("unusable_features") == spec.id:
         spec = suspicion.imagenet_spec(state.params.train.image_size)
-        why = f"{suspicion.TRAINED_EMBEDDER.as_posix()} could not be loaded"
+        why = f"{layout.EMBEDDER.as_posix()} could not be loaded"
     bar = st.empty()
 
     def progress(done: int, total: int) -> None:
@@ -92,7 +92,7 @@ def embeddings_for(
         st.session_state["unusable_features"] = spec.id
         st.warning(f"{error}; ordering by ImageNet features instead.")
         spec = suspicion.imagenet_spec(state.params.train.image_size)
-        why = f"{suspicion.TRAINED_EMBEDDER.as_posix()} could not be loaded"
+        why = f"{layout.EMBEDDER.as_posix()} could not be loaded"
         result = suspicion.embed_files(root, paths, _cached(spec), progress)
     bar.empty()
     return result, f"{spec.description} ({why})"

@@ -23,8 +23,7 @@ from pathlib import Path
 from prefect.states import Failed, State
 
 from anime_face_id.config import ConfigError, Params, load_params
-from anime_face_id.errors import StageError
-from anime_face_id.sources.base import SearchError
+from anime_face_id.errors import SearchError, StageError
 
 # Errors that stop a stage: the runner's last line is their message.
 STOPPING_ERRORS: tuple[type[Exception], ...] = (StageError, ConfigError)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from anime_face_id import gallery, train
+from anime_face_id import gallery, layout
 from flows._stage import fail_on_stage_error, load, run_stage
 from tasks import tracking
 from tasks.mlflow_model import log_identifier
@@ -19,7 +19,7 @@ from tasks.reporting import publish_summary
 
 @task
 def build_gallery(root: Path, params) -> dict:
-    return gallery.package_gallery(root, params, train.CHECKPOINT)
+    return gallery.package_gallery(root, params, layout.EMBEDDER)
 
 
 @task
@@ -46,7 +46,7 @@ def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
             }
         )
         mlflow.log_artifact(str(root / gallery.PACKAGE_METRICS), "metrics")
-        model_uri = log_identifier(root, params, root / train.CHECKPOINT, root / gallery.GALLERY)
+        model_uri = log_identifier(root, params, root / layout.EMBEDDER, root / gallery.GALLERY)
         registration = tracking.register_if_better(run_id, model_uri, score)
         mlflow.set_tags({f"registry.{k}": str(v) for k, v in registration.items()})
     return registration

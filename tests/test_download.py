@@ -32,9 +32,10 @@ from PIL import Image
 
 from anime_face_id.collect import DONE, JOURNAL, collect_all, read_journal
 from anime_face_id.config import CollectConfig, parse_params
-from anime_face_id.download import Downloader, FetchRejected, redact_credentials
+from anime_face_id.download import Downloader, FetchRejected
 from anime_face_id.fileio import TMP_PREFIX, read_csv
 from anime_face_id.layout import RAW_DIR, RAW_MANIFEST, RAW_REJECTS
+from anime_face_id.redaction import redact_credentials
 from tests.support.tls import make_tls_files
 from tests.support.webserver import Response, WebServer, https_server, web_server
 
@@ -536,7 +537,10 @@ def test_deadline_bounds_retries_and_their_backoff(web_server: WebServer) -> Non
             "https://b.s3.example/x.png?X-Amz-Credential=AK%2F1&X-Amz-Signature=9f&X-Amz-Expires=60",
             "https://b.s3.example/x.png?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Expires=60",
         ),
-        ("https://h/x?apiKey=1&sig=2&Key-Pair-Id=3", "https://h/x?apiKey=***&sig=***&Key-Pair-Id=***"),
+        (
+            "https://h/x?apiKey=1&sig=2&Key-Pair-Id=3",
+            "https://h/x?apiKey=***&sig=***&Key-Pair-Id=***",
+        ),
         ("https://h/x?keyword=cat&monkey=1&token=", "https://h/x?keyword=cat&monkey=1&token="),
         (
             "http 403 for https://u:p@h/x?session=abc (expired)",

@@ -30,8 +30,9 @@ from anime_face_id.evaluate import (
     evaluate,
 )
 from anime_face_id.fileio import write_csv
+from anime_face_id.layout import EMBEDDER
 from anime_face_id.metrics import retrieval_metrics
-from anime_face_id.train import CHECKPOINT, TRAIN_HISTORY, train
+from anime_face_id.train import TRAIN_HISTORY, train
 from tests.test_train import make_synthetic_project, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -83,7 +84,7 @@ def test_report_has_every_metric_for_val_and_test(report, project):
 
 
 def test_identification_queries_the_training_gallery(report, project):
-    loaded = load_checkpoint(project / CHECKPOINT)
+    loaded = load_checkpoint(project / EMBEDDER)
 
     def embedded(split):
         rows = read_split(project, split)
@@ -160,7 +161,7 @@ def test_plots_are_valid_images_and_tables(report, project):
 def test_without_holdout_or_baseline_those_sections_are_absent(tmp_path, project):
     root = tmp_path / "copy"
     (root / "models").mkdir(parents=True)
-    (root / CHECKPOINT).write_bytes((project / CHECKPOINT).read_bytes())
+    (root / EMBEDDER).write_bytes((project / EMBEDDER).read_bytes())
     make_synthetic_project(root, names=TRAINED, counts=(3, 2, 2))
     result = evaluate(root, EvaluateConfig(device="cpu", baseline=False, grid_queries=0))
     assert "open_set" not in result and "baseline_val" not in result
@@ -173,7 +174,7 @@ def test_without_holdout_or_baseline_those_sections_are_absent(tmp_path, project
 def test_an_empty_holdout_file_means_no_open_set(tmp_path, project):
     root = tmp_path / "copy"
     (root / "models").mkdir(parents=True)
-    (root / CHECKPOINT).write_bytes((project / CHECKPOINT).read_bytes())
+    (root / EMBEDDER).write_bytes((project / EMBEDDER).read_bytes())
     make_synthetic_project(root, names=TRAINED, counts=(3, 2, 0))
     write_csv(root / layout.split_csv("holdout"), layout.SPLIT_COLUMNS, [])
     (root / TRAIN_HISTORY).parent.mkdir(parents=True)

@@ -397,7 +397,7 @@ def test_trained_embedder_is_used_when_present_and_unusable_one_is_reported(proj
 
     config = TrainConfig(image_size=IMAGE_SIZE, embedding_dim=8, pretrained=False)
     model = Embedder(embedding_dim=8, pretrained=False)
-    weights = project.root / suspicion.TRAINED_EMBEDDER
+    weights = project.root / layout.EMBEDDER
     checkpoint.save_checkpoint(weights, model, config, list(NAMES), 0, {})
     spec, why = suspicion.feature_spec(project.root, IMAGE_SIZE)
     assert spec.id.startswith("embedder-") and why == "models/embedder.pt"

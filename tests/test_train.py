@@ -20,22 +20,21 @@ from anime_face_id import layout
 from anime_face_id.checkpoint import load_checkpoint, save_checkpoint
 from anime_face_id.config import TrainConfig
 from anime_face_id.dataset import read_split
+from anime_face_id.device import resolve_device
 from anime_face_id.embed import embed_paths
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import write_csv
+from anime_face_id.fileio import json_safe, write_csv
+from anime_face_id.layout import EMBEDDER
 from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.model import build_embedder
 from anime_face_id.train import (
-    CHECKPOINT,
     HISTORY_COLUMNS,
     TRAIN_HISTORY,
     TRAIN_METRICS,
     format_duration,
     is_better,
-    json_safe,
     lr_factor,
     make_optimizer,
-    resolve_device,
     train,
 )
 from tests.support.synthetic import DESIGNS, SIZE, drawn_face
@@ -129,7 +128,7 @@ class _ListHandler(logging.Handler):
 @pytest.mark.slow
 def test_run_writes_a_loadable_checkpoint_with_config_and_class_names(trained):
     root, result, _, _, _ = trained
-    assert result.checkpoint == root / CHECKPOINT and result.checkpoint.is_file()
+    assert result.checkpoint == root / EMBEDDER and result.checkpoint.is_file()
     assert not list((root / "models").glob(".tmp-*"))
     loaded = load_checkpoint(result.checkpoint)
     assert loaded.class_names == ["Akane Red", "Ao Blue", "Kiiro Yellow", "Midori Green"]
@@ -305,7 +304,7 @@ def test_a_single_character_is_a_stage_error(tmp_path):
     make_synthetic_project(tmp_path, names=("Akane Red",), counts=(3, 1, 0))
     with pytest.raises(StageError, match="at least 2 characters"):
         train(tmp_path, tiny_config())
-    assert not (tmp_path / CHECKPOINT).exists()
+    assert not (tmp_path / EMBEDDER).exists()
 
 
 def test_characters_with_one_image_each_cannot_form_batches(tmp_path):

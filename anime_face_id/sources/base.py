@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import Protocol
 
 from anime_face_id.config import Character, CollectConfig
-from anime_face_id.download import redact_credentials
+from anime_face_id.errors import SearchError  # where the backends and their callers find it
 
-
-class SearchError(RuntimeError):
-    """The search itself failed (engine unreachable, browser crashed, folder missing).
-    The message says what was searched and why it failed; it becomes a reject row and a log
-    line, so any URL it quotes loses its credentials here, where it is made."""
-
-    def __init__(self, message: str = ""):
-        super().__init__(redact_credentials(str(message)))
+__all__ = ["Backend", "SearchError", "is_web_url", "resolve_source", "unique", "wanted_count"]
 
 
 class Backend(Protocol):
