@@ -29,7 +29,7 @@ import json
 import os
 import re
 import shutil
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,7 +46,14 @@ from anime_face_id.download import (
     store_image,
     validate_image,
 )
-from anime_face_id.fileio import atomic_write_json, atomic_write_text, sweep_temporaries, write_csv
+from anime_face_id.errors import StageError
+from anime_face_id.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    read_csv,
+    sweep_temporaries,
+    write_csv,
+)
 from anime_face_id.layout import (
     RAW_COLUMNS,
     RAW_DIR,
@@ -61,6 +68,7 @@ from anime_face_id.sources import SearchError, get_backend
 from anime_face_id.sources import folder as folder_source
 from anime_face_id.sources import urls as urls_source
 from anime_face_id.sources.base import is_web_url, resolve_source, unique
+from anime_face_id.sources.reachability import check_search_reachable
 
 JOURNAL = "_journal.jsonl"
 DONE = "_done.json"
@@ -632,6 +640,39 @@ def sweep_interrupted(root: Path) -> int:
     return sweep_temporaries(Path(root) / RAW_DIR)
 
 
+def prepare_collection(root: Path, params: Params) -> None:
+    """Before any character: remove what an interrupted run left, and when some character
+    still needs a web search, check once that the search engine answers (StageError if
+    not: one line in seconds rather than a failed search per character)."""
+    sweep_interrupted(root)
+    slugs = params.slugs
+    if any(
+        not is_collected(root, character, slugs[character.name], params.collect)
+        for character in params.characters
+    ):
+        check_search_reachable(params.collect)
+
+
+def check_something_collected(results: list[CharacterCollectResult], root: Path) -> None:
+    """A collection with no image for any character is a failure, not a result to lock
+    (DVC would record it, and the next run would not search again): StageError naming the
+    commonest reasons in data/raw/rejects.csv."""
+    if not results or any(result.kept for result in results):
+        return
+    reasons = Counter(
+        row["reason"].split(":")[0]
+        for row in read_csv(Path(root) / RAW_REJECTS)
+        if row.get("reason")
+    )
+    common = "; ".join(f"{reason} ({count})" for reason, count in reasons.most_common(3))
+    raise StageError(
+        f"collect obtained no image for any of the {len(results)} character(s)"
+        + (f": {common}" if common else "")
+        + f". See {RAW_REJECTS.as_posix()}; nothing was recorded as collected, so the next "
+        "run searches again."
+    )
+
+
 def collect_all(
     root: Path,
     params: Params,
@@ -640,7 +681,7 @@ def collect_all(
     """Collect every character in turn, then write the stage outputs. ``progress`` is
     called after each character with (characters done, characters in all, its result)."""
     root = Path(root)
-    sweep_interrupted(root)
+    prepare_collection(root, params)
     slugs = params.slugs
     results = []
     for index, character in enumerate(params.characters, start=1):
@@ -649,4 +690,5 @@ def collect_all(
         if progress:
             progress(index, len(params.characters), result)
     write_collect_outputs(root, params)
+    check_something_collected(results, root)
     return results

@@ -38,6 +38,7 @@ from urllib3.exceptions import (
 from anime_face_id.config import CollectConfig
 from anime_face_id.fileio import UnreadableFile, atomic_write_bytes, read_regular_file
 from anime_face_id.imaging import DEFAULT_MAX_DECODE_BYTES, ImageRejected, inspect
+from anime_face_id.interrupt import on_stop, raise_if_stopping
 from anime_face_id.netguard import (
     AddressPolicy,
     GuardedAdapter,
@@ -245,13 +246,20 @@ class Downloader:
         (retries + 1) times as long, and a caller budgeting a run needs one number per URL.
         A fetch that runs out is rejected as "deadline exceeded: <deadline_s> s"; a retry
         that could not finish in time is not started."""
-        with _Deadline(self.config.deadline_s) as deadline, watching(deadline.watch):
+        raise_if_stopping()
+        with (
+            _Deadline(self.config.deadline_s) as deadline,
+            watching(deadline.watch),
+            on_stop(deadline.watch.cut),  # Ctrl-C cuts a read under way, as the deadline does
+        ):
             try:
                 data = self._follow_redirects(url, deadline)
             except FetchRejected:
+                raise_if_stopping()  # the cut was the user's, not the server's fault
                 if deadline.expired:  # e.g. a TLS error: the cut, not the server, caused it
                     raise deadline.rejection() from None
                 raise
+            raise_if_stopping()
             if deadline.watch.is_cut:  # a body without a length ends at the cut, cleanly
                 raise deadline.rejection()
             return data
@@ -287,6 +295,7 @@ class Downloader:
         raise AssertionError("unreachable")
 
     def _attempt(self, url: str, deadline: _Deadline) -> bytes | _Redirect:
+        raise_if_stopping()  # e.g. after a backoff pause
         if deadline.expired:
             raise deadline.rejection()
         # A connect cannot be cut by the watchdog (shutting down a socket that is still

@@ -24,6 +24,7 @@ from prefect.states import Failed, State
 
 from anime_face_id.config import ConfigError, Params, load_params
 from anime_face_id.errors import SearchError, StageError
+from anime_face_id.interrupt import stop_on_ctrl_c
 
 # Errors that stop a stage: the runner's last line is their message.
 STOPPING_ERRORS: tuple[type[Exception], ...] = (StageError, ConfigError)
@@ -133,7 +134,12 @@ def run_stage(stage: str, flow) -> None:
     args = parse_args(stage)
     check_params(Path(args.root) / args.params)
     report_stops_once()
-    state: State = flow(params_path=args.params, root=args.root, return_state=True)
+    stop_on_ctrl_c()
+    try:
+        state: State = flow(params_path=args.params, root=args.root, return_state=True)
+    except KeyboardInterrupt:
+        print(f"{stage}: stopped by Ctrl-C; the next run goes on from here", file=sys.stderr)
+        raise SystemExit(130) from None
     finish(stage, state)
 
 

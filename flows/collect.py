@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from anime_face_id.collect import sweep_interrupted
+from anime_face_id.collect import check_something_collected, prepare_collection
 from flows._stage import fail_on_stage_error, load, run_stage
 from tasks.collect import collect_character, write_outputs
 from tasks.reporting import StageProgress, publish_summary
@@ -18,7 +18,7 @@ def collect_flow(params_path: str = "params.yaml", root: str = "."):
 
 
 def _collect(root_path, params) -> list[dict]:
-    sweep_interrupted(root_path)
+    prepare_collection(root_path, params)
     slugs = params.slugs
     progress = StageProgress("collect", len(params.characters))
     futures = [
@@ -40,6 +40,7 @@ def _collect(root_path, params) -> list[dict]:
         rows,
         f"Images per character (backend {params.collect.backend}, limit {params.collect.limit})",
     )
+    check_something_collected(list(results.values()), root_path)
     return rows
 
 

@@ -368,3 +368,15 @@ def test_a_failed_search_keeps_no_secret(tmp_path: Path) -> None:
     assert files and not [path for path in files if secret in path.read_text("latin-1")]
     _, rejects = read_outputs(root)
     assert rejects[0]["reason"] == "search failed: https://***@api.example/?api_key=***"
+
+
+def test_a_collection_with_nothing_for_anyone_is_an_error(tmp_path: Path, source: Path) -> None:
+    from anime_face_id.errors import StageError
+
+    root = tmp_path / "project"
+    with pytest.raises(StageError) as nothing:
+        collect_all(root, make_params(source, ["Nobody Here", "Nor Here"]))
+    assert "no image for any of the 2 character(s): search failed (2)" in str(nothing.value)
+    _manifest, rejects = read_outputs(root)  # the reasons are still written down
+    assert len(rejects) == 2
+    assert not list((root / RAW_DIR).glob("*/" + DONE))

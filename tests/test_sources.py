@@ -4,6 +4,7 @@ results page), folder, urls, and the duckduckgo adapter with an injected client.
 from __future__ import annotations
 
 import io
+import re
 import time
 import unicodedata
 from pathlib import Path
@@ -288,3 +289,101 @@ def test_collect_stage_records_a_missing_character_folder_without_traceback(
     with (tmp_path / "data" / "raw" / "rejects.csv").open(newline="", encoding="utf-8") as handle:
         (reject,) = list(csv.DictReader(handle))
     assert reject["character"] == "Bob" and "no directory for 'Bob'" in reject["reason"]
+
+
+# --- offline: one preflight, one line -------------------------------------------------
+
+
+def closed_port() -> int:
+    from tests.support.processes import free_port
+
+    return free_port()  # nothing listens there once the probe socket is closed
+
+
+def test_an_unreachable_search_engine_is_one_clear_error(monkeypatch) -> None:
+    from anime_face_id.errors import StageError
+    from anime_face_id.sources.reachability import check_search_reachable
+
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    port = closed_port()
+    config = CollectConfig(backend="google", search_url=f"http://127.0.0.1:{port}/s?q={{query}}")
+    with pytest.raises(StageError) as refused:
+        check_search_reachable(config)
+    message = str(refused.value)
+    assert f"127.0.0.1:{port}" in message and "backend: folder or urls" in message
+    assert "\n" not in message
+
+    unresolved = CollectConfig(backend="google", search_url="https://no-such-host.invalid/{query}")
+    with pytest.raises(
+        StageError, match=re.escape("the name no-such-host.invalid does not resolve")
+    ):
+        check_search_reachable(unresolved)
+
+
+def test_the_preflight_goes_through_the_proxy_the_environment_names(monkeypatch) -> None:
+    from anime_face_id.errors import StageError
+    from anime_face_id.sources.reachability import check_search_reachable
+
+    port = closed_port()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(StageError, match=re.escape(f"through the proxy 127.0.0.1:{port}")):
+        check_search_reachable(CollectConfig(backend="duckduckgo"))
+
+
+def test_a_listening_search_engine_and_offline_backends_pass(tmp_path: Path) -> None:
+    import socket
+
+    from anime_face_id.sources.reachability import check_search_reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_search_reachable(
+            CollectConfig(backend="google", search_url=f"http://127.0.0.1:{port}/?q={{query}}")
+        )
+    check_search_reachable(folder_config(tmp_path))  # searches nothing: nothing to check
+    check_search_reachable(CollectConfig(backend="urls", urls="u.csv"))
+
+
+@pytest.mark.slow  # a Prefect server for the session, and a stage process
+def test_collect_stage_offline_fails_in_one_line_and_records_nothing(
+    tmp_path: Path, prefect_api: dict[str, str]
+) -> None:
+    import yaml
+
+    port = closed_port()
+    params = {
+        "characters": [{"name": "Alice"}, {"name": "Bob"}],
+        "collect": {"backend": "google", "search_url": f"http://127.0.0.1:{port}/s?q={{query}}"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    process = run_stage_flow("collect", tmp_path, prefect_api)
+    output = process.stdout + process.stderr
+    assert process.returncode != 0, output
+    assert "Traceback" not in output
+    assert output.count("cannot reach its search engine") >= 1
+    assert "search-" not in output  # no search task ran, so none was retried
+    assert not list((tmp_path / "data" / "raw").glob("*/_done.json"))
+
+
+@pytest.mark.slow
+def test_collect_stage_with_nothing_for_anyone_fails(
+    tmp_path: Path, prefect_api: dict[str, str]
+) -> None:
+    import yaml
+
+    (tmp_path / "import").mkdir()
+    params = {
+        "characters": [{"name": "Alice"}, {"name": "Bob"}],
+        "collect": {"backend": "folder", "folder": "import"},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    process = run_stage_flow("collect", tmp_path, prefect_api)
+    output = process.stdout + process.stderr
+    assert process.returncode != 0, output
+    assert "Traceback" not in output
+    assert "collect obtained no image for any of the 2 character(s): search failed (2)" in output

@@ -1,0 +1,150 @@
+"""Ctrl-C stops a run within seconds and records nothing it cut short as a failure (issue 12):
+the next run fetches what was in flight, as if the interrupted run had never started it."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from anime_face_id import interrupt
+from anime_face_id.config import CollectConfig
+from anime_face_id.download import Downloader
+from anime_face_id.fileio import TMP_PREFIX
+from tests.support.webserver import Response, WebServer, web_server
+
+__all__ = ["web_server"]  # a fixture used below
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (seed * 37 % 256, seed * 91 % 256, 120)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def trickle(body: bytes) -> Response:
+    """The whole body, 100 bytes a second: a download that would take minutes."""
+    return Response(body=body, content_type="image/jpeg", chunk_size=100, chunk_delay=1.0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_run():
+    interrupt.reset()
+    yield
+    interrupt.reset()
+
+
+def test_a_stop_cuts_a_download_in_flight_and_refuses_new_ones(web_server: WebServer) -> None:
+    url = web_server.add("/slow.jpg", trickle(jpeg(1)))
+    config = CollectConfig(allow_networks=["127.0.0.0/8"], retries=0, deadline_s=120)
+    outcome: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            downloader.fetch(url)
+        except BaseException as error:  # Interrupted is a BaseException, like Ctrl-C
+            outcome.append(error)
+
+    with Downloader(config) as downloader:
+        worker = threading.Thread(target=fetch)
+        worker.start()
+        while web_server.count("/slow.jpg") == 0:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the body is trickling
+        started = time.monotonic()
+        interrupt.request_stop()
+        worker.join(timeout=30)
+        assert not worker.is_alive()
+        assert time.monotonic() - started < 5  # cut at once, not at the 120 s deadline
+        assert [type(error) for error in outcome] == [interrupt.Interrupted]
+        with pytest.raises(interrupt.Interrupted):
+            downloader.fetch(url)  # nothing new starts while stopping
+    assert web_server.count("/slow.jpg") == 1
+
+
+def test_interrupted_is_not_an_item_failure() -> None:
+    # Handlers of an item's own failures catch Exception; an interruption must pass them.
+    assert not issubclass(interrupt.Interrupted, Exception)
+    hooks: list[str] = []
+    with interrupt.on_stop(lambda: hooks.append("cut")):
+        interrupt.request_stop()
+    with interrupt.on_stop(lambda: hooks.append("late")):  # already stopping: called at once
+        pass
+    interrupt.request_stop()  # hooks that left are not called again
+    assert hooks == ["cut", "late"]
+
+
+@pytest.mark.slow  # a Prefect server for the session, and two stage processes
+def test_ctrl_c_stops_collect_in_seconds_and_the_next_run_fetches_everything(
+    tmp_path: Path, web_server: WebServer, prefect_api: dict[str, str]
+) -> None:
+    names = ("Alice", "Bob")
+    rows = ["character,url"]
+    for index in range(8):
+        path = f"/{index}.jpg"
+        body = jpeg(index)
+        web_server.add(path, trickle(body), Response(body=body, content_type="image/jpeg"))
+        rows.append(f"{names[index % 2]},{web_server.url(path)}")
+    (tmp_path / "urls.csv").write_text("\n".join(rows) + "\n")
+    params = {
+        "characters": [{"name": name} for name in names],
+        "collect": {
+            "backend": "urls",
+            "urls": "urls.csv",
+            "allow_networks": ["127.0.0.0/8"],
+            "workers": 4,
+            "retries": 0,
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {
+        **os.environ,
+        **prefect_api,
+        "PYTHONPATH": str(REPO),
+        "ANIME_FACE_ID_PYTHON": sys.executable,
+    }
+    command = ["sh", str(REPO / "flows" / "run"), "collect"]
+    log = tmp_path / "interrupted.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while sum(web_server.counts().values()) < 8:  # every download is trickling
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        started = time.monotonic()
+        process.wait(timeout=60)
+    text = log.read_text()
+    assert process.returncode == 130, text
+    assert time.monotonic() - started < 15, text
+    assert "collect: stopped by Ctrl-C" in text or "stopped" in text
+    raw = tmp_path / "data" / "raw"
+    assert [p for p in raw.rglob("*") if p.name.startswith(TMP_PREFIX)] == []
+    assert all(journal.read_text() == "" for journal in raw.glob("*/_journal.jsonl"))
+    assert not (raw / "manifest.csv").exists()
+
+    again = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    manifest = (raw / "manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 8  # every picture, none taken for a failure
