@@ -153,6 +153,23 @@ def test_comments_and_continuations_are_read_as_a_reader_copies_them() -> None:
 # ------------------------------------------------------------------ the commands, run
 
 
+def assert_plots_draw_offline(page_path: Path) -> None:
+    """The page `dvc plots show` wrote draws every chart with no network, each picture once."""
+    from tests.support.browser import chromium_page
+
+    html = page_path.read_text()
+    assert "cdn.jsdelivr" not in html and "vegaEmbed" in html
+    with chromium_page(page_path.as_uri(), 1280, 900, 60_000) as page:
+        page.wait_for_function(
+            "() => document.querySelectorAll('.vega-embed canvas, .vega-embed svg').length >= 4"
+        )
+        sources = page.evaluate("() => Array.from(document.images, image => image.src)")
+        assert len(sources) == len(set(sources)) == 4, sources
+        artifacts = REPO / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        page.screenshot(path=str(artifacts / "dvc-plots.png"), full_page=True)
+
+
 def copy_checkout(destination: Path) -> Path:
     """The files a clone of this checkout has (tracked, and new files not ignored)."""
     listed = subprocess.run(
@@ -321,7 +338,7 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     # Experiments, metrics and plots
     assert "metrics/eval.json" in reader.run(".venv/bin/dvc metrics show")
     reader.run(".venv/bin/dvc plots show")
-    assert (root / "dvc_plots" / "index.html").is_file()
+    assert_plots_draw_offline(root / "dvc_plots" / "index.html")
     reader.run(".venv/bin/dvc exp run -S train.lr=1e-4 -S train.margin=0.2")
     reader.run(".venv/bin/dvc exp run")
     assert "metrics/" in reader.run(".venv/bin/dvc metrics diff")  # the experiment's numbers
