@@ -47,7 +47,7 @@ INDEX_VERSION = 1
 # Part of every settings fingerprint: bump it when a code change alters the crops, so
 # that cached results made by the old code are not reused.
 CROP_ALGORITHM_VERSION = 1
-NO_FACE = "no face detected"
+NO_FACE = layout.NO_FACE
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CROP_FILE = re.compile(r"[0-9a-f]{16}_\d+\.png")
 # How often (in newly processed images) the index is saved while a character is being

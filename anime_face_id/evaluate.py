@@ -63,6 +63,7 @@ from anime_face_id.train import TRAIN_HISTORY
 logger = logging.getLogger("anime_face_id.evaluate")
 
 EVAL_METRICS = Path("metrics/eval.json")
+HEADLINE_METRICS = Path("metrics/headline.json")  # what `dvc metrics show` shows
 PLOTS_DIR = Path("plots")
 EMBEDDING_MAP_PNG = PLOTS_DIR / "embedding_map.png"
 EMBEDDING_MAP_CSV = PLOTS_DIR / "embedding_map.csv"
@@ -371,8 +372,41 @@ def evaluate(
         report["run_id"] = run_id
     report = json_safe(report)
     atomic_write_json(root / EVAL_METRICS, report)
+    atomic_write_json(root / HEADLINE_METRICS, json_safe(headline(report, root)))
     log_summary(report)
     return report
+
+
+def headline(report: dict, root: Path) -> dict:
+    """A handful of numbers for `dvc metrics show` and `dvc exp show`, the rest being in
+    metrics/eval.json: how often a face is named right (identification P@1, as `identify`
+    does it), how well its character's other pictures rank (MAP@R), the same for characters
+    never trained on, the verification EER, and the share of pictures with a face found."""
+
+    def value(*keys: str) -> float | None:
+        part: object = report
+        for key in keys:
+            part = part.get(key) if isinstance(part, dict) else None
+        return round(part, 4) if isinstance(part, float) else part
+
+    return {
+        "identification_p1": value("val", "identification", "precision_at_1"),
+        "map_at_r": value("val", "map_at_r"),
+        "open_set_p1": value("open_set", "precision_at_1"),
+        "open_set_map_at_r": value("open_set", "map_at_r"),
+        "eer": value("val", "eer"),
+        "untrained_identification_p1": value("baseline_val", "identification", "precision_at_1"),
+        "pictures_with_a_face": pictures_with_a_face(root),
+    }
+
+
+def pictures_with_a_face(root: Path) -> float | None:
+    """Of the pictures the crop stage read, the share it found at least one face in."""
+    found = {row["source"] for row in layout.read_table(root, layout.FACES_MANIFEST, ("source",))}
+    rejects = layout.read_table(root, layout.FACES_REJECTS, ("source", "reason"))
+    without = {row["source"] for row in rejects if row["reason"] == layout.NO_FACE} - found
+    read = len(found) + len(without)
+    return round(len(found) / read, 4) if read else None
 
 
 def below_baseline(report: dict) -> str | None:

@@ -65,6 +65,7 @@ FACE_COLUMNS = (
     "source_phash",
 )
 FACE_REJECT_COLUMNS = ("character", "slug", "source", "reason")
+NO_FACE = "no face detected"  # the reason of a picture the detector found no face in
 
 REVIEW_DIR = DATA / "review"
 DECISIONS = REVIEW_DIR / "decisions.csv"

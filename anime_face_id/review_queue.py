@@ -27,7 +27,6 @@ from PIL import Image, ImageDraw
 
 from anime_face_id import layout
 from anime_face_id.config import Params
-from anime_face_id.crop import NO_FACE
 from anime_face_id.decisions import (
     Box,
     Decisions,
@@ -223,7 +222,7 @@ def _face_boxes(faces: list[dict[str, str]]) -> dict[str, list[Box]]:
 
 def _unusable_raw(root: Path) -> dict[str, str]:
     rows = layout.read_table(root, layout.FACES_REJECTS, layout.FACE_REJECT_COLUMNS)
-    return {row["source"]: row["reason"] for row in rows if row["reason"] != NO_FACE}
+    return {row["source"]: row["reason"] for row in rows if row["reason"] != layout.NO_FACE}
 
 
 # ---------------------------------------------------------------- ordering

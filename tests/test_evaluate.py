@@ -204,3 +204,36 @@ def test_a_model_below_the_untrained_baseline_is_flagged(report):
     better = {**worse, "val": {**worse["val"], "map_at_r": 0.5}}
     assert below_baseline(better) is None
     assert below_baseline({"val": {"map_at_r": 0.1}}) is None  # no baseline, no verdict
+
+
+def test_headline_is_a_handful_of_numbers_from_the_report(tmp_path: Path) -> None:
+    from anime_face_id.evaluate import headline
+
+    faces = [{"source": s} for s in ("data/raw/a/1.jpg", "data/raw/a/1.jpg", "data/raw/b/2.png")]
+    write_csv(
+        tmp_path / layout.FACES_MANIFEST,
+        layout.FACE_COLUMNS,
+        [{column: row.get(column, "") for column in layout.FACE_COLUMNS} for row in faces],
+    )
+    rejects = [
+        {"source": "data/raw/a/3.jpg", "reason": layout.NO_FACE},
+        {"source": "data/raw/b/4.jpg", "reason": "not an image: truncated"},  # never read
+    ]
+    write_csv(
+        tmp_path / layout.FACES_REJECTS,
+        layout.FACE_REJECT_COLUMNS,
+        [{column: row.get(column, "") for column in layout.FACE_REJECT_COLUMNS} for row in rejects],
+    )
+    report = {
+        "val": {"map_at_r": 0.812345, "eer": 0.05, "identification": {"precision_at_1": 0.9}},
+        "open_set": {"precision_at_1": 0.88, "map_at_r": 0.61},
+    }
+    assert headline(report, tmp_path) == {
+        "identification_p1": 0.9,
+        "map_at_r": 0.8123,
+        "open_set_p1": 0.88,
+        "open_set_map_at_r": 0.61,
+        "eer": 0.05,
+        "untrained_identification_p1": None,  # no baseline in this report
+        "pictures_with_a_face": round(2 / 3, 4),  # two sources with a face, one without
+    }

@@ -45,10 +45,12 @@ RUN = [
     "make help",
     "source .venv/bin/activate",
     ".venv/bin/dvc metrics show",
+    ".venv/bin/dvc metrics show metrics/eval.json",
     ".venv/bin/dvc plots show",
     ".venv/bin/dvc exp run -S train.lr=1e-4 -S train.margin=0.2",
     ".venv/bin/dvc exp run",
     ".venv/bin/dvc metrics diff",
+    ".venv/bin/dvc exp show --only-changed",
     ".venv/bin/anime-face-id identify picture.jpg other.png",
     ".venv/bin/anime-face-id identify --json --top 5 picture.jpg",
     ".venv/bin/dvc repro split",
@@ -336,12 +338,17 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     reader.ran[-1] = "source .venv/bin/activate"
 
     # Experiments, metrics and plots
-    assert "metrics/eval.json" in reader.run(".venv/bin/dvc metrics show")
+    headline = reader.run(".venv/bin/dvc metrics show")
+    assert "metrics/headline.json" in headline and "identification_p1" in headline
+    assert max(map(len, headline.splitlines())) <= 160, headline  # a handful of columns
+    assert "val.map_at_r" in reader.run(".venv/bin/dvc metrics show metrics/eval.json")
     reader.run(".venv/bin/dvc plots show")
     assert_plots_draw_offline(root / "dvc_plots" / "index.html")
     reader.run(".venv/bin/dvc exp run -S train.lr=1e-4 -S train.margin=0.2")
     reader.run(".venv/bin/dvc exp run")
     assert "metrics/" in reader.run(".venv/bin/dvc metrics diff")  # the experiment's numbers
+    experiments = reader.run(".venv/bin/dvc exp show --only-changed")
+    assert "train.lr" in experiments and "identification_p1" in experiments
 
     # Identifying characters in new pictures
     text = reader.run(".venv/bin/anime-face-id identify picture.jpg other.png")
