@@ -17,7 +17,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages pipeline detector test test-fast lint format prefect-ui mlflow-ui review app serve clean-venv
+.PHONY: help setup system-packages pipeline detector test test-fast lint format prefect-ui prefect-start prefect-stop mlflow-ui review app serve clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}' \
@@ -42,8 +42,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
-pipeline: setup ## run the whole pipeline with params.yaml (dvc repro)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+# Every stage reports to one long-lived Prefect server (the project's, started in the
+# background when PREFECT_API_URL names none), so runs stay in the UI afterwards.
+pipeline: setup ## run the whole pipeline with params.yaml (dvc repro), runs kept in the Prefect UI
+	@api=$$($(PY) -m flows.server url --port $(PREFECT_PORT)) && \
+	  echo "Prefect runs: $${api%/api}" && \
+	  PREFECT_API_URL="$$api" PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 detector: setup ## retrain the face detector on $(SHARED)/testdata (writes the packaged weights)
 	$(PY) -m flows.detector --frames $(SHARED)/testdata/detection-train --crops $(SHARED)/testdata/identities
@@ -60,9 +64,13 @@ lint: setup ## ruff lint + format check
 format: setup ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-prefect-ui: setup ## start the Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)
-	$(BIN)/prefect config set PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+prefect-ui: prefect-start ## the Prefect UI on http://127.0.0.1:$(PREFECT_PORT) (the project's server, in the background)
+
+prefect-start: setup ## start the project's Prefect server in the background (data in .prefect/)
+	$(PY) -m flows.server start --port $(PREFECT_PORT)
+
+prefect-stop: setup ## stop the project's background Prefect server
+	$(PY) -m flows.server stop
 
 mlflow-ui: setup ## start the MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (runs in mlflow.db)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)

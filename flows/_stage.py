@@ -136,11 +136,28 @@ def run_stage(stage: str, flow) -> None:
     report_stops_once()
     stop_on_ctrl_c()
     try:
-        state: State = flow(params_path=args.params, root=args.root, return_state=True)
+        state: State = _with_project_server(
+            Path(args.root),
+            lambda: flow(params_path=args.params, root=args.root, return_state=True),
+        )
     except KeyboardInterrupt:
         print(f"{stage}: stopped by Ctrl-C; the next run goes on from here", file=sys.stderr)
         raise SystemExit(130) from None
     finish(stage, state)
+
+
+def _with_project_server(root: Path, run):
+    """``run()`` reporting to the project's running Prefect server when no other is
+    configured (else Prefect starts a temporary one for this process alone)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import configured_api_url, running_project_server
+
+    url = None if configured_api_url() else running_project_server(root)
+    if url is None:
+        return run()
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        return run()
 
 
 def load(root: str, params_path: str) -> tuple[Path, Params]:

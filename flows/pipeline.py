@@ -19,11 +19,12 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Failed
 
 from anime_face_id import review
 from flows._stage import check_params, fail_on_stage_error, finish, load, report_stops_once
+from flows.server import ensure_server
 from tasks.dvc import dvc_repro
 
 
@@ -134,6 +135,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     check_params(Path(args.root) / args.params)
+    # One long-lived server (the configured one, else the project's): the run and its
+    # stages stay in the UI, and the sign-off at review has somewhere to happen.
+    api_url = ensure_server(Path(args.root))
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.serve:
         pipeline_flow.serve(
             name=args.name,

@@ -59,6 +59,9 @@ RUN = [
     ".venv/bin/dvc repro review",
     ".venv/bin/dvc repro --single-item package",
     "make lint",
+    "make prefect-ui",
+    "make prefect-start",
+    "make prefect-stop",
 ]
 # Started here until they answer, then stopped (with what answers, and how the port is set).
 SERVE = [
@@ -67,7 +70,6 @@ SERVE = [
     "make review",
     "make app",
     "make mlflow-ui",
-    "make prefect-ui",
     '.venv/bin/python -m flows.pipeline --serve --cron "0 3 * * 1"',
 ]
 CURL = (
@@ -387,16 +389,20 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
         port = free_port()
         with reader.serving(command, f"http://127.0.0.1:{port}{health}", **{variable: str(port)}):
             pass
-    # A second Prefect server, as a reader starts it: its own database, the UI on.
+    # The project's own Prefect server, as a reader without one configured starts it: in the
+    # background, its data under the project, the UI on; started once, then stopped.
     port = free_port()
-    with reader.serving(
-        "make prefect-ui",
-        f"http://127.0.0.1:{port}/api/health",
-        PREFECT_PORT=str(port),
-        PREFECT_HOME=str(reader.root.parent / "home" / ".prefect"),
-        PREFECT_SERVER_UI_ENABLED="true",
-    ):
-        assert answers(f"http://127.0.0.1:{port}/")
+    own = {"PREFECT_API_URL": "", "PREFECT_PORT": str(port), "PREFECT_SERVER_UI_ENABLED": "true"}
+    try:
+        assert f"http://127.0.0.1:{port}" in reader.run("make prefect-ui", **own)
+        assert answers(f"http://127.0.0.1:{port}/api/health") and answers(
+            f"http://127.0.0.1:{port}/"
+        )
+        assert (root / ".prefect" / "prefect.db").is_file()
+        assert "starting" not in reader.run("make prefect-start", **own)  # already running
+    finally:
+        reader.run("make prefect-stop", **own)
+    assert not answers(f"http://127.0.0.1:{port}/api/health")
     deployment = '.venv/bin/python -m flows.pipeline --serve --cron "0 3 * * 1"'
     with reader.serving(deployment, "being served"):
         found = prefect_post(reader.env["PREFECT_API_URL"], "deployments/filter", {})

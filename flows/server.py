@@ -1,0 +1,134 @@
+"""The project's own long-lived Prefect server, so that runs stay in the UI afterwards and
+stages do not each start a temporary one (about 20 s apiece).
+
+    .venv/bin/python -m flows.server start   # in the background, data in .prefect/
+    .venv/bin/python -m flows.server url     # the API to use (started when needed)
+    .venv/bin/python -m flows.server stop
+
+A Prefect API the user configured (PREFECT_API_URL, in the environment or the Prefect
+profile) always wins: nothing is started then. `make pipeline`, `make prefect-ui` and
+`python -m flows.pipeline` use this module; `make prefect-stop` stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prefect.settings import PREFECT_API_URL
+
+from anime_face_id.fileio import atomic_write_text
+from anime_face_id.privacy import TELEMETRY_OFF
+
+PROJECT_HOME = Path(".prefect")  # under the project root; ignored by git
+API_URL_FILE = PROJECT_HOME / "api_url"  # where the running project server answers
+DEFAULT_PORT = 4200
+START_TIMEOUT_S = 180.0
+
+
+def configured_api_url() -> str | None:
+    return PREFECT_API_URL.value() or None
+
+
+def answers(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=3) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _server_env(root: Path) -> dict[str, str]:
+    env = {**os.environ, **TELEMETRY_OFF, "PREFECT_HOME": str((root / PROJECT_HOME).resolve())}
+    env.pop("PREFECT_API_URL", None)  # the server itself is no client of another
+    return env
+
+
+def _prefect(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        cwd=root,
+        env=_server_env(root),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ensure_server(root: Path, port: int = DEFAULT_PORT) -> str:
+    """The Prefect API to report to: the configured one, else the project's server on
+    127.0.0.1:``port``, started in the background when it is not answering."""
+    configured = configured_api_url()
+    if configured:
+        return configured
+    url = f"http://127.0.0.1:{port}/api"
+    if answers(url):
+        _remember(root, url)
+        return url
+    print(f"starting the project's Prefect server on http://127.0.0.1:{port} (data in {PROJECT_HOME}/)",
+          file=sys.stderr)  # fmt: skip
+    started = _prefect(
+        root, "server", "start", "--background", "--host", "127.0.0.1", "--port", str(port)
+    )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not answers(url):
+        if time.monotonic() > deadline:
+            detail = (started.stdout + started.stderr).strip().splitlines()[-5:]
+            raise SystemExit(
+                f"error: the Prefect server did not answer on {url} in {START_TIMEOUT_S:g} s"
+                + ("".join(f"\n  {line}" for line in detail) if detail else "")
+            )
+        time.sleep(0.5)
+    _remember(root, url)
+    return url
+
+
+def _remember(root: Path, url: str) -> None:
+    path = root / API_URL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, url + "\n")
+
+
+def running_project_server(root: Path) -> str | None:
+    """The project server's API when it was started here and still answers; a stage run
+    by a bare `dvc repro` reports to it instead of starting a temporary server."""
+    try:
+        url = (root / API_URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    return url if url and answers(url) else None
+
+
+def stop_server(root: Path) -> str:
+    stopped = _prefect(root, "server", "stop")
+    (root / API_URL_FILE).unlink(missing_ok=True)
+    return (stopped.stdout + stopped.stderr).strip() or "stopped"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.server", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("command", choices=("start", "url", "stop"))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PREFECT_PORT", DEFAULT_PORT))
+    )
+    parser.add_argument("--root", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    if args.command == "stop":
+        print(stop_server(args.root))
+        return
+    url = ensure_server(args.root, args.port)
+    if args.command == "url":
+        print(url)
+    else:
+        print(f"Prefect API {url}; UI {url.removesuffix('/api')}")
+
+
+if __name__ == "__main__":
+    main()

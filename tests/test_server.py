@@ -1,0 +1,92 @@
+"""The project's long-lived Prefect server (issue 12): started once in the background with
+its data under the project, reused by later commands (a bare `dvc repro` stage too, so runs
+stay in the UI), stopped on request; a server the user configured always wins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.prefect_server import quiet_prefect_env
+from tests.support.processes import answers, free_port
+from tests.support.project import prefect_post
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def server_command(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.server", *args, "--root", str(root)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def unconfigured_env(home: Path) -> dict[str, str]:
+    """A shell with no Prefect API configured (nor a profile that names one)."""
+    env = {**os.environ, **quiet_prefect_env(home), "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def test_a_configured_server_wins_and_nothing_is_started(tmp_path: Path) -> None:
+    env = {**unconfigured_env(tmp_path / "home"), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    process = server_command(tmp_path, env, "url")
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.strip() == "http://127.0.0.1:9/api"
+    assert not (tmp_path / ".prefect").exists()
+
+
+@pytest.mark.slow  # a real Prefect server and a stage process
+def test_the_project_server_is_started_once_kept_and_stopped(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    port = free_port()
+    env = {**unconfigured_env(tmp_path / "home"), "PREFECT_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        started = server_command(root, env, "start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert answers(f"{url}/health")
+        assert (root / ".prefect" / "prefect.db").is_file()  # its data under the project
+        pid = (root / ".prefect" / "server.pid").read_text()
+
+        again = server_command(root, env, "url")
+        assert again.stdout.strip() == url and "starting" not in again.stderr
+        assert (root / ".prefect" / "server.pid").read_text() == pid
+
+        # A stage run as a bare `dvc repro` runs it (no PREFECT_API_URL) reports there.
+        (root / "pictures" / "alice").mkdir(parents=True)
+        (root / "params.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "characters": [{"name": "Alice"}],
+                    "collect": {"backend": "folder", "folder": "pictures"},
+                }
+            )
+        )
+        stage = subprocess.run(
+            ["sh", str(REPO / "flows" / "run"), "collect"],
+            cwd=root,
+            env={**env, "ANIME_FACE_ID_PYTHON": sys.executable},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        output = stage.stdout + stage.stderr
+        assert "Starting temporary server" not in output, output
+        runs = prefect_post(url, "flow_runs/filter", {})
+        assert [run["name"] for run in runs], output  # the collect run, kept on the server
+    finally:
+        stopped = server_command(root, env, "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not answers(f"{url}/health")
+    assert not (root / ".prefect" / "api_url").exists()
