@@ -286,6 +286,8 @@ def test_collect_stage_records_a_missing_character_folder_without_traceback(
     assert process.returncode == 0, output
     assert "Traceback" not in output
     assert "Bob: recorded as a reject: folder backend: no directory for 'Bob'" in output
+    assert "collect: 1 of 2 characters done" in output  # progress in the terminal
+    assert "collect: 2 of 2 characters done" in output
     with (tmp_path / "data" / "raw" / "rejects.csv").open(newline="", encoding="utf-8") as handle:
         (reject,) = list(csv.DictReader(handle))
     assert reject["character"] == "Bob" and "no directory for 'Bob'" in reject["reason"]
