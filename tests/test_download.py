@@ -33,6 +33,7 @@ from PIL import Image
 from anime_face_id.collect import DONE, JOURNAL, collect_all, read_journal
 from anime_face_id.config import CollectConfig, parse_params
 from anime_face_id.download import Downloader, FetchRejected
+from anime_face_id.errors import StageError
 from anime_face_id.fileio import TMP_PREFIX, read_csv
 from anime_face_id.layout import RAW_DIR, RAW_MANIFEST, RAW_REJECTS
 from anime_face_id.redaction import redact_credentials
@@ -487,13 +488,14 @@ def test_deadline_covers_redirects_and_the_stage_keeps_nothing_of_a_cut_download
             root, web_server, ["/slow-hop"], retries=2, timeout_s=1.0, deadline_s=1.5
         )
         started = time.monotonic()
-        collect_all(root, load_stage_params(root))
+        with pytest.raises(StageError, match="no image for any of the 1 character"):
+            collect_all(root, load_stage_params(root))  # nothing for anyone: not a result
         assert time.monotonic() - started < 3 * 1.5
     (reject,) = read_csv(root / RAW_REJECTS)
     assert reject["reason"] == "deadline exceeded: 1.5 s"
     assert read_csv(root / RAW_MANIFEST) == []
     directory = root / RAW_DIR / "test_subject"
-    assert {p.name for p in directory.iterdir()} == {JOURNAL, DONE}
+    assert {p.name for p in directory.iterdir()} == {JOURNAL}  # not recorded as done
     assert not list(root.rglob(f"{TMP_PREFIX}*"))
 
 
