@@ -15,16 +15,20 @@ traceback, so two logging filters handle them:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from prefect import tags
 from prefect.states import Failed, State
 
 from anime_face_id.config import ConfigError, Params, load_params
 from anime_face_id.errors import SearchError, StageError
 from anime_face_id.interrupt import stop_on_ctrl_c
+from tasks.reporting import PIPELINE_TAG
 
 # Errors that stop a stage: the runner's last line is their message.
 STOPPING_ERRORS: tuple[type[Exception], ...] = (StageError, ConfigError)
@@ -136,7 +140,8 @@ def run_stage(stage: str, flow) -> None:
     report_stops_once()
     stop_on_ctrl_c()
     try:
-        state: State = _with_project_server(
+        state: State = _reported(
+            stage,
             Path(args.root),
             lambda: flow(params_path=args.params, root=args.root, return_state=True),
         )
@@ -146,17 +151,20 @@ def run_stage(stage: str, flow) -> None:
     finish(stage, state)
 
 
-def _with_project_server(root: Path, run):
+def _reported(stage: str, root: Path, run):
     """``run()`` reporting to the project's running Prefect server when no other is
-    configured (else Prefect starts a temporary one for this process alone)."""
+    configured (else Prefect starts a temporary one for this process alone), its flow run
+    tagged ``stage:<stage>``, and with the pipeline's tag when flows.pipeline started it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.server import configured_api_url, running_project_server
 
     url = None if configured_api_url() else running_project_server(root)
-    if url is None:
-        return run()
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    pipeline = os.environ.get(PIPELINE_TAG)  # set by tasks.dvc for flows.pipeline
+    with contextlib.ExitStack() as stack:
+        if url is not None:
+            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        stack.enter_context(tags(f"stage:{stage}", *([pipeline] if pipeline else [])))
         return run()
 
 

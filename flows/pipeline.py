@@ -3,11 +3,13 @@
     python -m flows.pipeline                     # run once
     python -m flows.pipeline --serve --cron "0 3 * * 1"   # serve it on a schedule
 
-Collect and crop run through DVC; when crops await review (and review.require_complete is
-true) the flow pauses and the Prefect UI shows a form with the counts and a link to the
-review app. The reviewer reviews, then signs off there (optionally accepting whatever is
-still pending); the flow resumes and DVC runs the remaining stages. Without a Prefect
-server to resume from, it stops at review with the same message as `dvc repro`.
+Each DVC stage is a task of this flow (`dvc repro --single-item <stage>`, in dvc.yaml's
+order), linked to the stage's own flow run. When crops await review (and
+review.require_complete is true) the flow pauses and the Prefect UI shows a form with the
+counts and a link to the review app. The reviewer reviews, then signs off there (optionally
+accepting whatever is still pending); the flow resumes and runs the remaining stages. It
+reports to the configured Prefect server, else to the project's own (flows.server), started
+when needed; without any server to resume from, it stops at review like `dvc repro`.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Failed
 
 from anime_face_id import review
+from anime_face_id.errors import StageError
 from flows._stage import check_params, fail_on_stage_error, finish, load, report_stops_once
 from flows.server import ensure_server
-from tasks.dvc import dvc_repro
+from tasks.dvc import dvc_repro_stage, stage_names
 
 
 class ReviewSignOff(RunInput):
@@ -108,12 +112,23 @@ def pipeline_flow(params_path: str = "params.yaml", root: str = ".", until: str 
 
 
 def _pipeline(params_path: str, root: str, until: str):
+    """Each stage as a task of its own, in dvc.yaml's order: those before review, the
+    review sign-off, then the rest up to ``until``."""
     root_path, _ = load(root, params_path)
-    dvc_repro(root_path, "crop")
-    stop = wait_for_review(root_path, params_path)
-    if stop is not None:
-        return Failed(message=stop)
-    dvc_repro(root_path, until)
+    stages = stage_names(root_path)
+    if until != "all" and until not in stages:
+        raise StageError(f"--until {until!r} is not a stage of dvc.yaml ({', '.join(stages)})")
+    last = stages.index(until) if until != "all" else len(stages) - 1
+    tag = f"pipeline:{flow_run.id}"
+    review_at = stages.index("review")
+    for stage in stages[: min(review_at, last + 1)]:
+        dvc_repro_stage(root_path, stage, tag)
+    if last >= review_at:
+        stop = wait_for_review(root_path, params_path)
+        if stop is not None:
+            return Failed(message=stop)
+    for stage in stages[review_at : last + 1]:
+        dvc_repro_stage(root_path, stage, tag)
     return f"pipeline complete ({until})"
 
 

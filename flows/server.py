@@ -60,12 +60,18 @@ def _prefect(root: Path, *args: str, timeout: float = 120) -> subprocess.Complet
     )
 
 
-def ensure_server(root: Path, port: int = DEFAULT_PORT) -> str:
+def project_port() -> int:
+    return int(os.environ.get("PREFECT_PORT") or DEFAULT_PORT)  # as make's PREFECT_PORT
+
+
+def ensure_server(root: Path, port: int | None = None) -> str:
     """The Prefect API to report to: the configured one, else the project's server on
-    127.0.0.1:``port``, started in the background when it is not answering."""
+    127.0.0.1:``port`` (default $PREFECT_PORT, else 4200), started in the background when
+    it is not answering."""
     configured = configured_api_url()
     if configured:
         return configured
+    port = port or project_port()
     url = f"http://127.0.0.1:{port}/api"
     if answers(url):
         _remember(root, url)
@@ -115,9 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m flows.server", description=__doc__.splitlines()[0]
     )
     parser.add_argument("command", choices=("start", "url", "stop"))
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("PREFECT_PORT", DEFAULT_PORT))
-    )
+    parser.add_argument("--port", type=int, default=None, help="default $PREFECT_PORT, else 4200")
     parser.add_argument("--root", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     if args.command == "stop":

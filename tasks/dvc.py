@@ -1,4 +1,11 @@
-"""Running DVC from a flow: `dvc repro` as a task whose output lands in the Prefect log."""
+"""Running DVC from a flow: `dvc repro` of one stage as a task whose output lands in the
+Prefect log, and whose stage flow run is linked from it.
+
+The stage runs in its own process (its DVC cmd), so its flow run cannot be a subflow of
+this one; it carries the tag ``pipeline:<this flow run's id>`` instead (``PIPELINE_TAG``
+in its environment, read by ``flows._stage``), and the task finds it by that tag and
+publishes a link to it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from prefect import get_run_logger, task
 from prefect.settings import PREFECT_API_URL
 
 from anime_face_id.errors import StageError
+from tasks.reporting import PIPELINE_TAG
 
 
 def dvc_executable() -> str:
@@ -19,7 +28,7 @@ def dvc_executable() -> str:
     return str(beside_python) if beside_python.exists() else (shutil.which("dvc") or "dvc")
 
 
-def stage_environment() -> dict[str, str]:
+def stage_environment(tag: str | None = None) -> dict[str, str]:
     """The stage flows report to the same Prefect API as this flow (a real server, or
     the test harness), and run with this interpreter (flows/run, the stages' cmd, reads
     ANIME_FACE_ID_PYTHON) unless the caller chose another."""
@@ -29,19 +38,51 @@ def stage_environment() -> dict[str, str]:
     api_url = PREFECT_API_URL.value()
     if api_url:
         env["PREFECT_API_URL"] = api_url
+    if tag:
+        env[PIPELINE_TAG] = tag
     return env
 
 
-@task(task_run_name="dvc-repro-{target}")
-def dvc_repro(root: Path, target: str = "all") -> None:
-    """`dvc repro` (of `target` and what it depends on, or of everything)."""
+def stage_names(root: Path) -> list[str]:
+    """dvc.yaml's stages in the order they are written (the order they run in)."""
+    return list(yaml.safe_load((Path(root) / "dvc.yaml").read_text())["stages"])
+
+
+@task(task_run_name="{stage}")
+def dvc_repro_stage(root: Path, stage: str, tag: str) -> None:
+    """`dvc repro --single-item <stage>` (run in dvc.yaml's order, so what it depends on is
+    already up to date), then a link to the stage's own flow run."""
+    _dvc_repro(root, ["--single-item", stage], stage_environment(tag))
+    link_stage_runs(stage, tag)
+
+
+def link_stage_runs(stage: str, tag: str) -> None:
+    from prefect import get_client
+    from prefect.artifacts import create_link_artifact
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    api_url = PREFECT_API_URL.value() or ""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag, f"stage:{stage}"]))
+        )
+    for run in runs:
+        link = f"{api_url.removesuffix('/api')}/runs/flow-run/{run.id}"
+        create_link_artifact(link, link_text=f"{stage} flow run {run.name}")
+        get_run_logger().info("%s flow run: %s", stage, link)
+    if not runs:
+        get_run_logger().info("%s: up to date, nothing ran", stage)
+
+
+def _dvc_repro(root: Path, arguments: list[str], env: dict[str, str]) -> None:
     logger = get_run_logger()
-    command = [dvc_executable(), "repro", *([] if target == "all" else [target])]
-    logger.info("$ %s", " ".join(command[1:]))
+    command = [dvc_executable(), "repro", *arguments]
+    target = arguments[-1] if arguments else "all"
+    logger.info("$ dvc %s", " ".join(command[1:]))
     process = subprocess.Popen(
         command,
         cwd=root,
-        env=stage_environment(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

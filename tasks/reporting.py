@@ -21,6 +21,11 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")
 
 
+# The environment variable carrying the pipeline run's tag into the stages it starts
+# (tasks.dvc sets it, flows._stage tags the stage's flow run with it).
+PIPELINE_TAG = "ANIME_FACE_ID_PIPELINE_TAG"
+
+
 class StageProgress:
     """A progress artifact in the Prefect UI and a line in the terminal ("collect: 3 of 40
     characters done (last: Kise Ryota)"), advanced as units of work (characters) finish."""

@@ -73,11 +73,13 @@ def test_detection_benchmark_compares_both_detectors(small_shared: Path, tmp_pat
     assert process.returncode == 0, process.stdout + process.stderr
     out = process.stdout
     assert "4 validation frames, 3 small-set frames, 6 illustrations" in out
+    assert re.search(r"illustrations, \d+ close-ups", out)
     for name in ("cascade (lbp)", "centernet"):
         line = next(line for line in out.splitlines() if line.startswith(name))
         recall, precision = map(float, re.search(r"recall (\S+) precision (\S+)", line).groups())
         assert 0 <= recall <= 1 and 0 <= precision <= 1
         assert re.search(r"illustrations with a face \d/6", line)
+        assert re.search(r"close-ups recall \d\.\d{3} \(IoU 0\.5\), with a face \d\.\d{3}", line)
     assert len(re.findall(r"min_score 0\.\d: recall", out)) == 6
     assert re.search(r"speed of centernet against the cascade: \d+\.\d\dx", out)
     assert sheet.stat().st_size > 0

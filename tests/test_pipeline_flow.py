@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextvars
 import csv
-import os
 import subprocess
 import sys
 import threading
@@ -159,18 +158,64 @@ def test_sign_off_timeout_ends_cleanly_and_rerun_continues(project, prefect_harn
     assert (project.root / layout.DECISIONS).read_text().startswith(decisions_before)
 
 
-def test_without_a_prefect_server_it_stops_at_review_like_dvc(project, tmp_path):
+def test_without_a_configured_server_it_uses_the_projects_and_links_every_stage(project, tmp_path):
+    """`python -m flows.pipeline` in a shell with no Prefect API: the project's server is
+    started in the background, the run pauses there for the sign-off, and after it each
+    stage is a task of the run, linked to the stage's own (tagged) flow run."""
+    from tests.support.processes import free_port
+    from tests.support.project import prefect_post
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in project.env.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    process = subprocess.run(
-        [sys.executable, "-m", "flows.pipeline"],
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_PORT=str(port))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline", "--until", "balance"],
         cwd=project.root,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=600,
     )
-    assert process.returncode == 1, process.stdout + process.stderr
-    assert "await review" in process.stderr and "make review" in process.stderr
-    assert not (project.root / layout.CURATED_MANIFEST).exists()
-    assert os.path.exists(project.root / layout.FACES_MANIFEST)
+    try:
+        paused = None
+        deadline = time.monotonic() + 300
+        while paused is None:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "the pipeline never paused for review"
+            time.sleep(1)
+            try:
+                runs = prefect_post(
+                    api,
+                    "flow_runs/filter",
+                    {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}},
+                )
+            except OSError:
+                continue  # the server is still starting
+            paused = runs[0] if runs else None
+        assert (project.root / ".prefect" / "prefect.db").is_file()  # the project's server
+        prefect_post(
+            api,
+            f"flow_runs/{paused['id']}/resume",
+            {"run_input": {"reviewer": "tester", "accept_pending": True}},
+        )
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output
+        assert (project.root / layout.BALANCED_TRAIN).exists()
+
+        tasks = prefect_post(api, "task_runs/filter", {})
+        names = {task["name"] for task in tasks}
+        assert {"collect", "crop", "review", "split", "balance"} <= names, names
+        tag = f"pipeline:{paused['id']}"
+        stages = prefect_post(api, "flow_runs/filter", {"flow_runs": {"tags": {"all_": [tag]}}})
+        assert {"stage:review", "stage:balance"} <= {t for run in stages for t in run["tags"]}
+        assert f"{api.removesuffix('/api')}/runs/flow-run/" in output  # the links, logged
+    finally:
+        if process.poll() is None:
+            process.kill()
+        subprocess.run(
+            [sys.executable, "-m", "flows.server", "stop", "--root", str(project.root)],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
