@@ -41,10 +41,9 @@ import numpy as np
 from anime_face_id import layout
 from anime_face_id.config import IdentifyConfig, Params
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import atomic_write_bytes, atomic_write_json, json_safe
+from anime_face_id.fileio import atomic_write_bytes
 
 GALLERY = Path("models/gallery.npz")
-PACKAGE_METRICS = Path("metrics/package.json")  # the package stage's DVC metrics
 FORMAT_VERSION = 1
 # When nothing can be calibrated (no validation images, one character), no face is
 # called unknown: every face gets its best match, and the metadata says why.
@@ -585,17 +584,3 @@ def describe(gallery: Gallery) -> dict:
         "embedder_sha256": gallery.embedder,
         "built_at": gallery.meta.get("built_at"),
     }
-
-
-def package_gallery(root: Path, params: Params, checkpoint: Path) -> dict:
-    """The package stage's core: rebuild ``models/gallery.npz`` and write its summary to
-    ``metrics/package.json``; returns that summary."""
-    root = Path(root)
-    gallery, skipped = rebuild_gallery(root, params, root / checkpoint, root / GALLERY)
-    summary = {
-        **describe(gallery),
-        "skipped_images": [{"path": p, "reason": r} for p, r in skipped.items()],
-    }
-    summary = json_safe(summary)
-    atomic_write_json(root / PACKAGE_METRICS, summary)
-    return summary

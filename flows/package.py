@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from anime_face_id import gallery, layout
+from anime_face_id import gallery, layout, package
 from flows._stage import fail_on_stage_error, load, run_stage
 from tasks import tracking
 from tasks.mlflow_model import log_identifier
@@ -19,7 +19,7 @@ from tasks.reporting import publish_summary
 
 @task
 def build_gallery(root: Path, params) -> dict:
-    return gallery.package_gallery(root, params, layout.EMBEDDER)
+    return package.package_gallery(root, params, layout.EMBEDDER)
 
 
 @task
@@ -45,7 +45,7 @@ def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
                 "crop.detector": params.crop.detector,
             }
         )
-        mlflow.log_artifact(str(root / gallery.PACKAGE_METRICS), "metrics")
+        mlflow.log_artifact(str(root / package.PACKAGE_METRICS), "metrics")
         model_uri = log_identifier(root, params, root / layout.EMBEDDER, root / gallery.GALLERY)
         registration = tracking.register_if_better(run_id, model_uri, score)
         mlflow.set_tags({f"registry.{k}": str(v) for k, v in registration.items()})
