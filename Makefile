@@ -49,8 +49,13 @@ pipeline: setup ## run the whole pipeline with params.yaml (dvc repro), runs kep
 	  echo "Prefect runs: $${api%/api}" && \
 	  PREFECT_API_URL="$$api" PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# The recipe of the shipped weights: frames with pasted crops from ImageNet features, then a
+# refinement in which that model labels the identity crops (pseudo-labels) for close-up views.
+DETECTOR_DATA = --frames $(SHARED)/testdata/detection-train --crops $(SHARED)/testdata/identities
 detector: setup ## retrain the face detector on $(SHARED)/testdata (writes the packaged weights)
-	$(PY) -m flows.detector --frames $(SHARED)/testdata/detection-train --crops $(SHARED)/testdata/identities
+	$(PY) -m flows.detector $(DETECTOR_DATA) --out models/detector/centernet_first.pt
+	$(PY) -m flows.detector $(DETECTOR_DATA) --init models/detector/centernet_first.pt \
+	  --epochs 12 --lr 1e-3 --backbone-lr 2.5e-4 --close-up-probability 0.2
 
 test: setup ## run the whole test suite (slow and browser tests included)
 	$(BIN)/pytest
