@@ -53,18 +53,24 @@ def dvc_repro_stage(root: Path, stage: str, tag: str) -> None:
     """`dvc repro --single-item <stage>` (run in dvc.yaml's order, so what it depends on is
     already up to date), then a link to the stage's own flow run."""
     _dvc_repro(root, ["--single-item", stage], stage_environment(tag))
-    link_stage_runs(stage, tag)
+    try:
+        link_stage_runs(stage, tag)
+    except Exception as error:  # a missing link must not fail a stage that ran
+        get_run_logger().warning("%s: could not link its flow run: %s", stage, error)
 
 
 def link_stage_runs(stage: str, tag: str) -> None:
     from prefect import get_client
     from prefect.artifacts import create_link_artifact
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
 
     api_url = PREFECT_API_URL.value() or ""
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag, f"stage:{stage}"]))
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag, f"stage:{stage}"])),
+            sort=FlowRunSort.START_TIME_ASC,
+            limit=20,
         )
     for run in runs:
         link = f"{api_url.removesuffix('/api')}/runs/flow-run/{run.id}"

@@ -327,7 +327,7 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     new_character = PIPELINE_NAMES[-1]
 
     # Quick start and own data
-    assert "slug" in reader.run(".venv/bin/anime-face-id check").lower()
+    assert "akane_red" in reader.run(".venv/bin/anime-face-id check")  # each slug listed
     reader.run("make pipeline")
     assert json.loads((root / "metrics" / "eval.json").read_text())["val"]["map_at_r"] >= 0
     reader.run("git add -A && git commit -qm 'first model'")
