@@ -40,10 +40,11 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def measure(where: Path, pictures: Path, env: dict[str, str]) -> dict[str, float]:
-    project = make_project(where, env)
-    if "PREFECT_API_URL" not in env:  # no server: each stage starts a temporary one
-        project.env.pop("PREFECT_API_URL", None)
+def measure(where: Path, pictures: Path, api_url: str | None) -> dict[str, float]:
+    project = make_project(where, {"ANIME_FACE_ID_PYTHON": sys.executable})
+    project.env.pop("PREFECT_API_URL", None)  # no server: each stage starts a temporary one
+    if api_url:
+        project.env["PREFECT_API_URL"] = api_url
     params = project.params()
     params["characters"] = [{"name": name} for name in PIPELINE_NAMES[:3]]
     params["collect"].update(backend="folder", folder=str(pictures))
@@ -66,7 +67,7 @@ def main() -> None:
         where = Path(scratch)
         pictures = write_picture_folder(where / "pictures", PIPELINE_NAMES[:4], args.pictures, 256)
         base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-        results = {"temporary server per stage": measure(where / "temporary", pictures, base)}
+        results = {"temporary server per stage": measure(where / "temporary", pictures, None)}
         server_root = where / "server"
         server_root.mkdir()
         port = "4290"
@@ -82,8 +83,9 @@ def main() -> None:
         ]
         url = subprocess.run(start, cwd=REPO, env=base, capture_output=True, text=True, check=True)
         try:
-            long_lived = {**base, "PREFECT_API_URL": url.stdout.strip()}
-            results["one long-lived server"] = measure(where / "long-lived", pictures, long_lived)
+            results["one long-lived server"] = measure(
+                where / "long-lived", pictures, url.stdout.strip()
+            )
         finally:
             stop = [sys.executable, "-m", "flows.server", "stop", "--root", str(server_root)]
             subprocess.run(stop, cwd=REPO, env=base, capture_output=True)
