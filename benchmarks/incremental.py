@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,12 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.project import make_project  # noqa: E402
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -70,7 +77,7 @@ def main() -> None:
         results = {"temporary server per stage": measure(where / "temporary", pictures, None)}
         server_root = where / "server"
         server_root.mkdir()
-        port = "4290"
+        port = str(free_port())
         start = [
             sys.executable,
             "-m",

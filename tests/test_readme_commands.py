@@ -95,6 +95,10 @@ ELSEWHERE = {
         "tests/test_benchmark_detection.py::test_detection_benchmark_compares_both_detectors",
         "minutes on the whole of ../shared; the test runs the script on a few of its pictures",
     ),
+    ".venv/bin/python benchmarks/incremental.py": (
+        "tests/test_benchmark_incremental.py::test_incremental_benchmark_measures_both_modes",
+        "two minutes; the test runs the script on 3 pictures per character",
+    ),
     "make detector": (
         "tests/test_centernet.py::test_detector_command_trains_and_records_an_mlflow_run",
         "about 85 minutes of CPU; the test runs the same command for two steps",

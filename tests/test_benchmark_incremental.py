@@ -1,0 +1,35 @@
+"""benchmarks/incremental.py as the README runs it, on a tiny project: both modes measured
+(a temporary Prefect server per stage, and the project's long-lived one, started and stopped
+by the script), with the ratio of adding a character to a full build."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # two Prefect servers' worth of stage runs
+def test_incremental_benchmark_measures_both_modes(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    process = subprocess.run(
+        [sys.executable, "benchmarks/incremental.py", "--pictures", "3"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    for mode in ("temporary server per stage", "one long-lived server"):
+        line = next(line for line in process.stdout.splitlines() if line.startswith(mode))
+        assert re.search(
+            r"full +\d+\.\d s \| add one +\d+\.\d s \(\d\.\d\d of full\) \| no-op +\d+\.\d s", line
+        ), line
