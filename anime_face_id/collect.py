@@ -38,7 +38,7 @@ from anime_face_id.layout import RAW_COLUMNS, RAW_DIR, RAW_MANIFEST, RAW_REJECT_
 from anime_face_id.redaction import redact_credentials
 from anime_face_id.sources import SearchError, get_backend
 from anime_face_id.sources.base import unique
-from anime_face_id.sources.reachability import check_search_reachable
+from anime_face_id.sources.reachability import check_search_reachable, search_endpoint
 
 __all__ = [  # what tests and adapters import from the stage module
     "DONE",
@@ -207,6 +207,8 @@ def prepare_collection(root: Path, params: Params) -> None:
     still needs a web search, check once that the search engine answers (StageError if
     not: one line in seconds rather than a failed search per character)."""
     sweep_interrupted(root)
+    if search_endpoint(params.collect) is None:
+        return  # folder and urls search nothing: no check, and no fingerprints computed twice
     slugs = params.slugs
     if any(
         not is_collected(root, character, slugs[character.name], params.collect)
