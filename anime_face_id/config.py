@@ -186,6 +186,9 @@ class TrainConfig(Section):
     # face-suited augmentation (flip, tilt, zoom, colour, greyscale) on every training
     # image; rows that balance marked augment=1 are augmented either way
     augment: bool = True
+    # probability that an augmented training image has a random rectangle (2-40% of it)
+    # blanked out (random erasing, Zhong et al. 2017); 0 = never
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)
     epochs: int = Field(30, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

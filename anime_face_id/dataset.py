@@ -23,7 +23,7 @@ from torch.utils.data import Dataset, Sampler
 from anime_face_id import layout
 from anime_face_id.errors import StageError
 from anime_face_id.imaging import ImageRejected, load_rgb
-from anime_face_id.transforms import augment, preprocess
+from anime_face_id.transforms import DEFAULT_AUGMENT, AugmentSettings, augment, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -139,12 +139,14 @@ class FaceDataset(Dataset):
         image_size: int,
         seed: int = 0,
         augment_all: bool = False,
+        augment_settings: AugmentSettings = DEFAULT_AUGMENT,
     ):
         self.root = Path(root)
         self.examples = list(examples)
         self.image_size = image_size
         self.seed = seed
         self.augment_all = augment_all
+        self.augment_settings = augment_settings
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -159,7 +161,7 @@ class FaceDataset(Dataset):
         rgb = load_rgb(self.root / example.path)
         if draw is not None and self.will_augment(row):
             rng = np.random.default_rng([self.seed, draw.epoch, draw.step, draw.position, row])
-            return augment(rgb, rng, self.image_size), example.label
+            return augment(rgb, rng, self.image_size, self.augment_settings), example.label
         return preprocess(rgb, self.image_size), example.label
 
 

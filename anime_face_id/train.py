@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,7 @@ from anime_face_id.losses import make_loss
 from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.model import PretrainedWeightsMissing, build_embedder
 from anime_face_id.sampler import PKSampler
+from anime_face_id.transforms import DEFAULT_AUGMENT
 
 logger = logging.getLogger("anime_face_id.train")
 
@@ -207,7 +208,8 @@ def load_training_data(root: Path, config: TrainConfig) -> TrainingData:
             f"data/balanced/train.csv; found {len(class_names)}. Add characters or images."
         )
     examples = examples_from_rows(train_rows, class_names)
-    dataset = FaceDataset(root, examples, config.image_size, config.seed, config.augment)
+    settings = replace(DEFAULT_AUGMENT, erase_probability=config.random_erasing)
+    dataset = FaceDataset(root, examples, config.image_size, config.seed, config.augment, settings)
     return TrainingData(
         train=dataset,
         image_ids=[example.path for example in examples],

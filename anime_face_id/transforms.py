@@ -40,6 +40,12 @@ class AugmentSettings:
     saturation: float = 0.25
     max_hue_shift_deg: float = 8.0
     greyscale_probability: float = 0.1
+    # random erasing (Zhong et al. 2017; Luo et al. 2019's re-identification baseline): a
+    # rectangle of the image becomes the fill value, so no single cue (one eye, one hair
+    # clip) can carry the identity alone
+    erase_probability: float = 0.0
+    erase_area: tuple[float, float] = (0.02, 0.4)  # fraction of the image
+    erase_aspect: tuple[float, float] = (0.3, 3.3)  # height / width, drawn log-uniformly
 
 
 DEFAULT_AUGMENT = AugmentSettings()
@@ -101,12 +107,45 @@ def augment(
     image_size: int,
     settings: AugmentSettings = DEFAULT_AUGMENT,
 ) -> torch.Tensor:
-    """Like ``preprocess`` with random flip, rotation, zoom/shift, colour jitter and
-    greyscale drawn from ``rng`` (same generator state, same output)."""
+    """Like ``preprocess`` with random flip, rotation, zoom/shift, colour jitter,
+    greyscale and erasing drawn from ``rng`` (same generator state, same output)."""
     square = letterbox(as_rgb_array(rgb), image_size)
     square = random_geometry(square, rng, settings)
     square = random_colour(square, rng, settings)
+    square = random_erasing(square, rng, settings)
     return normalise(square)
+
+
+def erased_rectangle(
+    size: int, rng: np.random.Generator, settings: AugmentSettings
+) -> tuple[int, int, int, int] | None:
+    """(top, left, height, width) of the rectangle to erase, or None. Every random number
+    is drawn whatever the outcome, so the stream consumed is the same either way."""
+    erase = rng.random() < settings.erase_probability
+    area = rng.uniform(*settings.erase_area) * size * size
+    log_low, log_high = np.log(settings.erase_aspect[0]), np.log(settings.erase_aspect[1])
+    aspect = float(np.exp(rng.uniform(log_low, log_high)))
+    top_fraction, left_fraction = rng.random(2)
+    if not erase:
+        return None
+    height = min(size, max(1, round(np.sqrt(area * aspect))))
+    width = min(size, max(1, round(np.sqrt(area / aspect))))
+    top = int(top_fraction * (size - height + 1))
+    left = int(left_fraction * (size - width + 1))
+    return top, left, height, width
+
+
+def random_erasing(
+    square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings
+) -> np.ndarray:
+    rectangle = erased_rectangle(square.shape[0], rng, settings)
+    if rectangle is None:
+        return square
+    top, left, height, width = rectangle
+    erased = square.copy()
+    # the normalisation mean: zeros at the network input, like the letterbox bars
+    erased[top : top + height, left : left + width] = FILL_VALUE
+    return erased
 
 
 def random_geometry(

@@ -19,7 +19,7 @@ from PIL import Image
 from anime_face_id import layout
 from anime_face_id.checkpoint import load_checkpoint, save_checkpoint
 from anime_face_id.config import TrainConfig
-from anime_face_id.dataset import read_split
+from anime_face_id.dataset import Draw, read_split
 from anime_face_id.device import resolve_device
 from anime_face_id.embed import embed_paths
 from anime_face_id.errors import StageError
@@ -33,6 +33,7 @@ from anime_face_id.train import (
     TRAIN_METRICS,
     format_duration,
     is_better,
+    load_training_data,
     lr_factor,
     make_optimizer,
     train,
@@ -221,7 +222,7 @@ def test_checkpoints_from_before_the_neck_options_still_load(tmp_path):
     model = build_embedder(config)
     save_checkpoint(tmp_path / "old.pt", model, config, ["A", "B"], 1, {})
     payload = torch.load(tmp_path / "old.pt", weights_only=True)
-    for key in ("neck", "id_loss_weight", "label_smoothing", "flip_test"):
+    for key in ("neck", "id_loss_weight", "label_smoothing", "flip_test", "random_erasing"):
         del payload["config"][key]
     torch.save(payload, tmp_path / "old.pt")
     loaded = load_checkpoint(tmp_path / "old.pt")
@@ -281,6 +282,18 @@ def test_unreadable_images_are_left_out_with_their_reason(tmp_path):
     summary = json.loads((tmp_path / TRAIN_METRICS).read_text())
     assert {item["path"] for item in summary["skipped_images"]} == {broken_train, missing_val}
     assert summary["num_train_images"] == 23 and summary["num_val_images"] == 11
+
+
+def test_random_erasing_reaches_the_training_images(tmp_path):
+    make_synthetic_project(tmp_path, counts=(3, 1, 0))
+    plain = load_training_data(tmp_path, tiny_config()).train
+    erasing = load_training_data(tmp_path, tiny_config(random_erasing=1.0)).train
+    assert erasing.augment_settings.erase_probability == 1.0
+    draws = [Draw(row, epoch=0, step=0, position=row) for row in range(len(plain))]
+    # the same draw, blanked somewhere: more pixels at exactly the fill value (0 at input)
+    for draw in draws:
+        plain_image, erased_image = plain[draw][0], erasing[draw][0]
+        assert int((erased_image == 0).sum()) > int((plain_image == 0).sum())
 
 
 # --------------------------------------------------------------------------- bad inputs

@@ -129,3 +129,61 @@ def test_each_augmentation_does_what_it_says():
     rotate_only = AugmentSettings(**{**NO_CHANGE.__dict__, "max_rotation_deg": 15.0})
     rotated = augment(face, np.random.default_rng(0), 64, rotate_only)
     assert not torch.allclose(rotated, reference) and (rotated - reference).abs().mean() < 0.3
+
+
+def erased_mask(changed: torch.Tensor) -> np.ndarray:
+    """Where two network inputs differ, as an H x W boolean array."""
+    return (changed.abs().sum(dim=0) > 1e-6).numpy()
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.nonzero(mask)
+    return rows.min(), cols.min(), rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_erasing_blanks_one_rectangle_and_changes_nothing_else(seed):
+    face = drawn_face()
+    always = AugmentSettings(erase_probability=1.0)
+    plain = augment(face, np.random.default_rng(seed), 96)
+    erased = augment(face, np.random.default_rng(seed), 96, always)
+    mask = erased_mask(erased - plain)
+    assert mask.any()
+    top, left, height, width = bounding_box(mask)
+    # the rectangle holds only the fill value (zero at the network input) ...
+    assert torch.all(erased[:, top : top + height, left : left + width].abs() < 1e-6)
+    # ... its size lies within the settings (pixels that already held the fill value
+    # may make the visible change smaller, never larger) ...
+    assert height * width <= 0.4 * 96 * 96 + 2 * 96
+    # ... and every other pixel, with every other random decision, is the plain draw's
+    outside = np.ones_like(mask)
+    outside[top : top + height, left : left + width] = False
+    assert torch.equal(erased[:, outside], plain[:, outside])
+
+
+def test_random_erasing_rectangles_follow_the_area_and_aspect_ranges():
+    from anime_face_id.transforms import erased_rectangle
+
+    settings = AugmentSettings(erase_probability=1.0)
+    rng = np.random.default_rng(0)
+    rectangles = [erased_rectangle(200, rng, settings) for _ in range(400)]
+    areas = np.array([h * w / 200**2 for _, _, h, w in rectangles])
+    aspects = np.array([h / w for _, _, h, w in rectangles])
+    assert all(
+        top >= 0 and top + h <= 200 and left >= 0 and left + w <= 200
+        for top, left, h, w in rectangles
+    )
+    assert areas.min() > 0.015 and areas.max() < 0.41
+    assert aspects.min() < 0.5 and aspects.max() > 2.0  # both orientations occur
+    assert abs(np.median(np.log(aspects))) < 0.3  # log-uniform: tall as often as wide
+
+
+def test_random_erasing_never_happens_at_probability_zero_and_half_the_time_at_a_half():
+    from anime_face_id.transforms import erased_rectangle
+
+    rng = np.random.default_rng(1)
+    never = AugmentSettings(erase_probability=0.0)
+    assert all(erased_rectangle(64, rng, never) is None for _ in range(200))
+    half = AugmentSettings(erase_probability=0.5)
+    erased = sum(erased_rectangle(64, rng, half) is not None for _ in range(2000))
+    assert 900 < erased < 1100
