@@ -34,10 +34,17 @@ from anime_face_id.collect_records import (
 from anime_face_id.config import Character, CollectConfig, Params
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_json, read_csv, sweep_temporaries, write_csv
-from anime_face_id.layout import RAW_COLUMNS, RAW_DIR, RAW_MANIFEST, RAW_REJECT_COLUMNS, RAW_REJECTS
+from anime_face_id.layout import (
+    RAW_COLUMNS,
+    RAW_DIR,
+    RAW_MANIFEST,
+    RAW_REJECT_COLUMNS,
+    RAW_REJECTS,
+    RAW_SOURCE_COLUMNS,
+)
 from anime_face_id.redaction import redact_credentials
 from anime_face_id.sources import SearchError, get_backend
-from anime_face_id.sources.base import unique
+from anime_face_id.sources.base import Found, as_found
 from anime_face_id.sources.reachability import check_search_reachable, search_endpoint
 
 __all__ = [  # what tests and adapters import from the stage module
@@ -45,6 +52,7 @@ __all__ = [  # what tests and adapters import from the stage module
     "JOURNAL",
     "SEARCH_ERROR",
     "CharacterCollectResult",
+    "Found",
     "Journal",
     "collect_all",
     "collect_character",
@@ -59,10 +67,10 @@ __all__ = [  # what tests and adapters import from the stage module
 
 def find_candidates(
     character: Character, slug: str, config: CollectConfig, root: Path | None = None
-) -> list[str]:
+) -> Found:
     """Ask the configured backend; raises SearchError. ``root`` resolves relative
     folder/CSV paths (default: the working directory)."""
-    return unique(get_backend(config)(character, slug, config, root=root))
+    return as_found(get_backend(config)(character, slug, config, root=root))
 
 
 def record_search_failure(
@@ -87,6 +95,8 @@ def _search_failure_reason(reason: str) -> str:
 
 def _search_label(character: Character, config: CollectConfig) -> str:
     source = {"folder": config.folder, "urls": config.urls}.get(config.backend)
+    if config.backend == "booru":
+        source = f"{config.booru_url} {character.booru_tag}"
     return f"search:{config.backend}:{source or character.search_query}"
 
 
@@ -171,7 +181,8 @@ def write_collect_outputs(root: Path, params: Params) -> list[dict]:
             }
         )
     prune_unlisted(root, slugs.values())
-    write_csv(root / RAW_MANIFEST, RAW_COLUMNS, sorted(manifest, key=lambda row: row["path"]))
+    columns = RAW_COLUMNS + RAW_SOURCE_COLUMNS
+    write_csv(root / RAW_MANIFEST, columns, sorted(manifest, key=lambda row: row["path"]))
     reject_order = sorted(rejects, key=lambda row: (row["slug"], row["url_or_path"], row["reason"]))
     write_csv(root / RAW_REJECTS, RAW_REJECT_COLUMNS, reject_order)
     return summary
@@ -182,7 +193,7 @@ def collect_character(
     character: Character,
     slug: str,
     config: CollectConfig,
-    search: Callable[..., list[str]] = find_candidates,
+    search: Callable[..., list[str] | Found] = find_candidates,
     progress: Callable[[int, int], None] | None = None,
 ) -> CharacterCollectResult:
     """Skip a character already collected with these settings; otherwise search (through

@@ -38,7 +38,7 @@ from anime_face_id.download import (
 from anime_face_id.fileio import atomic_write_json, sweep_temporaries
 from anime_face_id.layout import RAW_DIR, posix
 from anime_face_id.redaction import redact_credentials
-from anime_face_id.sources.base import is_web_url, resolve_source, unique
+from anime_face_id.sources.base import Found, as_found, is_web_url, resolve_source
 
 IMAGE_FILE = re.compile(r"[0-9a-f]{64}\.[a-z0-9]+")
 
@@ -106,11 +106,19 @@ class _Selection:
     """Outcomes in candidate order -> manifest rows (unique sha256, at most ``limit``) and
     reject rows."""
 
-    def __init__(self, character: Character, slug: str, config: CollectConfig, directory: Path):
+    def __init__(
+        self,
+        character: Character,
+        slug: str,
+        config: CollectConfig,
+        directory: Path,
+        found: Found,
+    ):
         self.character = character
         self.slug = slug
         self.config = config
         self.directory = directory
+        self.found = found
         self.kept: list[dict] = []
         self.rejected: list[dict] = []
         self.shas: set[str] = set()
@@ -154,8 +162,9 @@ class _Selection:
                 "height": entry["height"],
                 "format": entry["format"],
                 "backend": self.config.backend,
-                "query": self.character.search_query,
+                "query": self.found.query or self.character.search_query,
                 "fetched_at": entry["time"],
+                **self.found.details.get(candidate, {}),
             }
         )
 
@@ -215,7 +224,7 @@ def fetch_candidates(
     character: Character,
     slug: str,
     config: CollectConfig,
-    candidates: list[str],
+    found: list[str] | Found,
     progress: Progress | None = None,
 ) -> CharacterCollectResult:
     """Fetch, validate and store candidates in order until ``limit`` images are kept,
@@ -229,10 +238,14 @@ def fetch_candidates(
     directory.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(directory)
     fingerprint = collection_fingerprint(root, character, slug, config)
-    candidates = unique(candidates)
+    found = as_found(found)
+    candidates = found.candidates
     local = config.backend == "folder"
     policy = policy_digest(config)
-    selection = _Selection(character, slug, config, directory)
+    selection = _Selection(character, slug, config, directory, found)
+    searched_at = now_iso()
+    for where, reason in found.skipped:
+        selection.reject(where, reason, searched_at)
     journal = Journal(directory / JOURNAL)
     fetched = processed = 0
 
@@ -259,7 +272,10 @@ def fetch_candidates(
     finally:
         journal.close()
     if not candidates:
-        selection.reject("", "no candidates: the search returned nothing", now_iso())
+        why = "the search returned nothing"
+        if found.skipped:
+            why = f"all {len(found.skipped)} search results were skipped"
+        selection.reject("", f"no candidates: {why}", now_iso())
     if progress:
         progress(len(candidates), len(candidates))
     atomic_write_json(

@@ -76,6 +76,10 @@ def collection_fingerprint(
     elif config.backend == "urls":
         fingerprint["source"] = config.urls
         fingerprint["listing"] = urls_source.listing_digest(character, slug, config, root)
+    elif config.backend == "booru":
+        fingerprint["query"] = character.booru_tag  # the name no longer matters, the tag does
+        fingerprint["source"] = config.booru_url
+        fingerprint["filters"] = [config.booru_tags, config.booru_ratings, config.booru_file]
     return fingerprint
 
 

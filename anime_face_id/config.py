@@ -24,10 +24,17 @@ class Section(BaseModel):
 class Character(Section):
     name: str = Field(min_length=1)
     query: str | None = None
+    # booru backend: the board's character tag (default: the name in tag form,
+    # "Kuroko Tetsuya" -> kuroko_tetsuya); a tag is one word, no spaces
+    tag: str | None = Field(None, min_length=1, pattern=r"^\S+$")
 
     @property
     def search_query(self) -> str:
         return self.query or self.name
+
+    @property
+    def booru_tag(self) -> str:
+        return self.tag or "_".join(self.name.lower().split())
 
 
 def _is_network(entry: str) -> bool:
@@ -39,7 +46,7 @@ def _is_network(entry: str) -> bool:
 
 
 class CollectConfig(Section):
-    backend: Literal["google", "duckduckgo", "folder", "urls"] = "google"
+    backend: Literal["google", "duckduckgo", "booru", "folder", "urls"] = "google"
     limit: int = Field(50, ge=1)
     folder: str | None = None
     urls: str | None = None
@@ -51,6 +58,17 @@ class CollectConfig(Section):
     # ask a search engine for limit x search_factor URLs: the extra ones make up for
     # downloads that fail, and no more than `limit` images are kept either way
     search_factor: float = Field(1.5, ge=1.0, le=10.0)
+    # booru backend: a Danbooru-compatible board (its /posts.json API). Safebooru shows
+    # only general-rated posts; Danbooru lets anonymous users search 2 tags at once (the
+    # character's and one of booru_tags), so more filters there need an account.
+    booru_url: str = "https://safebooru.donmai.us"
+    booru_tags: list[str] = Field(default_factory=lambda: ["solo"])
+    # posts rated otherwise are skipped (g general, s sensitive, q questionable, e explicit)
+    booru_ratings: list[Literal["g", "s", "q", "e"]] = Field(default_factory=lambda: ["g"])
+    booru_file: Literal["large", "original"] = "large"  # large: the board's <= 850 px sample
+    booru_page_size: int = Field(100, ge=1, le=200)  # posts per API request (Danbooru: <= 200)
+    booru_max_pages: int = Field(10, ge=1, le=1000)  # per character
+    booru_requests_per_s: float = Field(2.0, gt=0, le=10)  # API requests, not image downloads
     # downloader
     workers: int = Field(8, ge=1, le=64)
     timeout_s: float = Field(15.0, gt=0)
@@ -89,6 +107,10 @@ class CollectConfig(Section):
             raise ValueError("collect.backend is 'folder' but collect.folder is not set")
         if self.backend == "urls" and not self.urls:
             raise ValueError("collect.backend is 'urls' but collect.urls is not set")
+        if not self.booru_url.lower().startswith(("http://", "https://")):
+            raise ValueError("collect.booru_url must start with http:// or https://")
+        if any(not tag or tag != tag.strip() or " " in tag for tag in self.booru_tags):
+            raise ValueError("collect.booru_tags: one tag per entry, no spaces")
         if self.search_url is not None and "{query}" not in self.search_url:
             raise ValueError("collect.search_url must contain '{query}'")
         return self

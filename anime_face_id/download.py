@@ -4,7 +4,8 @@ validated image bytes, or into a short, specific reason why not.
 Search backends only propose URLs; everything that can go wrong on the way to a usable
 image is handled here: address policy (see ``netguard``), redirects followed by hand so
 that every hop is checked, timeouts, retries with exponential backoff for failures that
-may go away (5xx, timeouts, dropped connections; never 4xx), a byte cap, a decode of the
+may go away (5xx, timeouts, dropped connections; 429 after the Retry-After the server
+names; never other 4xx), a byte cap, a decode of the
 whole image (decompression-bomb limit included), and an atomic, content-addressed write.
 
 Two clocks bound a fetch. ``timeout_s`` bounds each connect and each wait for the next
@@ -17,11 +18,12 @@ anything that writes a URL to a file or a log passes it through ``redact_credent
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -52,6 +54,7 @@ USER_AGENT = (
     "Chrome/120.0 Safari/537.36 anime-face-id/0.1"
 )
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+TOO_MANY_REQUESTS = 429
 CHUNK_BYTES = 64 * 1024
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
@@ -65,12 +68,14 @@ class FetchRejected(Exception):
 
 
 class _Transient(Exception):
-    """A failure worth another try (5xx, timeout, dropped connection)."""
+    """A failure worth another try (5xx, 429, timeout, dropped connection); ``wait_s``:
+    how long the server asked us to wait first (Retry-After), if it said."""
 
-    def __init__(self, kind: str, detail: str = ""):
+    def __init__(self, kind: str, detail: str = "", wait_s: float | None = None):
         super().__init__(kind)
         self.kind = kind
         self.detail = detail
+        self.wait_s = wait_s
 
     def final_reason(self, retries: int) -> str:
         reason = f"{self.kind} after {retries} retries"
@@ -180,6 +185,22 @@ def default_verify() -> bool | str:
     return True
 
 
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or None."""
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def check_scheme(url: str) -> None:
     try:
         parts = urlsplit(url)
@@ -200,8 +221,10 @@ class Downloader:
         config: CollectConfig,
         verify: bool | str | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        user_agent: str = USER_AGENT,
     ):
         self.config = config
+        self.user_agent = user_agent
         self.verify = default_verify() if verify is None else verify
         self.policy = AddressPolicy.from_cidrs(config.allow_networks)
         self._sleep = sleep
@@ -229,7 +252,7 @@ class Downloader:
             adapter = GuardedAdapter(self.policy, pool_maxsize=self.config.workers)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
-            session.headers["User-Agent"] = USER_AGENT
+            session.headers["User-Agent"] = self.user_agent
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
@@ -288,8 +311,13 @@ class Downloader:
                     raise deadline.rejection() from None
                 if attempt == retries:
                     raise FetchRejected(failure.final_reason(retries)) from None
-                pause = self.config.backoff_s * 2**attempt
+                pause = max(self.config.backoff_s * 2**attempt, failure.wait_s or 0.0)
                 if pause >= deadline.remaining():  # the next try could not even start
+                    if failure.wait_s is not None:
+                        raise FetchRejected(
+                            f"{failure.kind}: the server asked to wait {failure.wait_s:g} s, "
+                            f"beyond the {self.config.deadline_s:g} s deadline"
+                        ) from None
                     raise deadline.rejection() from None
                 self._sleep(pause)
         raise AssertionError("unreachable")
@@ -327,6 +355,8 @@ class Downloader:
             return _Redirect(urljoin(url, location))
         if status >= 500:
             raise _Transient(f"http {status}")
+        if status == TOO_MANY_REQUESTS:  # rate limited: wait as asked, then try again
+            raise _Transient(f"http {status}", wait_s=retry_after_s(response.headers))
         if not 200 <= status < 300:
             raise FetchRejected(f"http {status}")
         return self._read_body(response, deadline)

@@ -41,6 +41,9 @@ RAW_COLUMNS = (
     "query",
     "fetched_at",
 )
+# Written after RAW_COLUMNS when a backend knows them (booru: the post), empty otherwise;
+# readers do not require them, so manifests from before them stay readable.
+RAW_SOURCE_COLUMNS = ("post_id", "post_artist", "post_tags")
 RAW_REJECT_COLUMNS = ("character", "slug", "url_or_path", "reason", "backend", "time")
 
 FACES_DIR = DATA / "faces"

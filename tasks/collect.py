@@ -12,18 +12,18 @@ from anime_face_id.config import Character, CollectConfig, Params
 from anime_face_id.sources import SearchError
 from tasks.reporting import log_progress
 
-WEB_BACKENDS = {"google", "duckduckgo"}
+WEB_BACKENDS = {"google", "duckduckgo", "booru"}
 
 
 @task(retries=2, retry_delay_seconds=[10, 60], task_run_name="search-{slug}")
 def search(
     character: Character, slug: str, config: CollectConfig, root: Path | None = None
-) -> list[str]:
+) -> collect.Found:
     """Network I/O, so retried; raises SearchError when the backend finds nothing usable."""
     return collect.find_candidates(character, slug, config, root=root)
 
 
-def _reported(attempt: Callable[..., list[str]]) -> Callable[..., list[str]]:
+def _reported(attempt: Callable[..., collect.Found]) -> Callable[..., collect.Found]:
     """``attempt``, with a failed search logged as one line: collect records it as a
     reject and goes on, so it is news, not a crash (no traceback)."""
 

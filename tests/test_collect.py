@@ -26,7 +26,14 @@ from anime_face_id.collect import (
 )
 from anime_face_id.config import Params, parse_params
 from anime_face_id.fileio import TMP_PREFIX, read_csv
-from anime_face_id.layout import RAW_COLUMNS, RAW_DIR, RAW_MANIFEST, RAW_REJECT_COLUMNS, RAW_REJECTS
+from anime_face_id.layout import (
+    RAW_COLUMNS,
+    RAW_DIR,
+    RAW_MANIFEST,
+    RAW_REJECT_COLUMNS,
+    RAW_REJECTS,
+    RAW_SOURCE_COLUMNS,
+)
 from anime_face_id.slugs import slugify
 from tests.support.webserver import Response, WebServer, web_server
 
@@ -87,7 +94,7 @@ def test_collects_folder_images_into_manifest_and_rejects(tmp_path: Path, source
         ("kuroko_tetsuya", 3, 0, False),
         ("nishikino_maki", 2, 2, False),
     ]
-    assert header(root / RAW_MANIFEST) == RAW_COLUMNS
+    assert header(root / RAW_MANIFEST) == RAW_COLUMNS + RAW_SOURCE_COLUMNS
     assert header(root / RAW_REJECTS) == RAW_REJECT_COLUMNS
     manifest, rejects = read_outputs(root)
     assert [row["path"] for row in manifest] == sorted(row["path"] for row in manifest)
@@ -243,7 +250,8 @@ def test_fetch_candidates_respects_progress_and_find_candidates_order(
     params = make_params(source, ["Kuroko Tetsuya"])
     character, config = params.characters[0], params.collect
     candidates = find_candidates(character, "kuroko_tetsuya", config, root=tmp_path)
-    assert [Path(c).name for c in candidates] == ["img_00.png", "img_01.png", "img_02.png"]
+    names = [Path(c).name for c in candidates.candidates]
+    assert names == ["img_00.png", "img_01.png", "img_02.png"]
     calls: list[tuple[int, int]] = []
     result = fetch_candidates(
         tmp_path,

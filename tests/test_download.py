@@ -191,6 +191,41 @@ def test_retries_5xx_then_succeeds_but_never_retries_4xx(web_server: WebServer) 
     assert web_server.counts() == {"/flaky.jpg": 2, "/missing.jpg": 1, "/broken.jpg": 3}
 
 
+def test_429_waits_as_long_as_retry_after_asks_then_tries_again(web_server: WebServer) -> None:
+    body = jpeg(10)
+    limited = web_server.add(
+        "/limited.jpg",
+        Response(status=429, headers={"Retry-After": "1"}),
+        Response(body=body, content_type="image/jpeg"),
+    )
+    pauses: list[float] = []
+    with Downloader(config(retries=2), sleep=pauses.append) as downloader:
+        assert downloader.fetch(limited) == body
+    assert pauses == [1.0]  # the server's 1 s, not the 0.01 s backoff
+    # a wait beyond the deadline is not waited: the reason says so at once
+    stuck = web_server.add("/stuck.jpg", Response(status=429, headers={"Retry-After": "3600"}))
+    with Downloader(config(retries=2, deadline_s=5), sleep=pauses.append) as downloader:
+        reason = fetch_reason(downloader, stuck)
+    assert reason == "http 429: the server asked to wait 3600 s, beyond the 5 s deadline"
+    # without Retry-After, the usual backoff
+    bare = web_server.add("/bare.jpg", Response(status=429))
+    with Downloader(config(retries=1), sleep=pauses.append) as downloader:
+        assert fetch_reason(downloader, bare) == "http 429 after 1 retries"
+    assert pauses[-1] == 0.01
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from anime_face_id.download import retry_after_s
+
+    assert retry_after_s({"Retry-After": "7"}) == 7.0
+    later = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= retry_after_s({"Retry-After": later}) <= 30
+    assert retry_after_s({}) is None and retry_after_s({"Retry-After": "soon"}) is None
+
+
 def test_slow_responses_time_out_and_are_retried(web_server: WebServer) -> None:
     slow = web_server.add("/slow.jpg", Response(body=jpeg(), delay=1.5))
     trickle = web_server.add(

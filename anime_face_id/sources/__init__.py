@@ -4,9 +4,9 @@ for ``folder``, local file paths). See ``base.Backend`` for the call signature."
 from __future__ import annotations
 
 from anime_face_id.config import CollectConfig
-from anime_face_id.sources.base import Backend, SearchError
+from anime_face_id.sources.base import Backend, Found, SearchError
 
-__all__ = ["Backend", "SearchError", "get_backend"]
+__all__ = ["Backend", "Found", "SearchError", "get_backend"]
 
 
 def get_backend(config: CollectConfig) -> Backend:
@@ -16,6 +16,8 @@ def get_backend(config: CollectConfig) -> Backend:
         from anime_face_id.sources.google import search
     elif config.backend == "duckduckgo":
         from anime_face_id.sources.duckduckgo import search
+    elif config.backend == "booru":
+        from anime_face_id.sources.booru import search
     elif config.backend == "folder":
         from anime_face_id.sources.folder import search
     elif config.backend == "urls":

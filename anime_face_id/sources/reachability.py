@@ -22,6 +22,8 @@ def search_endpoint(config: CollectConfig) -> str | None:
         return (config.search_url or GOOGLE).replace("{query}", "x")
     if config.backend == "duckduckgo":
         return DUCKDUCKGO
+    if config.backend == "booru":
+        return config.booru_url
     return None
 
 
