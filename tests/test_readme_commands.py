@@ -103,6 +103,38 @@ ELSEWHERE = {
         "tests/test_centernet.py::test_detector_command_trains_and_records_an_mlflow_run",
         "about 85 minutes of CPU; the test runs the same command for two steps",
     ),
+    ".venv/bin/dvc remote add -d store /mnt/shared/anime-face-id": (
+        "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
+        "the remote is the reader's; the test adds a local one",
+    ),
+    'git add .dvc/config dvc.lock && git commit -m "data and its remote"': (
+        "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
+        "commits in the reader's repository; the test commits in its own",
+    ),
+    ".venv/bin/dvc push": (
+        "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
+        "needs a remote; the test pushes to a local one",
+    ),
+    ".venv/bin/dvc pull": (
+        "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
+        "on a second clone; the test pulls into one",
+    ),
+    ".venv/bin/dvc pull --with-deps balance": (
+        "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
+        "on a second clone; the test runs exactly this",
+    ),
+    ".venv/bin/dvc status": (
+        "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
+        "compared between two clones there",
+    ),
+    ".venv/bin/pip install dvc-s3": (
+        "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
+        "needs the package index; the test's remote is local and needs no plugin",
+    ),
+    ".venv/bin/dvc remote modify --local store ...": (
+        "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
+        "a placeholder for the reader's credentials",
+    ),
     ".venv/bin/mlflow server": (
         "tests/test_pipeline_train.py::test_tracking_to_a_real_mlflow_server_and_failing_fast_without_one",
         "the README says to run it with a database of one's own",
