@@ -17,7 +17,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-packages pipeline detector test test-fast lint format prefect-ui prefect-start prefect-stop mlflow-ui review app serve clean-venv
+.PHONY: help setup system-packages postgres-server pipeline detector test test-fast lint format prefect-ui prefect-start prefect-stop mlflow-ui review app serve clean-venv
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}' \
@@ -32,6 +32,13 @@ system-packages: ## Debian's chromium and chromium-driver (for the google backen
 	  echo "installing chromium and chromium-driver (apt)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+postgres-server: ## Debian's PostgreSQL server, for Prefect and MLflow servers shared by a team
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing postgresql (apt)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml constraints.txt

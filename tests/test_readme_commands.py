@@ -135,6 +135,26 @@ ELSEWHERE = {
         "tests/test_dvc_remote.py::test_push_then_pull_in_a_second_clone_gives_the_same_data_and_status",
         "a placeholder for the reader's credentials",
     ),
+    "make postgres-server": (".ci/run", "installs a Debian package; CI runs it before the tests"),
+    "sudo -u postgres createuser --pwprompt anime": (
+        "tests/test_postgres.py::test_prefect_and_mlflow_keep_their_runs_in_postgresql",
+        "the reader's server and password; the test makes its own cluster with this user",
+    ),
+    "sudo -u postgres createdb -O anime prefect && sudo -u postgres createdb -O anime mlflow": (
+        "tests/test_postgres.py::test_prefect_and_mlflow_keep_their_runs_in_postgresql",
+        "the test creates the same two databases in its own cluster",
+    ),
+    "PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://anime:PASSWORD@127.0.0.1:5432/"
+    "prefect \\\n  .venv/bin/prefect server start --host 127.0.0.1 --port 4200": (
+        "tests/test_postgres.py::test_prefect_and_mlflow_keep_their_runs_in_postgresql",
+        "the test starts it with this setting, on its own cluster and port",
+    ),
+    ".venv/bin/mlflow server --backend-store-uri postgresql+psycopg2://anime:PASSWORD@127.0.0.1:"
+    "5432/mlflow \\\n  --artifacts-destination /shared/mlflow-artifacts --host 127.0.0.1 "
+    "--port 5000": (
+        "tests/test_postgres.py::test_prefect_and_mlflow_keep_their_runs_in_postgresql",
+        "the test starts it with these options, on its own cluster, directory and port",
+    ),
     ".venv/bin/mlflow server": (
         "tests/test_pipeline_train.py::test_tracking_to_a_real_mlflow_server_and_failing_fast_without_one",
         "the README says to run it with a database of one's own",

@@ -23,10 +23,13 @@ def quiet_prefect_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(home: Path, timeout_s: float = 120.0) -> Iterator[str]:
-    """Start `prefect server start` and yield its API URL; stop it afterwards."""
+def prefect_server(
+    home: Path, timeout_s: float = 120.0, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Start `prefect server start` and yield its API URL; stop it afterwards.
+    ``extra_env``: e.g. the database it keeps its runs in."""
     port = free_port()
-    env = {**os.environ, **quiet_prefect_env(home)}
+    env = {**os.environ, **quiet_prefect_env(home), **(extra_env or {})}
     env.pop("PREFECT_API_URL", None)
     url = f"http://127.0.0.1:{port}/api"
     command = [
