@@ -220,6 +220,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     workers: int = Field(0, ge=0, le=64)  # DataLoader processes; 0 loads in the main process
     eval_batch_size: int = Field(64, ge=1)  # images per forward pass when embedding val
+    # training processes on this machine (torch DistributedDataParallel through torchrun:
+    # gloo on CPUs, NCCL with one GPU each); each takes its own P x K batch per step
+    processes: int = Field(1, ge=1, le=256)
 
     @field_validator("margin")
     @classmethod

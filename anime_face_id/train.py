@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from anime_face_id import distributed
 from anime_face_id.checkpoint import save_checkpoint
 from anime_face_id.config import TrainConfig
 from anime_face_id.dataset import (
@@ -165,6 +167,34 @@ def make_optimizer(
     )
 
 
+class TrainingNet(torch.nn.Module):
+    """What one optimiser step runs forward: the embedder's training outputs and, with an
+    identity loss, the classifier's logits. One module, so that DistributedDataParallel
+    can average the gradients of both."""
+
+    def __init__(self, model: torch.nn.Module, classifier: torch.nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        embeddings, neck_features = self.model.training_outputs(images)
+        logits = None if self.classifier is None else self.classifier(neck_features)
+        return embeddings, logits
+
+
+def parallel(net: TrainingNet, ranks: distributed.Ranks, device: torch.device) -> torch.nn.Module:
+    """The net as this process trains it: itself, or wrapped to share gradients."""
+    if not ranks.distributed:
+        return net
+    return DistributedDataParallel(
+        net,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        # without an identity loss the BNNeck takes no part in the training loss
+        find_unused_parameters=net.classifier is None,
+    )
+
+
 def is_better(score: float, best: float | None) -> bool:
     """Higher MAP@R wins; with no validation signal (NaN) the later epoch wins."""
     if best is None:
@@ -282,10 +312,13 @@ def train(
     every optimiser step (steps count from 1 over the whole run)."""
     root = Path(root)
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    seed_everything(config.seed, device)
+    ranks = distributed.ranks_from_env()
+    device = distributed.process_device(resolve_device(config.device), ranks)
+    distributed.start(ranks, device)
+    seed_everything(config.seed, device)  # the same initial weights in every process
 
-    sweep_temporaries(root / EMBEDDER.parent)  # left by a run killed while saving
+    if ranks.is_main:
+        sweep_temporaries(root / EMBEDDER.parent)  # left by a run killed while saving
     data = load_training_data(root, config)
     try:
         model = build_embedder(config).to(device)
@@ -308,6 +341,13 @@ def train(
     except ValueError as error:
         raise StageError(f"cannot build P x K batches: {error}") from None
     batches = NumberedBatches(sampler)
+    if ranks.distributed:
+        if len(batches) < ranks.world:
+            raise StageError(
+                f"{len(batches)} P x K batches per epoch cannot be shared by {ranks.world} "
+                "processes: raise train.batches_per_epoch or start fewer processes"
+            )
+        batches = distributed.ShardedBatches(batches, ranks)
     loader = DataLoader(
         data.train,
         batch_sampler=batches,
@@ -317,6 +357,7 @@ def train(
         pin_memory=device.type == "cuda",
     )
 
+    net = parallel(TrainingNet(model, classifier), ranks, device)
     optimizer = make_optimizer(model, config, classifier)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * config.epochs
@@ -325,11 +366,14 @@ def train(
         optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, config.lr_schedule)
     )
 
-    untrained_val = validate(model, data, root, config, device)
-    logger.info(
+    # one process validates and reports; the others would only repeat it
+    no_score = {"precision_at_1": math.nan, "map_at_r": math.nan}
+    untrained_val = validate(model, data, root, config, device) if ranks.is_main else no_score
+    distributed.wait_for_all(ranks)
+    (logger.info if ranks.is_main else logger.debug)(
         "training on %s: %d characters, %d rows (%d images), %d val images, "
         "%d batches of %d x %d per epoch; untrained val P@1 %.2f MAP@R %.2f",
-        device,
+        device if not ranks.distributed else f"{ranks.world} processes ({device.type})",
         len(data.class_names),
         len(data.train),
         len(set(data.image_ids)),
@@ -348,16 +392,16 @@ def train(
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         batches.set_epoch(epoch)
-        model.train()
+        net.train()
         losses, id_losses, actives, positives, negatives = [], [], [], [], []
         images_seen, lr = 0, optimizer.param_groups[0]["lr"]
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
-            embeddings, neck_features = model.training_outputs(images)
+            embeddings, logits = net(images)
             stats = loss_fn(embeddings, labels)
             total = stats.loss
-            if classifier is not None:
-                id_loss = identity_loss(classifier(neck_features), labels, config.label_smoothing)
+            if logits is not None:
+                id_loss = identity_loss(logits, labels, config.label_smoothing)
                 total = total + config.id_loss_weight * id_loss
                 id_losses.append(id_loss.item())
             optimizer.zero_grad(set_to_none=True)
@@ -377,11 +421,14 @@ def train(
                 actives.append(stats.active_fraction)
                 positives.append(stats.mean_positive_distance)
                 negatives.append(stats.mean_negative_distance)
-            images_seen += len(labels)
-            if on_step:
+            images_seen += len(labels) * ranks.world
+            if on_step and ranks.is_main:
                 on_step(step, total_steps, loss)
         train_seconds = time.perf_counter() - epoch_started
 
+        if not ranks.is_main:
+            distributed.wait_for_all(ranks)  # while the first process validates and saves
+            continue
         val = validate(model, data, root, config, device)
         seconds = time.perf_counter() - epoch_started
         report = EpochReport(
@@ -408,7 +455,12 @@ def train(
             save_checkpoint(root / EMBEDDER, model, config, data.class_names, epoch, val)
         if on_epoch:
             on_epoch(report)
+        distributed.wait_for_all(ranks)
 
+    if not ranks.is_main:
+        distributed.stop()
+        return TrainResult(root / EMBEDDER, [], 0, data.class_names, str(device))
+    distributed.stop()
     best = history[best_epoch - 1]
     logger.info(
         "best epoch %d: val P@1 %.3f MAP@R %.3f (untrained %.3f / %.3f) in %s",

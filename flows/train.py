@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from anime_face_id import train
-from flows._stage import fail_on_stage_error, load, run_stage
+from anime_face_id import distributed, train
+from anime_face_id.errors import StageError
+from flows._stage import check_params, fail_on_stage_error, load, parse_args, run_stage
 from tasks import tracking
 from tasks.reporting import StageProgress, publish_summary
 
@@ -103,5 +106,38 @@ def _train(root_path: Path, params) -> dict:
     return {"run_id": run.info.run_id, "best_epoch": result.best_epoch}
 
 
-if __name__ == "__main__":
+def torchrun_command(processes: int, argv: list[str]) -> list[str]:
+    """This stage again, as ``processes`` processes started by torchrun on this machine."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={processes}", "-m", "flows.train", *argv,
+    ]  # fmt: skip
+
+
+def main() -> None:
+    ranks = distributed.ranks_from_env()
+    if ranks.distributed and not ranks.is_main:
+        # a helper process: trains its share, while the first process runs the flow,
+        # writes the outputs and reports to Prefect and MLflow
+        args = parse_args("train")
+        root, params = load(args.root, args.params)
+        try:
+            train.train(root, params.train)
+        except StageError as error:
+            raise SystemExit(f"train (process {ranks.rank}) stopped: {error}") from None
+        return
+    if not ranks.distributed:
+        args = parse_args("train")
+        check_params(Path(args.root) / args.params)
+        processes = load(args.root, args.params)[1].train.processes
+        if processes > 1:
+            # torch uses every core in each process by default: share them instead
+            threads = max(1, (os.cpu_count() or 1) // processes)
+            os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+            command = torchrun_command(processes, sys.argv[1:])
+            os.execv(command[0], command)
     run_stage("train", train_flow)
+
+
+if __name__ == "__main__":
+    main()

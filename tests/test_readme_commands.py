@@ -155,6 +155,19 @@ ELSEWHERE = {
         "tests/test_postgres.py::test_prefect_and_mlflow_keep_their_runs_in_postgresql",
         "the test starts it with these options, on its own cluster, directory and port",
     ),
+    ".venv/bin/dvc exp run -S train.processes=2": (
+        "tests/test_distributed.py::test_two_processes_train_the_stage_like_one",
+        "the test sets train.processes=2 and runs the train stage",
+    ),
+    ".venv/bin/torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint "
+    "HOST:29400 -m flows.train": (
+        "tests/test_distributed.py::test_two_processes_train_the_stage_like_one",
+        "needs two machines; the test runs torchrun on one (the stage starts it)",
+    ),
+    ".venv/bin/dvc commit train": (
+        "tests/test_distributed.py::test_two_processes_train_the_stage_like_one",
+        "after a torchrun started by hand; the test's run goes through dvc repro",
+    ),
     ".venv/bin/mlflow server": (
         "tests/test_pipeline_train.py::test_tracking_to_a_real_mlflow_server_and_failing_fast_without_one",
         "the README says to run it with a database of one's own",
