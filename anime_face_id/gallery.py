@@ -11,17 +11,8 @@ stages can be added by rebuilding it (``anime-face-id gallery rebuild``). It is 
 sha256 of the embedder checkpoint it was made with: a gallery made by another embedder
 lives in another embedding space, and is refused as stale instead of giving wrong names.
 
-Threshold calibration (``calibrate``): every validation image is a query against the
-training gallery. Its score for its own character is a *genuine* score (what a known face
-gets); its best score among the *other* characters is an *impostor* score (what it would get
-if its character were not in the gallery, i.e. an unknown face), and so is every held-out
-character's best score. The threshold is the equal error rate point of these two
-distributions: as many known faces are wrongly called unknown as unknown faces are wrongly
-given a name.
-
-Search: ``ExactIndex`` (one matrix product) for small galleries, ``IvfIndex`` (k-means
-coarse quantiser, scanning only the lists nearest to the query) for large ones, behind the
-same ``search(queries, k) -> (indices, similarities)``.
+The unknown-face threshold is calibrated on the validation split (calibration.py); search
+over the gallery is search_index.py.
 """
 
 from __future__ import annotations
@@ -29,27 +20,28 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import zipfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from anime_face_id import layout
+from anime_face_id.calibration import Calibration, calibrate, calibration_scores
 from anime_face_id.config import IdentifyConfig, Params
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_bytes
+from anime_face_id.search_index import (
+    CharacterGroups,
+    ExactIndex,
+    SearchIndex,
+    make_index,
+    unit_rows,
+)
 
 GALLERY = Path("models/gallery.npz")
 FORMAT_VERSION = 1
-# When nothing can be calibrated (no validation images, one character), no face is
-# called unknown: every face gets its best match, and the metadata says why.
-UNCALIBRATED_THRESHOLD = -1.0
-_KMEANS_ITERATIONS = 12
-_CHUNK = 4096  # vectors compared at once: bounds memory at CHUNK x gallery size
 
 
 class GalleryError(StageError):
@@ -60,147 +52,7 @@ class StaleGallery(GalleryError):
     """The gallery was built with another embedder than the one in use."""
 
 
-# --------------------------------------------------------------------- search
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    array = np.asarray(vectors, dtype=np.float32)
-    if array.ndim != 2:
-        raise ValueError(f"expected an (N, D) array, got shape {array.shape}")
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
-
-
-def top_k(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the columns of the ``k`` largest values, best first (ties: lower column)."""
-    count = similarity.shape[1]
-    k = min(k, count)
-    if k <= 0:
-        rows = similarity.shape[0]
-        return np.zeros((rows, 0), np.int64), np.zeros((rows, 0), np.float32)
-    if k < count:
-        chosen = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        chosen.sort(axis=1)  # stable order below then breaks ties by column
-    else:
-        chosen = np.broadcast_to(np.arange(count), similarity.shape)
-    values = np.take_along_axis(similarity, chosen, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")
-    return (
-        np.take_along_axis(chosen, order, axis=1).astype(np.int64),
-        np.take_along_axis(values, order, axis=1).astype(np.float32),
-    )
-
-
-class SearchIndex(Protocol):
-    kind: str
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, k) gallery indices and similarities, best first; -1 / -inf pad a row
-        when fewer than ``k`` items were reachable."""
-        ...
-
-
-class ExactIndex:
-    """Every gallery item compared with every query: exact, fine up to ~10^5 items."""
-
-    kind = "exact"
-
-    def __init__(self, vectors: np.ndarray):
-        self.vectors = unit_rows(vectors)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = unit_rows(queries)
-        found = [top_k(queries[s : s + _CHUNK] @ self.vectors.T, k) for s in _starts(queries)]
-        return _stack(found, min(k, len(self.vectors)))
-
-
-def _starts(queries: np.ndarray) -> range:
-    return range(0, max(len(queries), 1), _CHUNK)
-
-
-def _stack(found: list, width: int) -> tuple[np.ndarray, np.ndarray]:
-    if not found:
-        return np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
-    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
-
-
-def spherical_kmeans(vectors: np.ndarray, lists: int, seed: int) -> np.ndarray:
-    """``lists`` unit centroids of unit ``vectors`` (cosine k-means, seeded)."""
-    rng = np.random.default_rng(seed)
-    lists = max(1, min(lists, len(vectors)))
-    centroids = vectors[rng.choice(len(vectors), size=lists, replace=False)].copy()
-    for _ in range(_KMEANS_ITERATIONS):
-        assignment = nearest_centroid(vectors, centroids)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assignment, vectors)
-        counts = np.bincount(assignment, minlength=lists)
-        empty = counts == 0
-        # An emptied list restarts at a random item rather than dying: every list keeps
-        # a share of the gallery, so no probe is wasted.
-        sums[empty] = vectors[rng.choice(len(vectors), size=int(empty.sum()))]
-        centroids = unit_rows(sums)
-    return centroids
-
-
-def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [
-            np.argmax(vectors[s : s + _CHUNK] @ centroids.T, axis=1)
-            for s in range(0, len(vectors), _CHUNK)
-        ]
-    )
-
-
-class IvfIndex:
-    """Inverted lists over a k-means coarse quantiser (the idea of FAISS's IndexIVFFlat):
-    a query is compared with the ``probes`` nearest centroids, then exactly with the items
-    of those lists only. Approximate: an item in an unprobed list is missed; probing every
-    list gives the exact answer."""
-
-    kind = "ivf"
-
-    def __init__(self, vectors: np.ndarray, lists: int, probes: int, seed: int = 0):
-        self.vectors = unit_rows(vectors)
-        self.centroids = spherical_kmeans(self.vectors, lists, seed)
-        assignment = nearest_centroid(self.vectors, self.centroids)
-        self.members = [np.flatnonzero(assignment == c) for c in range(len(self.centroids))]
-        self.probes = max(1, min(probes, len(self.centroids)))
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = unit_rows(queries)
-        probed, _ = top_k(queries @ self.centroids.T, self.probes)
-        width = min(k, len(self.vectors))
-        indices = np.full((len(queries), width), -1, np.int64)
-        values = np.full((len(queries), width), -np.inf, np.float32)
-        for row, lists in enumerate(probed):
-            candidates = np.concatenate([self.members[c] for c in lists])
-            best, similarity = top_k(queries[row : row + 1] @ self.vectors[candidates].T, k)
-            indices[row, : best.shape[1]] = candidates[best[0]]
-            values[row, : best.shape[1]] = similarity[0]
-        return indices, values
-
-
-def make_index(vectors: np.ndarray, config: IdentifyConfig) -> SearchIndex:
-    kind = config.index
-    if kind == "auto":
-        kind = "exact" if len(vectors) <= config.exact_max_items else "ivf"
-    if kind == "exact" or len(vectors) == 0:
-        return ExactIndex(vectors)
-    lists = config.ivf_lists or max(1, round(math.sqrt(len(vectors))))
-    return IvfIndex(vectors, lists, config.ivf_probes, config.seed)
-
-
 # --------------------------------------------------------------------- the gallery
-
-
-@dataclass(frozen=True)
-class Calibration:
-    threshold: float
-    method: str  # val_eer | configured | uncalibrated
-    genuine: int  # known-face scores it was chosen from
-    impostor: int  # unknown-face scores it was chosen from
-    false_accept: float | None  # unknown faces given a name, at the threshold
-    false_reject: float | None  # known faces called unknown, at the threshold
-    note: str = ""
 
 
 @dataclass
@@ -321,117 +173,6 @@ def _check_shapes(gallery: Gallery, path: Path) -> None:
         consistent = False
     if not consistent:
         raise GalleryError(f"{path}: arrays of different lengths or bad labels: rebuild it")
-
-
-# --------------------------------------------------------------------- calibration
-
-
-def eer_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float, float]:
-    """(threshold, false accept rate, false reject rate) where the two rates are closest.
-
-    A score >= threshold is accepted. Candidate thresholds are the observed scores."""
-    genuine, impostor = np.sort(genuine), np.sort(impostor)
-    thresholds = np.unique(np.concatenate([genuine, impostor]))
-    false_reject = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
-    false_accept = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
-    best = int(np.argmin(np.abs(false_accept - false_reject)))
-    return float(thresholds[best]), float(false_accept[best]), float(false_reject[best])
-
-
-@dataclass(frozen=True)
-class CharacterGroups:
-    """Gallery columns grouped by character, so per-character maxima are one
-    ``np.maximum.reduceat`` over a similarity table computed in this order."""
-
-    order: np.ndarray  # the gallery item behind each grouped column
-    starts: np.ndarray  # first grouped column of each character present
-    present: np.ndarray  # that character's label
-
-    @classmethod
-    def of(cls, labels: np.ndarray) -> CharacterGroups:
-        labels = np.asarray(labels)
-        order = np.argsort(labels, kind="stable")
-        grouped = labels[order]
-        starts = (
-            np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if len(grouped) else grouped
-        )
-        return cls(order, starts.astype(np.int64), grouped[starts] if len(grouped) else grouped)
-
-    def maxima(self, grouped_similarity: np.ndarray, classes: int) -> np.ndarray:
-        """(Q, classes) from a (Q, N) table whose columns follow ``order`` (-inf for a
-        character without items)."""
-        scores = np.full((grouped_similarity.shape[0], classes), -np.inf, np.float32)
-        if len(self.starts):
-            scores[:, self.present] = np.maximum.reduceat(grouped_similarity, self.starts, axis=1)
-        return scores
-
-
-def character_maxima(similarity: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
-    """(Q, classes) from a (Q, N) similarity table: per row, the highest value among each
-    character's columns (-inf for a character without items)."""
-    groups = CharacterGroups.of(labels)
-    return groups.maxima(similarity[:, groups.order], classes)
-
-
-def best_per_character(
-    queries: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, classes: int
-) -> np.ndarray:
-    """(Q, classes): each query's highest similarity to each character's items
-    (-inf for a character without items)."""
-    return character_maxima(unit_rows(queries) @ unit_rows(embeddings).T, labels, classes)
-
-
-def calibration_scores(
-    gallery: np.ndarray,
-    gallery_labels: np.ndarray,
-    classes: int,
-    val: np.ndarray,
-    val_labels: np.ndarray,
-    holdout: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Genuine and impostor scores (see the module docstring). ``val_labels`` of -1 mark
-    validation images of characters the gallery lacks: impostors, like held-out ones."""
-    genuine, impostor = [], []
-    if len(val):
-        scores = best_per_character(val, gallery, gallery_labels, classes)
-        known = val_labels >= 0
-        rows = np.flatnonzero(known)
-        genuine.append(scores[rows, val_labels[rows]])
-        others = scores[known].copy()
-        others[np.arange(len(rows)), val_labels[rows]] = -np.inf
-        impostor.append(others.max(axis=1))  # -inf with one character: dropped below
-        impostor.append(scores[~known].max(axis=1))
-    if len(holdout):
-        impostor.append(best_per_character(holdout, gallery, gallery_labels, classes).max(axis=1))
-    genuine_all = np.concatenate(genuine) if genuine else np.zeros(0, np.float32)
-    impostor_all = np.concatenate(impostor) if impostor else np.zeros(0, np.float32)
-    return genuine_all[np.isfinite(genuine_all)], impostor_all[np.isfinite(impostor_all)]
-
-
-def calibrate(genuine: np.ndarray, impostor: np.ndarray, configured: float | None) -> Calibration:
-    counts = {"genuine": len(genuine), "impostor": len(impostor)}
-    rates: dict = {"false_accept": None, "false_reject": None}
-    threshold = None
-    if len(genuine) and len(impostor):
-        threshold, far, frr = eer_threshold(genuine, impostor)
-        rates = {"false_accept": far, "false_reject": frr}
-    if configured is not None:
-        if len(genuine) and len(impostor):
-            rates = {
-                "false_accept": float((impostor >= configured).mean()),
-                "false_reject": float((genuine < configured).mean()),
-            }
-        return Calibration(float(configured), "configured", **counts, **rates)
-    if threshold is None:
-        return Calibration(
-            UNCALIBRATED_THRESHOLD,
-            "uncalibrated",
-            **counts,
-            **rates,
-            note="no validation images of at least two gallery characters: every face "
-            "gets its best match (set identify.threshold to choose one)",
-        )
-    return Calibration(threshold, "val_eer", **counts, **rates)
 
 
 # --------------------------------------------------------------------- building

@@ -295,7 +295,7 @@ class Identifier:
     def _name_exactly(self, embeddings: np.ndarray, top: int, neighbours: int) -> list[Naming]:
         """Every gallery item compared: each character's score is its best item's
         similarity (vectorised per character), the neighbours a partial sort."""
-        from anime_face_id.gallery import top_k, unit_rows
+        from anime_face_id.search_index import top_k, unit_rows
 
         gallery = self.gallery
         groups, grouped_vectors = gallery.grouped

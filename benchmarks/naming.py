@@ -15,9 +15,11 @@ import time
 
 import numpy as np
 
+from anime_face_id.calibration import Calibration
 from anime_face_id.config import CropConfig, IdentifyConfig
-from anime_face_id.gallery import Calibration, Gallery, unit_rows
+from anime_face_id.gallery import Gallery
 from anime_face_id.identify import Identifier
+from anime_face_id.search_index import unit_rows
 
 
 def identifier_for(items: int, characters: int, dim: int, seed: int) -> Identifier:

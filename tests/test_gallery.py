@@ -12,29 +12,28 @@ import pytest
 from PIL import Image
 
 from anime_face_id import layout
+from anime_face_id.calibration import (
+    UNCALIBRATED_THRESHOLD,
+    Calibration,
+    calibrate,
+    calibration_scores,
+    eer_threshold,
+)
 from anime_face_id.config import IdentifyConfig, parse_params
 from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.gallery import (
     GALLERY,
-    UNCALIBRATED_THRESHOLD,
-    Calibration,
-    ExactIndex,
     Gallery,
     GalleryError,
-    IvfIndex,
     StaleGallery,
     build_gallery,
-    calibrate,
-    calibration_scores,
-    eer_threshold,
     embedder_fingerprint,
     load_gallery,
-    make_index,
     rebuild_gallery,
     save_gallery,
-    top_k,
 )
 from anime_face_id.identify import load_identifier
+from anime_face_id.search_index import ExactIndex, IvfIndex, make_index, top_k
 from tests.support.synthetic import DESIGNS, drawn_face
 from tests.test_identify import NAMES, make_untrained_project, params_for
 
@@ -319,7 +318,7 @@ def test_curated_source_takes_every_curated_crop(tmp_path):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_character_maxima_match_a_loop_over_characters(seed: int) -> None:
-    from anime_face_id.gallery import character_maxima
+    from anime_face_id.search_index import character_maxima
 
     rng = np.random.default_rng(seed)
     similarity = rng.normal(size=(5, 40)).astype(np.float32)
@@ -341,9 +340,11 @@ def test_character_maxima_match_a_loop_over_characters(seed: int) -> None:
 def test_exact_naming_equals_naming_from_every_item_ranked(seed: int) -> None:
     """The vectorised exact path against the neighbour path made exhaustive (the old way:
     every item ranked, a character's score at its first appearance)."""
+    from anime_face_id.calibration import Calibration
     from anime_face_id.config import CropConfig
-    from anime_face_id.gallery import Calibration, Gallery, unit_rows
+    from anime_face_id.gallery import Gallery
     from anime_face_id.identify import Identifier
+    from anime_face_id.search_index import unit_rows
 
     rng = np.random.default_rng(seed)
     items, classes = 300, 12

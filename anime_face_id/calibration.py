@@ -1,0 +1,97 @@
+"""The unknown-face threshold, calibrated on the validation split.
+
+Every validation image is a query against the training gallery. Its score for its own
+character is a *genuine* score (what a known face gets); its best score among the *other*
+characters is an *impostor* score (what it would get if its character were not in the
+gallery, i.e. an unknown face), and so is every held-out character's best score. The
+threshold is the equal error rate point of these two distributions: as many known faces
+are wrongly called unknown as unknown faces are wrongly given a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anime_face_id.search_index import best_per_character
+
+# When nothing can be calibrated (no validation images, one character), no face is
+# called unknown: every face gets its best match, and the metadata says why.
+UNCALIBRATED_THRESHOLD = -1.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    method: str  # val_eer | configured | uncalibrated
+    genuine: int  # known-face scores it was chosen from
+    impostor: int  # unknown-face scores it was chosen from
+    false_accept: float | None  # unknown faces given a name, at the threshold
+    false_reject: float | None  # known faces called unknown, at the threshold
+    note: str = ""
+
+
+def eer_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float, float]:
+    """(threshold, false accept rate, false reject rate) where the two rates are closest.
+
+    A score >= threshold is accepted. Candidate thresholds are the observed scores."""
+    genuine, impostor = np.sort(genuine), np.sort(impostor)
+    thresholds = np.unique(np.concatenate([genuine, impostor]))
+    false_reject = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
+    false_accept = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
+    best = int(np.argmin(np.abs(false_accept - false_reject)))
+    return float(thresholds[best]), float(false_accept[best]), float(false_reject[best])
+
+
+def calibration_scores(
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    classes: int,
+    val: np.ndarray,
+    val_labels: np.ndarray,
+    holdout: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor scores (see the module docstring). ``val_labels`` of -1 mark
+    validation images of characters the gallery lacks: impostors, like held-out ones."""
+    genuine, impostor = [], []
+    if len(val):
+        scores = best_per_character(val, gallery, gallery_labels, classes)
+        known = val_labels >= 0
+        rows = np.flatnonzero(known)
+        genuine.append(scores[rows, val_labels[rows]])
+        others = scores[known].copy()
+        others[np.arange(len(rows)), val_labels[rows]] = -np.inf
+        impostor.append(others.max(axis=1))  # -inf with one character: dropped below
+        impostor.append(scores[~known].max(axis=1))
+    if len(holdout):
+        impostor.append(best_per_character(holdout, gallery, gallery_labels, classes).max(axis=1))
+    genuine_all = np.concatenate(genuine) if genuine else np.zeros(0, np.float32)
+    impostor_all = np.concatenate(impostor) if impostor else np.zeros(0, np.float32)
+    return genuine_all[np.isfinite(genuine_all)], impostor_all[np.isfinite(impostor_all)]
+
+
+def calibrate(genuine: np.ndarray, impostor: np.ndarray, configured: float | None) -> Calibration:
+    counts = {"genuine": len(genuine), "impostor": len(impostor)}
+    rates: dict = {"false_accept": None, "false_reject": None}
+    threshold = None
+    if len(genuine) and len(impostor):
+        threshold, far, frr = eer_threshold(genuine, impostor)
+        rates = {"false_accept": far, "false_reject": frr}
+    if configured is not None:
+        if len(genuine) and len(impostor):
+            rates = {
+                "false_accept": float((impostor >= configured).mean()),
+                "false_reject": float((genuine < configured).mean()),
+            }
+        return Calibration(float(configured), "configured", **counts, **rates)
+    if threshold is None:
+        return Calibration(
+            UNCALIBRATED_THRESHOLD,
+            "uncalibrated",
+            **counts,
+            **rates,
+            note="no validation images of at least two gallery characters: every face "
+            "gets its best match (set identify.threshold to choose one)",
+        )
+    return Calibration(threshold, "val_eer", **counts, **rates)
