@@ -92,6 +92,6 @@ def calibrate(genuine: np.ndarray, impostor: np.ndarray, configured: float | Non
             **counts,
             **rates,
             note="no validation images of at least two gallery characters: every face "
-            "gets its best match (set identify.threshold to choose one)",
+            "gets its best match (set package.threshold to choose one)",
         )
     return Calibration(threshold, "val_eer", **counts, **rates)

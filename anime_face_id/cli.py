@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--source",
         choices=("train", "curated"),
         default=None,
-        help="train split or every curated crop (default: identify.gallery_source)",
+        help="train split or every curated crop (default: package.gallery_source)",
     )
     _project_options(rebuild_cmd)
     rebuild_cmd.set_defaults(handler=rebuild)

@@ -250,17 +250,25 @@ class EvaluateConfig(Section):
         return sorted(set(value))
 
 
-class IdentifyConfig(Section):
-    """Naming the faces in new pictures: the gallery, its search and the unknown threshold."""
+class PackageConfig(Section):
+    """The package stage (and `anime-face-id gallery rebuild`): the gallery new faces are
+    compared with, and the threshold below which a face is unknown."""
 
-    top: int = Field(3, ge=1, le=50)  # candidate characters reported per face
-    neighbours: int = Field(5, ge=0, le=50)  # nearest gallery images reported per face
     # train: the training split's crops (val calibrates the threshold); curated: every
     # curated crop, so characters added after the last split can be named too
     gallery_source: Literal["train", "curated"] = "train"
-    # None: calibrated on the validation split (see anime_face_id.gallery); a number
+    # None: calibrated on the validation split (see anime_face_id.calibration); a number
     # overrides it (cosine similarity; faces scoring below it are reported as unknown)
     threshold: float | None = Field(None, ge=-1.0, le=1.0)
+    batch_size: int = Field(64, ge=1)  # gallery images per forward pass
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class IdentifyConfig(Section):
+    """Naming the faces in new pictures: how the gallery is searched and what is reported."""
+
+    top: int = Field(3, ge=1, le=50)  # candidate characters reported per face
+    neighbours: int = Field(5, ge=0, le=50)  # nearest gallery images reported per face
     # exact: one matrix product over the whole gallery; ivf: k-means lists, only the
     # `ivf_probes` nearest lists are scanned; auto: exact up to `exact_max_items` items
     index: Literal["auto", "exact", "ivf"] = "auto"
@@ -283,6 +291,7 @@ class Params(Section):
     balance: BalanceConfig = BalanceConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    package: PackageConfig = PackageConfig()
     identify: IdentifyConfig = IdentifyConfig()
 
     @model_validator(mode="after")
@@ -310,9 +319,27 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+# Keys that moved to another section: named, so an older params.yaml gets told where.
+MOVED = {
+    ("identify", "gallery_source"): "package.gallery_source",
+    ("identify", "threshold"): "package.threshold",
+}
+
+
+def _moved_keys(data: dict) -> list[str]:
+    return [
+        f"{section}.{key} is now {new} (move it to the '{new.split('.')[0]}' section)"
+        for (section, key), new in MOVED.items()
+        if isinstance(data.get(section), dict) and key in data[section]
+    ]
+
+
 def parse_params(data: object, source: str = "params") -> Params:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    moved = _moved_keys(data)
+    if moved:
+        raise ConfigError(f"{source}: {'; '.join(moved)}")
     try:
         return Params.model_validate(data)
     except ValidationError as error:

@@ -211,7 +211,7 @@ def build_gallery(
     rows: GalleryRows,
     vectors: dict[str, np.ndarray],
     embedder: str,
-    config: IdentifyConfig,
+    threshold: float | None = None,
     meta: dict | None = None,
 ) -> Gallery:
     """The gallery of ``rows`` given each path's embedding (``vectors``; rows whose path
@@ -249,7 +249,7 @@ def build_gallery(
         class_names=class_names,
         paths=[row["path"] for row in keep],
         embedder=embedder,
-        calibration=calibrate(genuine, impostor, config.threshold),
+        calibration=calibrate(genuine, impostor, threshold),
         meta={
             **(meta or {}),
             "items": len(keep),
@@ -277,7 +277,7 @@ def rebuild_gallery(
     from anime_face_id.embed import embed_paths
 
     root = Path(root)
-    config = params.identify
+    config = params.package
     source = source or config.gallery_source
     rows = gallery_rows(root, source)
     everything = rows.gallery + rows.calibration_gallery + rows.val + rows.holdout
@@ -301,7 +301,7 @@ def rebuild_gallery(
         rows,
         dict(zip(paths, embedded, strict=True)),
         embedder_fingerprint(checkpoint),
-        config,
+        config.threshold,
         meta,
     )
     save_gallery(gallery, destination)

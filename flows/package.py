@@ -37,11 +37,12 @@ def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
     }
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
-        # tags, not params: a run may be packaged again with other identify settings
+        # tags, not params: a run may be packaged again with other settings
         mlflow.set_tags(
             {
+                **tracking.flatten("package", params.package.model_dump(mode="json")),
                 **tracking.flatten("identify", params.identify.model_dump(mode="json")),
-                "identify.calibration": calibration["method"],
+                "package.calibration": calibration["method"],
                 "crop.detector": params.crop.detector,
             }
         )

@@ -98,3 +98,21 @@ def test_a_stage_runner_prints_a_params_error_without_traceback(tmp_path):
         f"error: {tmp_path / 'params.yaml'} is not UTF-8 text "
         "(byte 0xff at offset 22, line 2); save it as UTF-8\n"
     )
+
+
+def test_keys_that_moved_sections_say_where_they_went():
+    from anime_face_id.config import ConfigError, parse_params
+
+    old = {
+        "characters": [{"name": "A"}],
+        "identify": {"top": 3, "gallery_source": "curated", "threshold": 0.5},
+    }
+    with pytest.raises(ConfigError) as error:
+        parse_params(old, "params.yaml")
+    message = str(error.value)
+    assert "identify.gallery_source is now package.gallery_source" in message
+    assert "identify.threshold is now package.threshold" in message
+    moved = parse_params(
+        {"characters": [{"name": "A"}], "package": {"gallery_source": "curated", "threshold": 0.5}}
+    )
+    assert moved.package.gallery_source == "curated" and moved.package.threshold == 0.5

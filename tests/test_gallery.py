@@ -161,7 +161,7 @@ def test_calibration_is_configured_or_uncalibrated_when_it_cannot_be_measured():
     assert chosen.false_accept == 0.5 and chosen.false_reject == 0.0
     nothing = calibrate(genuine, np.zeros(0), configured=None)
     assert nothing.method == "uncalibrated" and nothing.threshold == UNCALIBRATED_THRESHOLD
-    assert "identify.threshold" in nothing.note
+    assert "package.threshold" in nothing.note
 
 
 # --------------------------------------------------------------------- persistence
@@ -228,7 +228,7 @@ def test_build_gallery_leaves_out_unembedded_rows_and_calibrates_on_val():
     from anime_face_id.gallery import GalleryRows
 
     rows = GalleryRows(rows_of["gallery"], rows_of["gallery"], rows_of["val"], [])
-    gallery = build_gallery(rows, vectors, "f" * 64, IdentifyConfig(), {"source": "train"})
+    gallery = build_gallery(rows, vectors, "f" * 64, None, {"source": "train"})
     assert len(gallery) == 5 and "A2" not in gallery.paths
     assert gallery.class_names == ["A", "B"]
     assert gallery.calibration.method == "val_eer"
@@ -303,7 +303,7 @@ def test_curated_source_takes_every_curated_crop(tmp_path):
         {
             "characters": [{"name": n} for n in NAMES],
             "crop": {"detector": "none", "size": 64},
-            "identify": {"gallery_source": "curated", "device": "cpu"},
+            "package": {"gallery_source": "curated", "device": "cpu"},
         }
     )
     gallery, _ = rebuild_gallery(root, params, root / "models" / "embedder.pt", root / GALLERY)

@@ -78,7 +78,7 @@ def test_repro_packages_the_identifier_and_registers_it_as_champion(repro):
     assert champion.run_id == run_id
     run = client.get_run(run_id)
     assert run.data.metrics["unknown_threshold"] == pytest.approx(summary["threshold"])
-    assert run.data.tags["identify.calibration"] == "val_eer"
+    assert run.data.tags["package.calibration"] == "val_eer"
     assert run.data.tags["registry.champion"] == "True"
     # the version's page shows its headline numbers without opening the run
     assert "val MAP@R" in champion.description and "unknown-face threshold" in champion.description
