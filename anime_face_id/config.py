@@ -282,6 +282,17 @@ class IdentifyConfig(Section):
     seed: int = 0  # k-means initialisation of the ivf index
 
 
+class ComputeConfig(Section):
+    """Where collect's and crop's per-character work runs; the results are the same."""
+
+    # local: this process (threads); dask: a Dask cluster, through Prefect's DaskTaskRunner
+    runner: Literal["local", "dask"] = "local"
+    # dask: a running scheduler (tcp://host:8786); None starts a cluster of `dask_workers`
+    # processes on this machine, listening on 127.0.0.1 only, for the stage's duration
+    dask_address: str | None = None
+    dask_workers: int = Field(2, ge=1, le=1024)
+
+
 class Params(Section):
     characters: list[Character] = Field(min_length=1)
     collect: CollectConfig = CollectConfig()
@@ -293,6 +304,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     package: PackageConfig = PackageConfig()
     identify: IdentifyConfig = IdentifyConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Params:

@@ -11,13 +11,15 @@ rejects from the indexes without detecting anything again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -347,6 +349,24 @@ def _count(
     )
 
 
+@contextlib.contextmanager
+def _one_thread_per_image() -> Iterator[None]:
+    """Images are cropped in parallel, one per pool thread. torch's own threads on top only
+    oversubscribe the cores, and make a detector's scores depend on how many the process
+    may use (in their last digits): a crop made on a one-thread Dask worker would differ
+    from one made here. So inference runs on one thread per image, here and there."""
+    torch = sys.modules.get("torch")  # the cascade and `none` need no torch
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def crop_character(
     root: Path,
     slug: str,
@@ -380,7 +400,7 @@ def crop_character(
     done = reused + len(invalid)
     if progress:
         progress(done, total)
-    with ThreadPoolExecutor(max_workers=_worker_count(config)) as pool:
+    with _one_thread_per_image(), ThreadPoolExecutor(max_workers=_worker_count(config)) as pool:
         futures = {
             pool.submit(
                 crop_image, root, directory, sha, keyed[sha], config, detector, fingerprint

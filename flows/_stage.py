@@ -25,7 +25,7 @@ from pathlib import Path
 from prefect import tags
 from prefect.states import Failed, State
 
-from anime_face_id.config import ConfigError, Params, load_params
+from anime_face_id.config import ComputeConfig, ConfigError, Params, load_params
 from anime_face_id.errors import SearchError, StageError
 from anime_face_id.interrupt import stop_on_ctrl_c
 from tasks.reporting import PIPELINE_TAG
@@ -117,10 +117,10 @@ def fail_on_stage_error(action: Callable[[], object]) -> object:
         return Failed(message=str(error))
 
 
-def check_params(path: Path) -> None:
+def check_params(path: Path) -> Params:
     """Fail fast on a bad params file, before Prefect starts, with the message only."""
     try:
-        load_params(path)
+        return load_params(path)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -134,9 +134,33 @@ def finish(name: str, state: State) -> None:
         raise SystemExit(1)
 
 
-def run_stage(stage: str, flow) -> None:
+def on_compute(flow, compute: ComputeConfig):
+    """The flow with its tasks run where ``compute`` says: its own runner for ``local``,
+    a Dask cluster (an existing scheduler, or a local one started for the run) for
+    ``dask``."""
+    if compute.runner == "local":
+        return flow
+    from prefect_dask import DaskTaskRunner
+
+    if compute.dask_address:
+        return flow.with_options(task_runner=DaskTaskRunner(address=compute.dask_address))
+    cluster = {
+        "n_workers": compute.dask_workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",  # the scheduler and workers take no outside connections
+        "dashboard_address": "127.0.0.1:0",  # its dashboard too, on a free port
+    }
+    return flow.with_options(task_runner=DaskTaskRunner(cluster_kwargs=cluster))
+
+
+def run_stage(stage: str, flow, distributes: bool = False) -> None:
+    """The stage's command line; ``distributes``: the flow's tasks may run on the runner
+    that params.compute names."""
     args = parse_args(stage)
-    check_params(Path(args.root) / args.params)
+    params = check_params(Path(args.root) / args.params)
+    if distributes:
+        flow = on_compute(flow, params.compute)
     report_stops_once()
     stop_on_ctrl_c()
     try:

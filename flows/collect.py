@@ -45,4 +45,4 @@ def _collect(root_path, params) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run_stage("collect", collect_flow)
+    run_stage("collect", collect_flow, distributes=True)
