@@ -131,15 +131,13 @@ def test_an_unknown_tag_is_a_clear_error_with_near_tags(board):
     assert len(found.candidates) == 3
 
 
-def test_a_refused_search_says_what_the_board_said(board, monkeypatch):
-    from anime_face_id.sources import booru
-
-    def refuse(self, endpoint, params):
-        return {"success": False, "message": "You cannot search for more than 2 tags at a time"}
-
-    monkeypatch.setattr(booru.BooruClient, "get", refuse)
-    with pytest.raises(SearchError, match="more than 2 tags"):
+def test_a_search_over_the_boards_tag_limit_says_so(board):
+    board.add_post("kuroko_tetsuya")
+    with pytest.raises(SearchError) as error:
         search(KUROKO, "kuroko_tetsuya", config(board, booru_tags=["solo", "rating:g"]))
+    message = str(error.value)
+    assert "refused the search 'kuroko_tetsuya solo rating:g' (http 422)" in message
+    assert "allows 2 without an account" in message
 
 
 def test_collect_records_posts_in_the_manifest_and_skips_as_rejects(board, tmp_path):

@@ -78,7 +78,17 @@ class BooruClient:
             raise SearchError(f"booru: {url}: the answer is not JSON") from None
 
     def posts(self, tags: str, page: int, limit: int) -> list[dict]:
-        answer = self.get("posts.json", {"tags": tags, "page": page, "limit": limit})
+        try:
+            answer = self.get("posts.json", {"tags": tags, "page": page, "limit": limit})
+        except SearchError as error:
+            if "http 422" not in str(error):
+                raise
+            # Danbooru answers 422 to a search over its tag limit (2 without an account)
+            raise SearchError(
+                f"booru: the board refused the search {tags!r} (http 422): too many tags? "
+                "Danbooru allows 2 without an account: the character's tag and one of "
+                "collect.booru_tags"
+            ) from None
         if isinstance(answer, dict) and ("success" in answer or "message" in answer):
             # Danbooru reports a refused search (e.g. too many tags) as a JSON object
             message = answer.get("message") or answer.get("reason") or "refused"

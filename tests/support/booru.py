@@ -39,12 +39,13 @@ def picture(seed: int, size: int = 96) -> bytes:
 
 
 class FakeBooru:
-    def __init__(self, max_limit: int = 200):
+    def __init__(self, max_limit: int = 200, tag_limit: int = 2):
         self.posts: list[dict] = []
         self.files: dict[str, bytes] = {}
         self.tags: dict[str, int] = {}  # character tag -> post count (for tags.json)
         self.requests: list[Request] = []
         self.max_limit = max_limit
+        self.tag_limit = tag_limit  # Danbooru's for a visitor without an account
         self._rate_limited: dict[str, str] = {}  # endpoint -> Retry-After
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -125,6 +126,12 @@ class FakeBooru:
             retry_after = self._rate_limited.pop(parts.path, None)
         if retry_after is not None:
             self._send(handler, 429, b'{"message": "slow down"}', {"Retry-After": retry_after})
+        elif parts.path == "/posts.json" and len(query.get("tags", "").split()) > self.tag_limit:
+            refusal = {
+                "success": False,
+                "message": f"You cannot search for more than {self.tag_limit} tags at a time",
+            }
+            self._send(handler, 422, json.dumps(refusal).encode())
         elif parts.path == "/posts.json":
             self._send(handler, 200, json.dumps(self._search(query)).encode())
         elif parts.path == "/tags.json":
