@@ -168,6 +168,10 @@ ELSEWHERE = {
         "tests/test_distributed.py::test_two_processes_train_the_stage_like_one",
         "after a torchrun started by hand; the test's run goes through dvc repro",
     ),
+    ".venv/bin/python benchmarks/scale.py": (
+        "tests/test_benchmark_scale.py::test_scale_benchmark_compares_dask_workers_with_one_process",
+        "minutes on 120 pictures; the test runs the script on 9",
+    ),
     ".venv/bin/mlflow server": (
         "tests/test_pipeline_train.py::test_tracking_to_a_real_mlflow_server_and_failing_fast_without_one",
         "the README says to run it with a database of one's own",
