@@ -1,6 +1,7 @@
 """The identifier as an MLflow pyfunc model: base64 pictures in, named faces out.
 
-The model bundles everything identification needs as artifacts: the embedder checkpoint,
+The model is logged as code (``tasks/served_model.py``), not as a pickled object, and
+bundles everything identification needs as artifacts: the embedder checkpoint,
 the gallery (embeddings, character names, calibrated threshold), the detector and crop
 settings and the detector's own file (the CenterNet weights, or the `lbp` cascade). The core package is logged as code,
 so `mlflow.pyfunc.load_model` and `mlflow models serve --env-manager local` need nothing of
@@ -72,6 +73,15 @@ def _signature():
     )
 
 
+def _input_example():
+    """One request row, shown with the model in MLflow and checked against the signature:
+    a 1-pixel PNG (too small for a face, or an unknown one with `crop.detector: none`)."""
+    import pandas as pd
+
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+    return pd.DataFrame({"image": [pixel], "name": ["example.png"]})
+
+
 def _settings(params) -> dict:
     crop = params.crop.model_dump(mode="json")
     crop.pop("cascade")  # replaced by the bundled files at load time
@@ -98,10 +108,11 @@ def log_identifier(root: Path, params, checkpoint: Path, gallery: Path) -> str:
             artifacts["detector_weights"] = str(detector_weights_path(Path(root), params.crop))
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=IdentifierModel(),
+            python_model=str(REPO / "tasks" / "served_model.py"),  # code, not a pickle
             artifacts=artifacts,
             code_paths=[str(REPO / "anime_face_id"), str(REPO / "tasks")],
             signature=_signature(),
+            input_example=_input_example(),
             pip_requirements=[],
         )
     return info.model_uri
