@@ -218,3 +218,22 @@ def test_booru_settings_are_checked_at_load():
 def test_unused_path_argument_is_accepted(board, tmp_path: Path):
     board.add_post("kuroko_tetsuya")
     assert search(KUROKO, "kuroko_tetsuya", config(board), root=tmp_path).candidates
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # nesting that exhausts the parser's stack
+        b"<html>maintenance</html>",
+        b'{"posts": []}',
+        b'[1, "two", null, {"id": {"x": 1}, "rating": ["g"], "file_url": 7}]',
+    ],
+)
+def test_hostile_answers_are_a_search_error_or_skipped_posts_never_a_crash(board, answer):
+    board.hostile = answer
+    try:
+        found = search(KUROKO, "kuroko_tetsuya", config(board))
+    except SearchError as error:
+        assert str(error).startswith("booru:")
+        return
+    assert found.candidates == [] and len(found.skipped) == 1

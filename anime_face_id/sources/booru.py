@@ -74,8 +74,8 @@ class BooruClient:
                 self._last = self._clock()
         try:
             return json.loads(body)
-        except ValueError:
-            raise SearchError(f"booru: {url}: the answer is not JSON") from None
+        except (ValueError, RecursionError):  # nesting deep enough to exhaust the stack
+            raise SearchError(f"booru: {url}: the answer is not usable JSON") from None
 
     def posts(self, tags: str, page: int, limit: int) -> list[dict]:
         try:

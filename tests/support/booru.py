@@ -47,6 +47,7 @@ class FakeBooru:
         self.max_limit = max_limit
         self.tag_limit = tag_limit  # Danbooru's for a visitor without an account
         self._rate_limited: dict[str, str] = {}  # endpoint -> Retry-After
+        self.hostile: bytes | None = None  # when set, every posts.json answer is this
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -126,6 +127,8 @@ class FakeBooru:
             retry_after = self._rate_limited.pop(parts.path, None)
         if retry_after is not None:
             self._send(handler, 429, b'{"message": "slow down"}', {"Retry-After": retry_after})
+        elif parts.path == "/posts.json" and self.hostile is not None:
+            self._send(handler, 200, self.hostile)
         elif parts.path == "/posts.json" and len(query.get("tags", "").split()) > self.tag_limit:
             refusal = {
                 "success": False,
