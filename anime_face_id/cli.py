@@ -26,6 +26,7 @@ from anime_face_id.errors import StageError
 from anime_face_id.faces.cascade import CascadeError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
+PICTURES_PER_BATCH = 16  # identify: pictures whose faces share forward passes
 
 
 def check_params(args: argparse.Namespace) -> int:
@@ -93,12 +94,17 @@ def identify_pictures(args: argparse.Namespace) -> int:
     )
     options = {"top": args.top, "neighbours": args.neighbours}
     results = []
-    for picture in args.pictures:
-        result = identifier.identify_file(Path(picture), picture, **options)
-        results.append(result)
+    # a few pictures at a time: their faces share forward passes, and answers still
+    # appear as the work goes on
+    step = PICTURES_PER_BATCH
+    for start in range(0, len(args.pictures), step):
+        chunk = args.pictures[start : start + step]
+        answered = identifier.identify_files([Path(p) for p in chunk], chunk, **options)
+        results += answered
         if not args.json:
-            stream = sys.stderr if result.status == "error" else sys.stdout
-            print("\n".join(face_lines(result)), file=stream, flush=True)
+            for result in answered:
+                stream = sys.stderr if result.status == "error" else sys.stdout
+                print("\n".join(face_lines(result)), file=stream, flush=True)
     if args.json:
         print(json.dumps(identify.report(identifier, results), indent=2, ensure_ascii=False))
     elif results:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -251,6 +252,17 @@ def base64_bytes(text: object, max_bytes: int) -> bytes:
 # --------------------------------------------------------------------- the identifier
 
 
+@dataclass(frozen=True)
+class _Found:
+    """One picture's detections and the squares cut around them, before naming."""
+
+    width: int
+    height: int
+    detections: list
+    squares: list[tuple[int, int, int]]
+    crops: list[np.ndarray]
+
+
 class Identifier:
     """Detector + embedder + gallery, ready to name faces."""
 
@@ -354,66 +366,135 @@ class Identifier:
 
     # ---- pictures
 
-    def identify_rgb(
-        self, rgb: np.ndarray, top: int | None = None, neighbours: int | None = None
-    ) -> list[FaceResult]:
-        """Every face of an upright H x W x 3 uint8 RGB picture, named."""
-        from anime_face_id.embed import embed_images
-
+    def _detect(self, rgb: np.ndarray) -> _Found:
+        """The faces of an upright H x W x 3 uint8 RGB picture and their crops."""
         height, width = rgb.shape[:2]
         detections = self.detector.detect(rgb)
         squares = [square_crop_box(d.box, width, height, self.crop.margin) for d in detections]
         crops = [crop_square(rgb, x, y, side, self.crop.size) for x, y, side in squares]
+        return _Found(width, height, detections, squares, crops)
+
+    def _named(
+        self, found: Sequence[_Found], top: int | None = None, neighbours: int | None = None
+    ) -> list[list[FaceResult]]:
+        """Every face of several pictures embedded in shared batches, then named."""
+        from anime_face_id.embed import embed_images
+
+        crops = [crop for picture in found for crop in picture.crops]
         if not crops:
-            return []
+            return [[] for _ in found]
         embeddings = embed_images(
             self.model, crops, self.image_size, self.device, self.config.batch_size
         ).numpy()
-        named = self.name(
-            embeddings,
-            self.config.top if top is None else top,
-            self.config.neighbours if neighbours is None else neighbours,
+        named = iter(
+            self.name(
+                embeddings,
+                self.config.top if top is None else top,
+                self.config.neighbours if neighbours is None else neighbours,
+            )
         )
         return [
-            FaceResult(d.box, square, d.score, *naming)
-            for d, square, naming in zip(detections, squares, named, strict=True)
+            [
+                FaceResult(d.box, square, d.score, *next(named))
+                for d, square in zip(picture.detections, picture.squares, strict=True)
+            ]
+            for picture in found
         ]
 
+    def identify_rgb(
+        self, rgb: np.ndarray, top: int | None = None, neighbours: int | None = None
+    ) -> list[FaceResult]:
+        """Every face of an upright H x W x 3 uint8 RGB picture, named."""
+        return self._named([self._detect(rgb)], top, neighbours)[0]
+
     def identify_image(self, picture: str, image: Image.Image, **options) -> PictureResult:
-        rgb = np.asarray(image.convert("RGB"))
-        try:
-            faces = self.identify_rgb(rgb, **options)
-        except Exception as error:  # one bad picture must never stop a batch or a server
-            return PictureResult(picture, "error", f"identification failed: {error}")
-        status = "ok" if faces else "no_face"
-        return PictureResult(picture, status, None, rgb.shape[1], rgb.shape[0], tuple(faces))
+        return self.identify_many([(picture, lambda: image)], **options)[0]
 
     def identify_bytes(self, data: bytes, picture: str, **options) -> PictureResult:
-        try:
-            image = decode_picture(
-                data,
-                self.config.max_bytes,
-                self.crop.max_pixels,
-                self.crop.max_decode_mb * 2**20,
-            )
-        except ImageRejected as error:
-            return failed(picture, error.reason)
-        return self.identify_image(picture, image, **options)
+        return self.identify_many([(picture, lambda: self._decode(data))], **options)[0]
 
     def identify_file(self, path: Path, picture: str | None = None, **options) -> PictureResult:
-        picture = picture if picture is not None else str(path)
-        try:
-            data = read_picture(Path(path), self.config.max_bytes)
-        except ImageRejected as error:
-            return failed(picture, error.reason)
-        return self.identify_bytes(data, picture, **options)
+        return self.identify_files([path], [picture], **options)[0]
+
+    def identify_files(
+        self, paths: Sequence[Path], pictures: Sequence[str | None] | None = None, **options
+    ) -> list[PictureResult]:
+        """Several files at once (see ``identify_many``); ``pictures``: their names."""
+        names = pictures or [None] * len(paths)
+        return self.identify_many(
+            [
+                (str(path) if name is None else name, functools.partial(self._read, Path(path)))
+                for path, name in zip(paths, names, strict=True)
+            ],
+            **options,
+        )
 
     def identify_base64(self, text: object, picture: str, **options) -> PictureResult:
+        return self.identify_many([(picture, lambda: self._from_base64(text))], **options)[0]
+
+    def identify_base64_rows(
+        self, rows: Sequence[tuple[object, str]], **options
+    ) -> list[PictureResult]:
+        """(base64 text, picture name) rows, as the served model receives them."""
+        return self.identify_many(
+            [(name, functools.partial(self._from_base64, text)) for text, name in rows], **options
+        )
+
+    def identify_many(
+        self, sources: Sequence[tuple[str, Callable[[], Image.Image]]], **options
+    ) -> list[PictureResult]:
+        """Several pictures at once, each given as (name, a function that loads it): each
+        is loaded and its faces detected and cut out in turn (only the crops are kept,
+        so memory does not grow with the pictures' sizes), then every face is embedded in
+        shared batches (fewer, fuller forward passes) and named. A picture that cannot be
+        read or fails is an error result, never an exception: one bad picture must never
+        stop a batch or a server."""
+        found: dict[int, _Found] = {}
+        results: dict[int, PictureResult] = {}
+        for number, (picture, load) in enumerate(sources):
+            try:
+                image = load()
+            except ImageRejected as error:
+                results[number] = failed(picture, error.reason)
+                continue
+            try:
+                found[number] = self._detect(np.asarray(image.convert("RGB")))
+            except Exception as error:
+                results[number] = failed(picture, f"identification failed: {error}")
         try:
-            data = base64_bytes(text, self.config.max_bytes)
-        except ImageRejected as error:
-            return failed(picture, error.reason)
-        return self.identify_bytes(data, picture, **options)
+            faces = dict(zip(found, self._named(list(found.values()), **options), strict=True))
+        except Exception as error:
+            faces = {}
+            for number in found:
+                results[number] = (
+                    failed(sources[number][0], f"identification failed: {error}")
+                    if len(found) == 1
+                    # find the culprit: each picture on its own
+                    else self.identify_many([sources[number]], **options)[0]
+                )
+        for number, picture_faces in faces.items():
+            where = found[number]
+            results[number] = PictureResult(
+                sources[number][0],
+                "ok" if picture_faces else "no_face",
+                None,
+                where.width,
+                where.height,
+                tuple(picture_faces),
+            )
+        return [results[number] for number in range(len(sources))]
+
+    # ---- reading
+
+    def _decode(self, data: bytes) -> Image.Image:
+        max_memory = self.crop.max_decode_mb * 2**20
+        return decode_picture(data, self.config.max_bytes, self.crop.max_pixels, max_memory)
+
+    def _read(self, path: Path) -> Image.Image:
+        return self._decode(read_picture(path, self.config.max_bytes))
+
+    def _from_base64(self, text: object) -> Image.Image:
+        return self._decode(base64_bytes(text, self.config.max_bytes))
 
 
 def report(identifier: Identifier, results: Sequence[PictureResult]) -> dict:

@@ -321,6 +321,20 @@ def test_bad_input_gets_a_specific_reason_and_never_raises(untrained, tmp_path):
         validate_picture(result.to_json())
 
 
+def test_pictures_named_together_get_the_answers_they_get_one_by_one(untrained, tmp_path):
+    identifier = load_identifier(untrained, params_for(NAMES, top=3, neighbours=2))
+    good = sorted((untrained / "data/faces").glob("*/test_*.png"))[:5]
+    bad = list(bad_inputs(tmp_path).values())[:2]
+    paths = [good[0], bad[0][0], *good[1:3], bad[1][0], *good[3:]]
+    names = [f"picture {n}" for n in range(len(paths))]
+    together = identifier.identify_files(paths, names)
+    alone = [identifier.identify_file(path, name) for path, name in zip(paths, names, strict=True)]
+    assert [r.picture for r in together] == names
+    assert [r.status for r in together] == ["ok", "error", "ok", "ok", "error", "ok", "ok"]
+    for batched, single in zip(together, alone, strict=True):
+        assert batched.to_json() == single.to_json()  # rounded to 4 decimals, as served
+
+
 def test_pictures_over_the_byte_limit_are_refused_unread(untrained, tmp_path):
     identifier = load_identifier(untrained, params_for(NAMES, max_bytes=2048))
     big = tmp_path / "big.png"
