@@ -367,23 +367,23 @@ def train(
     )
 
     # one process validates and reports; the others would only repeat it
-    no_score = {"precision_at_1": math.nan, "map_at_r": math.nan}
-    untrained_val = validate(model, data, root, config, device) if ranks.is_main else no_score
+    untrained_val = validate(model, data, root, config, device) if ranks.is_main else {}
     distributed.wait_for_all(ranks)
-    (logger.info if ranks.is_main else logger.debug)(
-        "training on %s: %d characters, %d rows (%d images), %d val images, "
-        "%d batches of %d x %d per epoch; untrained val P@1 %.2f MAP@R %.2f",
-        device if not ranks.distributed else f"{ranks.world} processes ({device.type})",
-        len(data.class_names),
-        len(data.train),
-        len(set(data.image_ids)),
-        len(data.val_paths),
-        steps_per_epoch,
-        sampler.p,
-        sampler.k,
-        untrained_val["precision_at_1"],
-        untrained_val["map_at_r"],
-    )
+    if ranks.is_main:
+        logger.info(
+            "training on %s: %d characters, %d rows (%d images), %d val images, "
+            "%d batches of %d x %d per epoch; untrained val P@1 %.2f MAP@R %.2f",
+            device if not ranks.distributed else f"{ranks.world} processes ({device.type})",
+            len(data.class_names),
+            len(data.train),
+            len(set(data.image_ids)),
+            len(data.val_paths),
+            steps_per_epoch,
+            sampler.p,
+            sampler.k,
+            untrained_val["precision_at_1"],
+            untrained_val["map_at_r"],
+        )
 
     history: list[EpochReport] = []
     best_score: float | None = None

@@ -128,8 +128,7 @@ def main() -> None:
         return
     if not ranks.distributed:
         args = parse_args("train")
-        check_params(Path(args.root) / args.params)
-        processes = load(args.root, args.params)[1].train.processes
+        processes = check_params(Path(args.root) / args.params).train.processes
         if processes > 1:
             # torch uses every core in each process by default: share them instead
             threads = max(1, (os.cpu_count() or 1) // processes)
