@@ -237,3 +237,18 @@ def test_hostile_answers_are_a_search_error_or_skipped_posts_never_a_crash(board
         assert str(error).startswith("booru:")
         return
     assert found.candidates == [] and len(found.skipped) == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'[{"name": "katou_megumi", "post_count": "many"}, {"name": 3}, "x"]',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"<html>maintenance</html>",
+    ],
+)
+def test_hostile_tag_hints_still_leave_a_clear_no_posts_error(board, answer):
+    board.hostile_tags = answer
+    with pytest.raises(SearchError) as error:
+        search(Character(name="Megumi Kato"), "megumi_kato", config(board))
+    assert str(error.value).startswith("no posts for tag 'megumi_kato' with solo")

@@ -36,6 +36,14 @@ CHARACTER_CATEGORY = 4  # Danbooru's tag category for characters
 HINTS = 5
 
 
+class BoardRefused(SearchError):
+    """The board answered a request with an error; ``reason`` is the downloader's."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class BooruClient:
     """GET the board's JSON endpoints, one request at a time, at most ``rate`` per second."""
 
@@ -69,7 +77,7 @@ class BooruClient:
             try:
                 body = self.downloader.fetch(url)
             except FetchRejected as rejected:
-                raise SearchError(f"booru: {url}: {rejected.reason}") from None
+                raise BoardRefused(f"booru: {url}: {rejected.reason}", rejected.reason) from None
             finally:
                 self._last = self._clock()
         try:
@@ -80,8 +88,8 @@ class BooruClient:
     def posts(self, tags: str, page: int, limit: int) -> list[dict]:
         try:
             answer = self.get("posts.json", {"tags": tags, "page": page, "limit": limit})
-        except SearchError as error:
-            if "http 422" not in str(error):
+        except BoardRefused as error:
+            if error.reason != "http 422":
                 raise
             # Danbooru answers 422 to a search over its tag limit (2 without an account)
             raise SearchError(
@@ -118,7 +126,8 @@ class BooruClient:
                 return []
             for entry in answer if isinstance(answer, list) else []:
                 if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                    found[entry["name"]] = int(entry.get("post_count") or 0)
+                    count = entry.get("post_count")
+                    found[entry["name"]] = count if isinstance(count, int) else 0
         return sorted(found.items(), key=lambda item: (-item[1], item[0]))[:HINTS]
 
 

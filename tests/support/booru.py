@@ -48,6 +48,7 @@ class FakeBooru:
         self.tag_limit = tag_limit  # Danbooru's for a visitor without an account
         self._rate_limited: dict[str, str] = {}  # endpoint -> Retry-After
         self.hostile: bytes | None = None  # when set, every posts.json answer is this
+        self.hostile_tags: bytes | None = None  # and every tags.json answer this
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -137,6 +138,8 @@ class FakeBooru:
             self._send(handler, 422, json.dumps(refusal).encode())
         elif parts.path == "/posts.json":
             self._send(handler, 200, json.dumps(self._search(query)).encode())
+        elif parts.path == "/tags.json" and self.hostile_tags is not None:
+            self._send(handler, 200, self.hostile_tags)
         elif parts.path == "/tags.json":
             self._send(handler, 200, json.dumps(self._tag_search(query)).encode())
         elif parts.path in self.files:
