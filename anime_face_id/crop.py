@@ -12,6 +12,7 @@ rejects from the indexes without detecting anything again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -84,6 +85,14 @@ def load_detector(root: Path, config: CropConfig) -> Detector:
         return CenterNetDetector(weights, config.input_size, config.min_score, config.nms_iou)
     cascade = resolve_cascade(Path(root), config.cascade)
     return LbpCascadeDetector(cascade, config.scale_factor, config.min_neighbors, config.min_size)
+
+
+@functools.lru_cache(maxsize=4)
+def process_detector(root: Path, config: CropConfig) -> Detector:
+    """``load_detector`` once per process and settings: the crop flow's process, or each
+    Dask worker's (a detector is loaded where it runs, never sent over the network; the
+    cascade's OpenCV object could not be)."""
+    return load_detector(Path(root), config)
 
 
 def detector_weights_path(root: Path, config: CropConfig) -> Path:

@@ -20,7 +20,6 @@ pipeline, so more characters than workers is what a cluster needs.
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import shutil
 import sys
@@ -68,14 +67,10 @@ def fresh(root: Path) -> None:
     shutil.rmtree(root / layout.FACES_DIR, ignore_errors=True)
 
 
-@functools.lru_cache(maxsize=2)
-def _detector(root: str, config: CropConfig):
-    return crop.load_detector(Path(root), config)  # once per worker, as tasks/crop.py does
-
-
 def crop_one(root: str, slug: str, rows: list[dict], config: CropConfig):
     """What a Dask worker runs: the crop flow's per-character task, without Prefect."""
-    return crop.crop_character(Path(root), slug, rows, config, _detector(root, config))
+    detector = crop.process_detector(Path(root), config)
+    return crop.crop_character(Path(root), slug, rows, config, detector)
 
 
 def single_process(root: Path, config: CropConfig) -> float:
