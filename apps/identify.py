@@ -21,11 +21,14 @@ import streamlit as st
 from PIL import Image
 
 from anime_face_id import identify, layout
+from anime_face_id.annotate import annotate
 from anime_face_id.config import ConfigError, load_params
 from anime_face_id.errors import StageError
 from anime_face_id.faces.cascade import CascadeError
 from anime_face_id.gallery import GALLERY
+from anime_face_id.identify_results import FaceResult
 from anime_face_id.imaging import ImageRejected, load_rgb
+from anime_face_id.picture_input import decode_picture
 
 PARAMS = Path("params.yaml")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
@@ -95,7 +98,7 @@ def sidebar(identifier: identify.Identifier) -> None:
             st.caption(calibration.note)
 
 
-def face_card(root: Path, image: Image.Image, number: int, face: identify.FaceResult) -> None:
+def face_card(root: Path, image: Image.Image, number: int, face: FaceResult) -> None:
     with st.container(border=True, key=f"face-{number}"):
         left, right = st.columns([1, 4])
         x, y, side = face.crop
@@ -121,9 +124,7 @@ def show_result(root: Path, identifier: identify.Identifier, name: str, data: by
     config = identifier.config
     try:
         crop = identifier.crop
-        image = identify.decode_picture(
-            data, config.max_bytes, crop.max_pixels, crop.max_decode_mb * 2**20
-        )
+        image = decode_picture(data, config.max_bytes, crop.max_pixels, crop.max_decode_mb * 2**20)
     except ImageRejected as error:
         st.error(f"{name}: {error.reason}")
         return
@@ -143,7 +144,7 @@ def show_result(root: Path, identifier: identify.Identifier, name: str, data: by
         f"{len(result.faces)} face(s) in {name}: {known} named, "
         f"{len(result.faces) - known} unknown."
     )
-    annotated = identify.annotate(image, result.faces)
+    annotated = annotate(image, result.faces)
     # small pictures at their own size; large ones as wide as the page allows
     st.image(annotated, width="stretch" if annotated.width > 700 else annotated.width, caption=name)
     for number, face in enumerate(result.faces, start=1):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from anime_face_id.cli import main
-from anime_face_id.identify import PICTURE_JSON_SCHEMA, SCHEMA
+from anime_face_id.identify_results import PICTURE_JSON_SCHEMA, SCHEMA
 from tests.test_gallery import add_character
 from tests.test_identify import (
     GROUP,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from anime_face_id.cli import face_lines, shown
-from anime_face_id.identify import PictureResult
+from anime_face_id.identify_results import PictureResult
 from tests.support.processes import answers, free_port
 
 REPO = Path(__file__).resolve().parents[1]

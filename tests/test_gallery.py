@@ -341,9 +341,8 @@ def test_exact_naming_equals_naming_from_every_item_ranked(seed: int) -> None:
     """The vectorised exact path against the neighbour path made exhaustive (the old way:
     every item ranked, a character's score at its first appearance)."""
     from anime_face_id.calibration import Calibration
-    from anime_face_id.config import CropConfig
     from anime_face_id.gallery import Gallery
-    from anime_face_id.identify import Identifier
+    from anime_face_id.naming import name_embeddings, name_exactly, name_from_neighbours
     from anime_face_id.search_index import unit_rows
 
     rng = np.random.default_rng(seed)
@@ -358,13 +357,11 @@ def test_exact_naming_equals_naming_from_every_item_ranked(seed: int) -> None:
         "sha",
         Calibration(0.3, "configured", 0, 0, None, None),
     )
-    config = IdentifyConfig(device="cpu", search_depth=items)
-    identifier = Identifier(None, 64, gallery, None, CropConfig(detector="none"), config)
     assert gallery.index.kind == "exact"
     queries = rng.normal(size=(7, 16)).astype(np.float32)
-    fast = identifier._name_exactly(queries, top=5, neighbours=6)
-    slow = identifier._name_from_neighbours(queries, top=5, neighbours=6)
-    assert identifier.name(queries, 5, 6) == fast
+    fast = name_exactly(gallery, queries, top=5, neighbours=6)
+    slow = name_from_neighbours(gallery, queries, top=5, neighbours=6, depth=items)
+    assert name_embeddings(gallery, queries, 5, 6, search_depth=10) == fast
     for quick, reference in zip(fast, slow, strict=True):
         assert quick.character == reference.character
         assert quick.score == pytest.approx(reference.score, abs=1e-6)

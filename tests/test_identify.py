@@ -21,22 +21,17 @@ import yaml
 from PIL import Image
 
 from anime_face_id import layout
+from anime_face_id.annotate import KNOWN_COLOUR, UNKNOWN_COLOUR, annotate
 from anime_face_id.checkpoint import save_checkpoint
 from anime_face_id.config import Params, TrainConfig, parse_params
 from anime_face_id.crop import crop_image, load_detector, settings_fingerprint
 from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.gallery import GALLERY, rebuild_gallery
-from anime_face_id.identify import (
-    KNOWN_COLOUR,
-    PICTURE_JSON_SCHEMA,
-    UNKNOWN_COLOUR,
-    annotate,
-    base64_bytes,
-    load_identifier,
-    report,
-)
+from anime_face_id.identify import load_identifier, report
+from anime_face_id.identify_results import PICTURE_JSON_SCHEMA
 from anime_face_id.imaging import ImageRejected, load_rgb
 from anime_face_id.model.embedder import Embedder
+from anime_face_id.picture_input import base64_bytes
 from anime_face_id.slugs import slugify
 from anime_face_id.train import train
 from tests.support.synthetic import DESIGNS, drawn_face

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anime_face_id.identify import PICTURE_JSON_SCHEMA
+from anime_face_id.identify_results import PICTURE_JSON_SCHEMA
 from tests.support.processes import free_port, running_server
 from tests.support.project import Project, make_project
 from tests.support.synthetic import (

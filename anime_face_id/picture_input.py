@@ -1,0 +1,49 @@
+"""Pictures handed to ``identify``: from a file, raw bytes or base64 text, refused with a
+specific reason (``ImageRejected``) before anything large is decoded."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+
+from PIL import Image
+
+from anime_face_id.fileio import UnreadableFile, read_regular_file
+from anime_face_id.imaging import DEFAULT_MAX_DECODE_BYTES, ImageRejected, decode
+
+
+def decode_picture(
+    data: bytes, max_bytes: int, max_pixels: int, max_memory: int = DEFAULT_MAX_DECODE_BYTES
+) -> Image.Image:
+    """Upright RGB, or ImageRejected with the reason (size limits checked before decoding)."""
+    if len(data) > max_bytes:
+        raise ImageRejected(f"too large: {len(data)} bytes (the limit is {max_bytes})")
+    return decode(data, max_pixels, max_memory)[0]
+
+
+def read_picture(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes; a file over ``max_bytes``, a pipe or a device is refused unread
+    (ImageRejected)."""
+    try:
+        return read_regular_file(path, max_bytes)
+    except UnreadableFile as error:
+        prefix = "" if error.reason.startswith("too large") else "cannot read: "
+        raise ImageRejected(prefix + error.reason) from None
+
+
+def base64_bytes(text: object, max_bytes: int) -> bytes:
+    """Bytes of a base64 string (a ``data:image/...;base64,`` prefix is allowed)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ImageRejected("no image given: expected a base64-encoded picture")
+    text = text.strip()
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    if len(text) * 3 // 4 > max_bytes + 2:
+        raise ImageRejected(
+            f"too large: about {len(text) * 3 // 4} bytes (the limit is {max_bytes})"
+        )
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ImageRejected(f"not base64: {error}") from None
