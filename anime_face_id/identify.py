@@ -255,8 +255,8 @@ def build_identifier(
     """Load everything; a missing model, a stale gallery or a missing cascade raise with
     a message saying what to run (StageError / CascadeError)."""
     from anime_face_id.checkpoint import load_checkpoint
-    from anime_face_id.crop import load_detector
     from anime_face_id.device import resolve_device
+    from anime_face_id.faces.detectors import load_detector
 
     torch_device = resolve_device(device or config.device)
     loaded = load_checkpoint(checkpoint, torch_device)

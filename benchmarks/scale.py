@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from anime_face_id import crop, layout  # noqa: E402
 from anime_face_id.collect import collect_all  # noqa: E402
 from anime_face_id.config import CropConfig, parse_params  # noqa: E402
+from anime_face_id.faces.detectors import process_detector  # noqa: E402
 
 RAW = REPO.parent / "shared" / "testdata" / "raw"
 
@@ -69,7 +70,7 @@ def fresh(root: Path) -> None:
 
 def crop_one(root: str, slug: str, rows: list[dict], config: CropConfig):
     """What a Dask worker runs: the crop flow's per-character task, without Prefect."""
-    detector = crop.process_detector(Path(root), config)
+    detector = process_detector(Path(root), config)
     return crop.crop_character(Path(root), slug, rows, config, detector)
 
 

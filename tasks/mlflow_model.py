@@ -92,8 +92,8 @@ def _settings(params) -> dict:
 
 def log_identifier(root: Path, params, checkpoint: Path, gallery: Path) -> str:
     """Log the identifier as a pyfunc model in the active run; returns its model URI."""
-    from anime_face_id.crop import detector_weights_path
     from anime_face_id.faces.cascade import resolve_cascade
+    from anime_face_id.faces.detectors import detector_weights_path
 
     with tempfile.TemporaryDirectory() as scratch:
         settings = Path(scratch) / SETTINGS_FILE

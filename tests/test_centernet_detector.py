@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from anime_face_id.config import CropConfig
-from anime_face_id.crop import crop_all, load_detector
+from anime_face_id.crop import crop_all
 from anime_face_id.faces.boxes import matched
 from anime_face_id.faces.centernet import WEIGHTS_FORMAT, FaceCenterNet
 from anime_face_id.faces.detector_data import read_yolo_folder
@@ -23,6 +23,7 @@ from anime_face_id.faces.detectors import (
     CenterNetDetector,
     Detector,
     DetectorWeightsError,
+    load_detector,
 )
 from anime_face_id.imaging import load_rgb_array
 

@@ -16,19 +16,18 @@ from PIL import Image
 from anime_face_id import layout
 from anime_face_id.config import CropConfig
 from anime_face_id.crop import (
-    INDEX_NAME,
-    NO_FACE,
-    CropStateError,
     crop_all,
     crop_character,
     raw_rows_by_character,
     write_crop_outputs,
 )
+from anime_face_id.crop_index import INDEX_NAME, CropStateError
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detection, LbpCascadeDetector, WholeImageDetector
 from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.imaging import load_rgb_array, phash
+from anime_face_id.layout import NO_FACE
 
 # ------------------------------------------------------------- building a raw data folder
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from anime_face_id.config import CropConfig
-from anime_face_id.crop import load_detector
 from anime_face_id.faces.boxes import from_yolo, matched
 from anime_face_id.faces.cascade import (
     CASCADE_CACHE,
@@ -30,6 +29,7 @@ from anime_face_id.faces.detectors import (
     LbpCascadeDetector,
     WholeImageDetector,
     load_cascade,
+    load_detector,
 )
 from anime_face_id.imaging import load_rgb_array
 

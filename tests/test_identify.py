@@ -24,7 +24,9 @@ from anime_face_id import layout
 from anime_face_id.annotate import KNOWN_COLOUR, UNKNOWN_COLOUR, annotate
 from anime_face_id.checkpoint import save_checkpoint
 from anime_face_id.config import Params, TrainConfig, parse_params
-from anime_face_id.crop import crop_image, load_detector, settings_fingerprint
+from anime_face_id.crop import settings_fingerprint
+from anime_face_id.cutting import crop_image
+from anime_face_id.faces.detectors import load_detector
 from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.gallery import GALLERY, rebuild_gallery
 from anime_face_id.identify import load_identifier, report

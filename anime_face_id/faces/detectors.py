@@ -7,6 +7,7 @@ whether a cached result is still valid.
 
 from __future__ import annotations
 
+import functools
 import pickle
 import threading
 from collections.abc import Mapping
@@ -17,7 +18,8 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from anime_face_id.faces.cascade import CascadeError, file_sha256
+from anime_face_id.config import CropConfig
+from anime_face_id.faces.cascade import CascadeError, file_sha256, resolve_cascade
 
 # The trained detector's weights ship inside the package (see weights/MODEL_CARD.md).
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "centernet_lite0.pt"
@@ -237,3 +239,33 @@ class CenterNetDetector:
                     Detection(left, top, right - left, bottom - top, round(float(score), 6))
                 )
         return sorted(detections, key=lambda d: (-d.score, d.y, d.x, d.w, d.h))
+
+
+# ---------------------------------------------------------------- the configured detector
+
+
+def load_detector(root: Path, config: CropConfig) -> Detector:
+    """The configured detector; for ``lbp`` this may download and verify the cascade."""
+    if config.detector == "none":
+        return WholeImageDetector()
+    if config.detector == "centernet":
+        weights = detector_weights_path(root, config)
+        return CenterNetDetector(weights, config.input_size, config.min_score, config.nms_iou)
+    cascade = resolve_cascade(Path(root), config.cascade)
+    return LbpCascadeDetector(cascade, config.scale_factor, config.min_neighbors, config.min_size)
+
+
+@functools.lru_cache(maxsize=4)
+def process_detector(root: Path, config: CropConfig) -> Detector:
+    """``load_detector`` once per process and settings: the crop flow's process, or each
+    Dask worker's (a detector is loaded where it runs, never sent over the network; the
+    cascade's OpenCV object could not be)."""
+    return load_detector(Path(root), config)
+
+
+def detector_weights_path(root: Path, config: CropConfig) -> Path:
+    """The CenterNet weights: ``crop.detector_weights`` (relative to the project root), or
+    the file shipped in the package."""
+    if config.detector_weights:
+        return Path(root) / config.detector_weights
+    return PACKAGED_WEIGHTS
