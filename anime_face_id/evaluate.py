@@ -58,7 +58,7 @@ from anime_face_id.plots import (
     plot_training_curves,
     project_2d,
 )
-from anime_face_id.train import TRAIN_HISTORY
+from anime_face_id.training_report import TRAIN_HISTORY
 
 logger = logging.getLogger("anime_face_id.evaluate")
 

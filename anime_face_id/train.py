@@ -22,8 +22,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,65 +34,27 @@ from anime_face_id import distributed
 from anime_face_id.checkpoint import save_checkpoint
 from anime_face_id.config import TrainConfig
 from anime_face_id.dataset import (
-    FaceDataset,
     NumberedBatches,
-    class_names_of,
-    examples_from_rows,
-    read_balanced_train,
-    read_split,
-    require_paths_inside,
-    unreadable_images,
-    without_paths,
 )
 from anime_face_id.device import resolve_device
-from anime_face_id.embed import embed_paths
 from anime_face_id.errors import StageError
-from anime_face_id.fileio import atomic_write_json, json_safe, sweep_temporaries, write_csv
+from anime_face_id.fileio import sweep_temporaries
 from anime_face_id.identity_loss import IdentityClassifier, identity_loss
 from anime_face_id.layout import EMBEDDER
 from anime_face_id.losses import make_loss
-from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.model import PretrainedWeightsMissing, build_embedder
+from anime_face_id.optimisation import lr_factor, make_optimizer
 from anime_face_id.sampler import PKSampler
-from anime_face_id.transforms import DEFAULT_AUGMENT
+from anime_face_id.training_data import load_training_data, seed_worker, validate
+from anime_face_id.training_report import (
+    EpochReport,
+    TrainResult,
+    epoch_line,
+    format_duration,
+    write_outputs,
+)
 
 logger = logging.getLogger("anime_face_id.train")
-
-TRAIN_METRICS = Path("metrics/train.json")
-TRAIN_HISTORY = Path("plots/train_history.csv")
-WARMUP_START = 0.1  # warm-up starts at lr x this
-
-
-@dataclass
-class EpochReport:
-    epoch: int
-    epochs: int
-    loss: float
-    identity_loss: float  # NaN when train.id_loss_weight is 0
-    active_fraction: float
-    mean_positive_distance: float
-    mean_negative_distance: float
-    val_precision_at_1: float
-    val_map_at_r: float
-    images_per_s: float
-    seconds: float
-    eta_s: float
-    lr: float
-
-
-HISTORY_COLUMNS = tuple(f.name for f in fields(EpochReport))
-
-
-@dataclass
-class TrainResult:
-    checkpoint: Path
-    history: list[EpochReport]
-    best_epoch: int
-    class_names: list[str]
-    device: str
-    untrained_val: dict[str, float] = field(default_factory=dict)
-    skipped_images: dict[str, str] = field(default_factory=dict)  # path -> reason
-    warnings: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -107,64 +68,6 @@ def seed_everything(seed: int, device: torch.device) -> None:
         # reproducible convolutions at some cost in speed
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-
-
-def seed_worker(_worker_id: int) -> None:
-    # DataLoader seeds torch per worker from its generator; numpy and random follow it
-    worker_seed = torch.initial_seed() % 2**32
-    np.random.seed(worker_seed)
-    random.seed(worker_seed)
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def epoch_line(report: EpochReport) -> str:
-    return (
-        f"epoch {report.epoch}/{report.epochs} loss {report.loss:.3f} "
-        f"active {report.active_fraction:.2f} val P@1 {report.val_precision_at_1:.2f} "
-        f"MAP@R {report.val_map_at_r:.2f} | {report.images_per_s:.1f} img/s, "
-        f"ETA {format_duration(report.eta_s)}"
-    )
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Multiplier of the base learning rate before optimiser step ``step`` (0-based)."""
-    if step < warmup_steps:
-        return WARMUP_START + (1.0 - WARMUP_START) * step / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def make_optimizer(
-    model: torch.nn.Module, config: TrainConfig, extra: torch.nn.Module | None = None
-) -> torch.optim.Optimizer:
-    """AdamW with the projection head (and ``extra``, the identity classifier) at ``lr``
-    (group 0) and the pretrained backbone at ``lr x backbone_lr_factor`` (group 1); the
-    schedule scales both alike. Frozen parameters are left out."""
-    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
-    head = [param for name, param in named if not name.startswith("backbone.")]
-    backbone = [param for name, param in named if name.startswith("backbone.")]
-    if extra is not None:
-        head += list(extra.parameters())
-    return torch.optim.AdamW(
-        [
-            {"params": head, "lr": config.lr},
-            {"params": backbone, "lr": config.lr * config.backbone_lr_factor},
-        ],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
 
 
 class TrainingNet(torch.nn.Module):
@@ -207,94 +110,6 @@ def is_better(score: float, best: float | None) -> bool:
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class TrainingData:
-    train: FaceDataset
-    image_ids: list[str]  # per training row: the file, so repeats are one image
-    val_paths: list[str]
-    val_labels: list[str]
-    class_names: list[str]
-    skipped_images: dict[str, str]
-
-
-def load_training_data(root: Path, config: TrainConfig) -> TrainingData:
-    """The balanced training rows and the validation rows, unreadable images left out."""
-    train_rows = read_balanced_train(root)
-    val_rows = read_split(root, "val")
-    require_paths_inside(train_rows, "data/balanced/train.csv")
-    require_paths_inside(val_rows, "data/splits/val.csv")
-    skipped = unreadable_images(root, [row["path"] for row in train_rows + val_rows])
-    train_rows = without_paths(train_rows, skipped)
-    val_rows = without_paths(val_rows, skipped)
-    class_names = class_names_of(train_rows)
-    if len(class_names) < 2:
-        raise StageError(
-            f"training needs at least 2 characters with readable images in "
-            f"data/balanced/train.csv; found {len(class_names)}. Add characters or images."
-        )
-    examples = examples_from_rows(train_rows, class_names)
-    settings = replace(DEFAULT_AUGMENT, erase_probability=config.random_erasing)
-    dataset = FaceDataset(root, examples, config.image_size, config.seed, config.augment, settings)
-    return TrainingData(
-        train=dataset,
-        image_ids=[example.path for example in examples],
-        val_paths=[row["path"] for row in val_rows],
-        val_labels=[row["character"] for row in val_rows],
-        class_names=class_names,
-        skipped_images=skipped,
-    )
-
-
-def validate(
-    model: torch.nn.Module, data: TrainingData, root: Path, config: TrainConfig, device
-) -> dict[str, float]:
-    """Retrieval within the validation split: every image queries all the others."""
-    if not data.val_paths:
-        return {"precision_at_1": math.nan, "map_at_r": math.nan}
-    embeddings = embed_paths(
-        model,
-        [root / path for path in data.val_paths],
-        config.image_size,
-        device,
-        config.eval_batch_size,
-    )
-    scores = retrieval_metrics(embeddings, np.array(data.val_labels), ks=(1,))
-    return {"precision_at_1": scores["precision_at_1"], "map_at_r": scores["map_at_r"]}
-
-
-# --------------------------------------------------------------------------- outputs
-
-
-def history_row(report: EpochReport) -> dict[str, object]:
-    row = {}
-    for name, value in asdict(report).items():
-        if isinstance(value, float):
-            value = "" if not math.isfinite(value) else f"{value:.6g}"
-        row[name] = value
-    return row
-
-
-def write_outputs(
-    root: Path, history: list[EpochReport], best_epoch: int, extra: Mapping[str, object]
-) -> None:
-    best = history[best_epoch - 1]
-    summary = {
-        "best_epoch": best_epoch,
-        "best": {
-            "val_precision_at_1": best.val_precision_at_1,
-            "val_map_at_r": best.val_map_at_r,
-            "loss": best.loss,
-        },
-        "final": asdict(history[-1]),
-        **extra,
-    }
-    atomic_write_json(root / TRAIN_METRICS, json_safe(summary))
-    write_csv(root / TRAIN_HISTORY, HISTORY_COLUMNS, [history_row(r) for r in history])
 
 
 # --------------------------------------------------------------------------- the loop

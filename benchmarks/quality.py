@@ -84,7 +84,8 @@ from anime_face_id.fileio import atomic_write_json  # noqa: E402
 from anime_face_id.review import apply_review  # noqa: E402
 from anime_face_id.sources.folder import image_files  # noqa: E402
 from anime_face_id.split import SplitSummary, derived_rng, split_dataset  # noqa: E402
-from anime_face_id.train import format_duration, train  # noqa: E402
+from anime_face_id.train import train  # noqa: E402
+from anime_face_id.training_report import format_duration  # noqa: E402
 
 DEFAULT_FOLDER = REPO.parent / "shared" / "testdata" / "identities"
 RECIPE_SECTIONS = ("split", "balance", "train", "evaluate")

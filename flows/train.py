@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
-from anime_face_id import distributed, train
+from anime_face_id import distributed, train, training_report
 from anime_face_id.errors import StageError
 from flows._stage import check_params, fail_on_stage_error, load, parse_args, run_stage
 from tasks import tracking
@@ -26,12 +26,12 @@ class PrefectLogHandler(logging.Handler):
 
 
 @task
-def train_embedder(root: Path, params, run_id: str) -> train.TrainResult:
+def train_embedder(root: Path, params, run_id: str) -> training_report.TrainResult:
     import mlflow
 
     progress = StageProgress("train", params.train.epochs, unit="epochs")
 
-    def on_epoch(report: train.EpochReport) -> None:
+    def on_epoch(report: training_report.EpochReport) -> None:
         metrics = {
             "loss": report.loss,
             "identity_loss": report.identity_loss,
@@ -85,8 +85,8 @@ def _train(root_path: Path, params) -> dict:
         mlflow.log_metrics(
             {"best_epoch": result.best_epoch, "best_val_map_at_r": float(best.val_map_at_r or 0)}
         )
-        mlflow.log_artifact(str(root_path / train.TRAIN_METRICS), "metrics")
-        mlflow.log_artifact(str(root_path / train.TRAIN_HISTORY), "plots")
+        mlflow.log_artifact(str(root_path / training_report.TRAIN_METRICS), "metrics")
+        mlflow.log_artifact(str(root_path / training_report.TRAIN_HISTORY), "plots")
         tracking.save_run_id(root_path, run.info.run_id, uri)
     rows = [
         {

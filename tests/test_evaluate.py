@@ -32,7 +32,8 @@ from anime_face_id.evaluate import (
 from anime_face_id.fileio import write_csv
 from anime_face_id.layout import EMBEDDER
 from anime_face_id.metrics import retrieval_metrics
-from anime_face_id.train import TRAIN_HISTORY, train
+from anime_face_id.train import train
+from anime_face_id.training_report import TRAIN_HISTORY
 from tests.test_train import make_synthetic_project, tiny_config
 
 pytestmark = pytest.mark.slow

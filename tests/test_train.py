@@ -27,16 +27,14 @@ from anime_face_id.fileio import json_safe, write_csv
 from anime_face_id.layout import EMBEDDER
 from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.model import build_embedder
-from anime_face_id.train import (
+from anime_face_id.optimisation import lr_factor, make_optimizer
+from anime_face_id.train import is_better, train
+from anime_face_id.training_data import load_training_data
+from anime_face_id.training_report import (
     HISTORY_COLUMNS,
     TRAIN_HISTORY,
     TRAIN_METRICS,
     format_duration,
-    is_better,
-    load_training_data,
-    lr_factor,
-    make_optimizer,
-    train,
 )
 from tests.support.synthetic import DESIGNS, SIZE, drawn_face
 
