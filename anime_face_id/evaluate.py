@@ -20,106 +20,40 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from anime_face_id import layout
 from anime_face_id.checkpoint import LoadedCheckpoint, load_checkpoint
 from anime_face_id.config import EvaluateConfig
-from anime_face_id.dataset import read_split, require_paths_inside, unreadable_images
 from anime_face_id.device import resolve_device
-from anime_face_id.embed import ImageNetFeatures, embed_paths
+from anime_face_id.embed import ImageNetFeatures
 from anime_face_id.errors import StageError
+from anime_face_id.evaluation_data import EmbeddedSplit, embed_split, readable_splits
+from anime_face_id.evaluation_plots import PLOTS_DIR, write_plots
 from anime_face_id.fileio import (
     atomic_write_json,
     json_safe,
-    read_csv,
     sweep_temporaries,
-    write_csv,
 )
 from anime_face_id.layout import EMBEDDER
 from anime_face_id.metrics import (
-    as_unit_array,
     confused_pairs,
     per_class_table,
     retrieval_metrics,
     verification_eer,
 )
 from anime_face_id.model import PretrainedWeightsMissing
-from anime_face_id.plots import (
-    GridRow,
-    plot_embedding_map,
-    plot_per_character,
-    plot_placeholder,
-    plot_retrieval_grid,
-    plot_training_curves,
-    project_2d,
-)
-from anime_face_id.training_report import TRAIN_HISTORY
 
 logger = logging.getLogger("anime_face_id.evaluate")
 
 EVAL_METRICS = Path("metrics/eval.json")
 HEADLINE_METRICS = Path("metrics/headline.json")  # what `dvc metrics show` shows
-PLOTS_DIR = Path("plots")
-EMBEDDING_MAP_PNG = PLOTS_DIR / "embedding_map.png"
-EMBEDDING_MAP_CSV = PLOTS_DIR / "embedding_map.csv"
-RETRIEVAL_GRID_PNG = PLOTS_DIR / "retrieval_grid.png"
-PER_CHARACTER_CSV = PLOTS_DIR / "per_character.csv"
-PER_CHARACTER_PNG = PLOTS_DIR / "per_character.png"
-CONFUSED_PAIRS_CSV = PLOTS_DIR / "confused_pairs.csv"
-LOSS_CURVES_PNG = PLOTS_DIR / "loss_curves.png"
-GRID_NEIGHBOURS = 5
 BASELINE_FEATURES = "imagenet_efficientnet_lite0_pooled_1280"
-
-CONFUSED_COLUMNS = ("character_a", "character_b", "count")
-EMBEDDING_MAP_COLUMNS = ("x", "y", "character", "path")
-
-
-@dataclass
-class EmbeddedSplit:
-    paths: list[str]
-    labels: np.ndarray  # character names
-    embeddings: np.ndarray  # (N, D), unit rows
-
-    def __len__(self) -> int:
-        return len(self.paths)
 
 
 # --------------------------------------------------------------------- embedding
-
-
-def readable_splits(root: Path) -> tuple[dict[str, list[dict[str, str]]], dict[str, str]]:
-    """Rows of every split (holdout may be absent) without the unreadable images."""
-    rows = {name: read_split(root, name, required=name != "holdout") for name in layout.SPLIT_NAMES}
-    for name, split_rows in rows.items():
-        require_paths_inside(split_rows, layout.split_csv(name).as_posix())
-    skipped = unreadable_images(root, [row["path"] for split in rows.values() for row in split])
-    kept = {
-        name: [row for row in split_rows if row["path"] not in skipped]
-        for name, split_rows in rows.items()
-    }
-    return kept, skipped
-
-
-def embed_split(
-    model: torch.nn.Module,
-    root: Path,
-    rows: Sequence[dict[str, str]],
-    image_size: int,
-    device: torch.device,
-    batch_size: int,
-) -> EmbeddedSplit:
-    paths = [row["path"] for row in rows]
-    embeddings = embed_paths(model, [root / p for p in paths], image_size, device, batch_size)
-    return EmbeddedSplit(
-        paths=paths,
-        labels=np.array([row["character"] for row in rows], dtype=object),
-        embeddings=as_unit_array(embeddings),
-    )
 
 
 # --------------------------------------------------------------------- metrics
@@ -210,92 +144,6 @@ def baseline_reports(
 
 
 # --------------------------------------------------------------------- plots
-
-
-def grid_rows(
-    root: Path, queries: EmbeddedSplit, gallery: EmbeddedSplit, count: int, seed: int
-) -> list[GridRow]:
-    """``count`` queries, each of a different character while there are enough, with
-    their nearest training images."""
-    if not len(queries) or not len(gallery) or count == 0:
-        return []
-    rng = np.random.default_rng(seed)
-    by_character: dict[str, list[int]] = {}
-    for index, label in enumerate(queries.labels.tolist()):
-        by_character.setdefault(label, []).append(index)
-    characters = sorted(by_character)
-    rng.shuffle(characters)
-    chosen = [int(rng.choice(by_character[name])) for name in characters[:count]]
-    similarity = queries.embeddings[chosen] @ gallery.embeddings.T
-    order = np.argsort(-similarity, axis=1, kind="stable")[:, :GRID_NEIGHBOURS]
-    return [
-        GridRow(
-            query_path=root / queries.paths[q],
-            query_label=str(queries.labels[q]),
-            hits=[
-                (root / gallery.paths[g], str(gallery.labels[g]), float(similarity[i, g]))
-                for g in order[i]
-            ],
-        )
-        for i, q in enumerate(chosen)
-    ]
-
-
-def write_plots(
-    root: Path,
-    val: EmbeddedSplit,
-    gallery: EmbeddedSplit,
-    per_character: list[dict],
-    pairs: list[dict],
-    config: EvaluateConfig,
-) -> list[str]:
-    """Every figure and table; a figure that cannot be drawn (too little data) is a
-    placeholder saying why. Returns the paths of the real figures and tables."""
-    written = []
-    per_character_columns = tuple(per_character[0]) if per_character else ("character",)
-    write_csv(root / PER_CHARACTER_CSV, per_character_columns, per_character)
-    write_csv(root / CONFUSED_PAIRS_CSV, CONFUSED_COLUMNS, pairs)
-    written += [PER_CHARACTER_CSV, CONFUSED_PAIRS_CSV]
-    if per_character:
-        plot_per_character(
-            per_character, root / PER_CHARACTER_PNG, "Retrieval within val, per character"
-        )
-        written.append(PER_CHARACTER_PNG)
-    else:
-        plot_placeholder(root / PER_CHARACTER_PNG, "No character has two validation images.")
-    map_rows = []
-    if len(val) >= 2:
-        points, method = project_2d(val.embeddings, config.seed)
-        map_rows = [
-            {"x": f"{x:.4f}", "y": f"{y:.4f}", "character": label, "path": path}
-            for (x, y), label, path in zip(points, val.labels, val.paths, strict=True)
-        ]
-        plot_embedding_map(
-            points, val.labels.tolist(), method, root / EMBEDDING_MAP_PNG, "Validation embeddings"
-        )
-        written += [EMBEDDING_MAP_CSV, EMBEDDING_MAP_PNG]
-    else:
-        plot_placeholder(root / EMBEDDING_MAP_PNG, "Fewer than two validation images.")
-    write_csv(root / EMBEDDING_MAP_CSV, EMBEDDING_MAP_COLUMNS, map_rows)
-    rows = grid_rows(root, val, gallery, config.grid_queries, config.seed)
-    if rows:
-        plot_retrieval_grid(
-            rows,
-            root / RETRIEVAL_GRID_PNG,
-            f"Validation queries and their {GRID_NEIGHBOURS} nearest training images\n"
-            "green: same character, red: another; number: cosine similarity",
-        )
-        written.append(RETRIEVAL_GRID_PNG)
-    else:
-        plot_placeholder(root / RETRIEVAL_GRID_PNG, "No validation images to query with.")
-    history_path = root / TRAIN_HISTORY
-    history = read_csv(history_path) if history_path.is_file() else []
-    if history:
-        plot_training_curves(history, root / LOSS_CURVES_PNG)
-        written.append(LOSS_CURVES_PNG)
-    else:
-        plot_placeholder(root / LOSS_CURVES_PNG, f"No training history ({TRAIN_HISTORY}).")
-    return [Path(path).as_posix() for path in written]
 
 
 # --------------------------------------------------------------------- the stage

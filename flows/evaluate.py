@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from anime_face_id import evaluate
+from anime_face_id import evaluate, evaluation_plots
 from flows._stage import fail_on_stage_error, load, run_stage
 from tasks import tracking
 from tasks.reporting import publish_summary
@@ -57,7 +57,7 @@ def _evaluate(root_path: Path, params) -> dict:
         mlflow.set_tag("below_untrained_baseline", str(below is not None))
         mlflow.log_params(tracking.flatten("evaluate", params.evaluate.model_dump(mode="json")))
         mlflow.log_artifact(str(root_path / evaluate.EVAL_METRICS), "metrics")
-        for plot in sorted((root_path / evaluate.PLOTS_DIR).glob("*")):
+        for plot in sorted((root_path / evaluation_plots.PLOTS_DIR).glob("*")):
             mlflow.log_artifact(str(plot), "plots")
     rows = [
         {"split": split, **{name: report[split].get(name) for name in NUMBERS}}

@@ -18,16 +18,15 @@ from anime_face_id.config import EvaluateConfig
 from anime_face_id.dataset import read_split
 from anime_face_id.embed import embed_paths
 from anime_face_id.errors import StageError
-from anime_face_id.evaluate import (
+from anime_face_id.evaluate import EVAL_METRICS, evaluate
+from anime_face_id.evaluation_plots import (
     CONFUSED_PAIRS_CSV,
     EMBEDDING_MAP_CSV,
     EMBEDDING_MAP_PNG,
-    EVAL_METRICS,
     LOSS_CURVES_PNG,
     PER_CHARACTER_CSV,
     PER_CHARACTER_PNG,
     RETRIEVAL_GRID_PNG,
-    evaluate,
 )
 from anime_face_id.fileio import write_csv
 from anime_face_id.layout import EMBEDDER

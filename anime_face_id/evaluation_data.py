@@ -1,0 +1,56 @@
+"""What evaluate reads and embeds: the rows of every split without unreadable images, and
+each split as paths, character labels and unit embeddings (``EmbeddedSplit``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anime_face_id import layout
+from anime_face_id.dataset import read_split, require_paths_inside, unreadable_images
+from anime_face_id.embed import embed_paths
+from anime_face_id.metrics import as_unit_array
+
+
+@dataclass
+class EmbeddedSplit:
+    paths: list[str]
+    labels: np.ndarray  # character names
+    embeddings: np.ndarray  # (N, D), unit rows
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def readable_splits(root: Path) -> tuple[dict[str, list[dict[str, str]]], dict[str, str]]:
+    """Rows of every split (holdout may be absent) without the unreadable images."""
+    rows = {name: read_split(root, name, required=name != "holdout") for name in layout.SPLIT_NAMES}
+    for name, split_rows in rows.items():
+        require_paths_inside(split_rows, layout.split_csv(name).as_posix())
+    skipped = unreadable_images(root, [row["path"] for split in rows.values() for row in split])
+    kept = {
+        name: [row for row in split_rows if row["path"] not in skipped]
+        for name, split_rows in rows.items()
+    }
+    return kept, skipped
+
+
+def embed_split(
+    model: torch.nn.Module,
+    root: Path,
+    rows: Sequence[dict[str, str]],
+    image_size: int,
+    device: torch.device,
+    batch_size: int,
+) -> EmbeddedSplit:
+    paths = [row["path"] for row in rows]
+    embeddings = embed_paths(model, [root / p for p in paths], image_size, device, batch_size)
+    return EmbeddedSplit(
+        paths=paths,
+        labels=np.array([row["character"] for row in rows], dtype=object),
+        embeddings=as_unit_array(embeddings),
+    )
