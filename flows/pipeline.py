@@ -27,6 +27,7 @@ from prefect.states import Failed
 
 from anime_face_id import review
 from anime_face_id.errors import StageError
+from anime_face_id.review_plan import plan_review
 from flows._stage import check_params, fail_on_stage_error, finish, load, report_stops_once
 from flows.server import ensure_server
 from tasks.dvc import dvc_repro_stage, stage_names
@@ -71,7 +72,7 @@ def wait_for_review(root, params_path: str) -> str | None:
     _, params = load(str(root), params_path)
     if not params.review.require_complete:
         return None
-    plan = review.plan_review(root, params)
+    plan = plan_review(root, params)
     blocker = review.review_blocker(plan)
     if blocker is None:
         return None
@@ -98,7 +99,7 @@ def wait_for_review(root, params_path: str) -> str | None:
         accepted = review.accept_pending(root, params, note=f"accepted at sign-off by {who}")
         logger.info("%s signed off; %d pending crops accepted", who, accepted)
         return None
-    still = review.review_blocker(review.plan_review(root, params))
+    still = review.review_blocker(plan_review(root, params))
     if still is not None:
         return f"signed off by {who} with crops still pending. {still}"
     logger.info("%s signed off; every crop has a decision", who)

@@ -25,7 +25,7 @@ from anime_face_id.config import Params, load_params
 from anime_face_id.decisions import append_decisions, read_decisions
 from anime_face_id.fileio import TMP_PREFIX, atomic_write_bytes, read_csv, write_csv
 from anime_face_id.imaging import phash
-from anime_face_id.review import plan_review
+from anime_face_id.review_plan import plan_review
 from anime_face_id.slugs import assign_slugs
 
 NAMES = ("Alice Liddell", "Bob Builder", "Carol")
