@@ -137,15 +137,26 @@ class CropConfig(Section):
     max_decode_mb: int = Field(512, ge=16)
 
 
-class ReviewConfig(Section):
-    require_complete: bool = True
-    # The pipeline flow (flows/pipeline.py) waits this long for a sign-off in the Prefect UI.
-    signoff_timeout_s: int = Field(7 * 24 * 3600, ge=1)
-    app_url: str = "http://127.0.0.1:8501"  # the review app, linked from the sign-off form
-    # The review app only (the stage ignores these): crops per page, and how close (bits of
-    # 64) the perceptual hashes of two characters' crops must be to flag both as one picture.
-    page_size: int = Field(48, ge=1, le=500)
+class ReviewAppConfig(Section):
+    """The review app (``make review``); the stage ignores these."""
+
+    url: str = "http://127.0.0.1:8501"  # where it runs: the sign-off form links it
+    page_size: int = Field(48, ge=1, le=500)  # crops per page
+    # How close (bits of 64) the perceptual hashes of two characters' crops must be to flag
+    # both as one picture.
     duplicate_distance: int = Field(4, ge=0, le=64)
+
+
+class SignoffConfig(Section):
+    """The pipeline flow's pause for a reviewer's sign-off (flows/pipeline.py)."""
+
+    timeout_s: int = Field(7 * 24 * 3600, ge=1)  # how long it waits in the Prefect UI
+
+
+class ReviewConfig(Section):
+    require_complete: bool = True  # the stage's one setting
+    app: ReviewAppConfig = ReviewAppConfig()
+    signoff: SignoffConfig = SignoffConfig()
 
 
 class SplitConfig(Section):
@@ -335,12 +346,16 @@ def _describe(error: ValidationError) -> str:
 MOVED = {
     ("identify", "gallery_source"): "package.gallery_source",
     ("identify", "threshold"): "package.threshold",
+    ("review", "app_url"): "review.app.url",
+    ("review", "page_size"): "review.app.page_size",
+    ("review", "duplicate_distance"): "review.app.duplicate_distance",
+    ("review", "signoff_timeout_s"): "review.signoff.timeout_s",
 }
 
 
 def _moved_keys(data: dict) -> list[str]:
     return [
-        f"{section}.{key} is now {new} (move it to the '{new.split('.')[0]}' section)"
+        f"{section}.{key} is now {new} (move it there in params.yaml)"
         for (section, key), new in MOVED.items()
         if isinstance(data.get(section), dict) and key in data[section]
     ]

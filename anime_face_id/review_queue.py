@@ -251,7 +251,7 @@ def _suspicion_order(item: QueueItem) -> tuple:
 
 
 def duplicate_crops(state: ReviewState) -> dict[str, tuple[Crop, ...]]:
-    """Crop path -> crops of other characters within review.duplicate_distance bits.
+    """Crop path -> crops of other characters within review.app.duplicate_distance bits.
 
     Rejected crops are left out (a rejected copy is no conflict any more), and the
     character that counts is the one after relabelling."""
@@ -259,7 +259,7 @@ def duplicate_crops(state: ReviewState) -> dict[str, tuple[Crop, ...]]:
     by_path = {crop.path: crop for crop in live}
     found = cross_character_duplicates(
         [(crop.path, crop.target, crop.phash) for crop in live],
-        state.params.review.duplicate_distance,
+        state.params.review.app.duplicate_distance,
     )
     return {path: tuple(by_path[other] for other in others) for path, others in found.items()}
 

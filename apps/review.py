@@ -258,7 +258,7 @@ def crops_view(root: Path, state: rq.ReviewState, name: str) -> None:
     items = rq.build_queue(state, name, embeddings)
     show = st.radio("Show", rq.FILTERS, key="show", horizontal=True, format_func=str.capitalize)
     shown = rq.filter_items(items, show)
-    size = state.params.review.page_size
+    size = state.params.review.app.page_size
     pages = rq.page_count(len(shown), size)
     page = st.pagination(pages, key=f"page-{item_slug(state, name)}-{show}") if pages > 1 else 1
     st.caption(

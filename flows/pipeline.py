@@ -80,15 +80,15 @@ def wait_for_review(root, params_path: str) -> str | None:
         return str(blocker)  # nobody could resume this run: stop like `dvc repro` does
     summary = review.review_status(root, params)
     form = ReviewSignOff.with_initial_data(
-        description=sign_off_form(summary, blocker, params.review.app_url)
+        description=sign_off_form(summary, blocker, params.review.app.url)
     )
     logger.info("%s Waiting for a sign-off in the Prefect UI.", blocker)
     try:
-        answer = pause_flow_run(wait_for_input=form, timeout=params.review.signoff_timeout_s)
+        answer = pause_flow_run(wait_for_input=form, timeout=params.review.signoff.timeout_s)
     except FlowPauseTimeout:
         # The server may already have failed the run ("never resumed"); say why in the log.
         message = (
-            f"no review sign-off within {params.review.signoff_timeout_s} s; nothing was applied. "
+            f"no review sign-off within {params.review.signoff.timeout_s} s; nothing was applied. "
             "Decisions made so far are kept: run `.venv/bin/python -m flows.pipeline` again to pick up "
             "where review left off."
         )

@@ -116,3 +116,25 @@ def test_keys_that_moved_sections_say_where_they_went():
         {"characters": [{"name": "A"}], "package": {"gallery_source": "curated", "threshold": 0.5}}
     )
     assert moved.package.gallery_source == "curated" and moved.package.threshold == 0.5
+
+
+def test_the_review_apps_and_sign_offs_settings_have_their_own_subsections():
+    """The review section: the stage's setting, then the app's and the sign-off's apart."""
+    from anime_face_id.config import ConfigError, parse_params
+
+    old = {"characters": [{"name": "A"}], "review": {"page_size": 10, "signoff_timeout_s": 5}}
+    with pytest.raises(ConfigError) as error:
+        parse_params(old, "params.yaml")
+    message = str(error.value)
+    assert "review.page_size is now review.app.page_size" in message
+    assert "review.signoff_timeout_s is now review.signoff.timeout_s" in message
+    new = parse_params(
+        {
+            "characters": [{"name": "A"}],
+            "review": {"app": {"page_size": 10}, "signoff": {"timeout_s": 5}},
+        }
+    )
+    assert new.review.app.page_size == 10 and new.review.signoff.timeout_s == 5
+    assert new.review.app.duplicate_distance == 4 and new.review.require_complete
+    with pytest.raises(ConfigError, match=r"review\.app\.pages"):
+        parse_params({"characters": [{"name": "A"}], "review": {"app": {"pages": 2}}})

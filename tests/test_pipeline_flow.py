@@ -42,7 +42,7 @@ def project(tmp_path):
         characters=[{"name": name} for name in COLOURS],
         collect={"backend": "folder", "folder": str(picture_folder(tmp_path))},
         crop={"detector": "none", "size": 32},
-        review={"require_complete": True, "signoff_timeout_s": 600},
+        review={"require_complete": True, "signoff": {"timeout_s": 600}},
         split={"val": 0.25, "test": 0.25, "min_per_character": 2},
         balance={"min_per_class": 8},
         train={"image_size": 32, "embedding_dim": 8, "p": 2, "k": 2, "epochs": 1}
@@ -134,7 +134,7 @@ def test_pauses_for_sign_off_and_completes_after_resume(project, prefect_harness
 
 
 def test_sign_off_timeout_ends_cleanly_and_rerun_continues(project, prefect_harness):
-    project.set_params(review={"signoff_timeout_s": 3})
+    project.set_params(review={"signoff": {"timeout_s": 3}})
     thread, outcome = run_in_thread(project.root, until="balance")
     thread.join(timeout=600)
     state = outcome["state"]

@@ -142,7 +142,7 @@ def write_params(root: Path, page_size: int) -> None:
     params = {
         "characters": [{"name": name} for name in NAMES],
         "crop": {"detector": "none", "margin": 0.2, "size": 64},
-        "review": {"require_complete": False, "page_size": page_size},
+        "review": {"require_complete": False, "app": {"page_size": page_size}},
         "train": {"image_size": IMAGE_SIZE},
     }
     atomic_write_bytes(root / "params.yaml", yaml.safe_dump(params, sort_keys=False).encode())
