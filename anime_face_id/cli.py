@@ -143,7 +143,8 @@ def rebuild(args: argparse.Namespace) -> int:
 
 
 def info(args: argparse.Namespace) -> int:
-    from anime_face_id.gallery import describe, embedder_fingerprint, load_gallery
+    from anime_face_id.embedding_store import embedder_fingerprint
+    from anime_face_id.gallery import describe, load_gallery
 
     root = Path(args.root)
     gallery = load_gallery(_in_root(root, args.gallery))

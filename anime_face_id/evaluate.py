@@ -11,7 +11,8 @@ characters only, which the network never saw. ``baseline_val`` (and ``baseline_o
 the same numbers for the pooled ImageNet features of the untrained backbone, so users see
 what training bought.
 
-Outputs (relative to the project root, atomic): metrics/eval.json and, under plots/,
+Outputs (relative to the project root, atomic): metrics/eval.json, models/embeddings.npz
+(every split's embeddings, which package reuses: embedding_store.py) and, under plots/,
 embedding_map.{png,csv}, retrieval_grid.png, per_character.{csv,png},
 confused_pairs.csv and loss_curves.png (from plots/train_history.csv).
 """
@@ -29,6 +30,7 @@ from anime_face_id.checkpoint import LoadedCheckpoint, load_checkpoint
 from anime_face_id.config import EvaluateConfig
 from anime_face_id.device import resolve_device
 from anime_face_id.embed import ImageNetFeatures
+from anime_face_id.embedding_store import EMBEDDINGS, save_embeddings
 from anime_face_id.errors import StageError
 from anime_face_id.evaluation_data import EmbeddedSplit, embed_split, readable_splits
 from anime_face_id.evaluation_plots import PLOTS_DIR, write_plots
@@ -182,21 +184,28 @@ def evaluate(
         )
 
     gallery = embed(rows["train"])
-    val, test = embed(rows["val"]), embed(rows["test"])
+    val, test, holdout = embed(rows["val"]), embed(rows["test"]), embed(rows["holdout"])
     logger.info(
         "embedded %d train, %d val, %d test, %d holdout images",
         len(gallery),
         len(val),
         len(test),
-        len(rows["holdout"]),
+        len(holdout),
     )
+    # package builds the gallery from these instead of embedding the same crops again
+    vectors = {
+        path: vector
+        for split in (gallery, val, test, holdout)
+        for path, vector in zip(split.paths, split.embeddings, strict=True)
+    }
+    save_embeddings(root / EMBEDDINGS, root / checkpoint, root, vectors)
     report: dict = {
         "checkpoint": _checkpoint_summary(Path(checkpoint), loaded),
         "val": split_report(val, gallery, config.k),
         "test": split_report(test, gallery, config.k),
     }
-    if rows["holdout"]:
-        report["open_set"] = retrieval_report(embed(rows["holdout"]), config.k)
+    if len(holdout):
+        report["open_set"] = retrieval_report(holdout, config.k)
     pairs = confused_pair_rows(val, gallery, config.confused_pairs)
     report["confused_pairs"] = pairs
     warnings = []

@@ -9,6 +9,7 @@ what an interrupted one left behind.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -77,6 +78,14 @@ def _read_at_most(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     return b"".join(chunks)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -17,7 +17,6 @@ over the gallery is search_index.py.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -30,6 +29,7 @@ import numpy as np
 from anime_face_id import layout
 from anime_face_id.calibration import Calibration, calibrate, calibration_scores
 from anime_face_id.config import IdentifyConfig, Params
+from anime_face_id.embedding_store import EMBEDDINGS, embedder_fingerprint, stored_embeddings
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.search_index import (
@@ -106,14 +106,6 @@ class Gallery:
                 "embeddings cannot be compared with this model's. Rebuild it: "
                 "`.venv/bin/anime-face-id gallery rebuild` (or `.venv/bin/dvc repro package`)."
             )
-
-
-def embedder_fingerprint(checkpoint: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(checkpoint).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_gallery(gallery: Gallery, path: Path) -> None:
@@ -287,19 +279,30 @@ def rebuild_gallery(
     paths = [path for path in paths if path not in skipped]
     torch_device = resolve_device(device or config.device)
     loaded = load_checkpoint(checkpoint, torch_device)
-    embedded = embed_paths(
-        loaded.model, [root / p for p in paths], loaded.image_size, torch_device, config.batch_size
-    ).numpy()
+    # what evaluate already embedded with this very network is not embedded again
+    vectors = stored_embeddings(root / EMBEDDINGS, checkpoint, root, paths)
+    reused = len(vectors)
+    todo = [path for path in paths if path not in vectors]
+    if todo:
+        embedded = embed_paths(
+            loaded.model,
+            [root / p for p in todo],
+            loaded.image_size,
+            torch_device,
+            config.batch_size,
+        ).numpy()
+        vectors.update(zip(todo, embedded, strict=True))
     meta = {
         "source": source,
         "image_size": loaded.image_size,
         "embedding_dim": loaded.embedding_dim,
         "trained_characters": loaded.class_names,
         "crop": {"margin": params.crop.margin, "size": params.crop.size},
+        "embeddings": {"reused": reused, "computed": len(todo)},
     }
     gallery = build_gallery(
         rows,
-        dict(zip(paths, embedded, strict=True)),
+        {path: vectors[path] for path in paths},
         embedder_fingerprint(checkpoint),
         config.threshold,
         meta,
@@ -324,4 +327,6 @@ def describe(gallery: Gallery) -> dict:
         "source": gallery.meta.get("source"),
         "embedder_sha256": gallery.embedder,
         "built_at": gallery.meta.get("built_at"),
+        # images whose embeddings came from evaluate's store, and those embedded here
+        "embeddings": gallery.meta.get("embeddings"),
     }

@@ -31,9 +31,10 @@ from PIL import Image
 
 from anime_face_id import layout
 from anime_face_id.config import CropConfig, IdentifyConfig, Params
+from anime_face_id.embedding_store import embedder_fingerprint
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detector
-from anime_face_id.gallery import GALLERY, Gallery, embedder_fingerprint, load_gallery
+from anime_face_id.gallery import GALLERY, Gallery, load_gallery
 from anime_face_id.identify_results import (
     SCHEMA,
     FaceResult,

@@ -71,6 +71,7 @@ def _package(root_path: Path, params) -> dict:
             {
                 "gallery_images": summary["items"],
                 "characters": summary["characters"],
+                "embeddings_reused": (summary.get("embeddings") or {}).get("reused", 0),
                 "threshold": round(summary["threshold"], 4),
                 "calibration": calibration["method"],
                 "false_accept": calibration["false_accept"],

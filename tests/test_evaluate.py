@@ -186,6 +186,24 @@ def test_an_empty_holdout_file_means_no_open_set(tmp_path, project):
     assert LOSS_CURVES_PNG.as_posix() in result["plots"]
 
 
+def test_every_split_is_stored_for_package_to_reuse(report, project):
+    """models/embeddings.npz: each split's crops with the vectors evaluate scored, valid for
+    this checkpoint (package builds its gallery from them)."""
+    from anime_face_id.embedding_store import EMBEDDINGS, stored_embeddings
+
+    paths = [
+        row["path"]
+        for split in ("train", "val", "test", "holdout")
+        for row in read_split(project, split)
+    ]
+    stored = stored_embeddings(project / EMBEDDINGS, project / EMBEDDER, project, paths)
+    assert sorted(stored) == sorted(paths) and len(set(paths)) == len(paths) > 60
+    loaded = load_checkpoint(project / EMBEDDER, "cpu")
+    some = paths[::9]
+    fresh = embed_paths(loaded.model, [project / p for p in some], loaded.image_size).numpy()
+    np.testing.assert_allclose(np.stack([stored[p] for p in some]), fresh, atol=1e-5)
+
+
 def test_missing_checkpoint_is_a_stage_error(tmp_path):
     make_synthetic_project(tmp_path, names=TRAINED, counts=(2, 1, 0))
     with pytest.raises(StageError, match="run the train stage"):

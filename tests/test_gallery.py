@@ -20,6 +20,7 @@ from anime_face_id.calibration import (
     eer_threshold,
 )
 from anime_face_id.config import IdentifyConfig, parse_params
+from anime_face_id.embedding_store import embedder_fingerprint
 from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.gallery import (
     GALLERY,
@@ -27,7 +28,6 @@ from anime_face_id.gallery import (
     GalleryError,
     StaleGallery,
     build_gallery,
-    embedder_fingerprint,
     load_gallery,
     rebuild_gallery,
     save_gallery,
@@ -276,6 +276,44 @@ def test_rebuilding_adds_a_character_without_touching_the_model(tmp_path):
     result = identifier.identify_file(root / new[1])
     assert result.faces[0].character == "Shiro White"
     assert result.faces[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_gallery_reuses_stored_embeddings_while_network_and_crop_are_unchanged(tmp_path):
+    """What evaluate stored is not embedded again; a re-cut crop, another network or a
+    damaged store is (and never fails the rebuild)."""
+    from anime_face_id.checkpoint import load_checkpoint
+    from anime_face_id.embed import embed_paths
+    from anime_face_id.embedding_store import EMBEDDINGS, save_embeddings
+
+    root = make_untrained_project(tmp_path / "project")
+    params = params_for(NAMES)
+    checkpoint = root / "models" / "embedder.pt"
+    fresh, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
+    computed = fresh.meta["embeddings"]["computed"]
+    assert fresh.meta["embeddings"] == {"reused": 0, "computed": computed} and computed > len(fresh)
+
+    loaded = load_checkpoint(checkpoint, "cpu")
+    crops = sorted(p.relative_to(root).as_posix() for p in (root / "data/faces").rglob("*.png"))
+    vectors = embed_paths(loaded.model, [root / c for c in crops], loaded.image_size).numpy()
+    save_embeddings(root / EMBEDDINGS, checkpoint, root, dict(zip(crops, vectors, strict=True)))
+    reused, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
+    assert reused.meta["embeddings"] == {"reused": computed, "computed": 0}
+    assert reused.paths == fresh.paths
+    np.testing.assert_allclose(reused.embeddings, fresh.embeddings, atol=1e-5)
+    assert reused.threshold == pytest.approx(fresh.threshold, abs=1e-4)
+
+    recut = root / fresh.paths[0]
+    Image.fromarray(drawn_face(np.random.default_rng(5), DESIGNS["Shiro White"])).save(recut)
+    again, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
+    assert again.meta["embeddings"] == {"reused": computed - 1, "computed": 1}
+
+    make_untrained_project(root, seed=1, images=False)  # retrained: another network
+    other, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
+    assert other.meta["embeddings"] == {"reused": 0, "computed": computed}
+
+    (root / EMBEDDINGS).write_bytes(b"PK\x03\x04 not a zip")
+    damaged, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
+    assert damaged.meta["embeddings"] == {"reused": 0, "computed": computed}
 
 
 def test_the_identifier_refuses_a_gallery_left_by_another_model(tmp_path):

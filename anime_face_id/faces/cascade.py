@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from anime_face_id.fileio import atomic_write_bytes
+from anime_face_id.fileio import atomic_write_bytes, file_sha256
 
 CASCADE_URL = "https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/master/lbpcascade_animeface.xml"
 CASCADE_SHA256 = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30"
@@ -27,14 +27,6 @@ _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 class CascadeError(RuntimeError):
     """The cascade file is missing, unreadable, not a cascade, or failed verification."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(url: str, timeout_s: float) -> bytes:

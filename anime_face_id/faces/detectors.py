@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 
 from anime_face_id.config import CropConfig
-from anime_face_id.faces.cascade import CascadeError, file_sha256, resolve_cascade
+from anime_face_id.faces.cascade import CascadeError, resolve_cascade
+from anime_face_id.fileio import file_sha256
 
 # The trained detector's weights ship inside the package (see weights/MODEL_CARD.md).
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "centernet_lite0.pt"

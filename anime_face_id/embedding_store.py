@@ -1,0 +1,82 @@
+"""Embeddings computed once and reused: evaluate embeds every split with the trained network
+and stores the vectors in ``models/embeddings.npz``; package (and ``gallery rebuild``) take
+them from there instead of running the network over the same crops again.
+
+Each vector is stored under the crop's path with the sha256 of the file it was computed
+from, and the file as a whole under the sha256 of the embedder checkpoint. A vector is
+reused only when both still match, so a retrained network or a re-cut crop is embedded
+again; a missing, damaged or foreign file simply reuses nothing. Vectors computed on another
+device or in other batches may differ in their last float digits, never more.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from anime_face_id.fileio import atomic_write_bytes, file_sha256
+
+EMBEDDINGS = Path("models/embeddings.npz")
+FORMAT = "anime-face-id/embeddings/1"
+
+
+def embedder_fingerprint(checkpoint: Path) -> str:
+    """What a gallery and stored embeddings name the network they came from."""
+    return file_sha256(checkpoint)
+
+
+def save_embeddings(
+    path: Path, checkpoint: Path, root: Path, vectors: Mapping[str, np.ndarray]
+) -> None:
+    """Store ``vectors`` ({crop path relative to ``root``: embedding}) atomically."""
+    paths = sorted(vectors)
+    dimension = len(next(iter(vectors.values()))) if vectors else 0
+    matrix = np.zeros((len(paths), dimension), dtype=np.float32)
+    for row, crop in enumerate(paths):
+        matrix[row] = vectors[crop]
+    meta = {"format": FORMAT, "embedder": embedder_fingerprint(checkpoint)}
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        embeddings=matrix,
+        paths=np.array(paths, dtype=np.str_),
+        files=np.array([file_sha256(Path(root) / crop) for crop in paths], dtype=np.str_),
+        meta=np.array(json.dumps(meta)),
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def stored_embeddings(
+    path: Path, checkpoint: Path, root: Path, wanted: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """The stored vectors of ``wanted`` crops that are still valid for ``checkpoint`` and
+    the crop files as they are now; {} when nothing can be reused."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            paths, files = data["paths"].tolist(), data["files"].tolist()
+            matrix = data["embeddings"]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return {}
+    if meta.get("embedder") != embedder_fingerprint(checkpoint):
+        return {}
+    rows = {crop: row for row, crop in enumerate(paths)}
+    reusable = {}
+    for crop in wanted:
+        row = rows.get(crop)
+        if row is None:
+            continue
+        try:
+            unchanged = file_sha256(Path(root) / crop) == files[row]
+        except OSError:
+            continue
+        if unchanged:
+            reusable[crop] = matrix[row]
+    return reusable
