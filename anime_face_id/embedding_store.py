@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,11 @@ from anime_face_id.fileio import atomic_write_bytes, file_sha256
 
 EMBEDDINGS = Path("models/embeddings.npz")
 FORMAT = "anime-face-id/embeddings/1"
+
+# Crop paths (relative to the project root) -> their (N, D) embeddings, in order: in this
+# process (``evaluation_data.local_embedder``) or spread over a task runner's workers
+# (tasks/embedding.py).
+PathEmbedder = Callable[[Sequence[str]], np.ndarray]
 
 
 def embedder_fingerprint(checkpoint: Path) -> str:

@@ -32,7 +32,13 @@ from anime_face_id.device import resolve_device
 from anime_face_id.embed import ImageNetFeatures
 from anime_face_id.embedding_store import EMBEDDINGS, save_embeddings
 from anime_face_id.errors import StageError
-from anime_face_id.evaluation_data import EmbeddedSplit, embed_split, readable_splits
+from anime_face_id.evaluation_data import (
+    EmbeddedSplit,
+    PathEmbedder,
+    embed_split,
+    local_embedder,
+    readable_splits,
+)
 from anime_face_id.evaluation_plots import PLOTS_DIR, write_plots
 from anime_face_id.fileio import (
     atomic_write_json,
@@ -133,9 +139,10 @@ def baseline_reports(
     """``baseline_val`` (and ``baseline_open_set`` with held-out characters): the same
     numbers for the untrained backbone's pooled ImageNet features."""
     features = ImageNetFeatures().to(device)
+    embedder = local_embedder(features, root, image_size, device, config.batch_size)
 
     def embed(split_rows):
-        return embed_split(features, root, split_rows, image_size, device, config.batch_size)
+        return embed_split(embedder, split_rows)
 
     reports = {"baseline_val": split_report(embed(rows["val"]), embed(rows["train"]), config.k)}
     if rows["holdout"]:
@@ -166,11 +173,13 @@ def evaluate(
     config: EvaluateConfig,
     checkpoint: Path = EMBEDDER,
     run_id: str | None = None,
+    embedder: PathEmbedder | None = None,
 ) -> dict:
     """Score the checkpoint on every split, draw the plots, write metrics/eval.json.
 
     Returns the report as written (NaN as None). ``run_id`` (e.g. the MLflow run) is
-    stored in the report when given."""
+    stored in the report when given. ``embedder`` embeds the splits with this checkpoint
+    elsewhere (a Dask cluster's workers); by default they are embedded here."""
     root = Path(root)
     device = resolve_device(config.device)
     loaded = load_checkpoint(root / checkpoint, device)
@@ -178,10 +187,11 @@ def evaluate(
     if not rows["train"]:
         raise StageError("data/splits/train.csv has no readable images: no gallery to search")
 
+    if embedder is None:
+        embedder = local_embedder(loaded.model, root, loaded.image_size, device, config.batch_size)
+
     def embed(split_rows):
-        return embed_split(
-            loaded.model, root, split_rows, loaded.image_size, device, config.batch_size
-        )
+        return embed_split(embedder, split_rows)
 
     gallery = embed(rows["train"])
     val, test, holdout = embed(rows["val"]), embed(rows["test"]), embed(rows["holdout"])

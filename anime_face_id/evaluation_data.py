@@ -1,5 +1,6 @@
 """What evaluate reads and embeds: the rows of every split without unreadable images, and
-each split as paths, character labels and unit embeddings (``EmbeddedSplit``)."""
+each split as paths, character labels and unit embeddings (``EmbeddedSplit``), embedded by
+a ``PathEmbedder``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from anime_face_id import layout
 from anime_face_id.dataset import read_split, require_paths_inside, unreadable_images
 from anime_face_id.embed import embed_paths
+from anime_face_id.embedding_store import PathEmbedder
 from anime_face_id.metrics import as_unit_array
 
 
@@ -39,18 +41,21 @@ def readable_splits(root: Path) -> tuple[dict[str, list[dict[str, str]]], dict[s
     return kept, skipped
 
 
-def embed_split(
-    model: torch.nn.Module,
-    root: Path,
-    rows: Sequence[dict[str, str]],
-    image_size: int,
-    device: torch.device,
-    batch_size: int,
-) -> EmbeddedSplit:
+def local_embedder(
+    model: torch.nn.Module, root: Path, image_size: int, device: torch.device, batch_size: int
+) -> PathEmbedder:
+    """Embeds in this process, a batch at a time."""
+
+    def embed(paths: Sequence[str]) -> np.ndarray:
+        return embed_paths(model, [root / p for p in paths], image_size, device, batch_size).numpy()
+
+    return embed
+
+
+def embed_split(embed: PathEmbedder, rows: Sequence[dict[str, str]]) -> EmbeddedSplit:
     paths = [row["path"] for row in rows]
-    embeddings = embed_paths(model, [root / p for p in paths], image_size, device, batch_size)
     return EmbeddedSplit(
         paths=paths,
         labels=np.array([row["character"] for row in rows], dtype=object),
-        embeddings=as_unit_array(embeddings),
+        embeddings=as_unit_array(embed(paths)),
     )

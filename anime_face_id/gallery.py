@@ -29,7 +29,12 @@ import numpy as np
 from anime_face_id import layout
 from anime_face_id.calibration import Calibration, calibrate, calibration_scores
 from anime_face_id.config import IdentifyConfig, Params
-from anime_face_id.embedding_store import EMBEDDINGS, embedder_fingerprint, stored_embeddings
+from anime_face_id.embedding_store import (
+    EMBEDDINGS,
+    PathEmbedder,
+    embedder_fingerprint,
+    stored_embeddings,
+)
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.search_index import (
@@ -258,15 +263,17 @@ def rebuild_gallery(
     destination: Path,
     source: str | None = None,
     device: str | None = None,
+    embedder: PathEmbedder | None = None,
 ) -> tuple[Gallery, dict[str, str]]:
     """Embed the gallery rows with the checkpoint's network, calibrate, save atomically.
 
-    Returns the gallery and the images left out ({path: reason}). Nothing is trained."""
+    Returns the gallery and the images left out ({path: reason}). Nothing is trained.
+    ``embedder`` embeds what is not stored yet elsewhere (a Dask cluster's workers)."""
     # The network stack is imported here, so that reading a gallery stays light.
     from anime_face_id.checkpoint import load_checkpoint
     from anime_face_id.dataset import require_paths_inside, unreadable_images
     from anime_face_id.device import resolve_device
-    from anime_face_id.embed import embed_paths
+    from anime_face_id.evaluation_data import local_embedder
 
     root = Path(root)
     config = params.package
@@ -284,14 +291,10 @@ def rebuild_gallery(
     reused = len(vectors)
     todo = [path for path in paths if path not in vectors]
     if todo:
-        embedded = embed_paths(
-            loaded.model,
-            [root / p for p in todo],
-            loaded.image_size,
-            torch_device,
-            config.batch_size,
-        ).numpy()
-        vectors.update(zip(todo, embedded, strict=True))
+        embed = embedder or local_embedder(
+            loaded.model, root, loaded.image_size, torch_device, config.batch_size
+        )
+        vectors.update(zip(todo, embed(todo), strict=True))
     meta = {
         "source": source,
         "image_size": loaded.image_size,

@@ -12,6 +12,7 @@ from prefect import flow, task
 from anime_face_id import evaluate, evaluation_plots
 from flows._stage import fail_on_stage_error, load, run_stage
 from tasks import tracking
+from tasks.embedding import stage_embedder
 from tasks.reporting import publish_summary
 
 SPLITS = ("val", "test", "open_set")
@@ -49,7 +50,13 @@ def _evaluate(root_path: Path, params) -> dict:
 
     tracking.configure(root_path)
     run_id = tracking.load_run_id(root_path)
-    report = evaluate_embedder(root_path, params, run_id)
+    embedder = stage_embedder(
+        root_path, params.compute, params.evaluate.batch_size, params.evaluate.device
+    )
+    if embedder is None:
+        report = evaluate_embedder(root_path, params, run_id)
+    else:  # its embedding tasks go from the flow to the flow's task runner (compute.runner)
+        report = evaluate.evaluate(root_path, params.evaluate, run_id=run_id, embedder=embedder)
     metrics = flat_metrics(report)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
@@ -72,4 +79,4 @@ def _evaluate(root_path: Path, params) -> dict:
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", evaluate_flow)
+    run_stage("evaluate", evaluate_flow, distributes=True)

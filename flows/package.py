@@ -13,6 +13,7 @@ from prefect import flow, task
 from anime_face_id import gallery, layout, package
 from flows._stage import fail_on_stage_error, load, run_stage
 from tasks import tracking
+from tasks.embedding import stage_embedder
 from tasks.mlflow_model import log_identifier
 from tasks.reporting import publish_summary
 
@@ -61,7 +62,13 @@ def package_flow(params_path: str = "params.yaml", root: str = "."):
 def _package(root_path: Path, params) -> dict:
     tracking.configure(root_path)  # fails fast when the model could not be recorded
     run_id = tracking.load_run_id(root_path)
-    summary = build_gallery(root_path, params)
+    embedder = stage_embedder(
+        root_path, params.compute, params.package.batch_size, params.package.device
+    )
+    if embedder is None:
+        summary = build_gallery(root_path, params)
+    else:  # what evaluate did not store is embedded on the flow's task runner
+        summary = package.package_gallery(root_path, params, layout.EMBEDDER, embedder)
     registration = log_and_register(root_path, params, run_id, summary)
     calibration = summary["calibration"]
     champion = "now the champion" if registration["champion"] else "champion unchanged"
@@ -84,4 +91,4 @@ def _package(root_path: Path, params) -> dict:
 
 
 if __name__ == "__main__":
-    run_stage("package", package_flow)
+    run_stage("package", package_flow, distributes=True)
