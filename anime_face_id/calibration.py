@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anime_face_id.search_index import best_per_character
+from anime_face_id.verification import eer_threshold
 
 # When nothing can be calibrated (no validation images, one character), no face is
 # called unknown: every face gets its best match, and the metadata says why.
@@ -30,18 +31,6 @@ class Calibration:
     false_accept: float | None  # unknown faces given a name, at the threshold
     false_reject: float | None  # known faces called unknown, at the threshold
     note: str = ""
-
-
-def eer_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float, float]:
-    """(threshold, false accept rate, false reject rate) where the two rates are closest.
-
-    A score >= threshold is accepted. Candidate thresholds are the observed scores."""
-    genuine, impostor = np.sort(genuine), np.sort(impostor)
-    thresholds = np.unique(np.concatenate([genuine, impostor]))
-    false_reject = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
-    false_accept = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
-    best = int(np.argmin(np.abs(false_accept - false_reject)))
-    return float(thresholds[best]), float(false_accept[best]), float(false_reject[best])
 
 
 def calibration_scores(

@@ -26,6 +26,8 @@ from collections.abc import Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
+from anime_face_id.verification import pairwise_eer
+
 ArrayLike = np.ndarray | torch.Tensor | Sequence
 QUERY_CHUNK = 1024  # queries ranked at once: bounds memory at CHUNK x references
 
@@ -225,21 +227,7 @@ def verification_eer(embeddings: ArrayLike, labels: ArrayLike) -> tuple[float, f
     similarity as a threshold, the one where the false accept rate (impostor pairs
     accepted) and false reject rate (genuine pairs rejected) are closest is chosen; the
     EER is their mean there. (NaN, NaN) when there are no genuine or no impostor pairs.
-    Memory grows with N^2 / 2 pairs.
+    Memory stays bounded however many pairs (see ``verification``).
     """
     unit = as_unit_array(embeddings)
-    label_array = as_label_array(labels, len(unit))
-    first, second = np.triu_indices(len(unit), k=1)
-    similarity = np.einsum("ij,ij->i", unit[first], unit[second])
-    genuine = label_array[first] == label_array[second]
-    genuine_scores = np.sort(similarity[genuine])
-    impostor_scores = np.sort(similarity[~genuine])
-    if len(genuine_scores) == 0 or len(impostor_scores) == 0:
-        return float("nan"), float("nan")
-    thresholds = np.unique(similarity)
-    false_reject = np.searchsorted(genuine_scores, thresholds, side="left") / len(genuine_scores)
-    false_accept = 1.0 - np.searchsorted(impostor_scores, thresholds, side="left") / len(
-        impostor_scores
-    )
-    best = int(np.argmin(np.abs(false_accept - false_reject)))
-    return float((false_accept[best] + false_reject[best]) / 2), float(thresholds[best])
+    return pairwise_eer(unit, as_label_array(labels, len(unit)))

@@ -174,16 +174,17 @@ class CharacterGroups:
         return scores
 
 
-def character_maxima(similarity: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
-    """(Q, classes) from a (Q, N) similarity table: per row, the highest value among each
-    character's columns (-inf for a character without items)."""
-    groups = CharacterGroups.of(labels)
-    return groups.maxima(similarity[:, groups.order], classes)
-
-
 def best_per_character(
     queries: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, classes: int
 ) -> np.ndarray:
     """(Q, classes): each query's highest similarity to each character's items
-    (-inf for a character without items)."""
-    return character_maxima(unit_rows(queries) @ unit_rows(embeddings).T, labels, classes)
+    (-inf for a character without items). Queries go a chunk at a time: memory grows with
+    the chunk times the gallery, not with all queries times the gallery."""
+    queries, embeddings = unit_rows(queries), unit_rows(embeddings)
+    groups = CharacterGroups.of(labels)
+    ordered = embeddings[groups.order]
+    chunks = [
+        groups.maxima(queries[start : start + _CHUNK] @ ordered.T, classes)
+        for start in range(0, len(queries), _CHUNK)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, classes), dtype=np.float32)

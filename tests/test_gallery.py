@@ -17,7 +17,6 @@ from anime_face_id.calibration import (
     Calibration,
     calibrate,
     calibration_scores,
-    eer_threshold,
 )
 from anime_face_id.config import IdentifyConfig, parse_params
 from anime_face_id.embedding_store import embedder_fingerprint
@@ -33,7 +32,8 @@ from anime_face_id.gallery import (
     save_gallery,
 )
 from anime_face_id.identify import load_identifier
-from anime_face_id.search_index import ExactIndex, IvfIndex, make_index, top_k
+from anime_face_id.search_index import ExactIndex, IvfIndex, make_index, top_k, unit_rows
+from anime_face_id.verification import eer_threshold
 from tests.support.synthetic import DESIGNS, drawn_face
 from tests.test_identify import NAMES, make_untrained_project, params_for
 
@@ -355,23 +355,26 @@ def test_curated_source_takes_every_curated_crop(tmp_path):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_character_maxima_match_a_loop_over_characters(seed: int) -> None:
-    from anime_face_id.search_index import character_maxima
+def test_best_per_character_matches_a_loop_over_characters(seed: int, monkeypatch) -> None:
+    """In chunks of queries (memory bounded by chunk x gallery) as in one piece."""
+    import anime_face_id.search_index as search_index
 
     rng = np.random.default_rng(seed)
-    similarity = rng.normal(size=(5, 40)).astype(np.float32)
+    queries, items = rng.normal(size=(5, 8)), rng.normal(size=(40, 8))
     labels = rng.integers(0, 9, 40)
     labels[labels == 3] = 2  # character 3 has no items
-    scores = character_maxima(similarity, labels, 9)
+    similarity = unit_rows(queries) @ unit_rows(items).T
+    whole = search_index.best_per_character(queries, items, labels, 9)
+    monkeypatch.setattr(search_index, "_CHUNK", 2)
+    chunked = search_index.best_per_character(queries, items, labels, 9)
     for row in range(5):
         for label in range(9):
             columns = similarity[row, labels == label]
             expected = columns.max() if len(columns) else -np.inf
-            assert scores[row, label] == expected
-    assert (
-        character_maxima(np.zeros((2, 0), np.float32), labels[:0], 3).tolist()
-        == [[-np.inf] * 3] * 2
-    )
+            assert whole[row, label] == pytest.approx(expected, abs=1e-6)
+            assert chunked[row, label] == pytest.approx(whole[row, label], abs=1e-6)
+    empty = search_index.best_per_character(queries[:2], items[:0], labels[:0], 3)
+    assert empty.tolist() == [[-np.inf] * 3] * 2
 
 
 @pytest.mark.parametrize("seed", range(4))

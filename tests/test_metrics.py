@@ -251,6 +251,29 @@ def test_eer_of_separable_and_degenerate_sets():
     )  # no impostor
 
 
+def test_eer_in_row_chunks_and_in_bins_agrees_with_the_exact_sweep(monkeypatch):
+    """Past EXACT_PAIRS the pair scores are binned instead of kept: the EER and its
+    threshold stay within a bin's width of the exact sweep's; chunks of rows change
+    nothing."""
+    import anime_face_id.verification as verification
+
+    rng = np.random.default_rng(21)
+    embeddings, labels = clustered(rng, 5, [9, 14, 6, 11, 10], spread=1.1)
+    exact = verification_eer(embeddings, labels)
+    expected = brute_force_eer(embeddings, labels)
+    assert exact == pytest.approx(expected)
+    monkeypatch.setattr(verification, "ROW_CHUNK", 7)
+    assert verification_eer(embeddings, labels) == pytest.approx(exact)
+    monkeypatch.setattr(verification, "EXACT_PAIRS", 10)
+    binned_eer, binned_threshold = verification_eer(embeddings, labels)
+    width = 2.0 / verification.SCORE_BINS
+    assert binned_threshold == pytest.approx(exact[1], abs=width)
+    pairs = len(labels) * (len(labels) - 1) // 2
+    assert binned_eer == pytest.approx(exact[0], abs=2 / pairs + 1e-9)  # one pair either side
+    same = np.repeat([0, 1], 3)
+    assert all(math.isnan(v) for v in verification_eer(np.eye(2)[same], np.zeros(6)))
+
+
 def test_chunked_ranking_gives_the_same_results(monkeypatch):
     import anime_face_id.metrics as metrics_module
 
