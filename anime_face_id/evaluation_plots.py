@@ -23,6 +23,9 @@ from anime_face_id.plots import (
 from anime_face_id.training_report import TRAIN_HISTORY
 
 PLOTS_DIR = Path("plots")
+# t-SNE of more points takes minutes and draws nothing more legible: a larger val split is
+# mapped through a seeded sample of this many images.
+MAP_POINTS = 3000
 
 
 EMBEDDING_MAP_PNG = PLOTS_DIR / "embedding_map.png"
@@ -53,6 +56,13 @@ CONFUSED_COLUMNS = ("character_a", "character_b", "count")
 
 
 EMBEDDING_MAP_COLUMNS = ("x", "y", "character", "path")
+
+
+def map_sample(count: int, seed: int) -> np.ndarray:
+    """Indices of the val images the embedding map shows, in val order."""
+    if count <= MAP_POINTS:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, MAP_POINTS, replace=False))
 
 
 def grid_rows(
@@ -108,14 +118,17 @@ def write_plots(
         plot_placeholder(root / PER_CHARACTER_PNG, "No character has two validation images.")
     map_rows = []
     if len(val) >= 2:
-        points, method = project_2d(val.embeddings, config.seed)
+        shown = map_sample(len(val), config.seed)
+        points, method = project_2d(val.embeddings[shown], config.seed)
+        labels, paths = val.labels[shown], [val.paths[i] for i in shown]
         map_rows = [
             {"x": f"{x:.4f}", "y": f"{y:.4f}", "character": label, "path": path}
-            for (x, y), label, path in zip(points, val.labels, val.paths, strict=True)
+            for (x, y), label, path in zip(points, labels, paths, strict=True)
         ]
-        plot_embedding_map(
-            points, val.labels.tolist(), method, root / EMBEDDING_MAP_PNG, "Validation embeddings"
-        )
+        title = "Validation embeddings"
+        if len(shown) < len(val):
+            title += f" ({len(shown)} of {len(val)}, drawn at random)"
+        plot_embedding_map(points, labels.tolist(), method, root / EMBEDDING_MAP_PNG, title)
         written += [EMBEDDING_MAP_CSV, EMBEDDING_MAP_PNG]
     else:
         plot_placeholder(root / EMBEDDING_MAP_PNG, "Fewer than two validation images.")

@@ -204,6 +204,17 @@ def test_every_split_is_stored_for_package_to_reuse(report, project):
     np.testing.assert_allclose(np.stack([stored[p] for p in some]), fresh, atol=1e-5)
 
 
+def test_a_large_val_split_is_mapped_through_a_seeded_sample(monkeypatch):
+    import anime_face_id.evaluation_plots as evaluation_plots
+
+    assert evaluation_plots.map_sample(5, 0).tolist() == [0, 1, 2, 3, 4]
+    monkeypatch.setattr(evaluation_plots, "MAP_POINTS", 4)
+    sample = evaluation_plots.map_sample(10, 0)
+    assert len(sample) == 4 == len(set(sample.tolist())) and list(sample) == sorted(sample)
+    assert sample.tolist() == evaluation_plots.map_sample(10, 0).tolist()
+    assert sample.min() >= 0 and sample.max() < 10
+
+
 def test_missing_checkpoint_is_a_stage_error(tmp_path):
     make_synthetic_project(tmp_path, names=TRAINED, counts=(2, 1, 0))
     with pytest.raises(StageError, match="run the train stage"):
