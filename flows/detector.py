@@ -147,6 +147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of training views that are one identity crop, scaled up (default 0)",
     )
     parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "mps"),
+        default=None,
+        help="where to train (default auto: a GPU when there is one)",
+    )
+    parser.add_argument(
         "--init",
         type=Path,
         default=None,
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
             ("lr", args.lr),
             ("backbone_lr", args.backbone_lr),
             ("close_up_probability", args.close_up_probability),
+            ("device", args.device),
             ("init_weights", str(args.init) if args.init else None),
         )
         if value is not None

@@ -321,6 +321,8 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
         "1",
         "--max-steps",
         "2",
+        "--device",
+        "cpu",
     ]
     env = {**os.environ, **prefect_api, "MLFLOW_TRACKING_URI": uri}
     process = subprocess.run(
@@ -330,6 +332,7 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
     assert "epoch 1: loss" in process.stdout + process.stderr
     _model, metadata = load_weights(out)
     assert metadata["epoch"] == 1 and metadata["config"]["max_steps"] == 2
+    assert metadata["config"]["device"] == "cpu"
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs(
         [client.get_experiment_by_name("anime-face-id").experiment_id],

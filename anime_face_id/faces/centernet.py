@@ -181,10 +181,10 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     ``iou_threshold``. Ties keep the earlier index (stable sort).
     """
     if len(boxes) == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     overlaps = box_iou(boxes[order], boxes[order])
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    suppressed = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
     kept = []
     for position in range(len(order)):
         if suppressed[position]:
@@ -223,7 +223,8 @@ def detect_boxes(
     first, clipped to the picture."""
     height, width = rgb.shape[:2]
     batch, scale = prepare_input(rgb, input_size)
-    boxes, scores = decode(*model(batch), top_k=top_k, min_score=min_score)[0]
+    device = next(model.parameters()).device  # the picture goes where the model is
+    boxes, scores = decode(*model(batch.to(device)), top_k=top_k, min_score=min_score)[0]
     keep = nms(boxes, scores, nms_iou)
     boxes, scores = boxes[keep] / scale, scores[keep]
     found = []
@@ -242,7 +243,7 @@ def save_weights(model: FaceCenterNet, path, metadata: dict) -> None:
     """Half-precision weights (a few MB) plus how they were made, written atomically."""
 
     state = {
-        key: value.half() if value.is_floating_point() else value
+        key: (value.half() if value.is_floating_point() else value).cpu()
         for key, value in model.state_dict().items()
     }
     buffer = io.BytesIO()

@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from anime_face_id.device import resolve_device
 from anime_face_id.faces.boxes import recall_precision
 from anime_face_id.faces.centernet import (
     FaceCenterNet,
@@ -63,6 +65,7 @@ class DetectorTrainConfig(BaseModel):
     nms_iou: float = Field(0.5, gt=0, le=1)
     max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs and tests)
     seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: a GPU when there is one
     # Continue from an earlier weights file instead of the ImageNet trunk: on a CPU a long
     # recipe is run as several shorter runs, each recorded in the file it writes.
     init_weights: str | None = None
@@ -157,10 +160,10 @@ def _learning_rate(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _batch(samples: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    images = torch.from_numpy(np.stack([image for image, _ in samples]))
+def _batch(samples: list, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    images = torch.from_numpy(np.stack([image for image, _ in samples])).to(device)
     targets = {
-        key: torch.from_numpy(np.stack([target[key] for _, target in samples]))
+        key: torch.from_numpy(np.stack([target[key] for _, target in samples])).to(device)
         for key in samples[0][1]
     }
     return images, targets
@@ -198,14 +201,16 @@ def train_detector(
     rng = np.random.default_rng(config.seed)
     train_items, val_items = split_validation(read_yolo_folder(frames), config.val_fraction)
 
+    device = resolve_device(config.device)
     init_metadata: dict = {}
     if config.init_weights is not None:
         model, init_metadata = load_weights(config.init_weights)
-        faces = label_crops(list(crops or []), model, config)
+        faces = label_crops(list(crops or []), model.to(device), config)
     else:
         model = FaceCenterNet()
         if pretrained:
             load_trunk_imagenet_weights(model)
+        model.to(device)
         faces = label_crops(list(crops or []), None, config)
     _freeze_stem(model, config.frozen_blocks)
     trunk = [p for p in model.trunk.parameters() if p.requires_grad]
@@ -245,7 +250,7 @@ def train_detector(
                 )
                 for i in chosen
             ]
-            images, targets = _batch(samples)
+            images, targets = _batch(samples, device)
             factor = _learning_rate(step, total_steps, config.warmup_steps)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
