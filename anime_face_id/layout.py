@@ -122,6 +122,14 @@ class UnsafeValue(ValueError):
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def cell_int(text: str | None) -> int:
+    """A table's number cell (a picture's width or height), 0 when empty or not a number."""
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
 def require_sha256(value: object) -> str:
     """``value`` if it is a sha256 digest (64 hex digits): a digest names files."""
     if not isinstance(value, str) or not _SHA256.fullmatch(value):

@@ -205,7 +205,7 @@ class _Planner:
         if name is None:
             return None
         assert decision.box is not None  # manual_boxes() only yields box rows
-        width, height = _int(image.get("width")), _int(image.get("height"))
+        width, height = layout.cell_int(image.get("width")), layout.cell_int(image.get("height"))
         if width and height and not _fits(decision.box, width, height):
             # Refused like the review app refuses it, rather than clipped to another crop.
             self.warn(
@@ -224,13 +224,6 @@ def _fits(box: tuple[int, int, int, int], width: int, height: int) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _int(text: str | None) -> int:
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
 
 
 def _manual_path(slug: str, image: dict[str, str], decision: Decision) -> str:

@@ -336,17 +336,10 @@ def raw_images(state: ReviewState, name: str) -> list[RawImage]:
             continue
         detected = tuple(state.face_boxes.get(row["path"], ()))
         boxes = tuple((box, who or name) for box, who in manual.get(row["path"], ()))
-        size = _int(row.get("width")), _int(row.get("height"))
+        size = layout.cell_int(row.get("width")), layout.cell_int(row.get("height"))
         images.append(RawImage(row["path"], name, *size, detected, boxes, not detected))
     images.sort(key=lambda image: (not image.no_face, bool(image.manual)))
     return images
-
-
-def _int(text: str | None) -> int:
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
 
 
 def raw_label(image: RawImage) -> str:
