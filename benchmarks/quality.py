@@ -49,7 +49,7 @@ per sample seed), the held-out characters, the split seed and the seconds per ep
 
 Cost: on a 2-core CPU an epoch at 160 px takes about 45 s for ~1,000 training images
 and scales with the training images; at 30 crops per character (22 characters, 4 held
-out: ~360 training images, 11 batches) expect roughly 15-20 s, i.e. ~10 min per seed at 30 epochs.
+out: ~360 training images, 11 batches) expect roughly 15-20 s, i.e. ~12 min per seed at 45 epochs.
 ``-S train.epochs=1 -S train.batches_per_epoch=5`` is a smoke test of the machinery, not
 a measurement.
 """

@@ -16,7 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_identify_speed_benchmark_times_start_up_and_both_ways_of_naming():
     process = subprocess.run(
-        [sys.executable, "benchmarks/identify_speed.py", "--pictures", "2", "--starts", "1"],
+        [
+            sys.executable,
+            "benchmarks/identify_speed.py",
+            "--pictures",
+            "2",
+            "--starts",
+            "1",
+            "--repeats",
+            "1",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
