@@ -113,65 +113,30 @@ def test_collect_and_crop_on_a_dask_cluster_match_the_local_run(tmp_path, shared
 
 
 @pytest.mark.slow
-def test_embedding_passes_on_a_dask_cluster_match_the_local_ones(tmp_path, prefect_harness):
+def test_embedding_passes_on_a_dask_cluster_match_the_local_ones(tmp_path, prefect_api):
     """evaluate and the gallery rebuild with compute.runner dask: the crops are embedded
-    by tasks on the cluster's workers, and scores, stored embeddings and gallery are the
-    local pass's (up to float rounding: another thread count)."""
-    import shutil
+    by tasks on the cluster's workers, and scores and gallery are the local pass's (up to
+    float rounding: another thread count). Run in a process of its own (see the module)."""
+    import json
+    import os
+    import subprocess
+    import sys
 
-    import numpy as np
-    from distributed import Client, LocalCluster
-    from prefect import flow
-    from prefect_dask import DaskTaskRunner
-
-    from anime_face_id.config import EvaluateConfig
-    from anime_face_id.embedding_store import EMBEDDINGS
-    from anime_face_id.evaluate import evaluate
-    from anime_face_id.gallery import GALLERY, rebuild_gallery
-    from anime_face_id.train import train
-    from tasks.embedding import stage_embedder
-    from tests.test_identify import NAMES, params_for
-    from tests.test_train import make_synthetic_project, tiny_config
-
-    local = tmp_path / "local"
-    make_synthetic_project(local, names=NAMES, counts=(6, 3, 3))
-    train(local, tiny_config(epochs=1, batches_per_epoch=2))
-    remote = tmp_path / "remote"
-    shutil.copytree(local, remote)
-    config = EvaluateConfig(device="cpu", baseline=False, batch_size=4, grid_queries=0)
-    params = params_for(NAMES)
-    checkpoint = Path("models/embedder.pt")
-    here = evaluate(local, config)
-    (local / EMBEDDINGS).unlink()  # the gallery then embeds everything itself
-    gallery_here, _ = rebuild_gallery(local, params, local / checkpoint, local / GALLERY)
-
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        compute = ComputeConfig(runner="dask", dask_address=cluster.scheduler_address)
-
-        @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
-        def on_the_cluster():
-            embedder = stage_embedder(remote, compute, config.batch_size, "cpu")
-            report = evaluate(remote, config, embedder=embedder)
-            (remote / EMBEDDINGS).unlink()
-            gallery, _ = rebuild_gallery(
-                remote, params, remote / checkpoint, remote / GALLERY, embedder=embedder
-            )
-            return report, gallery
-
-        there, gallery_there = on_the_cluster()
-        ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
-
-    assert any("embed" in name for name in ran), ran
-    assert gallery_there.meta["embeddings"] == gallery_here.meta["embeddings"]
-    assert gallery_there.meta["embeddings"]["reused"] == 0
-    assert gallery_there.paths == gallery_here.paths
-    np.testing.assert_allclose(gallery_there.embeddings, gallery_here.embeddings, atol=1e-5)
+    process = subprocess.run(
+        [sys.executable, "-m", "tests.support.dask_embedding", str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, **prefect_api},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    found = json.loads(process.stdout.strip().splitlines()[-1])
+    assert any("embed" in name for name in found["ran"]), found["ran"]
+    here_counts, there_counts = found["embeddings"]
+    assert here_counts == there_counts and there_counts["reused"] == 0
+    assert found["same_paths"] and found["largest_difference"] < 1e-5
     for split in ("val", "test"):
-        for name in ("precision_at_1", "map_at_r", "r_precision"):
-            assert there[split][name] == pytest.approx(here[split][name], abs=1e-6), (split, name)
-    assert stage_embedder(remote, ComputeConfig(), 4, "cpu") is None  # local: no tasks
+        for name, value in found["here"][split].items():
+            assert found["there"][split][name] == pytest.approx(value, abs=1e-6), (split, name)
+    assert found["local_runner_embeds_here"]

@@ -1,0 +1,81 @@
+"""The embedding passes of evaluate and the gallery rebuild, locally and on a Dask cluster,
+in a process of their own (tests/test_dask.py runs it): a flow run in the test process
+would leave Prefect's services behind, and later tests that fork would inherit them.
+
+    python -m tests.support.dask_embedding FOLDER    # prints one JSON document
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(folder: Path) -> None:
+    from distributed import Client, LocalCluster
+    from prefect import flow
+    from prefect_dask import DaskTaskRunner
+
+    from anime_face_id.config import ComputeConfig, EvaluateConfig
+    from anime_face_id.embedding_store import EMBEDDINGS
+    from anime_face_id.evaluate import evaluate
+    from anime_face_id.gallery import GALLERY, rebuild_gallery
+    from anime_face_id.train import train
+    from tasks.embedding import stage_embedder
+    from tests.test_identify import NAMES, params_for
+    from tests.test_train import make_synthetic_project, tiny_config
+
+    local, remote = folder / "local", folder / "remote"
+    make_synthetic_project(local, names=NAMES, counts=(6, 3, 3))
+    train(local, tiny_config(epochs=1, batches_per_epoch=2))
+    shutil.copytree(local, remote)
+    config = EvaluateConfig(device="cpu", baseline=False, batch_size=4, grid_queries=0)
+    params = params_for(NAMES)
+    checkpoint = Path("models/embedder.pt")
+
+    here = evaluate(local, config)
+    (local / EMBEDDINGS).unlink()  # the gallery then embeds everything itself
+    gallery_here, _ = rebuild_gallery(local, params, local / checkpoint, local / GALLERY)
+
+    cluster_options = {"threads_per_worker": 1, "host": "127.0.0.1", "dashboard_address": None}
+    with LocalCluster(n_workers=2, **cluster_options) as cluster, Client(cluster) as client:
+        compute = ComputeConfig(runner="dask", dask_address=cluster.scheduler_address)
+
+        @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        def on_the_cluster():
+            embedder = stage_embedder(remote, compute, config.batch_size, "cpu")
+            report = evaluate(remote, config, embedder=embedder)
+            (remote / EMBEDDINGS).unlink()
+            gallery, _ = rebuild_gallery(
+                remote, params, remote / checkpoint, remote / GALLERY, embedder=embedder
+            )
+            return report, gallery
+
+        there, gallery_there = on_the_cluster()
+        ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+
+    scores = ("precision_at_1", "map_at_r", "r_precision")
+    print(
+        json.dumps(
+            {
+                "ran": ran,
+                "embeddings": [gallery_here.meta["embeddings"], gallery_there.meta["embeddings"]],
+                "same_paths": gallery_there.paths == gallery_here.paths,
+                "largest_difference": float(
+                    np.abs(gallery_there.embeddings - gallery_here.embeddings).max()
+                ),
+                "here": {s: {n: here[s][n] for n in scores} for s in ("val", "test")},
+                "there": {s: {n: there[s][n] for n in scores} for s in ("val", "test")},
+                "local_runner_embeds_here": stage_embedder(remote, ComputeConfig(), 4, "cpu")
+                is None,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
