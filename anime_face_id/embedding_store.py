@@ -36,15 +36,16 @@ def embedder_fingerprint(checkpoint: Path) -> str:
 
 
 def save_embeddings(
-    path: Path, checkpoint: Path, root: Path, vectors: Mapping[str, np.ndarray]
+    path: Path, embedder: str, root: Path, vectors: Mapping[str, np.ndarray]
 ) -> None:
-    """Store ``vectors`` ({crop path relative to ``root``: embedding}) atomically."""
+    """Store ``vectors`` ({crop path relative to ``root``: embedding}) atomically, made by
+    the network whose ``embedder_fingerprint`` is ``embedder``."""
     paths = sorted(vectors)
     dimension = len(next(iter(vectors.values()))) if vectors else 0
     matrix = np.zeros((len(paths), dimension), dtype=np.float32)
     for row, crop in enumerate(paths):
         matrix[row] = vectors[crop]
-    meta = {"format": FORMAT, "embedder": embedder_fingerprint(checkpoint)}
+    meta = {"format": FORMAT, "embedder": embedder}
     buffer = io.BytesIO()
     np.savez(
         buffer,
@@ -57,10 +58,11 @@ def save_embeddings(
 
 
 def stored_embeddings(
-    path: Path, checkpoint: Path, root: Path, wanted: Iterable[str]
+    path: Path, embedder: str, root: Path, wanted: Iterable[str]
 ) -> dict[str, np.ndarray]:
-    """The stored vectors of ``wanted`` crops that are still valid for ``checkpoint`` and
-    the crop files as they are now; {} when nothing can be reused."""
+    """The stored vectors of ``wanted`` crops that are still valid for the network
+    ``embedder`` (its fingerprint) and the crop files as they are now; {} when nothing can
+    be reused."""
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
@@ -70,7 +72,7 @@ def stored_embeddings(
         return {}
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         return {}
-    if meta.get("embedder") != embedder_fingerprint(checkpoint):
+    if meta.get("embedder") != embedder:
         return {}
     rows = {crop: row for row, crop in enumerate(paths)}
     reusable = {}

@@ -286,8 +286,9 @@ def rebuild_gallery(
     paths = [path for path in paths if path not in skipped]
     torch_device = resolve_device(device or config.device)
     loaded = load_checkpoint(checkpoint, torch_device)
+    fingerprint = embedder_fingerprint(checkpoint)
     # what evaluate already embedded with this very network is not embedded again
-    vectors = stored_embeddings(root / EMBEDDINGS, checkpoint, root, paths)
+    vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, paths)
     reused = len(vectors)
     todo = [path for path in paths if path not in vectors]
     if todo:
@@ -305,8 +306,8 @@ def rebuild_gallery(
     }
     gallery = build_gallery(
         rows,
-        {path: vectors[path] for path in paths},
-        embedder_fingerprint(checkpoint),
+        vectors,
+        fingerprint,
         config.threshold,
         meta,
     )

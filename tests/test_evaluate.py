@@ -189,14 +189,16 @@ def test_an_empty_holdout_file_means_no_open_set(tmp_path, project):
 def test_every_split_is_stored_for_package_to_reuse(report, project):
     """models/embeddings.npz: each split's crops with the vectors evaluate scored, valid for
     this checkpoint (package builds its gallery from them)."""
-    from anime_face_id.embedding_store import EMBEDDINGS, stored_embeddings
+    from anime_face_id.embedding_store import EMBEDDINGS, embedder_fingerprint, stored_embeddings
 
     paths = [
         row["path"]
         for split in ("train", "val", "test", "holdout")
         for row in read_split(project, split)
     ]
-    stored = stored_embeddings(project / EMBEDDINGS, project / EMBEDDER, project, paths)
+    stored = stored_embeddings(
+        project / EMBEDDINGS, embedder_fingerprint(project / EMBEDDER), project, paths
+    )
     assert sorted(stored) == sorted(paths) and len(set(paths)) == len(paths) > 60
     loaded = load_checkpoint(project / EMBEDDER, "cpu")
     some = paths[::9]

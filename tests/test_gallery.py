@@ -295,7 +295,8 @@ def test_the_gallery_reuses_stored_embeddings_while_network_and_crop_are_unchang
     loaded = load_checkpoint(checkpoint, "cpu")
     crops = sorted(p.relative_to(root).as_posix() for p in (root / "data/faces").rglob("*.png"))
     vectors = embed_paths(loaded.model, [root / c for c in crops], loaded.image_size).numpy()
-    save_embeddings(root / EMBEDDINGS, checkpoint, root, dict(zip(crops, vectors, strict=True)))
+    stored = dict(zip(crops, vectors, strict=True))
+    save_embeddings(root / EMBEDDINGS, embedder_fingerprint(checkpoint), root, stored)
     reused, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
     assert reused.meta["embeddings"] == {"reused": computed, "computed": 0}
     assert reused.paths == fresh.paths
