@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from anime_face_id.collect_fetch import fetch_candidates
@@ -250,22 +250,51 @@ def check_something_collected(results: list[CharacterCollectResult], root: Path)
     )
 
 
+# Runs the characters' collections and yields each result as it finishes, in any order: by
+# default one after another here; the Prefect flow passes one that fans them out as tasks.
+CharacterRunner = Callable[[list[tuple[Character, str]]], Iterable[CharacterCollectResult]]
+
+
+def one_after_another(root: Path, config: CollectConfig) -> CharacterRunner:
+    def run(jobs: list[tuple[Character, str]]) -> Iterator[CharacterCollectResult]:
+        for character, slug in jobs:
+            yield collect_character(root, character, slug, config)
+
+    return run
+
+
 def collect_all(
     root: Path,
     params: Params,
-    progress: Callable[[int, int, CharacterCollectResult], None] | None = None,
+    progress: Callable[[int, int, CharacterCollectResult | None], None] | None = None,
+    *,
+    run_characters: CharacterRunner | None = None,
+    report: Callable[[list[dict]], None] | None = None,
 ) -> list[CharacterCollectResult]:
-    """Collect every character in turn, then write the stage outputs. ``progress`` is
-    called after each character with (characters done, characters in all, its result)."""
+    """The whole stage: collect every character (through ``run_characters``), then write
+    the stage outputs, in the characters' order. ``progress`` is called with (0, characters
+    in all, None) first, then as each character finishes with (characters done, characters
+    in all, its result); ``report`` gets the
+    summary rows (one per character, with its candidates and images downloaded now) before
+    a collection that obtained nothing at all fails."""
     root = Path(root)
     prepare_collection(root, params)
     slugs = params.slugs
-    results = []
-    for index, character in enumerate(params.characters, start=1):
-        result = collect_character(root, character, slugs[character.name], params.collect)
-        results.append(result)
+    jobs = [(character, slugs[character.name]) for character in params.characters]
+    run = run_characters or one_after_another(root, params.collect)
+    finished: dict[str, CharacterCollectResult] = {}
+    if progress:
+        progress(0, len(jobs), None)
+    for result in run(jobs):
+        finished[result.slug] = result
         if progress:
-            progress(index, len(params.characters), result)
-    write_collect_outputs(root, params)
+            progress(len(finished), len(jobs), result)
+    results = [finished[slug] for _, slug in jobs]
+    rows = write_collect_outputs(root, params)
+    for row in rows:
+        result = finished[row["slug"]]
+        row.update(candidates=result.candidates, downloaded_now=result.fetched)
+    if report:
+        report(rows)
     check_something_collected(results, root)
     return results

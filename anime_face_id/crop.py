@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,20 +224,53 @@ def write_crop_outputs(root: Path, results: list[CharacterCropResult]) -> None:
     sweep_temporaries(root / layout.FACES_DIR)
 
 
-def crop_all(
+# Crops the characters and yields each result as it finishes, in any order: by default one
+# after another here; the Prefect flow passes one that fans them out as tasks.
+CharacterRunner = Callable[[list[tuple[str, list[dict]]]], Iterable[CharacterCropResult]]
+
+
+def one_after_another(
     root: Path, config: CropConfig, progress: Progress | None = None
+) -> CharacterRunner:
+    """Every character in this process with one detector; ``progress`` counts images
+    across all of them."""
+
+    def run(jobs: list[tuple[str, list[dict]]]) -> Iterator[CharacterCropResult]:
+        detector = load_detector(root, config)
+        total = sum(image_count(rows) for _, rows in jobs)
+        offset = 0
+        for slug, rows in jobs:
+            step = None if progress is None else _offset_progress(progress, offset, total)
+            result = crop_character(root, slug, rows, config, detector, step)
+            offset += result.images
+            yield result
+
+    return run
+
+
+def crop_all(
+    root: Path,
+    config: CropConfig,
+    progress: Progress | None = None,
+    *,
+    run_characters: CharacterRunner | None = None,
+    on_character: Callable[[int, int, CharacterCropResult | None], None] | None = None,
 ) -> list[CharacterCropResult]:
-    """The whole stage, sequentially by character (the Prefect flow fans characters out)."""
+    """The whole stage: crop every character of the raw manifest (through
+    ``run_characters``), then write the stage outputs; results in slug order.
+    ``on_character`` is called with (0, characters in all, None) first, then as each
+    character finishes with (characters done, characters in all, its result)."""
     root = Path(root)
-    detector = load_detector(root, config)
-    raw = raw_rows_by_character(root)
-    total = sum(image_count(rows) for rows in raw.values())
-    results = []
-    offset = 0
-    for slug, rows in raw.items():
-        step = None if progress is None else _offset_progress(progress, offset, total)
-        results.append(crop_character(root, slug, rows, config, detector, step))
-        offset += results[-1].images
+    jobs = sorted(raw_rows_by_character(root).items())
+    run = run_characters or one_after_another(root, config, progress)
+    finished: dict[str, CharacterCropResult] = {}
+    if on_character:
+        on_character(0, len(jobs), None)
+    for result in run(jobs):
+        finished[result.slug] = result
+        if on_character:
+            on_character(len(finished), len(jobs), result)
+    results = [finished[slug] for slug, _ in jobs]
     write_crop_outputs(root, results)
     return results
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from prefect import flow
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from anime_face_id.crop import raw_rows_by_character, summary
+from anime_face_id.crop import crop_all, summary
 from flows._stage import fail_on_stage_error, load, run_stage
-from tasks.crop import crop_character, load_detector, write_outputs
-from tasks.reporting import StageProgress, publish_summary
+from tasks.crop import crop_character, load_detector
+from tasks.fanout import as_tasks
+from tasks.reporting import character_progress, publish_summary
 
 
 # One character at a time here (each already uses every core for its images); with
@@ -22,23 +22,17 @@ def crop_flow(params_path: str = "params.yaml", root: str = "."):
 
 
 def _crop(root_path, params) -> list[dict]:
-    rows_by_slug = raw_rows_by_character(root_path)
-    load_detector(root_path, params.crop)  # fetches the cascade (if used) before any character
-    progress = StageProgress("crop", len(rows_by_slug))
-    futures = [
-        crop_character.submit(root_path, slug, rows, params.crop)
-        for slug, rows in sorted(rows_by_slug.items())
-    ]
-    finished = {}
-    for future in as_completed(futures):
-        result = future.result()
-        finished[result.slug] = result
-        progress.advance(result.slug)
-    results = [finished[slug] for slug in sorted(rows_by_slug)]
-    write_outputs(root_path, results)
+    config = params.crop
+    load_detector(root_path, config)  # fetches the cascade (if used) before any character
+    results = crop_all(
+        root_path,
+        config,
+        run_characters=as_tasks(lambda job: crop_character.submit(root_path, *job, config)),
+        on_character=character_progress("crop", lambda result: result.slug),
+    )
     table = [asdict(result) for result in results]
     publish_summary(
-        "crop", table, f"Faces per character (detector {params.crop.detector}): {summary(results)}"
+        "crop", table, f"Faces per character (detector {config.detector}): {summary(results)}"
     )
     return table
 

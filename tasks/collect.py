@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from anime_face_id import collect
-from anime_face_id.config import Character, CollectConfig, Params
+from anime_face_id.config import Character, CollectConfig
 from anime_face_id.sources import SearchError
 from tasks.reporting import log_progress
 
@@ -61,8 +61,3 @@ def collect_character(
         result.fetched,
     )
     return result
-
-
-@task
-def write_outputs(root: Path, params: Params) -> list[dict]:
-    return collect.write_collect_outputs(root, params)

@@ -22,8 +22,3 @@ def load_detector(root: Path, config: CropConfig):
 def crop_character(root: Path, slug: str, rows: list[dict], config: CropConfig):
     detector = process_detector(Path(root), config)
     return crop.crop_character(root, slug, rows, config, detector, log_progress(f"{slug} crops"))
-
-
-@task
-def write_outputs(root: Path, results: list) -> None:
-    crop.write_crop_outputs(root, results)

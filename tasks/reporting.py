@@ -54,6 +54,21 @@ class StageProgress:
             self._logger.info("%s", description)
 
 
+def character_progress(stage: str, label: Callable[[Any], str]) -> Callable[[int, int, Any], None]:
+    """A core-library per-character callback ``(done, total, result)``: the first call,
+    ``(0, total, None)``, makes the stage's StageProgress (the core knows the total, so the
+    flow need not count again); each later one advances it."""
+    state: dict[str, StageProgress] = {}
+
+    def advance(_done: int, total: int, result: Any) -> None:
+        if "progress" not in state:
+            state["progress"] = StageProgress(stage, total)
+        if result is not None:
+            state["progress"].advance(label(result))
+
+    return advance
+
+
 def log_progress(prefix: str, every: float = 0.1) -> Callable[[int, int], None]:
     """A core-library progress callback that logs roughly every 10 % of the work."""
     logger = get_run_logger()

@@ -17,6 +17,7 @@ from anime_face_id.collect import (
     DONE,
     JOURNAL,
     collect_all,
+    collect_character,
     fetch_candidates,
     find_candidates,
     is_collected,
@@ -126,6 +127,41 @@ def test_collects_folder_images_into_manifest_and_rejects(tmp_path: Path, source
         DONE,
     }
     assert not list((root / RAW_DIR).rglob(f"{TMP_PREFIX}*"))
+
+
+def test_characters_finishing_in_any_order_give_the_sequential_outputs(
+    tmp_path: Path, source: Path
+) -> None:
+    """The flow hands collect_all a runner that yields characters as its tasks finish: the
+    outputs, the results' order and the summary are those of the sequential loop."""
+    params = make_params(source, ["Kuroko Tetsuya", "Nishikino Maki"])
+    sequential = collect_all(tmp_path / "a", params)
+    root = tmp_path / "b"
+
+    def backwards(jobs):
+        for character, slug in reversed(jobs):
+            yield collect_character(root, character, slug, params.collect)
+
+    calls, reported = [], []
+    results = collect_all(
+        root,
+        params,
+        progress=lambda done, total, r: calls.append((done, total, r and r.slug)),
+        run_characters=backwards,
+        report=reported.extend,
+    )
+    assert results == sequential
+    for name in (RAW_MANIFEST, RAW_REJECTS):
+        assert (root / name).read_text().replace("/b/", "/a/") == (
+            tmp_path / "a" / name
+        ).read_text()
+    assert calls == [(0, 2, None), (1, 2, "nishikino_maki"), (2, 2, "kuroko_tetsuya")]
+    assert [
+        (row["slug"], row["images"], row["candidates"], row["downloaded_now"]) for row in reported
+    ] == [
+        ("kuroko_tetsuya", 3, 3, 3),
+        ("nishikino_maki", 2, 4, 4),  # its two broken files were fetched too
+    ]
 
 
 def test_second_run_skips_and_fetches_nothing(tmp_path: Path, source: Path) -> None:

@@ -29,6 +29,8 @@ from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.imaging import load_rgb_array, phash
 from anime_face_id.layout import NO_FACE
 
+OUTPUTS = (layout.FACES_MANIFEST, layout.FACES_REJECTS)
+
 # ------------------------------------------------------------- building a raw data folder
 
 
@@ -261,6 +263,38 @@ def test_progress_counts_every_image(raw: RawData) -> None:
     crop_all(raw.root, NONE, progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (5, 5)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_characters_finishing_in_any_order_give_the_sequential_outputs(
+    raw: RawData, tmp_path: Path
+) -> None:
+    """The flow hands crop_all a runner that yields characters as its tasks finish: the
+    outputs and the results' order are those of the sequential loop all the same."""
+    sequential = crop_all(raw.root, NONE)
+    expected = {name: (raw.root / name).read_bytes() for name in OUTPUTS}
+    shutil.rmtree(raw.root / layout.FACES_DIR)
+
+    def backwards(jobs):
+        detector = WholeImageDetector()
+        for slug, rows in reversed(jobs):
+            yield crop_character(raw.root, slug, rows, NONE, detector)
+
+    calls: list[tuple[int, int, str | None]] = []
+    results = crop_all(
+        raw.root,
+        NONE,
+        run_characters=backwards,
+        on_character=lambda done, total, r: calls.append((done, total, r and r.slug)),
+    )
+    assert (
+        [r.slug for r in results]
+        == [r.slug for r in sequential]
+        == sorted(raw_rows_by_character(raw.root))
+    )
+    assert results == sequential
+    assert {name: (raw.root / name).read_bytes() for name in OUTPUTS} == expected
+    slugs = [r.slug for r in sequential]
+    assert calls == [(0, 2, None), (1, 2, slugs[1]), (2, 2, slugs[0])]
 
 
 def test_worker_count_does_not_change_the_outputs(raw: RawData, tmp_path: Path) -> None:

@@ -38,6 +38,9 @@ def test_folder_backend_dvc_repro(tmp_path, shared_dir, prefect_api):
 
     first = project.dvc("repro", "balance")
     assert "Running stage 'balance'" in first.stdout
+    n = len(CHARACTERS)  # per-character progress in the terminal, as the tasks finish
+    for stage in ("collect", "crop"):
+        assert f"{stage}: {n} of {n} characters done" in first.stdout + first.stderr
 
     raw = read(project.root / layout.RAW_MANIFEST)
     for name in CHARACTERS:
