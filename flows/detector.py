@@ -22,8 +22,8 @@ from anime_face_id.faces.detector_data import IMAGE_SUFFIXES
 from anime_face_id.faces.detector_train import DetectorEpoch, DetectorTrainConfig, train_detector
 from anime_face_id.faces.detectors import PACKAGED_WEIGHTS
 from flows._stage import fail_on_stage_error, finish, report_stops_once
-from tasks import tracking
 from tasks.reporting import StageProgress
+from tracking import runs
 
 
 def face_crops(folder: Path | None) -> list[Path]:
@@ -93,15 +93,15 @@ def _train(frames: str, crops: str | None, out: str, overrides: dict) -> dict:
     config = DetectorTrainConfig.model_validate(overrides)
     pasted = face_crops(Path(crops) if crops else None)
     root = Path(".")
-    tracking.configure(root)
+    runs.configure(root)
     with mlflow.start_run(run_name="detector-train") as run:
-        mlflow.log_params(tracking.flatten("detector", config.model_dump(mode="json")))
+        mlflow.log_params(runs.flatten("detector", config.model_dump(mode="json")))
         mlflow.log_params(
             {
                 "frames": frames,
                 "crops": crops or "",
                 "pasted_crops": len(pasted),
-                "git_commit": tracking.git_commit(root),
+                "git_commit": runs.git_commit(root),
             }
         )
         mlflow.set_tags({"stage": "detector-train"})

@@ -11,9 +11,9 @@ from prefect import flow, task
 
 from anime_face_id import evaluate, evaluation_plots
 from flows._stage import fail_on_stage_error, load, run_stage
-from tasks import tracking
 from tasks.embedding import stage_embedder
 from tasks.reporting import publish_summary
+from tracking import runs
 
 SPLITS = ("val", "test", "open_set")
 NUMBERS = ("precision_at_1", "r_precision", "map_at_r", "precision_at_5", "eer")
@@ -48,8 +48,8 @@ def evaluate_flow(params_path: str = "params.yaml", root: str = "."):
 def _evaluate(root_path: Path, params) -> dict:
     import mlflow
 
-    tracking.configure(root_path)
-    run_id = tracking.load_run_id(root_path)
+    runs.configure(root_path)
+    run_id = runs.load_run_id(root_path)
     embedder = stage_embedder(
         root_path, params.compute, params.evaluate.batch_size, params.evaluate.device
     )
@@ -62,7 +62,7 @@ def _evaluate(root_path: Path, params) -> dict:
         mlflow.log_metrics(metrics)
         below = evaluate.below_baseline(report)
         mlflow.set_tag("below_untrained_baseline", str(below is not None))
-        mlflow.log_params(tracking.flatten("evaluate", params.evaluate.model_dump(mode="json")))
+        mlflow.log_params(runs.flatten("evaluate", params.evaluate.model_dump(mode="json")))
         mlflow.log_artifact(str(root_path / evaluate.EVAL_METRICS), "metrics")
         for plot in sorted((root_path / evaluation_plots.PLOTS_DIR).glob("*")):
             mlflow.log_artifact(str(plot), "plots")

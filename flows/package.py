@@ -12,10 +12,10 @@ from prefect import flow, task
 
 from anime_face_id import gallery, layout, package
 from flows._stage import fail_on_stage_error, load, run_stage
-from tasks import tracking
 from tasks.embedding import stage_embedder
-from tasks.mlflow_model import log_identifier
 from tasks.reporting import publish_summary
+from tracking import runs
+from tracking.identifier_model import log_identifier
 
 
 @task
@@ -27,7 +27,7 @@ def build_gallery(root: Path, params) -> dict:
 def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
     import mlflow
 
-    score = tracking.run_score(run_id)
+    score = runs.run_score(run_id)
     calibration = summary["calibration"]
     metrics = {
         "gallery_items": summary["items"],
@@ -41,15 +41,15 @@ def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
         # tags, not params: a run may be packaged again with other settings
         mlflow.set_tags(
             {
-                **tracking.flatten("package", params.package.model_dump(mode="json")),
-                **tracking.flatten("identify", params.identify.model_dump(mode="json")),
+                **runs.flatten("package", params.package.model_dump(mode="json")),
+                **runs.flatten("identify", params.identify.model_dump(mode="json")),
                 "package.calibration": calibration["method"],
                 "crop.detector": params.crop.detector,
             }
         )
         mlflow.log_artifact(str(root / package.PACKAGE_METRICS), "metrics")
         model_uri = log_identifier(root, params, root / layout.EMBEDDER, root / gallery.GALLERY)
-        registration = tracking.register_if_better(run_id, model_uri, score)
+        registration = runs.register_if_better(run_id, model_uri, score)
         mlflow.set_tags({f"registry.{k}": str(v) for k, v in registration.items()})
     return registration
 
@@ -60,8 +60,8 @@ def package_flow(params_path: str = "params.yaml", root: str = "."):
 
 
 def _package(root_path: Path, params) -> dict:
-    tracking.configure(root_path)  # fails fast when the model could not be recorded
-    run_id = tracking.load_run_id(root_path)
+    runs.configure(root_path)  # fails fast when the model could not be recorded
+    run_id = runs.load_run_id(root_path)
     embedder = stage_embedder(
         root_path, params.compute, params.package.batch_size, params.package.device
     )

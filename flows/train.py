@@ -14,8 +14,8 @@ from prefect import flow, get_run_logger, task
 from anime_face_id import distributed, train, training_report
 from anime_face_id.errors import StageError
 from flows._stage import check_params, fail_on_stage_error, load, parse_args, run_stage
-from tasks import tracking
 from tasks.reporting import StageProgress, publish_summary
+from tracking import runs
 
 
 class PrefectLogHandler(logging.Handler):
@@ -73,11 +73,11 @@ def train_flow(params_path: str = "params.yaml", root: str = "."):
 def _train(root_path: Path, params) -> dict:
     import mlflow
 
-    uri = tracking.configure(root_path)  # fails fast when runs could not be recorded
+    uri = runs.configure(root_path)  # fails fast when runs could not be recorded
     with mlflow.start_run(run_name="train") as run:
-        mlflow.log_params(tracking.flatten("train", params.train.model_dump(mode="json")))
+        mlflow.log_params(runs.flatten("train", params.train.model_dump(mode="json")))
         mlflow.log_params(
-            {**tracking.data_version(root_path), "git_commit": tracking.git_commit(root_path)}
+            {**runs.data_version(root_path), "git_commit": runs.git_commit(root_path)}
         )
         mlflow.set_tags({"stage": "train", "characters": str(len(params.characters))})
         result = train_embedder(root_path, params, run.info.run_id)
@@ -87,7 +87,7 @@ def _train(root_path: Path, params) -> dict:
         )
         mlflow.log_artifact(str(root_path / training_report.TRAIN_METRICS), "metrics")
         mlflow.log_artifact(str(root_path / training_report.TRAIN_HISTORY), "plots")
-        tracking.save_run_id(root_path, run.info.run_id, uri)
+        runs.save_run_id(root_path, run.info.run_id, uri)
     rows = [
         {
             "epoch": r.epoch,

@@ -188,8 +188,8 @@ def test_the_served_model_bundles_the_detector_weights(tmp_path: Path, shared_di
     import json
     import shutil
 
-    from tasks.mlflow_model import IdentifierModel, _settings
     from tests.test_identify import NAMES, make_untrained_project, params_for
+    from tracking.identifier_model import IdentifierModel, _settings
 
     root = make_untrained_project(tmp_path / "project")
     params = params_for(NAMES).model_copy(update={"crop": CropConfig(size=64)})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGES = ("anime_face_id", "tasks", "flows")
+PACKAGES = ("anime_face_id", "tasks", "flows", "tracking")
 
 
 def module_file(repo: Path, dotted: str) -> Path | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-CODE = ("anime_face_id", "flows", "tasks")
+CODE = ("anime_face_id", "flows", "tasks", "tracking")
 FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "data/review/decisions.csv")
 
 

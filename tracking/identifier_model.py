@@ -1,6 +1,6 @@
 """The identifier as an MLflow pyfunc model: base64 pictures in, named faces out.
 
-The model is logged as code (``tasks/served_model.py``), not as a pickled object, and
+The model is logged as code (``tracking/served_model.py``), not as a pickled object, and
 bundles everything identification needs as artifacts: the embedder checkpoint,
 the gallery (embeddings, character names, calibrated threshold), the detector and crop
 settings and the detector's own file (the CenterNet weights, or the `lbp` cascade). The core package is logged as code,
@@ -109,9 +109,9 @@ def log_identifier(root: Path, params, checkpoint: Path, gallery: Path) -> str:
             artifacts["detector_weights"] = str(detector_weights_path(Path(root), params.crop))
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(REPO / "tasks" / "served_model.py"),  # code, not a pickle
+            python_model=str(REPO / "tracking" / "served_model.py"),  # code, not a pickle
             artifacts=artifacts,
-            code_paths=[str(REPO / "anime_face_id"), str(REPO / "tasks")],
+            code_paths=[str(REPO / "anime_face_id"), str(REPO / "tracking")],
             signature=_signature(),
             input_example=_input_example(),
             pip_requirements=[],

@@ -3,6 +3,6 @@ file instead of unpickling an object, so a model file cannot smuggle code in a p
 
 from mlflow.models import set_model
 
-from tasks.mlflow_model import IdentifierModel
+from tracking.identifier_model import IdentifierModel
 
 set_model(IdentifierModel())
