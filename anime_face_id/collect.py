@@ -23,13 +23,11 @@ from anime_face_id.collect_records import (
     DONE,
     SEARCH_ERROR,
     CharacterCollectResult,
+    Collection,
     character_dir,
-    collection_fingerprint,
-    done_record,
     is_collected,
     now_iso,
     read_json_object,
-    skipped_result,
 )
 from anime_face_id.config import Character, CollectConfig, Params
 from anime_face_id.errors import StageError
@@ -42,6 +40,7 @@ from anime_face_id.layout import (
     RAW_REJECTS,
     RAW_SOURCE_COLUMNS,
 )
+from anime_face_id.per_character import OnCharacter, Runner, run_in_order
 from anime_face_id.redaction import redact_credentials
 from anime_face_id.sources import SearchError, get_backend
 from anime_face_id.sources.base import Found, as_found
@@ -52,6 +51,7 @@ __all__ = [  # what tests and adapters import from the stage module
     "JOURNAL",
     "SEARCH_ERROR",
     "CharacterCollectResult",
+    "Collection",
     "Found",
     "Journal",
     "collect_all",
@@ -73,20 +73,18 @@ def find_candidates(
     return as_found(get_backend(config)(character, slug, config, root=root))
 
 
-def record_search_failure(
-    root: Path, character: Character, slug: str, config: CollectConfig, reason: str
-) -> CharacterCollectResult:
-    directory = character_dir(Path(root), slug)
+def record_search_failure(collection: Collection, reason: str) -> CharacterCollectResult:
+    directory = collection.directory
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
         directory / SEARCH_ERROR,
         {
-            "fingerprint": collection_fingerprint(Path(root), character, slug, config),
+            "fingerprint": collection.fingerprint,
             "reason": redact_credentials(reason),  # a search error may quote its URL
             "time": now_iso(),
         },
     )
-    return CharacterCollectResult(character.name, slug, 0, 0, 1, 0, False)
+    return collection.result(0, 0, 1, 0)
 
 
 def _search_failure_reason(reason: str) -> str:
@@ -100,22 +98,19 @@ def _search_label(character: Character, config: CollectConfig) -> str:
     return f"search:{config.backend}:{source or character.search_query}"
 
 
-def character_rows(
-    root: Path, character: Character, slug: str, config: CollectConfig
-) -> tuple[list[dict], list[dict]]:
+def character_rows(collection: Collection) -> tuple[list[dict], list[dict]]:
     """Manifest and reject rows of one character under the current settings."""
-    directory = character_dir(root, slug)
+    character, config, directory = collection.character, collection.config, collection.directory
     reject = {
         "character": character.name,
-        "slug": slug,
+        "slug": collection.slug,
         "url_or_path": _search_label(character, config),
         "backend": config.backend,
     }
-    done = done_record(root, character, slug, config)
+    done = collection.done_record()
     if done is None:
         failure = read_json_object(directory / SEARCH_ERROR)
-        fingerprint = collection_fingerprint(root, character, slug, config)
-        if failure is not None and failure.get("fingerprint") == fingerprint:
+        if failure is not None and failure.get("fingerprint") == collection.fingerprint:
             return [], [
                 {
                     **reject,
@@ -169,7 +164,7 @@ def write_collect_outputs(root: Path, params: Params) -> list[dict]:
     summary: list[dict] = []
     for character in params.characters:
         slug = slugs[character.name]
-        kept, rejected = character_rows(root, character, slug, params.collect)
+        kept, rejected = character_rows(Collection(root, character, slug, params.collect))
         manifest += kept
         rejects += rejected
         summary.append(
@@ -199,13 +194,14 @@ def collect_character(
     """Skip a character already collected with these settings; otherwise search (through
     ``search``, which an orchestrator may wrap with retries) and download. A failed search
     is recorded as a reject, never raised."""
-    if is_collected(root, character, slug, config):
-        return skipped_result(root, character, slug, config)
+    collection = Collection(Path(root), character, slug, config)
+    if collection.is_collected():
+        return collection.skipped_result()
     try:
         candidates = search(character, slug, config, root=root)
     except SearchError as error:
-        return record_search_failure(root, character, slug, config, str(error))
-    return fetch_candidates(root, character, slug, config, candidates, progress)
+        return record_search_failure(collection, str(error))
+    return fetch_candidates(collection, candidates, progress)
 
 
 def sweep_interrupted(root: Path) -> int:
@@ -250,9 +246,7 @@ def check_something_collected(results: list[CharacterCollectResult], root: Path)
     )
 
 
-# Runs the characters' collections and yields each result as it finishes, in any order: by
-# default one after another here; the Prefect flow passes one that fans them out as tasks.
-CharacterRunner = Callable[[list[tuple[Character, str]]], Iterable[CharacterCollectResult]]
+CharacterRunner = Runner[tuple[Character, str], CharacterCollectResult]  # see per_character
 
 
 def one_after_another(root: Path, config: CollectConfig) -> CharacterRunner:
@@ -266,7 +260,7 @@ def one_after_another(root: Path, config: CollectConfig) -> CharacterRunner:
 def collect_all(
     root: Path,
     params: Params,
-    progress: Callable[[int, int, CharacterCollectResult | None], None] | None = None,
+    progress: OnCharacter | None = None,
     *,
     run_characters: CharacterRunner | None = None,
     report: Callable[[list[dict]], None] | None = None,
@@ -282,17 +276,11 @@ def collect_all(
     slugs = params.slugs
     jobs = [(character, slugs[character.name]) for character in params.characters]
     run = run_characters or one_after_another(root, params.collect)
-    finished: dict[str, CharacterCollectResult] = {}
-    if progress:
-        progress(0, len(jobs), None)
-    for result in run(jobs):
-        finished[result.slug] = result
-        if progress:
-            progress(len(finished), len(jobs), result)
-    results = [finished[slug] for _, slug in jobs]
+    results = run_in_order(run, jobs, lambda job: job[1], progress)
     rows = write_collect_outputs(root, params)
+    by_slug = {result.slug: result for result in results}
     for row in rows:
-        result = finished[row["slug"]]
+        result = by_slug[row["slug"]]
         row.update(candidates=result.candidates, downloaded_now=result.fetched)
     if report:
         report(rows)

@@ -18,14 +18,11 @@ from anime_face_id.collect_records import (
     DONE,
     SEARCH_ERROR,
     CharacterCollectResult,
-    character_dir,
-    collection_fingerprint,
-    is_collected,
+    Collection,
     now_iso,
     policy_digest,
-    skipped_result,
 )
-from anime_face_id.config import Character, CollectConfig
+from anime_face_id.config import CollectConfig
 from anime_face_id.download import (
     Downloader,
     FetchRejected,
@@ -106,18 +103,11 @@ class _Selection:
     """Outcomes in candidate order -> manifest rows (unique sha256, at most ``limit``) and
     reject rows."""
 
-    def __init__(
-        self,
-        character: Character,
-        slug: str,
-        config: CollectConfig,
-        directory: Path,
-        found: Found,
-    ):
-        self.character = character
-        self.slug = slug
-        self.config = config
-        self.directory = directory
+    def __init__(self, collection: Collection, found: Found):
+        self.character = collection.character
+        self.slug = collection.slug
+        self.config = collection.config
+        self.directory = collection.directory
         self.found = found
         self.kept: list[dict] = []
         self.rejected: list[dict] = []
@@ -220,10 +210,7 @@ def _prune_unselected(directory: Path, kept_rows: list[dict]) -> None:
 
 
 def fetch_candidates(
-    root: Path,
-    character: Character,
-    slug: str,
-    config: CollectConfig,
+    collection: Collection,
     found: list[str] | Found,
     progress: Progress | None = None,
 ) -> CharacterCollectResult:
@@ -231,18 +218,17 @@ def fetch_candidates(
     reusing the journal; then record the collection as complete. A character already
     complete for these settings is left untouched and reported as skipped, whatever the
     candidates (so a caller may pass [] once ``is_collected`` said yes)."""
-    root = Path(root)
-    if is_collected(root, character, slug, config):
-        return skipped_result(root, character, slug, config)
-    directory = character_dir(root, slug)
+    if collection.is_collected():
+        return collection.skipped_result()
+    root, config = collection.root, collection.config
+    directory = collection.directory
     directory.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(directory)
-    fingerprint = collection_fingerprint(root, character, slug, config)
     found = as_found(found)
     candidates = found.candidates
     local = config.backend == "folder"
     policy = policy_digest(config)
-    selection = _Selection(character, slug, config, directory, found)
+    selection = _Selection(collection, found)
     searched_at = now_iso()
     for where, reason in found.skipped:
         selection.reject(where, reason, searched_at)
@@ -281,7 +267,7 @@ def fetch_candidates(
     atomic_write_json(
         directory / DONE,
         {
-            "fingerprint": fingerprint,
+            "fingerprint": collection.fingerprint,
             "finished_at": now_iso(),
             "candidates": len(candidates),
             "kept": selection.kept,
@@ -290,12 +276,4 @@ def fetch_candidates(
     )
     (directory / SEARCH_ERROR).unlink(missing_ok=True)
     _prune_unselected(directory, selection.kept)
-    return CharacterCollectResult(
-        character.name,
-        slug,
-        len(candidates),
-        len(selection.kept),
-        len(selection.rejected),
-        fetched,
-        False,
-    )
+    return collection.result(len(candidates), len(selection.kept), len(selection.rejected), fetched)

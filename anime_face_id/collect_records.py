@@ -14,11 +14,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
+from anime_face_id import layout
 from anime_face_id.config import Character, CollectConfig
 from anime_face_id.layout import RAW_DIR
-from anime_face_id.slugs import is_safe_slug
 from anime_face_id.sources import folder as folder_source
 from anime_face_id.sources import urls as urls_source
 
@@ -38,9 +39,7 @@ class CharacterCollectResult:
 
 
 def character_dir(root: Path, slug: str) -> Path:
-    if not is_safe_slug(slug):
-        raise ValueError(f"unsafe slug {slug!r}")
-    return Path(root) / RAW_DIR / slug
+    return layout.character_dir(root, RAW_DIR, slug)
 
 
 def now_iso() -> str:
@@ -59,30 +58,6 @@ def policy_digest(config: CollectConfig) -> str:
     return hashlib.sha256(json.dumps(policy).encode()).hexdigest()[:16]
 
 
-def collection_fingerprint(
-    root: Path, character: Character, slug: str, config: CollectConfig
-) -> dict:
-    fingerprint: dict[str, object] = {
-        "backend": config.backend,
-        "query": character.search_query,
-        "limit": config.limit,
-        "policy": policy_digest(config),
-    }
-    if config.backend == "google":
-        fingerprint["search_url"] = config.search_url
-    elif config.backend == "folder":
-        fingerprint["source"] = config.folder
-        fingerprint["listing"] = folder_source.listing_digest(character, slug, config, root)
-    elif config.backend == "urls":
-        fingerprint["source"] = config.urls
-        fingerprint["listing"] = urls_source.listing_digest(character, slug, config, root)
-    elif config.backend == "booru":
-        fingerprint["query"] = character.booru_tag  # the name no longer matters, the tag does
-        fingerprint["source"] = config.booru_url
-        fingerprint["filters"] = [config.booru_tags, config.booru_ratings, config.booru_file]
-    return fingerprint
-
-
 def read_json_object(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -91,35 +66,74 @@ def read_json_object(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def done_record(root: Path, character: Character, slug: str, config: CollectConfig) -> dict | None:
-    """The completed collection for the current settings, if there is one."""
-    directory = character_dir(root, slug)
-    done = read_json_object(directory / DONE)
-    if done is None or done.get("fingerprint") != collection_fingerprint(
-        root, character, slug, config
-    ):
-        return None
-    return done
+@dataclass(frozen=True)
+class Collection:
+    """One character's collection under the current settings: where it lives, what it is
+    keyed on (computed once) and whether it is already complete. Every step of collecting
+    a character takes one of these."""
+
+    root: Path
+    character: Character
+    slug: str
+    config: CollectConfig
+
+    @property
+    def directory(self) -> Path:
+        return character_dir(self.root, self.slug)
+
+    @cached_property
+    def fingerprint(self) -> dict[str, object]:
+        """What was asked: backend, query, limit, source and download policy."""
+        config, character = self.config, self.character
+        fingerprint: dict[str, object] = {
+            "backend": config.backend,
+            "query": character.search_query,
+            "limit": config.limit,
+            "policy": policy_digest(config),
+        }
+        if config.backend == "google":
+            fingerprint["search_url"] = config.search_url
+        elif config.backend in ("folder", "urls"):
+            source = folder_source if config.backend == "folder" else urls_source
+            fingerprint["source"] = config.folder if config.backend == "folder" else config.urls
+            fingerprint["listing"] = source.listing_digest(character, self.slug, config, self.root)
+        elif config.backend == "booru":
+            fingerprint["query"] = character.booru_tag  # the name no longer matters, the tag does
+            fingerprint["source"] = config.booru_url
+            fingerprint["filters"] = [config.booru_tags, config.booru_ratings, config.booru_file]
+        return fingerprint
+
+    def done_record(self) -> dict | None:
+        """The completed collection for the current settings, if there is one."""
+        done = read_json_object(self.directory / DONE)
+        if done is None or done.get("fingerprint") != self.fingerprint:
+            return None
+        return done
+
+    def is_collected(self) -> bool:
+        done = self.done_record()
+        if done is None:
+            return False
+        directory = self.directory
+        return all((directory / Path(row["path"]).name).is_file() for row in done.get("kept", []))
+
+    def result(
+        self, candidates: int, kept: int, rejected: int, fetched: int, skipped: bool = False
+    ) -> CharacterCollectResult:
+        return CharacterCollectResult(
+            self.character.name, self.slug, candidates, kept, rejected, fetched, skipped
+        )
+
+    def skipped_result(self) -> CharacterCollectResult:
+        done = self.done_record() or {}
+        return self.result(
+            int(done.get("candidates", 0)),
+            len(done.get("kept", [])),
+            len(done.get("rejected", [])),
+            0,
+            skipped=True,
+        )
 
 
 def is_collected(root: Path, character: Character, slug: str, config: CollectConfig) -> bool:
-    done = done_record(root, character, slug, config)
-    if done is None:
-        return False
-    directory = character_dir(root, slug)
-    return all((directory / Path(row["path"]).name).is_file() for row in done.get("kept", []))
-
-
-def skipped_result(
-    root: Path, character: Character, slug: str, config: CollectConfig
-) -> CharacterCollectResult:
-    done = done_record(root, character, slug, config) or {}
-    return CharacterCollectResult(
-        character.name,
-        slug,
-        int(done.get("candidates", 0)),
-        len(done.get("kept", [])),
-        len(done.get("rejected", [])),
-        0,
-        True,
-    )
+    return Collection(Path(root), character, slug, config).is_collected()

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ from anime_face_id.crop_index import (
 from anime_face_id.cutting import crop_image
 from anime_face_id.faces.detectors import Detector, load_detector
 from anime_face_id.fileio import sweep_temporaries
+from anime_face_id.per_character import OnCharacter, Runner, run_in_order
 
 Progress = Callable[[int, int], None]
 
@@ -224,9 +225,7 @@ def write_crop_outputs(root: Path, results: list[CharacterCropResult]) -> None:
     sweep_temporaries(root / layout.FACES_DIR)
 
 
-# Crops the characters and yields each result as it finishes, in any order: by default one
-# after another here; the Prefect flow passes one that fans them out as tasks.
-CharacterRunner = Callable[[list[tuple[str, list[dict]]]], Iterable[CharacterCropResult]]
+CharacterRunner = Runner[tuple[str, list[dict]], CharacterCropResult]  # see per_character
 
 
 def one_after_another(
@@ -254,7 +253,7 @@ def crop_all(
     progress: Progress | None = None,
     *,
     run_characters: CharacterRunner | None = None,
-    on_character: Callable[[int, int, CharacterCropResult | None], None] | None = None,
+    on_character: OnCharacter | None = None,
 ) -> list[CharacterCropResult]:
     """The whole stage: crop every character of the raw manifest (through
     ``run_characters``), then write the stage outputs; results in slug order.
@@ -263,14 +262,7 @@ def crop_all(
     root = Path(root)
     jobs = sorted(raw_rows_by_character(root).items())
     run = run_characters or one_after_another(root, config, progress)
-    finished: dict[str, CharacterCropResult] = {}
-    if on_character:
-        on_character(0, len(jobs), None)
-    for result in run(jobs):
-        finished[result.slug] = result
-        if on_character:
-            on_character(len(finished), len(jobs), result)
-    results = [finished[slug] for slug, _ in jobs]
+    results = run_in_order(run, jobs, lambda job: job[0], on_character)
     write_crop_outputs(root, results)
     return results
 

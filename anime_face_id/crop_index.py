@@ -14,7 +14,6 @@ from pathlib import Path
 
 from anime_face_id import layout
 from anime_face_id.fileio import atomic_write_bytes, csv_text, sweep_temporaries
-from anime_face_id.slugs import is_safe_slug
 
 INDEX_NAME = "_index.json"
 INDEX_VERSION = 1
@@ -27,9 +26,7 @@ class CropStateError(RuntimeError):
 
 
 def character_dir(root: Path, slug: str) -> Path:
-    if not is_safe_slug(slug):
-        raise ValueError(f"unsafe slug {slug!r}")
-    return Path(root) / layout.FACES_DIR / slug
+    return layout.character_dir(root, layout.FACES_DIR, slug)
 
 
 def read_index(directory: Path) -> dict:

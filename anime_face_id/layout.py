@@ -146,6 +146,14 @@ def require_slug(value: object) -> str:
     return value
 
 
+def character_dir(root: Path, stage_dir: Path, slug: str) -> Path:
+    """``<root>/<stage_dir>/<slug>``, a character's folder in a stage's data (e.g. RAW_DIR,
+    FACES_DIR); a slug that could name anything else is refused (ValueError)."""
+    if not is_safe_slug(slug):
+        raise ValueError(f"unsafe slug {slug!r}")
+    return Path(root) / stage_dir / slug
+
+
 def require_relative(value: object) -> str:
     """``value`` if it is a POSIX path relative to the project root without '..': checks
     the text only (``project_path`` also follows symbolic links)."""

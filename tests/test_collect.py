@@ -16,6 +16,7 @@ from PIL import Image
 from anime_face_id.collect import (
     DONE,
     JOURNAL,
+    Collection,
     collect_all,
     collect_character,
     fetch_candidates,
@@ -290,10 +291,7 @@ def test_fetch_candidates_respects_progress_and_find_candidates_order(
     assert names == ["img_00.png", "img_01.png", "img_02.png"]
     calls: list[tuple[int, int]] = []
     result = fetch_candidates(
-        tmp_path,
-        character,
-        "kuroko_tetsuya",
-        config,
+        Collection(tmp_path, character, "kuroko_tetsuya", config),
         candidates,
         lambda done, total: calls.append((done, total)),
     )
@@ -310,7 +308,7 @@ def test_fetch_on_a_collected_character_changes_nothing(tmp_path: Path, source: 
     collect_all(root, params)
     before = sorted(p.name for p in (root / RAW_DIR / "kuroko_tetsuya").iterdir())
 
-    result = fetch_candidates(root, character, "kuroko_tetsuya", config, [])
+    result = fetch_candidates(Collection(root, character, "kuroko_tetsuya", config), [])
 
     assert (result.skipped, result.kept, result.fetched) == (True, 3, 0)
     assert sorted(p.name for p in (root / RAW_DIR / "kuroko_tetsuya").iterdir()) == before
@@ -323,7 +321,7 @@ def test_recorded_search_failure_is_one_reject_row_until_a_search_succeeds(
     params = make_params(source, ["Kuroko Tetsuya"])
     character, config = params.characters[0], params.collect
     result = record_search_failure(
-        root, character, "kuroko_tetsuya", config, "search failed: engine down"
+        Collection(root, character, "kuroko_tetsuya", config), "search failed: engine down"
     )
     assert (result.kept, result.rejected, result.skipped) == (0, 1, False)
     write_collect_outputs(root, params)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from anime_face_id.collect import fetch_candidates
+from anime_face_id.collect import Collection, fetch_candidates
 from anime_face_id.config import Character, CollectConfig
 from anime_face_id.fileio import write_csv
 from anime_face_id.sources import SearchError, duckduckgo, folder, get_backend, google, urls
@@ -93,7 +93,7 @@ def test_google_backend_scrapes_local_results_page_and_images_download_over_http
     assert found == [https_server.url(path) for path in image_paths[:6]]  # limit x search_factor
     assert web_server.count("/search") == 1
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_server.ca_file))
-    result = fetch_candidates(tmp_path, KUROKO, "kuroko_tetsuya", config, found)
+    result = fetch_candidates(Collection(tmp_path, KUROKO, "kuroko_tetsuya", config), found)
     assert (result.kept, result.rejected) == (4, 0)
     assert [https_server.count(path) for path in image_paths] == [1, 1, 1, 1, 0, 0, 0, 0]
 
