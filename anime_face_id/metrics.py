@@ -26,6 +26,7 @@ from collections.abc import Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
+from anime_face_id.search_index import unit_rows
 from anime_face_id.verification import pairwise_eer
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence
@@ -35,11 +36,7 @@ QUERY_CHUNK = 1024  # queries ranked at once: bounds memory at CHUNK x reference
 def as_unit_array(embeddings: ArrayLike) -> np.ndarray:
     if isinstance(embeddings, torch.Tensor):
         embeddings = embeddings.detach().cpu().numpy()
-    array = np.asarray(embeddings, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"embeddings must be (N, D), got shape {array.shape}")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return array / np.maximum(norms, 1e-12)
+    return unit_rows(embeddings, dtype=np.float64)
 
 
 def as_label_array(labels: ArrayLike, count: int) -> np.ndarray:

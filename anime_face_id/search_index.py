@@ -20,8 +20,9 @@ _KMEANS_ITERATIONS = 12
 _CHUNK = 4096  # vectors compared at once: bounds memory at CHUNK x gallery size
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    array = np.asarray(vectors, dtype=np.float32)
+def unit_rows(vectors: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Each row scaled to length 1 (a zero row stays zero), as ``dtype``."""
+    array = np.asarray(vectors, dtype=dtype)
     if array.ndim != 2:
         raise ValueError(f"expected an (N, D) array, got shape {array.shape}")
     return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)

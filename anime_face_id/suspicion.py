@@ -27,6 +27,7 @@ import torch
 from anime_face_id import layout
 from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.imaging import ImageRejected, load_rgb
+from anime_face_id.search_index import unit_rows
 from anime_face_id.transforms import preprocess
 
 CACHE_DIR = Path(".cache") / "review"
@@ -217,7 +218,7 @@ def _compute(
         if ready:
             with torch.inference_mode():
                 output = features.encode(torch.stack([tensor for _, _, tensor in ready]))
-            for (path, stamp, _), vector in zip(ready, _unit_rows(output.numpy()), strict=True):
+            for (path, stamp, _), vector in zip(ready, unit_rows(output.numpy()), strict=True):
                 cache.put(path, stamp, vector)
                 result.vectors[path] = vector
             result.computed += len(ready)
@@ -245,23 +246,17 @@ def _load_batch(
     return ready
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
-
-
 def centroid_distances(vectors: np.ndarray, trim: float = TRIM_FRACTION) -> np.ndarray:
     """Cosine distance (0 = same direction, up to 2) of each row from a trimmed centroid:
     the mean direction of all rows, re-estimated without the farthest ``trim`` of them."""
     if len(vectors) == 0:
         return np.zeros(0, dtype=np.float32)
-    unit = _unit_rows(vectors)
-    distances = 1.0 - unit @ _unit_rows(unit.mean(axis=0, keepdims=True))[0]
+    unit = unit_rows(vectors)
+    distances = 1.0 - unit @ unit_rows(unit.mean(axis=0, keepdims=True))[0]
     keep = int(np.ceil(len(unit) * (1.0 - trim)))
     if 0 < keep < len(unit):
         core = unit[np.argsort(distances, kind="stable")[:keep]]
-        distances = 1.0 - unit @ _unit_rows(core.mean(axis=0, keepdims=True))[0]
+        distances = 1.0 - unit @ unit_rows(core.mean(axis=0, keepdims=True))[0]
     return distances.astype(np.float32)
 
 
