@@ -15,6 +15,7 @@ still answered), 2 when nothing could run (no model, stale gallery, bad params.y
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import unicodedata
@@ -126,9 +127,19 @@ def rebuild(args: argparse.Namespace) -> int:
     root = Path(args.root)
     params = load_params(_in_root(root, args.params))
     destination = _in_root(root, args.gallery)
-    gallery, skipped = rebuild_gallery(
-        root, params, _in_root(root, args.model), destination, args.source, args.device
-    )
+    checkpoint = _in_root(root, args.model)
+    with contextlib.ExitStack() as stack:
+        embedder = None  # embed here, unless compute.runner says a Dask cluster
+        if params.compute.runner == "dask":
+            from anime_face_id.chunked_embedding import dask_embedder
+
+            device = args.device or params.package.device
+            embedder = stack.enter_context(
+                dask_embedder(params.compute, root, checkpoint, params.package.batch_size, device)
+            )
+        gallery, skipped = rebuild_gallery(
+            root, params, checkpoint, destination, args.source, args.device, embedder
+        )
     summary = describe(gallery)
     for path, reason in skipped.items():
         print(f"left out {path}: {reason}", file=sys.stderr)

@@ -20,7 +20,7 @@ confused_pairs.csv and loss_curves.png (from plots/train_history.csv).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -135,11 +135,14 @@ def baseline_reports(
     image_size: int,
     config: EvaluateConfig,
     device: torch.device,
+    embedder: PathEmbedder | None = None,
 ) -> dict[str, dict]:
     """``baseline_val`` (and ``baseline_open_set`` with held-out characters): the same
-    numbers for the untrained backbone's pooled ImageNet features."""
-    features = ImageNetFeatures().to(device)
-    embedder = local_embedder(features, root, image_size, device, config.batch_size)
+    numbers for the untrained backbone's pooled ImageNet features (``embedder`` computes
+    them elsewhere; by default here)."""
+    if embedder is None:
+        features = ImageNetFeatures().to(device)
+        embedder = local_embedder(features, root, image_size, device, config.batch_size)
 
     def embed(split_rows):
         return embed_split(embedder, split_rows)
@@ -174,12 +177,14 @@ def evaluate(
     checkpoint: Path = EMBEDDER,
     run_id: str | None = None,
     embedder: PathEmbedder | None = None,
+    baseline_embedder: Callable[[int], PathEmbedder] | None = None,
 ) -> dict:
     """Score the checkpoint on every split, draw the plots, write metrics/eval.json.
 
     Returns the report as written (NaN as None). ``run_id`` (e.g. the MLflow run) is
     stored in the report when given. ``embedder`` embeds the splits with this checkpoint
-    elsewhere (a Dask cluster's workers); by default they are embedded here."""
+    elsewhere (a Dask cluster's workers), ``baseline_embedder`` (given the input size) with
+    the ImageNet features; by default both are embedded here."""
     root = Path(root)
     device = resolve_device(config.device)
     loaded = load_checkpoint(root / checkpoint, device)
@@ -221,7 +226,10 @@ def evaluate(
     warnings = []
     if config.baseline:
         try:
-            report.update(baseline_reports(root, rows, loaded.image_size, config, device))
+            elsewhere = baseline_embedder(loaded.image_size) if baseline_embedder else None
+            report.update(
+                baseline_reports(root, rows, loaded.image_size, config, device, elsewhere)
+            )
         except PretrainedWeightsMissing as error:
             warnings.append(f"baseline skipped: {error}")
             logger.warning(warnings[-1])

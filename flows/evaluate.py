@@ -11,7 +11,7 @@ from prefect import flow, task
 
 from anime_face_id import evaluate, evaluation_plots
 from flows._stage import fail_on_stage_error, load, run_stage
-from tasks.embedding import stage_embedder
+from tasks.embedding import baseline_embedder, stage_embedder
 from tasks.reporting import publish_summary
 from tracking import runs
 
@@ -56,7 +56,12 @@ def _evaluate(root_path: Path, params) -> dict:
     if embedder is None:
         report = evaluate_embedder(root_path, params, run_id)
     else:  # its embedding tasks go from the flow to the flow's task runner (compute.runner)
-        report = evaluate.evaluate(root_path, params.evaluate, run_id=run_id, embedder=embedder)
+        baseline = baseline_embedder(
+            root_path, params.compute, params.evaluate.batch_size, params.evaluate.device
+        )
+        report = evaluate.evaluate(
+            root_path, params.evaluate, run_id=run_id, embedder=embedder, baseline_embedder=baseline
+        )
     metrics = flat_metrics(report)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)

@@ -136,7 +136,13 @@ def test_embedding_passes_on_a_dask_cluster_match_the_local_ones(tmp_path, prefe
     here_counts, there_counts = found["embeddings"]
     assert here_counts == there_counts and there_counts["reused"] == 0
     assert found["same_paths"] and found["largest_difference"] < 1e-5
-    for split in ("val", "test"):
+    assert found["baseline_sent"] > 0  # the ImageNet baseline was embedded there too
+    for split in ("val", "test", "baseline_val"):
         for name, value in found["here"][split].items():
             assert found["there"][split][name] == pytest.approx(value, abs=1e-6), (split, name)
     assert found["local_runner_embeds_here"]
+    # `anime-face-id gallery rebuild` by hand, on the cluster params.yaml names
+    assert found["cli_status"] == 0
+    assert found["cli_new_task_kinds"] == ["embed_chunk"], found["cli_new_task_kinds"]
+    assert found["cli_embeddings"] == here_counts
+    assert found["cli_same_paths"] and found["cli_largest_difference"] < 1e-5

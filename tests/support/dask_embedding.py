@@ -1,4 +1,5 @@
-"""The embedding passes of evaluate and the gallery rebuild, locally and on a Dask cluster,
+"""The embedding passes of evaluate (its ImageNet baseline included) and the gallery
+rebuild, locally and on a Dask cluster,
 in a process of their own (tests/test_dask.py runs it): a flow run in the test process
 would leave Prefect's services behind, and later tests that fork would inherit them.
 
@@ -14,26 +15,29 @@ from pathlib import Path
 
 import numpy as np
 
+SPLITS = ("val", "test", "baseline_val")  # baseline_val: the ImageNet features' pass
+
 
 def main(folder: Path) -> None:
     from distributed import Client, LocalCluster
     from prefect import flow
     from prefect_dask import DaskTaskRunner
 
+    from anime_face_id import cli
     from anime_face_id.config import ComputeConfig, EvaluateConfig
     from anime_face_id.embedding_store import EMBEDDINGS
     from anime_face_id.evaluate import evaluate
-    from anime_face_id.gallery import GALLERY, rebuild_gallery
+    from anime_face_id.gallery import GALLERY, load_gallery, rebuild_gallery
     from anime_face_id.train import train
-    from tasks.embedding import stage_embedder
-    from tests.test_identify import NAMES, params_for
+    from tasks.embedding import baseline_embedder, stage_embedder
+    from tests.test_identify import NAMES, params_dict, params_for, write_params
     from tests.test_train import make_synthetic_project, tiny_config
 
     local, remote = folder / "local", folder / "remote"
     make_synthetic_project(local, names=NAMES, counts=(6, 3, 3))
     train(local, tiny_config(epochs=1, batches_per_epoch=2))
     shutil.copytree(local, remote)
-    config = EvaluateConfig(device="cpu", baseline=False, batch_size=4, grid_queries=0)
+    config = EvaluateConfig(device="cpu", baseline=True, batch_size=4, grid_queries=0)
     params = params_for(NAMES)
     checkpoint = Path("models/embedder.pt")
 
@@ -41,6 +45,7 @@ def main(folder: Path) -> None:
     (local / EMBEDDINGS).unlink()  # the gallery then embeds everything itself
     gallery_here, _ = rebuild_gallery(local, params, local / checkpoint, local / GALLERY)
 
+    baseline_sent: list[str] = []
     cluster_options = {"threads_per_worker": 1, "host": "127.0.0.1", "dashboard_address": None}
     with LocalCluster(n_workers=2, **cluster_options) as cluster, Client(cluster) as client:
         compute = ComputeConfig(runner="dask", dask_address=cluster.scheduler_address)
@@ -48,7 +53,13 @@ def main(folder: Path) -> None:
         @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
         def on_the_cluster():
             embedder = stage_embedder(remote, compute, config.batch_size, "cpu")
-            report = evaluate(remote, config, embedder=embedder)
+            on_workers = baseline_embedder(remote, compute, config.batch_size, "cpu")
+
+            def baseline(image_size):  # counts what the baseline sends to the workers
+                embed = on_workers(image_size)
+                return lambda paths: baseline_sent.extend(paths) or embed(paths)
+
+            report = evaluate(remote, config, embedder=embedder, baseline_embedder=baseline)
             (remote / EMBEDDINGS).unlink()
             gallery, _ = rebuild_gallery(
                 remote, params, remote / checkpoint, remote / GALLERY, embedder=embedder
@@ -56,6 +67,17 @@ def main(folder: Path) -> None:
             return report, gallery
 
         there, gallery_there = on_the_cluster()
+
+        # by hand: `anime-face-id gallery rebuild` with compute.runner dask in params.yaml
+        (remote / EMBEDDINGS).unlink()
+        data = params_dict(NAMES, "none", None)
+        data["compute"] = {"runner": "dask", "dask_address": cluster.scheduler_address}
+        write_params(remote, data)
+        prefixes = lambda dask_scheduler: list(dask_scheduler.task_prefixes)  # noqa: E731
+        before = set(client.run_on_scheduler(prefixes))
+        status = cli.main(["gallery", "rebuild", "--root", str(remote), "--device", "cpu"])
+        after = set(client.run_on_scheduler(prefixes))
+        by_hand = load_gallery(remote / GALLERY)
         ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
 
     scores = ("precision_at_1", "map_at_r", "r_precision")
@@ -68,8 +90,16 @@ def main(folder: Path) -> None:
                 "largest_difference": float(
                     np.abs(gallery_there.embeddings - gallery_here.embeddings).max()
                 ),
-                "here": {s: {n: here[s][n] for n in scores} for s in ("val", "test")},
-                "there": {s: {n: there[s][n] for n in scores} for s in ("val", "test")},
+                "here": {s: {n: here[s][n] for n in scores} for s in SPLITS},
+                "there": {s: {n: there[s][n] for n in scores} for s in SPLITS},
+                "baseline_sent": len(baseline_sent),
+                "cli_status": status,
+                "cli_new_task_kinds": sorted(after - before),
+                "cli_largest_difference": float(
+                    np.abs(by_hand.embeddings - gallery_here.embeddings).max()
+                ),
+                "cli_same_paths": by_hand.paths == gallery_here.paths,
+                "cli_embeddings": by_hand.meta["embeddings"],
                 "local_runner_embeds_here": stage_embedder(remote, ComputeConfig(), 4, "cpu")
                 is None,
             }

@@ -1,0 +1,137 @@
+"""Embedding passes in chunks, for workers elsewhere (a Dask cluster): each worker process
+loads the network once and embeds the chunks it is given; the caller gathers the vectors
+in order. The pipeline's stages submit chunks as Prefect tasks (tasks/embedding.py); a
+hand-run command connects to the cluster itself (``dask_embedder``).
+
+The result is the local pass's up to the last float digits (torch's kernels round
+differently with another number of threads); crops are read from the project folder, which
+the workers must see at the same path, as for crop."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from anime_face_id.config import ComputeConfig
+from anime_face_id.embedding_store import PathEmbedder
+
+# The network of a pass that is not a checkpoint: the untrained backbone's pooled ImageNet
+# features (evaluate's baseline).
+IMAGENET = "imagenet"
+# Batches per chunk: enough work to outweigh a task's overhead, small enough to spread.
+CHUNK_BATCHES = 4
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded(network: str, stamp: tuple[int, int] | None, device: str, image_size: int | None):
+    """The network once per worker process (and per version of its file): the model, its
+    input size and the torch device."""
+    from anime_face_id.device import resolve_device
+
+    torch_device = resolve_device(device)
+    if network == IMAGENET:
+        from anime_face_id.embed import ImageNetFeatures
+
+        return ImageNetFeatures().to(torch_device).eval(), image_size, torch_device
+    from anime_face_id.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(Path(network), torch_device)
+    return loaded.model, loaded.image_size, torch_device
+
+
+def embed_chunk(
+    root: str,
+    network: str,
+    paths: list[str],
+    batch_size: int,
+    device: str,
+    image_size: int | None = None,
+) -> np.ndarray:
+    """The crops at ``paths`` (relative to ``root``) through a checkpoint (``network`` is
+    its path) or the ImageNet features (``IMAGENET``, at ``image_size``)."""
+    from anime_face_id.embed import embed_paths
+
+    stamp = None
+    if network != IMAGENET:
+        status = Path(network).stat()
+        stamp = (status.st_mtime_ns, status.st_size)
+    model, size, torch_device = _loaded(network, stamp, device, image_size)
+    crops = [Path(root) / path for path in paths]
+    return embed_paths(model, crops, size, torch_device, batch_size).numpy()
+
+
+def chunks(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """(first, end) of each chunk of a pass over ``count`` crops."""
+    size = CHUNK_BATCHES * batch_size
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def gathered(parts: list[np.ndarray], dimension: int) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, dimension), dtype=np.float32)
+
+
+def network_dimension(network: Path | str) -> int:
+    """The length of the vectors ``network`` gives."""
+    if str(network) == IMAGENET:
+        from anime_face_id.embed import FEATURE_DIM
+
+        return FEATURE_DIM
+    from anime_face_id.checkpoint import load_checkpoint
+
+    return load_checkpoint(Path(network), "cpu").embedding_dim
+
+
+@contextlib.contextmanager
+def dask_embedder(
+    compute: ComputeConfig,
+    root: Path,
+    network: Path | str,
+    batch_size: int,
+    device: str,
+    image_size: int | None = None,
+) -> Iterator[PathEmbedder]:
+    """A ``PathEmbedder`` on the Dask cluster that ``compute`` names: its scheduler at
+    ``dask_address``, or a cluster of ``dask_workers`` processes started here (on
+    127.0.0.1) for the duration of the ``with`` block."""
+    from distributed import Client, LocalCluster
+
+    dimension = network_dimension(network)
+    # the workers may run elsewhere: they get absolute paths (the same folder must be there)
+    root = str(Path(root).resolve())
+    network = network if str(network) == IMAGENET else str(Path(network).resolve())
+    with contextlib.ExitStack() as stack:
+        if compute.dask_address:
+            client = stack.enter_context(Client(compute.dask_address))
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=compute.dask_workers,
+                    threads_per_worker=1,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+
+        def embed(paths: Sequence[str]) -> np.ndarray:
+            paths = list(paths)
+            futures = [
+                client.submit(
+                    embed_chunk,
+                    root,
+                    network,
+                    paths[first:end],
+                    batch_size,
+                    device,
+                    image_size,
+                    pure=False,
+                )
+                for first, end in chunks(len(paths), batch_size)
+            ]
+            return gathered(client.gather(futures), dimension)
+
+        yield embed
