@@ -226,6 +226,9 @@ class TrainConfig(Section):
     # probability that an augmented training image has a random rectangle (2-40% of it)
     # blanked out (random erasing, Zhong et al. 2017); 0 = never
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)
+    # probability that an augmented training image is shrunk to 30-90% of its side and
+    # enlarged back (thumbnails and small faces look like that); 0 = never
+    downscale: float = Field(0.0, ge=0.0, le=1.0)
     epochs: int = Field(30, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -55,7 +55,11 @@ def load_training_data(root: Path, config: TrainConfig) -> TrainingData:
             f"data/balanced/train.csv; found {len(class_names)}. Add characters or images."
         )
     examples = examples_from_rows(train_rows, class_names)
-    settings = replace(DEFAULT_AUGMENT, erase_probability=config.random_erasing)
+    settings = replace(
+        DEFAULT_AUGMENT,
+        erase_probability=config.random_erasing,
+        downscale_probability=config.downscale,
+    )
     dataset = FaceDataset(root, examples, config.image_size, config.seed, config.augment, settings)
     return TrainingData(
         train=dataset,

@@ -46,6 +46,11 @@ class AugmentSettings:
     erase_probability: float = 0.0
     erase_area: tuple[float, float] = (0.02, 0.4)  # fraction of the image
     erase_aspect: tuple[float, float] = (0.3, 3.3)  # height / width, drawn log-uniformly
+    # lower resolution: users' crops come from thumbnails and from large art alike (small
+    # faces are enlarged), so sharpness must not carry the identity. The image is shrunk to
+    # a side drawn from ``downscale_range`` (a fraction of its own) and enlarged back.
+    downscale_probability: float = 0.0
+    downscale_range: tuple[float, float] = (0.3, 0.9)
 
 
 DEFAULT_AUGMENT = AugmentSettings()
@@ -108,12 +113,32 @@ def augment(
     settings: AugmentSettings = DEFAULT_AUGMENT,
 ) -> torch.Tensor:
     """Like ``preprocess`` with random flip, rotation, zoom/shift, colour jitter,
-    greyscale and erasing drawn from ``rng`` (same generator state, same output)."""
+    greyscale, erasing and lower resolution drawn from ``rng`` (same generator state, same
+    output)."""
     square = letterbox(as_rgb_array(rgb), image_size)
     square = random_geometry(square, rng, settings)
     square = random_colour(square, rng, settings)
     square = random_erasing(square, rng, settings)
+    square = random_downscale(square, rng, settings)
     return normalise(square)
+
+
+def random_downscale(
+    square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings
+) -> np.ndarray:
+    """The image at a lower resolution, enlarged back to its size, or unchanged. Draws
+    nothing at probability 0 (the last step, so recipes without it keep every draw and
+    every pixel they had); otherwise both numbers, whatever the outcome."""
+    if settings.downscale_probability <= 0:
+        return square
+    shrink = rng.random() < settings.downscale_probability
+    fraction = rng.uniform(*settings.downscale_range)
+    if not shrink:
+        return square
+    size = square.shape[0]
+    side = max(8, round(size * fraction))
+    small = cv2.resize(square, (side, side), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def erased_rectangle(

@@ -220,7 +220,14 @@ def test_checkpoints_from_before_the_neck_options_still_load(tmp_path):
     model = build_embedder(config)
     save_checkpoint(tmp_path / "old.pt", model, config, ["A", "B"], 1, {})
     payload = torch.load(tmp_path / "old.pt", weights_only=True)
-    for key in ("neck", "id_loss_weight", "label_smoothing", "flip_test", "random_erasing"):
+    for key in (
+        "neck",
+        "id_loss_weight",
+        "label_smoothing",
+        "flip_test",
+        "random_erasing",
+        "downscale",
+    ):
         del payload["config"][key]
     torch.save(payload, tmp_path / "old.pt")
     loaded = load_checkpoint(tmp_path / "old.pt")
@@ -295,6 +302,18 @@ def test_random_erasing_reaches_the_training_images(tmp_path):
 
 
 # --------------------------------------------------------------------------- bad inputs
+
+
+def test_downscale_reaches_the_training_images(tmp_path):
+    make_synthetic_project(tmp_path, counts=(3, 1, 0))
+    plain = load_training_data(tmp_path, tiny_config()).train
+    low = load_training_data(tmp_path, tiny_config(downscale=1.0)).train
+    assert low.augment_settings.downscale_probability == 1.0
+    for row in range(len(plain)):
+        draw = Draw(row, epoch=0, step=0, position=row)
+        plain_image, low_image = plain[draw][0], low[draw][0]
+        detail = [float(((x[:, 1:] - x[:, :-1]) ** 2).mean()) for x in (plain_image, low_image)]
+        assert detail[1] < detail[0]  # the same draw, less fine detail
 
 
 def test_missing_balanced_index_is_a_stage_error(tmp_path):

@@ -187,3 +187,51 @@ def test_random_erasing_never_happens_at_probability_zero_and_half_the_time_at_a
     half = AugmentSettings(erase_probability=0.5)
     erased = sum(erased_rectangle(64, rng, half) is not None for _ in range(2000))
     assert 900 < erased < 1100
+
+
+# ------------------------------------------------------------- lower resolution
+
+
+def sharpness(image: torch.Tensor) -> float:
+    """Mean squared difference between neighbouring pixels: fine detail."""
+    return float(((image[:, 1:, :] - image[:, :-1, :]) ** 2).mean())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_downscale_at_probability_zero_draws_nothing_and_changes_nothing(seed):
+    face = drawn_face()
+    plain_rng, off_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+    plain = augment(face, plain_rng, 96)
+    off = augment(face, off_rng, 96, AugmentSettings(downscale_probability=0.0))
+    assert torch.equal(off, plain)
+    assert plain_rng.random() == off_rng.random()  # the same stream afterwards
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_downscale_loses_detail_and_keeps_the_picture(seed):
+    face = drawn_face()
+    plain = augment(face, np.random.default_rng(seed), 96)
+    low = augment(face, np.random.default_rng(seed), 96, AugmentSettings(downscale_probability=1.0))
+    assert low.shape == plain.shape
+    assert sharpness(low) < 0.9 * sharpness(plain)
+    # the same drawing, blurred: colours and layout stay (mean per channel, coarse image)
+    assert torch.allclose(low.mean(dim=(1, 2)), plain.mean(dim=(1, 2)), atol=0.05)
+    coarse = torch.nn.functional.avg_pool2d
+    assert float((coarse(low[None], 12) - coarse(plain[None], 12)).abs().mean()) < 0.1
+
+
+def test_downscale_happens_at_its_probability_and_within_its_range():
+    from anime_face_id.transforms import random_downscale
+
+    square = letterbox(drawn_face(), 96)
+    rng = np.random.default_rng(3)
+    half = AugmentSettings(downscale_probability=0.5)
+    changed = sum(
+        not np.array_equal(random_downscale(square, rng, half), square) for _ in range(400)
+    )
+    assert 160 < changed < 240
+    # the smallest allowed side still shows the face; a finer one keeps more detail
+    coarse = AugmentSettings(downscale_probability=1.0, downscale_range=(0.3, 0.3))
+    fine = AugmentSettings(downscale_probability=1.0, downscale_range=(0.9, 0.9))
+    error = lambda s: np.abs(random_downscale(square, rng, s).astype(float) - square).mean()  # noqa: E731
+    assert error(fine) < error(coarse)
