@@ -86,6 +86,59 @@ def network_dimension(network: Path | str) -> int:
 
 
 @contextlib.contextmanager
+def dask_client(compute: ComputeConfig) -> Iterator:
+    """A ``distributed.Client`` of the cluster that ``compute`` names: its scheduler at
+    ``dask_address``, or a cluster of ``dask_workers`` processes started here (on
+    127.0.0.1) for the duration of the ``with`` block."""
+    from distributed import Client, LocalCluster
+
+    if compute.dask_address:
+        with Client(compute.dask_address) as client:
+            yield client
+        return
+    options = {"threads_per_worker": 1, "host": "127.0.0.1", "dashboard_address": None}
+    with (
+        LocalCluster(n_workers=compute.dask_workers, **options) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def client_embedder(
+    client,
+    root: Path,
+    network: Path | str,
+    batch_size: int,
+    device: str,
+    image_size: int | None = None,
+) -> PathEmbedder:
+    """A ``PathEmbedder`` that sends its chunks to ``client``'s cluster."""
+    dimension = network_dimension(network)
+    # the workers may run elsewhere: they get absolute paths (the same folder must be there)
+    root = str(Path(root).resolve())
+    network = network if str(network) == IMAGENET else str(Path(network).resolve())
+
+    def embed(paths: Sequence[str]) -> np.ndarray:
+        paths = list(paths)
+        futures = [
+            client.submit(
+                embed_chunk,
+                root,
+                network,
+                paths[first:end],
+                batch_size,
+                device,
+                image_size,
+                pure=False,
+            )
+            for first, end in chunks(len(paths), batch_size)
+        ]
+        return gathered(client.gather(futures), dimension)
+
+    return embed
+
+
+@contextlib.contextmanager
 def dask_embedder(
     compute: ComputeConfig,
     root: Path,
@@ -94,44 +147,7 @@ def dask_embedder(
     device: str,
     image_size: int | None = None,
 ) -> Iterator[PathEmbedder]:
-    """A ``PathEmbedder`` on the Dask cluster that ``compute`` names: its scheduler at
-    ``dask_address``, or a cluster of ``dask_workers`` processes started here (on
-    127.0.0.1) for the duration of the ``with`` block."""
-    from distributed import Client, LocalCluster
-
-    dimension = network_dimension(network)
-    # the workers may run elsewhere: they get absolute paths (the same folder must be there)
-    root = str(Path(root).resolve())
-    network = network if str(network) == IMAGENET else str(Path(network).resolve())
-    with contextlib.ExitStack() as stack:
-        if compute.dask_address:
-            client = stack.enter_context(Client(compute.dask_address))
-        else:
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=compute.dask_workers,
-                    threads_per_worker=1,
-                    host="127.0.0.1",
-                    dashboard_address=None,
-                )
-            )
-            client = stack.enter_context(Client(cluster))
-
-        def embed(paths: Sequence[str]) -> np.ndarray:
-            paths = list(paths)
-            futures = [
-                client.submit(
-                    embed_chunk,
-                    root,
-                    network,
-                    paths[first:end],
-                    batch_size,
-                    device,
-                    image_size,
-                    pure=False,
-                )
-                for first, end in chunks(len(paths), batch_size)
-            ]
-            return gathered(client.gather(futures), dimension)
-
-        yield embed
+    """A ``PathEmbedder`` on the cluster ``compute`` names (see ``dask_client``), for one
+    command's duration."""
+    with dask_client(compute) as client:
+        yield client_embedder(client, root, network, batch_size, device, image_size)

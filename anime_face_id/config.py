@@ -297,9 +297,12 @@ class IdentifyConfig(Section):
 
 
 class ComputeConfig(Section):
-    """Where collect's and crop's per-character work runs; the results are the same."""
+    """Where collect's and crop's per-character work and the embedding passes (evaluate,
+    package, gallery rebuild, the review app's suspicion scores) run; the results are the
+    same."""
 
-    # local: this process (threads); dask: a Dask cluster, through Prefect's DaskTaskRunner
+    # local: this process (threads); dask: a Dask cluster (the stages through Prefect's
+    # DaskTaskRunner, the hand-run commands and the review app through their own client)
     runner: Literal["local", "dask"] = "local"
     # dask: a running scheduler (tcp://host:8786); None starts a cluster of `dask_workers`
     # processes on this machine, listening on 127.0.0.1 only, for the stage's duration

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from anime_face_id import layout
+from anime_face_id.chunked_embedding import IMAGENET
+from anime_face_id.embedding_store import PathEmbedder
 from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.imaging import ImageRejected, load_rgb
 from anime_face_id.search_index import unit_rows
@@ -63,6 +65,10 @@ class FeatureSpec:
     id: str
     description: str
     load: Callable[[], Features] = field(compare=False, repr=False)
+    # what chunked_embedding calls the network (a checkpoint's path, or IMAGENET at
+    # ``image_size``), for embedding on a Dask cluster's workers
+    network: str = ""
+    image_size: int | None = None
 
 
 def imagenet_spec(image_size: int) -> FeatureSpec:
@@ -81,6 +87,8 @@ def imagenet_spec(image_size: int) -> FeatureSpec:
         f"imagenet-efficientnet_lite0-{image_size}",
         "ImageNet EfficientNet-Lite0 pooled features",
         load,
+        network=IMAGENET,
+        image_size=image_size,
     )
 
 
@@ -98,7 +106,9 @@ def trained_spec(weights: Path) -> FeatureSpec:
             raise FeaturesUnavailable(f"cannot load {weights.name}: {error}") from None
         return Features(loaded.model, loaded.image_size)
 
-    return FeatureSpec(f"embedder-{digest}", "the trained embedder", load)
+    return FeatureSpec(
+        f"embedder-{digest}", "the trained embedder", load, network=str(Path(weights).resolve())
+    )
 
 
 def feature_spec(root: Path, image_size: int) -> tuple[FeatureSpec, str]:
@@ -177,12 +187,16 @@ def embed_files(
     spec: FeatureSpec,
     progress: Progress | None = None,
     features: Features | None = None,
+    elsewhere: Callable[[FeatureSpec], PathEmbedder] | None = None,
 ) -> Embeddings:
     """Unit-length embeddings of the crops at ``paths`` (POSIX, relative to ``root``).
 
     Cached ones are read back; the network is only loaded (``spec.load``, unless given as
     ``features``) when something is missing; FeaturesUnavailable if it cannot be.
-    ``progress(done, total)`` is called for the files that need computing."""
+    ``elsewhere`` (e.g. a Dask cluster's ``client_embedder``) embeds what is missing
+    instead, a chunk at a time; a chunk it cannot embed (an unreadable crop) is embedded
+    here, where each file's failure is recorded. ``progress(done, total)`` is called for
+    the files that need computing."""
     root = Path(root)
     cache = EmbeddingCache.open(root, spec)
     result = Embeddings({}, {}, 0)
@@ -198,9 +212,37 @@ def embed_files(
             todo.append((path, stamp))
         else:
             result.vectors[path] = cached
+    if todo and elsewhere is not None:
+        todo = _compute_elsewhere(todo, elsewhere(spec), cache, result, progress)
     if todo:
         _compute(root, todo, features or spec.load(), cache, result, progress)
     return result
+
+
+def _compute_elsewhere(
+    todo: list[tuple[str, str]],
+    embed: PathEmbedder,
+    cache: EmbeddingCache,
+    result: Embeddings,
+    progress: Progress | None,
+) -> list[tuple[str, str]]:
+    """What ``embed`` did not manage, to be embedded here."""
+    left = []
+    for start in range(0, len(todo), SAVE_EVERY):
+        batch = todo[start : start + SAVE_EVERY]
+        try:
+            vectors = unit_rows(embed([path for path, _ in batch]))
+        except Exception:  # a worker's error, e.g. an unreadable crop: each file is tried here
+            left += batch
+            continue
+        for (path, stamp), vector in zip(batch, vectors, strict=True):
+            cache.put(path, stamp, vector)
+            result.vectors[path] = vector
+        result.computed += len(batch)
+        cache.save()
+        if progress is not None:
+            progress(min(start + SAVE_EVERY, len(todo)), len(todo))
+    return left
 
 
 def _compute(

@@ -12,6 +12,7 @@ environment variable ANIME_FACE_ID_ROOT, else the working directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -21,7 +22,8 @@ import streamlit as st
 
 from anime_face_id import layout, suspicion
 from anime_face_id import review_queue as rq
-from anime_face_id.config import ConfigError, Params, load_params
+from anime_face_id.chunked_embedding import client_embedder, dask_client
+from anime_face_id.config import ComputeConfig, ConfigError, Params, load_params
 from anime_face_id.imaging import ImageRejected
 
 GRID_COLUMNS = 6
@@ -49,6 +51,27 @@ def project_root() -> Path:
 @st.cache_resource(show_spinner="Loading the feature network…")
 def _features(spec_id: str, _spec: suspicion.FeatureSpec) -> suspicion.Features:
     return _spec.load()  # a failure is not cached: a fixed models/embedder.pt is retried
+
+
+@st.cache_resource(show_spinner="Connecting to the Dask cluster…")
+def _dask_client(address: str | None, workers: int):
+    """compute.runner dask: one client for the app's lifetime (with no address, a local
+    cluster of ``workers`` processes); the exit stack is kept so neither is closed."""
+    compute = ComputeConfig(runner="dask", dask_address=address, dask_workers=workers)
+    stack = contextlib.ExitStack()
+    return stack, stack.enter_context(dask_client(compute))
+
+
+def _elsewhere(root: Path, state: rq.ReviewState):
+    """Where the crops are embedded: on the Dask cluster with compute.runner dask, else
+    None (here)."""
+    compute = state.params.compute
+    if compute.runner != "dask":
+        return None
+    _, client = _dask_client(compute.dask_address, compute.dask_workers)
+    return lambda spec: client_embedder(
+        client, root, spec.network, suspicion.BATCH_SIZE, "auto", spec.image_size
+    )
 
 
 @st.cache_data(max_entries=5000, show_spinner=False)
@@ -86,14 +109,15 @@ def embeddings_for(
         )
 
     paths = [crop.path for crop in state.crops_of(name)]
+    elsewhere = _elsewhere(root, state)
     try:
-        result = suspicion.embed_files(root, paths, _cached(spec), progress)
+        result = suspicion.embed_files(root, paths, _cached(spec), progress, elsewhere=elsewhere)
     except suspicion.FeaturesUnavailable as error:
         st.session_state["unusable_features"] = spec.id
         st.warning(f"{error}; ordering by ImageNet features instead.")
         spec = suspicion.imagenet_spec(state.params.train.image_size)
         why = f"{layout.EMBEDDER.as_posix()} could not be loaded"
-        result = suspicion.embed_files(root, paths, _cached(spec), progress)
+        result = suspicion.embed_files(root, paths, _cached(spec), progress, elsewhere=elsewhere)
     bar.empty()
     return result, f"{spec.description} ({why})"
 

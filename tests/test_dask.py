@@ -141,6 +141,10 @@ def test_embedding_passes_on_a_dask_cluster_match_the_local_ones(tmp_path, prefe
         for name, value in found["here"][split].items():
             assert found["there"][split][name] == pytest.approx(value, abs=1e-6), (split, name)
     assert found["local_runner_embeds_here"]
+    # the review app's suspicion embeddings: sent to the cluster, the broken crop recorded
+    assert found["review_sent"] >= found["review_crops"] - 1
+    assert found["review_failed"] == [["data/faces/broken.png"]] * 2
+    assert found["review_same_paths"] and found["review_largest_difference"] < 1e-5
     # `anime-face-id gallery rebuild` by hand, on the cluster params.yaml names
     assert found["cli_status"] == 0
     assert found["cli_new_task_kinds"] == ["embed_chunk"], found["cli_new_task_kinds"]

@@ -23,7 +23,8 @@ def main(folder: Path) -> None:
     from prefect import flow
     from prefect_dask import DaskTaskRunner
 
-    from anime_face_id import cli
+    from anime_face_id import cli, suspicion
+    from anime_face_id.chunked_embedding import client_embedder
     from anime_face_id.config import ComputeConfig, EvaluateConfig
     from anime_face_id.embedding_store import EMBEDDINGS
     from anime_face_id.evaluate import evaluate
@@ -68,6 +69,24 @@ def main(folder: Path) -> None:
 
         there, gallery_there = on_the_cluster()
 
+        # the review app's suspicion scores (a broken crop among them) through the cluster
+        crops = sorted(p.relative_to(local).as_posix() for p in local.rglob("data/faces/*/*.png"))
+        for root in (local, remote):
+            (root / "data/faces/broken.png").write_bytes(b"not a picture")
+        crops.append("data/faces/broken.png")
+        sent: list[str] = []
+
+        def elsewhere(spec):
+            embed = client_embedder(client, remote, spec.network, 16, "cpu", spec.image_size)
+            return lambda paths: sent.extend(paths) or embed(paths)
+
+        review_here = suspicion.embed_files(
+            local, crops, suspicion.trained_spec(local / checkpoint)
+        )
+        review_there = suspicion.embed_files(
+            remote, crops, suspicion.trained_spec(remote / checkpoint), elsewhere=elsewhere
+        )
+
         # by hand: `anime-face-id gallery rebuild` with compute.runner dask in params.yaml
         (remote / EMBEDDINGS).unlink()
         data = params_dict(NAMES, "none", None)
@@ -93,6 +112,14 @@ def main(folder: Path) -> None:
                 "here": {s: {n: here[s][n] for n in scores} for s in SPLITS},
                 "there": {s: {n: there[s][n] for n in scores} for s in SPLITS},
                 "baseline_sent": len(baseline_sent),
+                "review_sent": len(sent),
+                "review_crops": len(crops),
+                "review_failed": [sorted(review_here.failed), sorted(review_there.failed)],
+                "review_same_paths": sorted(review_here.vectors) == sorted(review_there.vectors),
+                "review_largest_difference": max(
+                    float(np.abs(review_here.vectors[p] - review_there.vectors[p]).max())
+                    for p in review_here.vectors
+                ),
                 "cli_status": status,
                 "cli_new_task_kinds": sorted(after - before),
                 "cli_largest_difference": float(
