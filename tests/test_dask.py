@@ -147,6 +147,6 @@ def test_embedding_passes_on_a_dask_cluster_match_the_local_ones(tmp_path, prefe
     assert found["review_same_paths"] and found["review_largest_difference"] < 1e-5
     # `anime-face-id gallery rebuild` by hand, on the cluster params.yaml names
     assert found["cli_status"] == 0
-    assert found["cli_new_task_kinds"] == ["embed_chunk"], found["cli_new_task_kinds"]
+    assert found["cli_tasks"] == ["embed_chunk"], found["cli_tasks"]
     assert found["cli_embeddings"] == here_counts
     assert found["cli_same_paths"] and found["cli_largest_difference"] < 1e-5
