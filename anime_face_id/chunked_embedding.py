@@ -112,8 +112,8 @@ def client_embedder(
     device: str,
     image_size: int | None = None,
 ) -> PathEmbedder:
-    """A ``PathEmbedder`` that sends its chunks to ``client``'s cluster."""
-    dimension = network_dimension(network)
+    """A ``PathEmbedder`` that sends its chunks to ``client``'s cluster. Nothing is loaded
+    here: the workers load the network."""
     # the workers may run elsewhere: they get absolute paths (the same folder must be there)
     root = str(Path(root).resolve())
     network = network if str(network) == IMAGENET else str(Path(network).resolve())
@@ -133,7 +133,9 @@ def client_embedder(
             )
             for first, end in chunks(len(paths), batch_size)
         ]
-        return gathered(client.gather(futures), dimension)
+        if not futures:
+            return np.zeros((0, network_dimension(network)), dtype=np.float32)
+        return np.concatenate(client.gather(futures))
 
     return embed
 

@@ -37,6 +37,9 @@ BATCH_SIZE = 16
 # Save the cache this often while embedding, so a reviewer who switches character (which
 # stops the script) keeps what was computed so far.
 SAVE_EVERY = 64
+# Crops sent to a cluster at a time: several chunks of chunked_embedding, so that several
+# workers share each group.
+ELSEWHERE_GROUP = 8 * SAVE_EVERY
 # Crops farther than the rest are left out of the second centroid estimate, so one or two
 # outliers in a small character do not drag the centre towards themselves.
 TRIM_FRACTION = 0.2
@@ -187,15 +190,15 @@ def embed_files(
     spec: FeatureSpec,
     progress: Progress | None = None,
     features: Features | None = None,
-    elsewhere: Callable[[FeatureSpec], PathEmbedder] | None = None,
+    elsewhere: Callable[[FeatureSpec], PathEmbedder | None] | None = None,
 ) -> Embeddings:
     """Unit-length embeddings of the crops at ``paths`` (POSIX, relative to ``root``).
 
     Cached ones are read back; the network is only loaded (``spec.load``, unless given as
     ``features``) when something is missing; FeaturesUnavailable if it cannot be.
-    ``elsewhere`` (e.g. a Dask cluster's ``client_embedder``) embeds what is missing
-    instead, a chunk at a time; a chunk it cannot embed (an unreadable crop) is embedded
-    here, where each file's failure is recorded. ``progress(done, total)`` is called for
+    ``elsewhere(spec)`` (e.g. a Dask cluster's ``client_embedder``; None: not available)
+    embeds what is missing instead, a group at a time; a group it cannot embed (an
+    unreadable crop) is embedded here, where each file's failure is recorded. ``progress(done, total)`` is called for
     the files that need computing."""
     root = Path(root)
     cache = EmbeddingCache.open(root, spec)
@@ -212,11 +215,29 @@ def embed_files(
             todo.append((path, stamp))
         else:
             result.vectors[path] = cached
-    if todo and elsewhere is not None:
-        todo = _compute_elsewhere(todo, elsewhere(spec), cache, result, progress)
+    if not todo:
+        return result
+    counter = _Counter(len(todo), progress)
+    embed = elsewhere(spec) if elsewhere is not None else None
+    if embed is not None:
+        todo = _compute_elsewhere(todo, embed, cache, result, counter)
     if todo:
-        _compute(root, todo, features or spec.load(), cache, result, progress)
+        _compute(root, todo, features or spec.load(), cache, result, counter)
     return result
+
+
+@dataclass
+class _Counter:
+    """Progress over every file to compute, wherever it is computed."""
+
+    total: int
+    report: Progress | None
+    done: int = 0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.report is not None:
+            self.report(min(self.done, self.total), self.total)
 
 
 def _compute_elsewhere(
@@ -224,12 +245,14 @@ def _compute_elsewhere(
     embed: PathEmbedder,
     cache: EmbeddingCache,
     result: Embeddings,
-    progress: Progress | None,
+    counter: _Counter,
 ) -> list[tuple[str, str]]:
-    """What ``embed`` did not manage, to be embedded here."""
+    """What ``embed`` did not manage, to be embedded here. A group of several chunks goes
+    out at a time (so that several workers share it), and is saved when it is back."""
     left = []
-    for start in range(0, len(todo), SAVE_EVERY):
-        batch = todo[start : start + SAVE_EVERY]
+    group = ELSEWHERE_GROUP
+    for start in range(0, len(todo), group):
+        batch = todo[start : start + group]
         try:
             vectors = unit_rows(embed([path for path, _ in batch]))
         except Exception:  # a worker's error, e.g. an unreadable crop: each file is tried here
@@ -240,8 +263,7 @@ def _compute_elsewhere(
             result.vectors[path] = vector
         result.computed += len(batch)
         cache.save()
-        if progress is not None:
-            progress(min(start + SAVE_EVERY, len(todo)), len(todo))
+        counter.add(len(batch))
     return left
 
 
@@ -251,7 +273,7 @@ def _compute(
     features: Features,
     cache: EmbeddingCache,
     result: Embeddings,
-    progress: Progress | None,
+    counter: _Counter,
 ) -> None:
     unsaved = 0
     for start in range(0, len(todo), BATCH_SIZE):
@@ -268,8 +290,7 @@ def _compute(
         if unsaved >= SAVE_EVERY:
             cache.save()
             unsaved = 0
-        if progress is not None:
-            progress(min(start + BATCH_SIZE, len(todo)), len(todo))
+        counter.add(len(batch))
     if unsaved:
         cache.save()
 

@@ -63,15 +63,23 @@ def _dask_client(address: str | None, workers: int):
 
 
 def _elsewhere(root: Path, state: rq.ReviewState):
-    """Where the crops are embedded: on the Dask cluster with compute.runner dask, else
-    None (here)."""
+    """Where the crops are embedded: on the Dask cluster with compute.runner dask (the
+    client is made when there is something to embed), else None (here)."""
     compute = state.params.compute
     if compute.runner != "dask":
         return None
-    _, client = _dask_client(compute.dask_address, compute.dask_workers)
-    return lambda spec: client_embedder(
-        client, root, spec.network, suspicion.BATCH_SIZE, "auto", spec.image_size
-    )
+
+    def on_the_cluster(spec: suspicion.FeatureSpec):
+        try:
+            _, client = _dask_client(compute.dask_address, compute.dask_workers)
+        except (OSError, TimeoutError) as error:  # no scheduler there: embed here
+            st.warning(f"Dask cluster unreachable ({error}); embedding the crops here.")
+            return None
+        return client_embedder(
+            client, root, spec.network, suspicion.BATCH_SIZE, "auto", spec.image_size
+        )
+
+    return on_the_cluster
 
 
 @st.cache_data(max_entries=5000, show_spinner=False)

@@ -207,3 +207,26 @@ def test_an_unloadable_trained_embedder_falls_back_to_imagenet_features(project)
         b.key for b in app.button if b.key.startswith("accept-") and b.key != "accept-rest"
     )
     assert first == f"accept-{rq.item_key(project.outlier)}"
+
+
+def test_an_unreachable_dask_scheduler_makes_the_app_embed_here_and_say_so(project):
+    """compute.runner dask with no scheduler listening: the crops are embedded in the app
+    (the same order) after one warning, instead of a failed page."""
+    import dask
+    import yaml
+
+    from tests.support.processes import free_port
+
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    params["compute"] = {"runner": "dask", "dask_address": f"tcp://127.0.0.1:{free_port()}"}
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params))
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        app = AppTest.from_file(str(APP), default_timeout=90)
+        app.run()
+
+    assert not app.exception, [e.value for e in app.exception]
+    assert any("Dask cluster unreachable" in w.value for w in app.warning)
+    first = next(
+        b.key for b in app.button if b.key.startswith("accept-") and b.key != "accept-rest"
+    )
+    assert first == f"accept-{rq.item_key(project.outlier)}"
