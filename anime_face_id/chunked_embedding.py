@@ -70,8 +70,12 @@ def chunks(count: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def gathered(parts: list[np.ndarray], dimension: int) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros((0, dimension), dtype=np.float32)
+def stacked(parts: list[np.ndarray], network: Path | str) -> np.ndarray:
+    """The chunks' vectors in order; with no chunk at all, an empty array as wide as the
+    network's vectors (the only case that loads the network here)."""
+    if not parts:
+        return np.zeros((0, network_dimension(network)), dtype=np.float32)
+    return np.concatenate(parts)
 
 
 def network_dimension(network: Path | str) -> int:
@@ -133,9 +137,7 @@ def client_embedder(
             )
             for first, end in chunks(len(paths), batch_size)
         ]
-        if not futures:
-            return np.zeros((0, network_dimension(network)), dtype=np.float32)
-        return np.concatenate(client.gather(futures))
+        return stacked(client.gather(futures) if futures else [], network)
 
     return embed
 

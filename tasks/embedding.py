@@ -11,7 +11,7 @@ import numpy as np
 from prefect import task
 
 from anime_face_id import chunked_embedding
-from anime_face_id.chunked_embedding import IMAGENET, chunks, gathered, network_dimension
+from anime_face_id.chunked_embedding import IMAGENET, chunks, stacked
 from anime_face_id.config import ComputeConfig
 from anime_face_id.embedding_store import PathEmbedder
 from anime_face_id.layout import EMBEDDER
@@ -37,10 +37,10 @@ def embedder_on_workers(
     network: Path | str,
     batch_size: int,
     device: str,
-    dimension: int,
     image_size: int | None = None,
 ) -> PathEmbedder:
-    """A ``PathEmbedder`` that submits one task per chunk; call it inside the flow."""
+    """A ``PathEmbedder`` that submits one task per chunk; call it inside the flow. Nothing
+    is loaded here: the workers load the network."""
 
     def embed(paths: Sequence[str]) -> np.ndarray:
         paths = list(paths)
@@ -57,7 +57,7 @@ def embedder_on_workers(
             )
             for first, end in chunks(len(paths), batch_size)
         ]
-        return gathered([future.result() for future in futures], dimension)
+        return stacked([future.result() for future in futures], network)
 
     return embed
 
@@ -69,10 +69,7 @@ def stage_embedder(
     ``compute.runner: dask``; None (embed in the stage's process) otherwise."""
     if compute.runner != "dask":
         return None
-    checkpoint = Path(root) / EMBEDDER
-    return embedder_on_workers(
-        Path(root), checkpoint, batch_size, device, network_dimension(checkpoint)
-    )
+    return embedder_on_workers(Path(root), Path(root) / EMBEDDER, batch_size, device)
 
 
 def baseline_embedder(
@@ -82,11 +79,8 @@ def baseline_embedder(
     input size (the checkpoint's); None (embed in the stage's process) otherwise."""
     if compute.runner != "dask":
         return None
-    dimension = network_dimension(IMAGENET)
 
     def at_size(image_size: int) -> PathEmbedder:
-        return embedder_on_workers(
-            Path(root), IMAGENET, batch_size, device, dimension, image_size=image_size
-        )
+        return embedder_on_workers(Path(root), IMAGENET, batch_size, device, image_size)
 
     return at_size
