@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,23 @@ def stacked(parts: list[np.ndarray], network: Path | str) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def chunked_embedder(
+    submit: Callable[[list[str], int, int], Any], network: Path | str, batch_size: int
+) -> PathEmbedder:
+    """A ``PathEmbedder`` that starts every chunk of a pass with ``submit(paths, first,
+    end)`` (a Dask or Prefect future: anything with ``result()``), then gathers the
+    vectors in order."""
+
+    def embed(paths: Sequence[str]) -> np.ndarray:
+        paths = list(paths)
+        futures = [
+            submit(paths[first:end], first, end) for first, end in chunks(len(paths), batch_size)
+        ]
+        return stacked([future.result() for future in futures], network)
+
+    return embed
+
+
 def network_dimension(network: Path | str) -> int:
     """The length of the vectors ``network`` gives."""
     if str(network) == IMAGENET:
@@ -100,9 +118,8 @@ def dask_client(compute: ComputeConfig) -> Iterator:
         with Client(compute.dask_address) as client:
             yield client
         return
-    options = {"threads_per_worker": 1, "host": "127.0.0.1", "dashboard_address": None}
     with (
-        LocalCluster(n_workers=compute.dask_workers, **options) as cluster,
+        LocalCluster(**compute.local_cluster) as cluster,
         Client(cluster) as client,
     ):
         yield client
@@ -122,24 +139,12 @@ def client_embedder(
     root = str(Path(root).resolve())
     network = network if str(network) == IMAGENET else str(Path(network).resolve())
 
-    def embed(paths: Sequence[str]) -> np.ndarray:
-        paths = list(paths)
-        futures = [
-            client.submit(
-                embed_chunk,
-                root,
-                network,
-                paths[first:end],
-                batch_size,
-                device,
-                image_size,
-                pure=False,
-            )
-            for first, end in chunks(len(paths), batch_size)
-        ]
-        return stacked(client.gather(futures) if futures else [], network)
+    def submit(part: list[str], _first: int, _end: int):
+        return client.submit(
+            embed_chunk, root, network, part, batch_size, device, image_size, pure=False
+        )
 
-    return embed
+    return chunked_embedder(submit, network, batch_size)
 
 
 @contextlib.contextmanager

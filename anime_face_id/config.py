@@ -309,6 +309,18 @@ class ComputeConfig(Section):
     dask_address: str | None = None
     dask_workers: int = Field(2, ge=1, le=1024)
 
+    @property
+    def local_cluster(self) -> dict:
+        """``distributed.LocalCluster`` settings for ``dask`` with no address: worker
+        processes on this machine that take no outside connections."""
+        return {
+            "n_workers": self.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",  # its dashboard too, on a free port
+        }
+
 
 class Params(Section):
     characters: list[Character] = Field(min_length=1)

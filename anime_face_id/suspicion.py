@@ -198,8 +198,8 @@ def embed_files(
     ``features``) when something is missing; FeaturesUnavailable if it cannot be.
     ``elsewhere(spec)`` (e.g. a Dask cluster's ``client_embedder``; None: not available)
     embeds what is missing instead, a group at a time; a group it cannot embed (an
-    unreadable crop) is embedded here, where each file's failure is recorded. ``progress(done, total)`` is called for
-    the files that need computing."""
+    unreadable crop) is embedded here, where each file's failure is recorded.
+    ``progress(done, total)`` is called for the files that need computing."""
     root = Path(root)
     cache = EmbeddingCache.open(root, spec)
     result = Embeddings({}, {}, 0)

@@ -144,14 +144,7 @@ def on_compute(flow, compute: ComputeConfig):
 
     if compute.dask_address:
         return flow.with_options(task_runner=DaskTaskRunner(address=compute.dask_address))
-    cluster = {
-        "n_workers": compute.dask_workers,
-        "threads_per_worker": 1,
-        "processes": True,
-        "host": "127.0.0.1",  # the scheduler and workers take no outside connections
-        "dashboard_address": "127.0.0.1:0",  # its dashboard too, on a free port
-    }
-    return flow.with_options(task_runner=DaskTaskRunner(cluster_kwargs=cluster))
+    return flow.with_options(task_runner=DaskTaskRunner(cluster_kwargs=compute.local_cluster))
 
 
 def run_stage(stage: str, flow, distributes: bool = False) -> None:

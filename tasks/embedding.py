@@ -4,14 +4,14 @@ loads the network once and embeds its chunks, and the flow gathers the vectors i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from prefect import task
 
 from anime_face_id import chunked_embedding
-from anime_face_id.chunked_embedding import IMAGENET, chunks, stacked
+from anime_face_id.chunked_embedding import IMAGENET, chunked_embedder
 from anime_face_id.config import ComputeConfig
 from anime_face_id.embedding_store import PathEmbedder
 from anime_face_id.layout import EMBEDDER
@@ -42,24 +42,12 @@ def embedder_on_workers(
     """A ``PathEmbedder`` that submits one task per chunk; call it inside the flow. Nothing
     is loaded here: the workers load the network."""
 
-    def embed(paths: Sequence[str]) -> np.ndarray:
-        paths = list(paths)
-        futures = [
-            embed_chunk.submit(
-                str(root),
-                str(network),
-                paths[first:end],
-                batch_size,
-                device,
-                first,
-                end,
-                image_size,
-            )
-            for first, end in chunks(len(paths), batch_size)
-        ]
-        return stacked([future.result() for future in futures], network)
+    def submit(part: list[str], first: int, end: int):
+        return embed_chunk.submit(
+            str(root), str(network), part, batch_size, device, first, end, image_size
+        )
 
-    return embed
+    return chunked_embedder(submit, network, batch_size)
 
 
 def stage_embedder(
