@@ -229,6 +229,9 @@ class TrainConfig(Section):
     # probability that an augmented training image is shrunk to 30-90% of its side and
     # enlarged back (thumbnails and small faces look like that); 0 = never
     downscale: float = Field(0.0, ge=0.0, le=1.0)
+    # > 0: validate and keep an exponential moving average of the weights with this decay
+    # per optimiser step (weight_average.py) instead of the weights themselves; 0 = off
+    weight_average: float = Field(0.0, ge=0.0, lt=1.0)
     epochs: int = Field(30, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

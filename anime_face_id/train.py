@@ -53,6 +53,7 @@ from anime_face_id.training_report import (
     format_duration,
     write_outputs,
 )
+from anime_face_id.weight_average import WeightAverage
 
 logger = logging.getLogger("anime_face_id.train")
 
@@ -173,6 +174,9 @@ def train(
     )
 
     net = parallel(TrainingNet(model, classifier), ranks, device)
+    # the network validated and kept: the weights themselves, or their running average
+    average = WeightAverage(model, config.weight_average) if config.weight_average else None
+    kept = average.model if average else model
     optimizer = make_optimizer(model, config, classifier)
     steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * config.epochs
@@ -224,6 +228,8 @@ def train(
             lr = optimizer.param_groups[0]["lr"]  # the rate this step is taken with
             optimizer.step()
             scheduler.step()
+            if average:
+                average.update(model)
             step += 1
             loss = total.item()
             if not math.isfinite(loss):
@@ -244,7 +250,7 @@ def train(
         if not ranks.is_main:
             distributed.wait_for_all(ranks)  # while the first process validates and saves
             continue
-        val = validate(model, data, root, config, device)
+        val = validate(kept, data, root, config, device)
         seconds = time.perf_counter() - epoch_started
         report = EpochReport(
             epoch=epoch,
@@ -267,7 +273,7 @@ def train(
         if is_better(report.val_map_at_r, best_score):
             best_score, best_epoch = report.val_map_at_r, epoch
             # saved at once, so an interrupted run still leaves its best model so far
-            save_checkpoint(root / EMBEDDER, model, config, data.class_names, epoch, val)
+            save_checkpoint(root / EMBEDDER, kept, config, data.class_names, epoch, val)
         if on_epoch:
             on_epoch(report)
         distributed.wait_for_all(ranks)

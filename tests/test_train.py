@@ -227,6 +227,7 @@ def test_checkpoints_from_before_the_neck_options_still_load(tmp_path):
         "flip_test",
         "random_erasing",
         "downscale",
+        "weight_average",
     ):
         del payload["config"][key]
     torch.save(payload, tmp_path / "old.pt")
@@ -270,6 +271,43 @@ def test_same_seed_same_data_same_history(trained, tmp_path):
     first_weights = torch.load(first.checkpoint, weights_only=True)["state_dict"]
     second_weights = torch.load(second.checkpoint, weights_only=True)["state_dict"]
     assert all(torch.equal(first_weights[name], second_weights[name]) for name in first_weights)
+
+
+@pytest.mark.slow
+def test_the_weight_average_is_what_is_validated_and_kept(trained, tmp_path):
+    first_root, plain, _, _, _ = trained
+    plain_weights = torch.load(plain.checkpoint, weights_only=True)["state_dict"]
+
+    def run(decay: float, where: str):
+        root = tmp_path / where
+        shutil.copytree(first_root / "data", root / "data")
+        result = train(root, tiny_config(weight_average=decay))
+        return result, torch.load(result.checkpoint, weights_only=True)["state_dict"]
+
+    # a decay near 0: the average follows every step, so the same weights as without it
+    following, following_weights = run(1e-6, "following")
+    assert following.best_epoch == plain.best_epoch
+    for name, value in plain_weights.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(following_weights[name], value, rtol=1e-4, atol=1e-4)
+
+    # a real decay: other weights, still trained, whose validation score is the one reported
+    averaged, averaged_weights = run(0.9, "averaged")
+    assert any(
+        not torch.allclose(averaged_weights[name], value, atol=1e-4)
+        for name, value in plain_weights.items()
+        if value.is_floating_point()
+    )
+    best = averaged.history[averaged.best_epoch - 1]
+    assert best.val_map_at_r >= 0.85
+    loaded = load_checkpoint(averaged.checkpoint)
+    assert loaded.config.weight_average == 0.9
+    root = tmp_path / "averaged"
+    val = read_split(root, "val")
+    embeddings = embed_paths(loaded.model, [root / row["path"] for row in val], SIZE, "cpu")
+    labels = np.array([row["character"] for row in val])
+    scores = retrieval_metrics(embeddings, labels, ks=(1,))
+    assert scores["map_at_r"] == pytest.approx(best.val_map_at_r, abs=1e-6)
 
 
 @pytest.mark.slow
