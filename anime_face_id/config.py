@@ -200,6 +200,11 @@ class TrainConfig(Section):
     # loss, through a training-only classifier over the training characters; 0 = off
     id_loss_weight: float = Field(0.0, ge=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # of the identity loss
+    # the identity loss's classifier: linear (Luo et al. 2019) or cosine, logits
+    # id_scale x cos(feature, class) with id_margin taken off the true class (CosFace)
+    id_head: Literal["linear", "cosine"] = "linear"
+    id_scale: float = Field(30.0, gt=0.0)
+    id_margin: float = Field(0.35, ge=0.0, lt=1.0)
     # embed each image and its mirror image, averaged (every stage and the served model)
     flip_test: bool = False
     p: int = Field(8, ge=2)

@@ -3,7 +3,8 @@ Strong Baseline for Deep Person Re-identification"): a linear classifier over th
 training characters on the network's neck features, trained with label-smoothed
 cross-entropy (Szegedy et al. 2016).
 
-The classifier exists only during training: it names the training characters, while the
+``train.id_head: cosine`` uses a cosine classifier with a margin instead
+(cosine_classifier.py). The classifier exists only during training: it names the training characters, while the
 embedding must also separate characters added later, so it is never saved with the model.
 Label smoothing keeps it from growing over-confident on ~20 pictures per character.
 """
@@ -14,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anime_face_id.config import TrainConfig
+from anime_face_id.cosine_classifier import CosineClassifier
+
 
 class IdentityClassifier(nn.Module):
     """Logits over ``num_classes`` characters; no bias, as in the paper."""
@@ -23,8 +27,15 @@ class IdentityClassifier(nn.Module):
         self.linear = nn.Linear(feature_dim, num_classes, bias=False)
         nn.init.normal_(self.linear.weight, std=0.001)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(features)  # no margin: the labels change nothing
+
+
+def make_classifier(config: TrainConfig, feature_dim: int, num_classes: int) -> nn.Module:
+    """The training-only classifier that ``train.id_head`` names."""
+    if config.id_head == "cosine":
+        return CosineClassifier(feature_dim, num_classes, config.id_scale, config.id_margin)
+    return IdentityClassifier(feature_dim, num_classes)
 
 
 def identity_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -39,7 +39,7 @@ from anime_face_id.dataset import (
 from anime_face_id.device import resolve_device
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import sweep_temporaries
-from anime_face_id.identity_loss import IdentityClassifier, identity_loss
+from anime_face_id.identity_loss import identity_loss, make_classifier
 from anime_face_id.layout import EMBEDDER
 from anime_face_id.losses import make_loss
 from anime_face_id.model import PretrainedWeightsMissing, build_embedder
@@ -81,9 +81,11 @@ class TrainingNet(torch.nn.Module):
         self.model = model
         self.classifier = classifier
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         embeddings, neck_features = self.model.training_outputs(images)
-        logits = None if self.classifier is None else self.classifier(neck_features)
+        logits = None if self.classifier is None else self.classifier(neck_features, labels)
         return embeddings, logits
 
 
@@ -143,7 +145,8 @@ def train(
     loss_fn = make_loss(config)
     classifier = None
     if config.id_loss_weight > 0:
-        classifier = IdentityClassifier(model.embedding_dim, len(data.class_names)).to(device)
+        classifier = make_classifier(config, model.embedding_dim, len(data.class_names))
+        classifier = classifier.to(device)
 
     try:
         sampler = PKSampler(
@@ -216,7 +219,7 @@ def train(
         images_seen, lr = 0, optimizer.param_groups[0]["lr"]
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
-            embeddings, logits = net(images)
+            embeddings, logits = net(images, labels)
             stats = loss_fn(embeddings, labels)
             total = stats.loss
             if logits is not None:

@@ -191,19 +191,23 @@ def test_training_improves_retrieval_over_the_untrained_network(trained):
 
 
 @pytest.mark.slow
-def test_identity_loss_on_a_batchnorm_neck_trains_and_saves_only_the_embedder(tmp_path):
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_identity_loss_on_a_batchnorm_neck_trains_and_saves_only_the_embedder(tmp_path, head):
     root = tmp_path / "project"
     make_synthetic_project(root)
-    config = tiny_config(neck="batchnorm", id_loss_weight=1.0, label_smoothing=0.1)
+    config = tiny_config(neck="batchnorm", id_loss_weight=1.0, label_smoothing=0.1, id_head=head)
     result = train(root, config)
     identity = [report.identity_loss for report in result.history]
     assert all(math.isfinite(value) and value > 0 for value in identity)
-    # four characters: chance-level cross-entropy is ln 4; the classifier must beat it
-    assert identity[-1] < math.log(4)
+    # four characters, every logit alike (chance): cross-entropy ln(1 + 3 e^(scale x margin)),
+    # ln 4 for the linear head; the classifier must beat it
+    margin = config.id_scale * config.id_margin if head == "cosine" else 0.0
+    assert identity[-1] < math.log(1 + 3 * math.exp(margin))
     assert result.history[result.best_epoch - 1].val_map_at_r >= 0.85
     loaded = load_checkpoint(result.checkpoint)  # strict: no classifier weights inside
     assert loaded.config.neck == "batchnorm" and loaded.config.id_loss_weight == 1.0
-    assert not any("linear" in name for name in loaded.model.state_dict())
+    assert loaded.config.id_head == head
+    assert not any(name.startswith(("linear", "weight")) for name in loaded.model.state_dict())
     with (root / TRAIN_HISTORY).open(newline="") as handle:
         assert all(float(row["identity_loss"]) > 0 for row in csv.DictReader(handle))
 
@@ -228,6 +232,9 @@ def test_checkpoints_from_before_the_neck_options_still_load(tmp_path):
         "random_erasing",
         "downscale",
         "weight_average",
+        "id_head",
+        "id_scale",
+        "id_margin",
     ):
         del payload["config"][key]
     torch.save(payload, tmp_path / "old.pt")
