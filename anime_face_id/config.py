@@ -201,7 +201,8 @@ class TrainConfig(Section):
     id_loss_weight: float = Field(0.0, ge=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # of the identity loss
     # the identity loss's classifier: linear (Luo et al. 2019) or cosine, logits
-    # id_scale x cos(feature, class) with id_margin taken off the true class (CosFace)
+    # id_scale x cos(feature, class) with id_margin taken off the true class (CosFace);
+    # the margin is in the logged identity loss, so cosine runs log larger values
     id_head: Literal["linear", "cosine"] = "linear"
     id_scale: float = Field(30.0, gt=0.0)
     id_margin: float = Field(0.35, ge=0.0, lt=1.0)
@@ -234,8 +235,10 @@ class TrainConfig(Section):
     # probability that an augmented training image is shrunk to 30-90% of its side and
     # enlarged back (thumbnails and small faces look like that); 0 = never
     downscale: float = Field(0.0, ge=0.0, le=1.0)
-    # > 0: validate and keep an exponential moving average of the weights with this decay
-    # per optimiser step (weight_average.py) instead of the weights themselves; 0 = off
+    # > 0: validate and keep an exponential moving average of the weights instead of the
+    # weights themselves (weight_average.py); the decay of update n is
+    # min(weight_average, (1 + n) / (10 + n)), so over a few hundred steps the ramp, not
+    # this value, sets it (0.98 at step 440); 0 = off
     weight_average: float = Field(0.0, ge=0.0, lt=1.0)
     epochs: int = Field(30, ge=1)
     seed: int = 0

@@ -4,8 +4,9 @@ training characters on the network's neck features, trained with label-smoothed
 cross-entropy (Szegedy et al. 2016).
 
 ``train.id_head: cosine`` uses a cosine classifier with a margin instead
-(cosine_classifier.py). The classifier exists only during training: it names the training characters, while the
-embedding must also separate characters added later, so it is never saved with the model.
+(cosine_classifier.py). The classifier exists only during training: it names the
+training characters, while the embedding must also separate characters added later, so
+it is never saved with the model.
 Label smoothing keeps it from growing over-confident on ~20 pictures per character.
 """
 

@@ -178,7 +178,9 @@ def train(
 
     net = parallel(TrainingNet(model, classifier), ranks, device)
     # the network validated and kept: the weights themselves, or their running average
-    average = WeightAverage(model, config.weight_average) if config.weight_average else None
+    # (only the first process validates and saves, so only it keeps an average)
+    averaging = config.weight_average and ranks.is_main
+    average = WeightAverage(model, config.weight_average) if averaging else None
     kept = average.model if average else model
     optimizer = make_optimizer(model, config, classifier)
     steps_per_epoch = len(batches)

@@ -6,9 +6,12 @@ the noise of its 32-image batch; their running average is a smoother network, wh
 what the averaged copies of modern recipes (timm's ModelEmaV2, SWA) exploit.
 
 After update n (counting from 1) the average moves towards the network by
-``1 - d_n`` with ``d_n = min(decay, (1 + n) / (10 + n))``: the early updates, when the
-average still holds the random projection head, follow the network closely. Integer
-buffers (BatchNorm's batch counter) are copied, not averaged.
+``1 - d_n`` with ``d_n = min(decay, (1 + n) / (10 + n))`` (TensorFlow's
+ExponentialMovingAverage with ``num_updates``): the early updates, when the average still
+holds the random projection head, follow the network closely. The ramp reaches 0.98 only
+after 440 updates, so on a few hundred steps it, rather than ``decay``, sets how far back
+the average reaches (about the last tenth of the steps). Integer buffers (BatchNorm's
+batch counter) are copied, not averaged.
 """
 
 from __future__ import annotations

@@ -64,7 +64,9 @@ def test_two_processes_train_the_stage_like_one(tmp_path, prefect_api):
     configure_small_pipeline(project, pictures, epochs=3, batches=6)
     project.dvc("repro", "balance")
 
-    project.set_params(train={"processes": 2})
+    # the cosine identity head and the weight average take part in the distributed step
+    extras = {"id_head": "cosine", "weight_average": 0.5}
+    project.set_params(train={"processes": 2, **extras})
     run = project.dvc("repro", "train")
     output = run.stdout + run.stderr
     assert "2 processes (cpu)" in output
@@ -77,7 +79,7 @@ def test_two_processes_train_the_stage_like_one(tmp_path, prefect_api):
         runs = db.execute("SELECT name, status FROM runs").fetchall()
     assert runs == [("train", "FINISHED")]
 
-    project.set_params(train={"processes": 1})
+    project.set_params(train={"processes": 1, **extras})
     project.dvc("repro", "train")
     one = best_map(project.root)
     assert two > 0.5 and abs(two - one) < 0.2, (one, two)
