@@ -2,10 +2,11 @@
 2018; AM-Softmax, Wang et al. 2018), chosen with ``train.id_head: cosine``.
 
 Its logits are ``scale * cos(feature, class weight)``, minus ``margin`` on the true class
-when the labels are given (training does; naming uses no margin). Naming a face compares cosines of unit embeddings, so a classifier on
-cosines trains the geometry that identification uses, and the margin asks every training
-face to sit closer to its own character than to any other by at least that much cosine,
-where the linear classifier (identity_loss.IdentityClassifier) is content with any lead.
+when the labels are given (training does; naming uses no margin). Naming a face compares
+cosines of unit embeddings, so a classifier on cosines trains the geometry that
+identification uses, and the margin asks every training face to sit closer to its own
+character than to any other by at least that much cosine, where the linear classifier
+(identity_loss.IdentityClassifier) is content with any lead.
 """
 
 from __future__ import annotations
