@@ -54,6 +54,7 @@ def train_weights(
             "heatmap_loss": report.heatmap_loss,
             "size_loss": report.size_loss,
             "offset_loss": report.offset_loss,
+            "giou_loss": report.giou_loss,
             "val_recall": report.recall,
             "val_precision": report.precision,
             "val_f1": report.f1,
@@ -147,6 +148,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of training views that are one identity crop, scaled up (default 0)",
     )
     parser.add_argument(
+        "--giou-weight",
+        type=float,
+        default=None,
+        help="weight of the GIoU box loss over each face's central area (default 0: off)",
+    )
+    parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda", "mps"),
         default=None,
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             ("lr", args.lr),
             ("backbone_lr", args.backbone_lr),
             ("close_up_probability", args.close_up_probability),
+            ("giou_weight", args.giou_weight),
             ("device", args.device),
             ("init_weights", str(args.init) if args.init else None),
         )

@@ -23,6 +23,7 @@ from anime_face_id.faces.centernet import (
     save_weights,
 )
 from anime_face_id.faces.detector_data import (
+    BOX_AREA_SHARE,
     FaceCrop,
     clip_boxes,
     close_up_view,
@@ -33,7 +34,14 @@ from anime_face_id.faces.detector_data import (
     read_yolo_folder,
     split_validation,
 )
-from anime_face_id.faces.detector_train import DetectorTrainConfig, focal_loss, train_detector
+from anime_face_id.faces.detector_train import (
+    DetectorTrainConfig,
+    detection_loss,
+    focal_loss,
+    generalised_iou,
+    giou_loss,
+    train_detector,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +144,70 @@ def test_targets_decode_back_to_their_boxes() -> None:
     assert len(found) == 3
     for box in boxes:
         assert max(iou(box.tolist(), f.tolist()) for f in found) > 0.99
+
+
+def test_every_central_cell_sees_its_face_box() -> None:
+    boxes = np.array([[10.5, 20.25, 40, 30], [120, 64, 90, 120], [200, 200, 17, 23]], np.float32)
+    targets = encode_targets(boxes, 256)
+    weight = targets["box_weight"]
+    assert weight.sum() == pytest.approx(3.0)  # each face's weights sum to 1
+    assert (weight[targets["mask"] == 1] > 0).all()  # the centre cell is always among them
+    cells_per_face = [0, 0, 0]
+    for row, col in zip(*np.nonzero(weight), strict=True):
+        dx, dy = targets["box_offset"][:, row, col]
+        w, h = np.exp(targets["box_log_size"][:, row, col]) * STRIDE
+        seen = [(col + dx) * STRIDE - w / 2, (row + dy) * STRIDE - h / 2, w, h]
+        face = max(range(3), key=lambda i: iou(boxes[i].tolist(), seen))
+        assert iou(boxes[face].tolist(), seen) > 0.999
+        cells_per_face[face] += 1
+        x, y, fw, fh = boxes[face]
+        centre = targets["mask"][row, col] == 1
+        assert centre or abs((col + 0.5) * STRIDE - x - fw / 2) <= BOX_AREA_SHARE * fw / 2
+        assert centre or abs((row + 0.5) * STRIDE - y - fh / 2) <= BOX_AREA_SHARE * fh / 2
+    assert cells_per_face[1] > cells_per_face[0] > cells_per_face[2] >= 1
+
+
+def reference_giou(a: list[int], b: list[int]) -> float:
+    """GIoU of integer ``x0, y0, x1, y1`` boxes by counting unit squares."""
+    left, top = min(a[0], b[0]), min(a[1], b[1])
+    right, bottom = max(a[2], b[2]), max(a[3], b[3])
+    ys, xs = np.mgrid[top:bottom, left:right]
+    in_a = (xs >= a[0]) & (xs < a[2]) & (ys >= a[1]) & (ys < a[3])
+    in_b = (xs >= b[0]) & (xs < b[2]) & (ys >= b[1]) & (ys < b[3])
+    union, hull = (in_a | in_b).sum(), xs.size
+    return (in_a & in_b).sum() / union - (hull - union) / hull
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_generalised_iou_matches_counting_squares(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    corners = rng.integers(0, 30, (40, 2, 2))
+    starts, sizes = corners[:, :, 0], corners[:, :, 1] % 12 + 1
+    boxes = np.hstack([starts, starts + sizes])  # x0, y0, x1, y1, never empty
+    a, b = boxes[:20], boxes[20:]
+    found = generalised_iou(
+        torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    )
+    expected = [reference_giou(list(x), list(y)) for x, y in zip(a, b, strict=True)]
+    np.testing.assert_allclose(found.numpy(), expected, atol=1e-12)
+    assert (found < 0).any()  # disjoint pairs are in the sample, where IoU alone says 0
+
+
+def test_the_giou_loss_is_zero_for_the_true_boxes_and_grows_with_the_error() -> None:
+    boxes = np.array([[30, 40, 50, 60], [150, 100, 24, 20]], np.float32)
+    targets = {k: torch.from_numpy(v)[None] for k, v in encode_targets(boxes, 256).items()}
+    size, offset = targets["box_log_size"], targets["box_offset"]
+    losses = [
+        float(giou_loss(size + error, offset + error, targets)) for error in (0.0, 0.1, 0.3, 0.9)
+    ]
+    assert losses[0] == pytest.approx(0.0, abs=1e-6)
+    assert losses == sorted(losses) and losses[-1] > 0.3
+    outputs = (targets["heatmap"], size + 0.3, offset)
+    plain, parts = detection_loss(outputs, targets, giou_weight=0.0)
+    weighted, _ = detection_loss(outputs, targets, giou_weight=2.0)
+    assert float(weighted - plain) == pytest.approx(2 * parts["giou"], rel=1e-5)
+    empty = {k: torch.from_numpy(v)[None] for k, v in encode_targets(np.zeros((0, 4)), 64).items()}
+    assert float(giou_loss(empty["box_log_size"], empty["box_offset"], empty)) == 0.0
 
 
 def test_views_keep_faces_whose_centre_stays_and_clip_them() -> None:
@@ -272,10 +344,12 @@ def test_a_short_training_run_writes_weights_that_load_strictly(tmp_path: Path) 
         warmup_steps=1,
         val_fraction=0.25,
         min_score=0.05,
+        giou_weight=5.0,
     )
     reports = train_detector(config, frames, out, on_epoch=seen.append)
     assert reports == seen and 1 <= len(reports) <= 2
     assert all(math.isfinite(r.loss) and 0 <= r.recall <= 1 for r in reports)
+    assert all(0 < r.giou_loss < 2 for r in reports)
     model, metadata = load_weights(out)
     assert metadata["config"]["view_size"] == 96 and metadata["train_pictures"] > 0
     assert out.stat().st_size < 8_000_000  # half precision: the packaged file stays small
@@ -323,6 +397,8 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
         "2",
         "--device",
         "cpu",
+        "--giou-weight",
+        "2",
     ]
     env = {**os.environ, **prefect_api, "MLFLOW_TRACKING_URI": uri}
     process = subprocess.run(
@@ -339,7 +415,10 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
         "attributes.run_name = 'detector-train'",
     )
     assert run.data.params["detector.epochs"] == "1"
-    assert {"val_recall", "val_precision", "loss", "best_val_recall"} <= set(run.data.metrics)
+    assert run.data.params["detector.giou_weight"] == "2.0"
+    assert {"val_recall", "val_precision", "loss", "giou_loss", "best_val_recall"} <= set(
+        run.data.metrics
+    )
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "detector")]
     assert artifacts == ["detector/detector.pt"]
 

@@ -32,6 +32,9 @@ PSEUDO_LABEL_CANVAS = 2.0
 # CenterNet draws each face as a Gaussian; TTFNet's elliptical one (sigma = alpha * side / 6)
 # follows the box's aspect ratio.
 GAUSSIAN_ALPHA = 0.54
+# TTFNet also regresses each box from every cell of the face's central area (this share of
+# its width and height), not only from its centre cell: many more box samples per face.
+BOX_AREA_SHARE = 0.54
 COLOUR = AugmentSettings(
     brightness=0.3, contrast=0.3, saturation=0.4, max_hue_shift_deg=20.0, greyscale_probability=0.1
 )
@@ -228,13 +231,18 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
     """CenterNet targets on the stride-8 grid of a ``size`` x ``size`` view.
 
     heatmap (1, S, S): per cell the highest Gaussian of any face; size (2, S, S) and offset
-    (2, S, S) are set at each face's centre cell, where mask (S, S) is 1.
+    (2, S, S) are set at each face's centre cell, where mask (S, S) is 1. The ``box_*``
+    maps hold the same box seen from every cell of the face's central area (offset from
+    that cell, so beyond 0..1), weighted by its Gaussian; each face's weights sum to 1.
     """
     cells = size // STRIDE
     heatmap = np.zeros((1, cells, cells), dtype=np.float32)
     log_size = np.zeros((2, cells, cells), dtype=np.float32)
     offset = np.zeros((2, cells, cells), dtype=np.float32)
     mask = np.zeros((cells, cells), dtype=np.float32)
+    box_log_size = np.zeros((2, cells, cells), dtype=np.float32)
+    box_offset = np.zeros((2, cells, cells), dtype=np.float32)
+    box_weight = np.zeros((cells, cells), dtype=np.float32)
     ys, xs = np.mgrid[0:cells, 0:cells].astype(np.float32)
     # Larger faces last, so a small face's centre cell keeps its own size when two collide.
     for x, y, w, h in sorted(boxes.tolist(), key=lambda b: -b[2] * b[3]):
@@ -246,10 +254,28 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
             -((xs - col) ** 2) / (2 * sigma_x**2) - ((ys - row) ** 2) / (2 * sigma_y**2)
         )
         np.maximum(heatmap[0], gaussian, out=heatmap[0])
-        log_size[:, row, col] = (math.log(w / STRIDE), math.log(h / STRIDE))
+        face_log_size = (math.log(w / STRIDE), math.log(h / STRIDE))
+        log_size[:, row, col] = face_log_size
         offset[:, row, col] = (cx - col, cy - row)
         mask[row, col] = 1.0
-    return {"heatmap": heatmap, "log_size": log_size, "offset": offset, "mask": mask}
+        area = (np.abs(xs + 0.5 - cx) <= BOX_AREA_SHARE * w / STRIDE / 2) & (
+            np.abs(ys + 0.5 - cy) <= BOX_AREA_SHARE * h / STRIDE / 2
+        )
+        area[row, col] = True
+        weight = np.where(area, gaussian, 0.0)
+        box_weight[area] = (weight / weight.sum())[area]
+        box_log_size[:, area] = np.array(face_log_size, dtype=np.float32)[:, None]
+        box_offset[0, area] = cx - xs[area]
+        box_offset[1, area] = cy - ys[area]
+    return {
+        "heatmap": heatmap,
+        "log_size": log_size,
+        "offset": offset,
+        "mask": mask,
+        "box_log_size": box_log_size,
+        "box_offset": box_offset,
+        "box_weight": box_weight,
+    }
 
 
 def training_sample(

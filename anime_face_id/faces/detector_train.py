@@ -60,6 +60,9 @@ class DetectorTrainConfig(BaseModel):
     # Continuing a run, the earlier detector labels the identity crops' faces (pseudo-labels)
     # at this score; crops it finds no face in are not used. From scratch: a centred share.
     pseudo_label_min_score: float = Field(0.4, gt=0, lt=1)
+    # TTFNet's GIoU loss on the box seen from every cell of each face's central area, at
+    # this weight beside the centre cell's L1 losses; 0 (the first recipe): L1 alone.
+    giou_weight: float = Field(0.0, ge=0)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     min_score: float = Field(0.3, gt=0, lt=1)
     nms_iou: float = Field(0.5, gt=0, le=1)
@@ -78,6 +81,7 @@ class DetectorEpoch:
     heatmap_loss: float
     size_loss: float
     offset_loss: float
+    giou_loss: float  # unweighted; 0 is a perfect box (1 - GIoU, averaged over faces)
     recall: float  # validation, IoU 0.5
     precision: float
     seconds: float
@@ -99,8 +103,45 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(positive_loss.sum() + negative_loss.sum()) / positive.sum().clamp(min=1.0)
 
 
+def generalised_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """GIoU (Rezatofighi et al. 2019) of boxes ``x0, y0, x1, y1`` along dimension 1."""
+    ax0, ay0, ax1, ay1 = a.unbind(1)
+    bx0, by0, bx1, by1 = b.unbind(1)
+    inter = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp(min=0) * (
+        torch.minimum(ay1, by1) - torch.maximum(ay0, by0)
+    ).clamp(min=0)
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    hull = (torch.maximum(ax1, bx1) - torch.minimum(ax0, bx0)) * (
+        torch.maximum(ay1, by1) - torch.minimum(ay0, by0)
+    )
+    return inter / union - (hull - union) / hull
+
+
+def _cell_boxes(log_size: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """The box each cell predicts, in cells relative to that cell (GIoU ignores where the
+    cell is): (B, 2, h, w) twice -> (B, 4, h, w)."""
+    half = log_size.clamp(max=10).exp() / 2
+    return torch.cat([offset - half, offset + half], dim=1)
+
+
+def giou_loss(
+    log_size: torch.Tensor, offset: torch.Tensor, targets: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """1 - GIoU of each central-area cell's box, Gaussian-weighted, averaged over faces."""
+    weight = targets["box_weight"]
+    faces = targets["mask"].sum().clamp(min=1.0)
+    used = weight > 0
+    if not used.any():
+        return log_size.sum() * 0.0
+    predicted = _cell_boxes(log_size, offset).permute(0, 2, 3, 1)[used]
+    truth = _cell_boxes(targets["box_log_size"], targets["box_offset"]).permute(0, 2, 3, 1)[used]
+    return (weight[used] * (1 - generalised_iou(predicted, truth))).sum() / faces
+
+
 def detection_loss(
-    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], targets: dict[str, torch.Tensor]
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    giou_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     heatmap, log_size, offset = outputs
     mask = targets["mask"][:, None]
@@ -109,8 +150,9 @@ def detection_loss(
         "heatmap": focal_loss(heatmap, targets["heatmap"]),
         "size": (F.l1_loss(log_size, targets["log_size"], reduction="none") * mask).sum() / faces,
         "offset": (F.l1_loss(offset, targets["offset"], reduction="none") * mask).sum() / faces,
+        "giou": giou_loss(log_size, offset, targets),
     }
-    total = parts["heatmap"] + parts["size"] + parts["offset"]
+    total = parts["heatmap"] + parts["size"] + parts["offset"] + giou_weight * parts["giou"]
     return total, {name: float(value.detach()) for name, value in parts.items()}
 
 
@@ -232,7 +274,7 @@ def train_detector(
         started = time.perf_counter()
         model.train()
         _trunk_batchnorm_eval(model)
-        sums = {"loss": 0.0, "heatmap": 0.0, "size": 0.0, "offset": 0.0}
+        sums = {"loss": 0.0, "heatmap": 0.0, "size": 0.0, "offset": 0.0, "giou": 0.0}
         batches = 0
         order = rng.permutation(len(train_items))
         for first in range(0, len(order), config.batch_size):
@@ -254,7 +296,7 @@ def train_detector(
             factor = _learning_rate(step, total_steps, config.warmup_steps)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
-            loss, parts = detection_loss(model(images), targets)
+            loss, parts = detection_loss(model(images), targets, config.giou_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -276,6 +318,7 @@ def train_detector(
             mean["heatmap"],
             mean["size"],
             mean["offset"],
+            mean["giou"],
             recall,
             precision,
             time.perf_counter() - started,
