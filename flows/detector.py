@@ -75,7 +75,13 @@ def train_weights(
         )
         progress.advance(f"epoch {report.epoch}")
 
-    return train_detector(config, frames, out, crops, on_epoch=on_epoch, on_step=on_step)
+    def on_label(done: int, total: int) -> None:
+        if done % 250 == 0 or done == total:
+            logger.info("pseudo-labels: %d/%d identity crops looked at", done, total)
+
+    return train_detector(
+        config, frames, out, crops, on_epoch=on_epoch, on_step=on_step, on_label=on_label
+    )
 
 
 @flow(name="detector-train", log_prints=True)

@@ -357,6 +357,27 @@ def test_a_short_training_run_writes_weights_that_load_strictly(tmp_path: Path) 
     assert heat.shape == (1, 1, 8, 12) and size.shape == offset.shape == (1, 2, 8, 12)
 
 
+def test_a_run_continues_from_earlier_weights_and_reports_its_pseudo_labels(
+    tmp_path: Path,
+) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 16)
+    crops = [
+        write_crop_with_a_face(tmp_path / f"crop{i}.png", 64, 64, (0.2, 0.2, 0.6, 0.6)).path
+        for i in range(5)
+    ]
+    tiny = {"epochs": 1, "batch_size": 4, "view_size": 96, "input_size": 128, "max_steps": 2}
+    first = tmp_path / "first.pt"
+    train_detector(DetectorTrainConfig(**tiny), frames, first)
+    progress = []
+    second = tmp_path / "second.pt"
+    config = DetectorTrainConfig(**tiny, init_weights=str(first), pseudo_label_min_score=0.01)
+    train_detector(config, frames, second, crops, on_label=lambda *a: progress.append(a))
+    assert progress == [(i, 5) for i in range(1, 6)]  # every crop looked at, in order
+    _model, metadata = load_weights(second)
+    assert metadata["continued_from"] == load_weights(first)[1]
+    assert metadata["config"]["init_weights"] == str(first) and metadata["pasted_crops"] <= 5
+
+
 def test_weights_of_another_kind_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, path)

@@ -212,10 +212,14 @@ def _batch(samples: list, device: torch.device) -> tuple[torch.Tensor, dict[str,
 
 
 def label_crops(
-    crops: list[Path], model: FaceCenterNet | None, config: DetectorTrainConfig
+    crops: list[Path],
+    model: FaceCenterNet | None,
+    config: DetectorTrainConfig,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[FaceCrop]:
     """Each identity crop with its face box: found by ``model`` when there is one (crops
-    without a face it trusts are left out), else the centred share."""
+    without a face it trusts are left out), else the centred share. Detecting takes
+    minutes for thousands of crops, so ``on_progress(done, total)`` follows each crop."""
     if model is None:
         return [centred_face(path) for path in crops]
     model.eval()
@@ -225,8 +229,14 @@ def label_crops(
             model, rgb, input_size=config.input_size, min_score=0.1, nms_iou=config.nms_iou
         )
 
-    labelled = (pseudo_label(path, detect, config.pseudo_label_min_score) for path in crops)
-    return [crop for crop in labelled if crop is not None]
+    labelled = []
+    for done, path in enumerate(crops, start=1):
+        crop = pseudo_label(path, detect, config.pseudo_label_min_score)
+        if crop is not None:
+            labelled.append(crop)
+        if on_progress is not None:
+            on_progress(done, len(crops))
+    return labelled
 
 
 def train_detector(
@@ -237,6 +247,7 @@ def train_detector(
     on_epoch: Callable[[DetectorEpoch], None] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     pretrained: bool = True,
+    on_label: Callable[[int, int], None] | None = None,
 ) -> list[DetectorEpoch]:
     """Train, keep the best epoch's weights at ``out``, return every epoch's report."""
     torch.manual_seed(config.seed)
@@ -247,7 +258,7 @@ def train_detector(
     init_metadata: dict = {}
     if config.init_weights is not None:
         model, init_metadata = load_weights(config.init_weights)
-        faces = label_crops(list(crops or []), model.to(device), config)
+        faces = label_crops(list(crops or []), model.to(device), config, on_label)
     else:
         model = FaceCenterNet()
         if pretrained:
