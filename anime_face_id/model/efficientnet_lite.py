@@ -87,6 +87,17 @@ def scaled_stages(depth: float, width: float) -> tuple[StageSpec, ...]:
     )
 
 
+def with_last_stride(stages: tuple[StageSpec, ...], stride: int) -> tuple[StageSpec, ...]:
+    """The layout with its last downsampling stage at ``stride``: 1 keeps the final feature
+    map at twice the resolution (stride 16 instead of 32), the "last stride" of Luo et al.
+    2019; the weights are the same, so the ImageNet ones still load."""
+    last = max(index for index, stage in enumerate(stages) if stage.stride == 2)
+    return tuple(
+        replace(stage, stride=stride) if index == last else stage
+        for index, stage in enumerate(stages)
+    )
+
+
 @dataclass(frozen=True)
 class Variant:
     stages: tuple[StageSpec, ...]
@@ -194,12 +205,15 @@ class EfficientNetLite(nn.Module):
         variant: str = "efficientnet_lite0",
         num_classes: int = NUM_IMAGENET_CLASSES,
         dropout: float = 0.2,
+        last_stride: int = 2,
     ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown backbone '{variant}' (available: {', '.join(VARIANTS)})")
+        if last_stride not in (1, 2):
+            raise ValueError(f"last_stride must be 1 or 2, not {last_stride}")
         self.variant = variant
-        stages = VARIANTS[variant].stages
+        stages = with_last_stride(VARIANTS[variant].stages, last_stride)
         self._conv_stem = SameConv2d(3, stages[0].in_channels, 3, stride=2)
         self._bn0 = _batch_norm(stages[0].in_channels)
         self._blocks = _build_blocks(stages)

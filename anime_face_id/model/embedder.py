@@ -34,11 +34,11 @@ BACKBONES = tuple(VARIANTS)
 NECKS = ("none", "batchnorm")
 
 
-def build_backbone(name: str, pretrained: bool) -> tuple[nn.Module, int]:
+def build_backbone(name: str, pretrained: bool, last_stride: int = 2) -> tuple[nn.Module, int]:
     """The backbone (with a ``features(x) -> (B, dim)`` method) and its feature size."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}' (available: {', '.join(BACKBONES)})")
-    backbone = EfficientNetLite(name)
+    backbone = EfficientNetLite(name, last_stride=last_stride)
     if pretrained:
         load_imagenet_weights(backbone)
     # The ImageNet classifier is not part of the embedding; replacing it keeps it out of
@@ -56,6 +56,7 @@ class Embedder(nn.Module):
         dropout: float = 0.0,
         neck: str = "none",
         flip_test: bool = False,
+        last_stride: int = 2,
     ):
         super().__init__()
         if neck not in NECKS:
@@ -63,7 +64,7 @@ class Embedder(nn.Module):
         self.backbone_name = backbone
         self.embedding_dim = embedding_dim
         self.flip_test = flip_test
-        self.backbone, feature_dim = build_backbone(backbone, pretrained)
+        self.backbone, feature_dim = build_backbone(backbone, pretrained, last_stride)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, embedding_dim)
         self.neck = nn.Identity()
@@ -101,4 +102,5 @@ def build_embedder(
         dropout=config.dropout,
         neck=config.neck,
         flip_test=config.flip_test,
+        last_stride=config.last_stride,
     )
