@@ -167,6 +167,24 @@ def test_every_central_cell_sees_its_face_box() -> None:
     assert cells_per_face[1] > cells_per_face[0] > cells_per_face[2] >= 1
 
 
+def test_overlapping_faces_keep_each_centre_cell_to_its_own_box() -> None:
+    # the small face's central area covers the large face's centre cell (12, 12)
+    boxes = np.array([[40, 40, 120, 120], [84, 84, 40, 40]], np.float32)
+    targets = encode_targets(boxes, 256)
+    centres = np.nonzero(targets["mask"])
+    assert len(centres[0]) == 2
+    np.testing.assert_allclose(
+        targets["box_log_size"][:, centres[0], centres[1]],
+        targets["log_size"][:, centres[0], centres[1]],
+    )
+    np.testing.assert_allclose(
+        targets["box_offset"][:, centres[0], centres[1]],
+        targets["offset"][:, centres[0], centres[1]],
+    )
+    small = targets["box_log_size"][0] == np.float32(math.log(40 / STRIDE))
+    assert small.sum() > 1 and targets["box_weight"][small].sum() == pytest.approx(1.0)
+
+
 def reference_giou(a: list[int], b: list[int]) -> float:
     """GIoU of integer ``x0, y0, x1, y1`` boxes by counting unit squares."""
     left, top = min(a[0], b[0]), min(a[1], b[1])

@@ -447,6 +447,7 @@ def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, last_stride)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor)
     assert loaded.class_names == ["A", "B"] and loaded.best_epoch == 4
+    assert loaded.model.backbone._blocks[-5]._depthwise_conv.stride == (last_stride,) * 2
     assert math.isnan(loaded.val_metrics["map_at_r"])
     images = torch.randn(2, 3, 32, 32)
     model.eval()

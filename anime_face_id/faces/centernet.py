@@ -88,8 +88,9 @@ def _head(out_channels: int, bias: float = 0.0) -> nn.Sequential:
 class FaceCenterNet(nn.Module):
     """``forward(x)`` -> (heatmap logits (B,1,h,w), log size (B,2,h,w), offset (B,2,h,w)).
 
-    Size is ``log(w / STRIDE), log(h / STRIDE)``; offset is the centre's position inside its
-    cell in cells (0..1). Input: (B, 3, H, W) normalised as the embedder's, H and W
+    Size is ``log(w / STRIDE), log(h / STRIDE)``; offset is the centre's position from the
+    cell's corner in cells: 0..1 at the centre's own cell, which decoding reads (trained with
+    a ``giou_weight``, the cells around it predict the same box, offsets beyond 0..1). Input: (B, 3, H, W) normalised as the embedder's, H and W
     multiples of 32.
     """
 

@@ -233,7 +233,9 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
     heatmap (1, S, S): per cell the highest Gaussian of any face; size (2, S, S) and offset
     (2, S, S) are set at each face's centre cell, where mask (S, S) is 1. The ``box_*``
     maps hold the same box seen from every cell of the face's central area (offset from
-    that cell, so beyond 0..1), weighted by its Gaussian; each face's weights sum to 1.
+    that cell, so beyond 0..1), weighted by its Gaussian so that each face's weights sum
+    to 1. Where faces overlap, the smaller face takes the shared cells (the larger then
+    sums to less), except another face's centre cell, whose box targets stay its own.
     """
     cells = size // STRIDE
     heatmap = np.zeros((1, cells, cells), dtype=np.float32)
@@ -244,7 +246,7 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
     box_offset = np.zeros((2, cells, cells), dtype=np.float32)
     box_weight = np.zeros((cells, cells), dtype=np.float32)
     ys, xs = np.mgrid[0:cells, 0:cells].astype(np.float32)
-    # Larger faces last, so a small face's centre cell keeps its own size when two collide.
+    # Larger faces first, so a smaller face's cells keep its own box when two collide.
     for x, y, w, h in sorted(boxes.tolist(), key=lambda b: -b[2] * b[3]):
         cx, cy = (x + w / 2) / STRIDE, (y + h / 2) / STRIDE
         col, row = min(int(cx), cells - 1), min(int(cy), cells - 1)
@@ -255,13 +257,16 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
         )
         np.maximum(heatmap[0], gaussian, out=heatmap[0])
         face_log_size = (math.log(w / STRIDE), math.log(h / STRIDE))
+        # Another face's centre cell keeps that face's box: its L1 and GIoU targets agree.
+        area = (
+            (np.abs(xs + 0.5 - cx) <= BOX_AREA_SHARE * w / STRIDE / 2)
+            & (np.abs(ys + 0.5 - cy) <= BOX_AREA_SHARE * h / STRIDE / 2)
+            & (mask == 0)
+        )
+        area[row, col] = True
         log_size[:, row, col] = face_log_size
         offset[:, row, col] = (cx - col, cy - row)
         mask[row, col] = 1.0
-        area = (np.abs(xs + 0.5 - cx) <= BOX_AREA_SHARE * w / STRIDE / 2) & (
-            np.abs(ys + 0.5 - cy) <= BOX_AREA_SHARE * h / STRIDE / 2
-        )
-        area[row, col] = True
         weight = np.where(area, gaussian, 0.0)
         box_weight[area] = (weight / weight.sum())[area]
         box_log_size[:, area] = np.array(face_log_size, dtype=np.float32)[:, None]

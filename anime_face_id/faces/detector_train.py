@@ -150,9 +150,14 @@ def detection_loss(
         "heatmap": focal_loss(heatmap, targets["heatmap"]),
         "size": (F.l1_loss(log_size, targets["log_size"], reduction="none") * mask).sum() / faces,
         "offset": (F.l1_loss(offset, targets["offset"], reduction="none") * mask).sum() / faces,
-        "giou": giou_loss(log_size, offset, targets),
     }
-    total = parts["heatmap"] + parts["size"] + parts["offset"] + giou_weight * parts["giou"]
+    total = parts["heatmap"] + parts["size"] + parts["offset"]
+    if giou_weight > 0:
+        parts["giou"] = giou_loss(log_size, offset, targets)
+        total = total + giou_weight * parts["giou"]
+    else:  # reported, outside the graph: the first recipe trains without it
+        with torch.no_grad():
+            parts["giou"] = giou_loss(log_size, offset, targets)
     return total, {name: float(value.detach()) for name, value in parts.items()}
 
 
