@@ -90,8 +90,8 @@ class FaceCenterNet(nn.Module):
 
     Size is ``log(w / STRIDE), log(h / STRIDE)``; offset is the centre's position from the
     cell's corner in cells: 0..1 at the centre's own cell, which decoding reads (trained with
-    a ``giou_weight``, the cells around it predict the same box, offsets beyond 0..1). Input: (B, 3, H, W) normalised as the embedder's, H and W
-    multiples of 32.
+    a ``giou_weight``, the cells around it predict the same box, offsets beyond 0..1).
+    Input: (B, 3, H, W) normalised as the embedder's, H and W multiples of 32.
     """
 
     def __init__(self):

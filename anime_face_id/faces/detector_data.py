@@ -267,8 +267,7 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
         log_size[:, row, col] = face_log_size
         offset[:, row, col] = (cx - col, cy - row)
         mask[row, col] = 1.0
-        weight = np.where(area, gaussian, 0.0)
-        box_weight[area] = (weight / weight.sum())[area]
+        box_weight[area] = gaussian[area] / gaussian[area].sum()
         box_log_size[:, area] = np.array(face_log_size, dtype=np.float32)[:, None]
         box_offset[0, area] = cx - xs[area]
         box_offset[1, area] = cy - ys[area]
