@@ -6,7 +6,9 @@ served model use, tracked as an MLflow run named `detector-train`.
 
 The weights are written (atomically, best validation epoch) to ``--out``, by default the
 file shipped in the package; ``crop.detector_weights`` in params.yaml can point the
-pipeline at another file instead.
+pipeline at another file instead. After every epoch the run's state is kept beside them
+(``<out>.state``): run the same command again after an interruption and it continues from
+the last finished epoch (``--start-over`` ignores it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from pydantic import ValidationError
 
 from anime_face_id.faces.detector_data import IMAGE_SUFFIXES
 from anime_face_id.faces.detector_train import DetectorEpoch, DetectorTrainConfig, train_detector
@@ -35,7 +38,12 @@ def face_crops(folder: Path | None) -> list[Path]:
 
 @task
 def train_weights(
-    config: DetectorTrainConfig, frames: Path, crops: list[Path], out: Path, run_id: str
+    config: DetectorTrainConfig,
+    frames: Path,
+    crops: list[Path],
+    out: Path,
+    run_id: str,
+    resume: bool = True,
 ) -> list[DetectorEpoch]:
     import mlflow
 
@@ -79,8 +87,20 @@ def train_weights(
         if done % 250 == 0 or done == total:
             logger.info("pseudo-labels: %d/%d identity crops looked at", done, total)
 
+    def on_notice(notice: str) -> None:
+        logger.info("%s", notice)
+        mlflow.MlflowClient().set_tag(run_id, "resume", notice)
+
     return train_detector(
-        config, frames, out, crops, on_epoch=on_epoch, on_step=on_step, on_label=on_label
+        config,
+        frames,
+        out,
+        crops,
+        on_epoch=on_epoch,
+        on_step=on_step,
+        on_label=on_label,
+        resume=resume,
+        on_notice=on_notice,
     )
 
 
@@ -90,11 +110,12 @@ def detector_flow(
     crops: str | None = None,
     out: str = str(PACKAGED_WEIGHTS),
     config: dict | None = None,
+    resume: bool = True,
 ):
-    return fail_on_stage_error(lambda: _train(frames, crops, out, config or {}))
+    return fail_on_stage_error(lambda: _train(frames, crops, out, config or {}, resume))
 
 
-def _train(frames: str, crops: str | None, out: str, overrides: dict) -> dict:
+def _train(frames: str, crops: str | None, out: str, overrides: dict, resume: bool) -> dict:
     import mlflow
 
     config = DetectorTrainConfig.model_validate(overrides)
@@ -112,7 +133,7 @@ def _train(frames: str, crops: str | None, out: str, overrides: dict) -> dict:
             }
         )
         mlflow.set_tags({"stage": "detector-train"})
-        reports = train_weights(config, Path(frames), pasted, Path(out), run.info.run_id)
+        reports = train_weights(config, Path(frames), pasted, Path(out), run.info.run_id, resume)
         best = max(reports, key=lambda r: r.f1)
         mlflow.log_metrics(
             {
@@ -171,6 +192,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="continue from this weights file (default: start from the ImageNet trunk)",
     )
+    parser.add_argument(
+        "--pseudo-labels-from",
+        type=Path,
+        default=None,
+        help="weights file whose detections label the crops' faces (default: --init's)",
+    )
+    parser.add_argument(
+        "--neck-channels",
+        type=int,
+        default=None,
+        help="width of the feature pyramid and heads (default 64, the shipped weights')",
+    )
+    parser.add_argument(
+        "--head-convs",
+        type=int,
+        default=None,
+        help="separable 3x3 convolutions in each head (default 1)",
+    )
+    parser.add_argument(
+        "--start-over",
+        action="store_true",
+        help="ignore the state an interrupted run left beside --out (default: continue it)",
+    )
     return parser.parse_args(argv)
 
 
@@ -183,9 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.frames / "images").is_dir():
         print(f"error: {args.frames} has no images/ folder", file=sys.stderr)
         raise SystemExit(2)
-    if args.init is not None and not args.init.is_file():
-        print(f"error: --init {args.init} is not a file", file=sys.stderr)
-        raise SystemExit(2)
+    for name, path in (("--init", args.init), ("--pseudo-labels-from", args.pseudo_labels_from)):
+        if path is not None and not path.is_file():
+            print(f"error: {name} {path} is not a file", file=sys.stderr)
+            raise SystemExit(2)
     overrides = {
         key: value
         for key, value in (
@@ -198,15 +243,29 @@ def main(argv: list[str] | None = None) -> None:
             ("giou_weight", args.giou_weight),
             ("device", args.device),
             ("init_weights", str(args.init) if args.init else None),
+            (
+                "pseudo_labels_from",
+                str(args.pseudo_labels_from) if args.pseudo_labels_from else None,
+            ),
+            ("neck_channels", args.neck_channels),
+            ("head_convs", args.head_convs),
         )
         if value is not None
     }
+    try:
+        DetectorTrainConfig.model_validate(overrides)
+    except ValidationError as error:
+        for problem in error.errors():
+            option = "--" + "-".join(str(part) for part in problem["loc"]).replace("_", "-")
+            print(f"error: {option}: {problem['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
     report_stops_once()
     state = detector_flow(
         frames=str(args.frames),
         crops=str(args.crops) if args.crops else None,
         out=str(args.out),
         config=overrides,
+        resume=not args.start_over,
         return_state=True,
     )
     finish("detector-train", state)

@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import iou
 from anime_face_id.faces.centernet import (
     STRIDE,
+    WEIGHTS_FORMAT,
     FaceCenterNet,
     box_iou,
     decode,
@@ -36,10 +38,13 @@ from anime_face_id.faces.detector_data import (
 )
 from anime_face_id.faces.detector_train import (
     DetectorTrainConfig,
+    data_fingerprint,
     detection_loss,
     focal_loss,
     generalised_iou,
     giou_loss,
+    resume_state_path,
+    saved_state,
     train_detector,
 )
 
@@ -396,6 +401,149 @@ def test_a_run_continues_from_earlier_weights_and_reports_its_pseudo_labels(
     assert metadata["config"]["init_weights"] == str(first) and metadata["pasted_crops"] <= 5
 
 
+def test_pseudo_labels_can_come_from_another_detector_than_the_initial_weights(
+    tmp_path: Path,
+) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 16)
+    crops = [
+        write_crop_with_a_face(tmp_path / f"crop{i}.png", 64, 64, (0.2, 0.2, 0.6, 0.6)).path
+        for i in range(3)
+    ]
+    tiny = {"epochs": 1, "batch_size": 4, "view_size": 96, "input_size": 128, "max_steps": 2}
+    labeller = tmp_path / "labeller.pt"
+    train_detector(DetectorTrainConfig(**tiny), frames, labeller, pretrained=False)
+    progress = []
+    config = DetectorTrainConfig(
+        **tiny, pseudo_labels_from=str(labeller), pseudo_label_min_score=0.01
+    )
+    out = tmp_path / "fresh.pt"
+    train_detector(
+        config, frames, out, crops, pretrained=False, on_label=lambda *a: progress.append(a)
+    )
+    assert progress == [(i, 3) for i in range(1, 4)]  # the crops were labelled by it
+    _model, metadata = load_weights(out)
+    assert metadata["continued_from"] is None  # while the weights started afresh
+    assert metadata["config"]["pseudo_labels_from"] == str(labeller)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_at(epoch: int):
+    def on_epoch(report) -> None:
+        if report.epoch == epoch:
+            raise Interrupted  # as a kill during that epoch: its state is never written
+
+    return on_epoch
+
+
+RESUMABLE = {
+    "epochs": 3,
+    "batch_size": 4,
+    "view_size": 96,
+    "input_size": 128,
+    "warmup_steps": 1,
+    "val_fraction": 0.25,
+    "min_score": 0.05,
+    "paste_probability": 0.5,
+    "close_up_probability": 0.3,
+}
+
+
+def numbers(reports) -> list[tuple]:
+    return [(r.epoch, r.loss, r.heatmap_loss, r.size_loss, r.recall, r.precision) for r in reports]
+
+
+def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 24)
+    crops = [
+        write_crop_with_a_face(tmp_path / f"crop{i}.png", 64, 64, (0.2, 0.25, 0.5, 0.5)).path
+        for i in range(4)
+    ]
+    config = DetectorTrainConfig(**RESUMABLE)
+    straight_out = tmp_path / "straight.pt"
+    straight = train_detector(config, frames, straight_out, crops, pretrained=False)
+    assert not resume_state_path(straight_out).exists()  # a finished run leaves no state
+
+    out = tmp_path / "resumed.pt"
+    with pytest.raises(Interrupted):
+        train_detector(config, frames, out, crops, on_epoch=interrupted_at(2), pretrained=False)
+    assert resume_state_path(out).is_file()
+    notices, seen = [], []
+    resumed = train_detector(
+        config,
+        frames,
+        out,
+        crops,
+        on_epoch=seen.append,
+        on_notice=notices.append,
+        pretrained=False,
+    )
+    assert notices == ["continuing the interrupted run after epoch 1"]
+    assert [r.epoch for r in seen] == [1, 2, 3]  # the earlier epoch reported again first
+    assert numbers(resumed) == numbers(straight) and len(straight) == 3
+    assert not resume_state_path(out).exists()
+    (a, meta_a), (b, meta_b) = load_weights(straight_out), load_weights(out)
+    assert meta_a["epoch"] == meta_b["epoch"]
+    assert all(torch.equal(value, b.state_dict()[key]) for key, value in a.state_dict().items())
+
+
+def test_a_run_starts_over_when_the_interrupted_one_cannot_be_continued(tmp_path: Path) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 16)
+    config = DetectorTrainConfig(**RESUMABLE)
+    out = tmp_path / "detector.pt"
+    with pytest.raises(Interrupted):
+        train_detector(config, frames, out, on_epoch=interrupted_at(2), pretrained=False)
+    state = resume_state_path(out)
+    fingerprint = data_fingerprint(read_yolo_folder(frames), [])
+
+    def why(config=config, fingerprint=fingerprint, out=out) -> str:
+        payload, reason = saved_state(state, config, fingerprint, out)
+        assert (payload is None) == (not reason.startswith("continuing"))
+        return reason
+
+    assert why() == "continuing the interrupted run after epoch 1"
+    assert why(config.model_copy(update={"device": "cpu"})).startswith("continuing")
+    assert "another recipe (lr, seed)" in why(config.model_copy(update={"lr": 1e-3, "seed": 1}))
+    assert "other frames, labels or crops" in why(fingerprint=data_fingerprint([], []))
+    assert "best weights" in why(out=tmp_path / "elsewhere.pt")
+    saved = state.read_bytes()
+    state.write_bytes(saved[: len(saved) // 2])  # torn
+    assert "unreadable" in why()
+    state.write_bytes(saved)
+
+    notices = []
+    other = config.model_copy(update={"epochs": 2})
+    reports = train_detector(other, frames, out, on_notice=notices.append, pretrained=False)
+    assert "another recipe (epochs)" in notices[0] and [r.epoch for r in reports] == [1, 2]
+    assert not state.exists()
+    with pytest.raises(Interrupted):
+        train_detector(config, frames, out, on_epoch=interrupted_at(2), pretrained=False)
+    notices = []
+    train_detector(config, frames, out, on_notice=notices.append, pretrained=False, resume=False)
+    assert notices == ["starting over (asked to)"]
+
+
+def test_a_wider_detector_round_trips_and_continues_only_as_itself(tmp_path: Path) -> None:
+    wide = FaceCenterNet(neck_channels=32, head_convs=2)
+    path = tmp_path / "wide.pt"
+    save_weights(wide, path, {})
+    loaded, _ = load_weights(path)
+    assert loaded.architecture == {"neck_channels": 32, "head_convs": 2}
+    assert loaded.state_dict().keys() == wide.state_dict().keys()
+    assert len(loaded.heatmap) == 3 and loaded.smooth[0].out_channels == 32
+    frames = write_yolo_folder(tmp_path / "frames", 8)
+    mismatched = DetectorTrainConfig(init_weights=str(path), max_steps=1)
+    with pytest.raises(StageError, match="neck_channels and head_convs"):
+        train_detector(mismatched, frames, tmp_path / "out.pt")
+    for architecture in ({"layers": 3}, {"neck_channels": "64"}, [64]):
+        bad = tmp_path / "bad.pt"
+        torch.save({"format": WEIGHTS_FORMAT, "state_dict": {}, "architecture": architecture}, bad)
+        with pytest.raises(ValueError, match="detector architecture"):
+            load_weights(bad)
+
+
 def test_weights_of_another_kind_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, path)
@@ -438,6 +586,10 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
         "cpu",
         "--giou-weight",
         "2",
+        "--neck-channels",
+        "32",
+        "--head-convs",
+        "2",
     ]
     env = {**os.environ, **prefect_api, "MLFLOW_TRACKING_URI": uri}
     process = subprocess.run(
@@ -455,6 +607,11 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
     )
     assert run.data.params["detector.epochs"] == "1"
     assert run.data.params["detector.giou_weight"] == "2.0"
+    assert run.data.params["detector.neck_channels"] == "32"
+    assert _model.architecture == {"neck_channels": 32, "head_convs": 2}
+    assert run.data.tags["resume"] == "no interrupted run to continue"
+    assert "no interrupted run to continue" in process.stdout + process.stderr
+    assert not (out.parent / "detector.pt.state").exists()
     assert {"val_recall", "val_precision", "loss", "giou_loss", "best_val_recall"} <= set(
         run.data.metrics
     )
@@ -469,3 +626,18 @@ def test_detector_command_refuses_a_folder_without_pictures(tmp_path: Path, caps
         main(["--frames", str(tmp_path)])
     assert stop.value.code == 2
     assert "has no images/ folder" in capsys.readouterr().err
+
+
+def test_detector_command_names_the_options_it_refuses(tmp_path: Path, capsys) -> None:
+    from flows.detector import main
+
+    frames = write_yolo_folder(tmp_path / "frames", 2)
+    with pytest.raises(SystemExit) as stop:
+        main(["--frames", str(frames), "--neck-channels", "0", "--lr", "-1"])
+    assert stop.value.code == 2
+    errors = capsys.readouterr().err
+    assert "--neck-channels: Input should be greater than or equal to 8" in errors
+    assert "--lr: Input should be greater than 0" in errors
+    with pytest.raises(SystemExit):
+        main(["--frames", str(frames), "--pseudo-labels-from", str(tmp_path / "none.pt")])
+    assert "--pseudo-labels-from" in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 One class (face), one output scale (stride 8), three heads, as in Zhou et al. 2019,
 "Objects as Points": a centre heatmap, the box size and the sub-cell offset of the centre.
-The backbone's stride-8, 16 and 32 features are merged top-down (a three-level FPN at 64
-channels) so that a stride-8 cell still sees the whole head around it.
+The backbone's stride-8, 16 and 32 features are merged top-down (a three-level FPN, 64
+channels in the shipped weights) so that a stride-8 cell still sees the whole head around it.
 
 Everything here is plain torch: decoding and non-maximum suppression included (torchvision
 cannot load beside the CPU torch build, see DESIGN.md).
@@ -78,11 +78,11 @@ def _separable(channels: int) -> nn.Sequential:
     )
 
 
-def _head(out_channels: int, bias: float = 0.0) -> nn.Sequential:
-    last = nn.Conv2d(NECK_CHANNELS, out_channels, 1)
+def _head(channels: int, convs: int, out_channels: int, bias: float = 0.0) -> nn.Sequential:
+    last = nn.Conv2d(channels, out_channels, 1)
     nn.init.normal_(last.weight, std=0.01)
     nn.init.constant_(last.bias, bias)
-    return nn.Sequential(_separable(NECK_CHANNELS), last)
+    return nn.Sequential(*(_separable(channels) for _ in range(convs)), last)
 
 
 class FaceCenterNet(nn.Module):
@@ -92,19 +92,24 @@ class FaceCenterNet(nn.Module):
     cell's corner in cells: 0..1 at the centre's own cell, which decoding reads (trained with
     a ``giou_weight``, the cells around it predict the same box, offsets beyond 0..1).
     Input: (B, 3, H, W) normalised as the embedder's, H and W multiples of 32.
+
+    ``neck_channels`` (the FPN's width) and ``head_convs`` (separable 3x3 convolutions per
+    head) size what is trained from scratch on top of the ImageNet trunk; the weights file
+    records them (``architecture``).
     """
 
-    def __init__(self):
+    def __init__(self, neck_channels: int = NECK_CHANNELS, head_convs: int = 1):
         super().__init__()
+        self.architecture = {"neck_channels": neck_channels, "head_convs": head_convs}
         self.trunk = Lite0Trunk()
         self.laterals = nn.ModuleList(
-            _conv_bn_relu(channels, NECK_CHANNELS, 1) for channels in TAP_CHANNELS
+            _conv_bn_relu(channels, neck_channels, 1) for channels in TAP_CHANNELS
         )
-        self.smooth = _separable(NECK_CHANNELS)
+        self.smooth = _separable(neck_channels)
         prior = -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR)
-        self.heatmap = _head(1, bias=prior)
-        self.size = _head(2)
-        self.offset = _head(2)
+        self.heatmap = _head(neck_channels, head_convs, 1, bias=prior)
+        self.size = _head(neck_channels, head_convs, 2)
+        self.offset = _head(neck_channels, head_convs, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         taps = self.trunk(x)
@@ -247,9 +252,26 @@ def save_weights(model: FaceCenterNet, path, metadata: dict) -> None:
         key: (value.half() if value.is_floating_point() else value).cpu()
         for key, value in model.state_dict().items()
     }
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "state_dict": state,
+        "architecture": dict(model.architecture),
+        "metadata": metadata,
+    }
     buffer = io.BytesIO()
-    torch.save({"format": WEIGHTS_FORMAT, "state_dict": state, "metadata": metadata}, buffer)
+    torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def _architecture(payload: dict, path) -> dict[str, int]:
+    # files written before the architecture was recorded hold the first one
+    architecture = payload.get("architecture", {})
+    known = {"neck_channels", "head_convs"}
+    if not isinstance(architecture, dict) or not set(architecture) <= known:
+        raise ValueError(f"{path}: unknown detector architecture {architecture!r}")
+    if not all(isinstance(v, int) and 1 <= v <= 1024 for v in architecture.values()):
+        raise ValueError(f"{path}: unusable detector architecture {architecture!r}")
+    return architecture
 
 
 def load_weights(path) -> tuple[FaceCenterNet, dict]:
@@ -257,7 +279,7 @@ def load_weights(path) -> tuple[FaceCenterNet, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path} is not a CenterNet face detector weights file ({WEIGHTS_FORMAT})")
-    model = FaceCenterNet()
+    model = FaceCenterNet(**_architecture(payload, path))
     state = {
         key: value.float() if value.is_floating_point() else value
         for key, value in payload["state_dict"].items()

@@ -1,16 +1,21 @@
 """Train the CenterNet face detector on labelled frames plus pasted illustration faces.
 
-Read top to bottom: config, loss, evaluation, the loop. ``train_detector`` reports each
-epoch to a callback (the CLI prints it, the flow logs it to MLflow) and keeps the best
-weights by validation F1 at IoU 0.5, written atomically.
+Read top to bottom: config, loss, evaluation, the run's state, the loop.
+``train_detector`` reports each epoch to a callback (the CLI prints it, the flow logs it to
+MLflow) and keeps the best weights by validation F1 at IoU 0.5, written atomically. After
+every epoch it also writes what an interrupted run needs to go on (``<out>.state``): run
+again with the same recipe and data, it continues from the last finished epoch and ends
+with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,8 +25,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from anime_face_id.device import resolve_device
+from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import recall_precision
 from anime_face_id.faces.centernet import (
+    NECK_CHANNELS,
     FaceCenterNet,
     detect_boxes,
     load_trunk_imagenet_weights,
@@ -37,6 +44,7 @@ from anime_face_id.faces.detector_data import (
     split_validation,
     training_sample,
 )
+from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.imaging import load_rgb_array
 
 
@@ -45,6 +53,10 @@ class DetectorTrainConfig(BaseModel):
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
+    # What is trained from scratch on the ImageNet trunk: the FPN's width and the separable
+    # convolutions of each head (the shipped weights: 64 and 1).
+    neck_channels: int = Field(NECK_CHANNELS, ge=8, le=512)
+    head_convs: int = Field(1, ge=1, le=4)
     view_size: int = Field(320, ge=64, multiple_of=32)  # square training views
     input_size: int = Field(512, ge=64, multiple_of=32)  # longest side at detection time
     lr: float = Field(2e-3, gt=0)
@@ -72,6 +84,9 @@ class DetectorTrainConfig(BaseModel):
     # Continue from an earlier weights file instead of the ImageNet trunk: on a CPU a long
     # recipe is run as several shorter runs, each recorded in the file it writes.
     init_weights: str | None = None
+    # The detector that labels the identity crops' faces; None: the init weights' (if any).
+    # With it, a run from the ImageNet trunk still trains on pseudo-labelled close-ups.
+    pseudo_labels_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +259,174 @@ def label_crops(
     return labelled
 
 
+# ------------------------------------------------------------------ the run's state
+
+STATE_FORMAT = "anime-face-id/detector-train-state/1"
+# Where a resumed run may differ from the one it continues: the same recipe on other hardware.
+RESUMABLE_DIFFERENCES = {"device"}
+
+
+def resume_state_path(out: Path) -> Path:
+    """What an interrupted run needs to go on, kept beside its weights until it ends."""
+    return out.with_name(out.name + ".state")
+
+
+def data_fingerprint(items: list[LabelledImage], crops: list[Path]) -> str:
+    """Which frames, labels and crops a run trains on (a resumed run needs the same)."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(str(item.path).encode() + b"\0")
+        digest.update(np.ascontiguousarray(item.boxes, dtype=np.float32).tobytes())
+    for path in crops:
+        digest.update(str(path).encode() + b"\0")
+    return digest.hexdigest()
+
+
+@dataclass
+class RunState:
+    """Everything a run carries from one epoch to the next."""
+
+    model: FaceCenterNet
+    optimizer: torch.optim.Optimizer
+    rng: np.random.Generator
+    faces: list[FaceCrop]
+    init_metadata: dict
+    reports: list[DetectorEpoch]
+    best_f1: float = -1.0
+    step: int = 0
+
+    def save(self, path: Path, config: DetectorTrainConfig, fingerprint: str) -> None:
+        payload = {
+            "format": STATE_FORMAT,
+            "config": config.model_dump(mode="json"),
+            "data": fingerprint,
+            "architecture": dict(self.model.architecture),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "faces": [(str(face.path), list(face.box)) for face in self.faces],
+            "init_metadata": self.init_metadata,
+            "reports": [asdict(report) for report in self.reports],
+            "best_f1": self.best_f1,
+            "step": self.step,
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def saved_state(
+    path: Path, config: DetectorTrainConfig, fingerprint: str, out: Path
+) -> tuple[dict | None, str]:
+    """The state of an interrupted run this one can continue, or None and why not."""
+    if not path.is_file():
+        return None, "no interrupted run to continue"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a torn or foreign file is a reason to start over, not a crash
+        return None, f"{path} is unreadable ({type(error).__name__}): starting over"
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        return None, f"{path} is not a detector training state: starting over"
+    now = config.model_dump(mode="json")
+    changed = sorted(
+        key
+        for key in set(now) | set(payload["config"])
+        if key not in RESUMABLE_DIFFERENCES and now.get(key) != payload["config"].get(key)
+    )
+    if changed:
+        return None, f"the interrupted run had another recipe ({', '.join(changed)}): starting over"
+    if payload["data"] != fingerprint:
+        return None, "the interrupted run had other frames, labels or crops: starting over"
+    if payload["reports"] and not out.is_file():
+        return None, f"the interrupted run's best weights ({out}) are gone: starting over"
+    return payload, f"continuing the interrupted run after epoch {len(payload['reports'])}"
+
+
+def restore(payload: dict, device: torch.device) -> RunState:
+    model = FaceCenterNet(**payload["architecture"])
+    model.load_state_dict(payload["model"], strict=True)
+    model.to(device)
+    optimizer = make_optimizer(model, payload["config"])
+    optimizer.load_state_dict(payload["optimizer"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = payload["numpy_rng"]
+    torch.set_rng_state(payload["torch_rng"])
+    return RunState(
+        model=model,
+        optimizer=optimizer,
+        rng=rng,
+        faces=[FaceCrop(Path(path), tuple(box)) for path, box in payload["faces"]],
+        init_metadata=payload["init_metadata"],
+        reports=[DetectorEpoch(**report) for report in payload["reports"]],
+        best_f1=payload["best_f1"],
+        step=payload["step"],
+    )
+
+
+def make_optimizer(model: FaceCenterNet, config: dict) -> torch.optim.Optimizer:
+    """AdamW, the trunk's trainable part at ``backbone_lr`` and the rest at ``lr``; the
+    stem and first blocks frozen."""
+    _freeze_stem(model, config["frozen_blocks"])
+    trunk = [p for p in model.trunk.parameters() if p.requires_grad]
+    rest = [p for name, p in model.named_parameters() if not name.startswith("trunk.")]
+    return torch.optim.AdamW(
+        [{"params": trunk, "lr": config["backbone_lr"]}, {"params": rest, "lr": config["lr"]}],
+        weight_decay=config["weight_decay"],
+    )
+
+
+def initial_model(
+    config: DetectorTrainConfig, device: torch.device, pretrained: bool
+) -> tuple[FaceCenterNet, dict]:
+    """The ImageNet trunk with fresh heads, or the ``init_weights`` run's detector."""
+    wanted = {"neck_channels": config.neck_channels, "head_convs": config.head_convs}
+    if config.init_weights is None:
+        model = FaceCenterNet(**wanted)
+        if pretrained:
+            load_trunk_imagenet_weights(model)
+        return model.to(device), {}
+    model, metadata = load_weights(config.init_weights)
+    if model.architecture != wanted:
+        raise StageError(
+            f"{config.init_weights} is a detector with {model.architecture}; "
+            f"this run asks for {wanted}: give the same neck_channels and head_convs"
+        )
+    return model.to(device), metadata
+
+
+def labeller(
+    config: DetectorTrainConfig, model: FaceCenterNet, device: torch.device
+) -> FaceCenterNet | None:
+    """The detector that labels the identity crops' faces, if any."""
+    if config.pseudo_labels_from is not None:
+        return load_weights(config.pseudo_labels_from)[0].to(device)
+    return model if config.init_weights is not None else None
+
+
+def fresh_state(
+    config: DetectorTrainConfig,
+    crops: list[Path],
+    device: torch.device,
+    pretrained: bool,
+    on_label: Callable[[int, int], None] | None,
+) -> RunState:
+    torch.manual_seed(config.seed)
+    model, init_metadata = initial_model(config, device, pretrained)
+    faces = label_crops(crops, labeller(config, model, device), config, on_label)
+    return RunState(
+        model=model,
+        optimizer=make_optimizer(model, config.model_dump()),
+        rng=np.random.default_rng(config.seed),
+        faces=faces,
+        init_metadata=init_metadata,
+        reports=[],
+    )
+
+
+# ------------------------------------------------------------------ the loop
+
+
 def train_detector(
     config: DetectorTrainConfig,
     frames: Path,
@@ -253,40 +436,45 @@ def train_detector(
     on_step: Callable[[int, int, float], None] | None = None,
     pretrained: bool = True,
     on_label: Callable[[int, int], None] | None = None,
+    resume: bool = True,
+    on_notice: Callable[[str], None] | None = None,
 ) -> list[DetectorEpoch]:
-    """Train, keep the best epoch's weights at ``out``, return every epoch's report."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    train_items, val_items = split_validation(read_yolo_folder(frames), config.val_fraction)
+    """Train, keep the best epoch's weights at ``out``, return every epoch's report.
 
+    With ``resume``, a run interrupted with the same recipe and data goes on after its last
+    finished epoch (its earlier epochs are reported to ``on_epoch`` again first);
+    ``on_notice`` hears whether it did and why not."""
+    out = Path(out)
+    crops = list(crops or [])
+    items = read_yolo_folder(frames)
+    train_items, val_items = split_validation(items, config.val_fraction)
+    fingerprint = data_fingerprint(items, crops)
+    state_path = resume_state_path(out)
     device = resolve_device(config.device)
-    init_metadata: dict = {}
-    if config.init_weights is not None:
-        model, init_metadata = load_weights(config.init_weights)
-        faces = label_crops(list(crops or []), model.to(device), config, on_label)
+
+    payload, why = (None, "starting over (asked to)")
+    if resume:
+        payload, why = saved_state(state_path, config, fingerprint, out)
+    if on_notice is not None:
+        on_notice(why)
+    if payload is not None:
+        run = restore(payload, device)
     else:
-        model = FaceCenterNet()
-        if pretrained:
-            load_trunk_imagenet_weights(model)
-        model.to(device)
-        faces = label_crops(list(crops or []), None, config)
-    _freeze_stem(model, config.frozen_blocks)
-    trunk = [p for p in model.trunk.parameters() if p.requires_grad]
-    rest = [p for name, p in model.named_parameters() if not name.startswith("trunk.")]
-    optimizer = torch.optim.AdamW(
-        [{"params": trunk, "lr": config.backbone_lr}, {"params": rest, "lr": config.lr}],
-        weight_decay=config.weight_decay,
-    )
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+        run = fresh_state(config, crops, device, pretrained, on_label)
+    model, optimizer, rng = run.model, run.optimizer, run.rng
+    for report in run.reports:
+        if on_epoch is not None:
+            on_epoch(report)
+
+    base_lrs = [config.backbone_lr, config.lr]  # the optimiser's groups: trunk, the rest
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
 
-    reports: list[DetectorEpoch] = []
-    best_f1 = -1.0
-    step = 0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(run.reports) + 1, config.epochs + 1):
+        if run.step >= total_steps:
+            break
         started = time.perf_counter()
         model.train()
         _trunk_batchnorm_eval(model)
@@ -294,13 +482,13 @@ def train_detector(
         batches = 0
         order = rng.permutation(len(train_items))
         for first in range(0, len(order), config.batch_size):
-            if step >= total_steps:
+            if run.step >= total_steps:
                 break
             chosen = order[first : first + config.batch_size]
             samples = [
                 training_sample(
                     train_items[i],
-                    faces,
+                    run.faces,
                     rng,
                     config.view_size,
                     config.paste_probability,
@@ -309,7 +497,7 @@ def train_detector(
                 for i in chosen
             ]
             images, targets = _batch(samples, device)
-            factor = _learning_rate(step, total_steps, config.warmup_steps)
+            factor = _learning_rate(run.step, total_steps, config.warmup_steps)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
             loss, parts = detection_loss(model(images), targets, config.giou_weight)
@@ -317,13 +505,13 @@ def train_detector(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
-            step += 1
+            run.step += 1
             batches += 1
             sums["loss"] += float(loss.detach())
             for name, value in parts.items():
                 sums[name] += value
             if on_step is not None:
-                on_step(step, total_steps, float(loss.detach()))
+                on_step(run.step, total_steps, float(loss.detach()))
         recall, precision = evaluate_detector(
             model, val_items, config.input_size, config.min_score, config.nms_iou
         )
@@ -339,11 +527,11 @@ def train_detector(
             precision,
             time.perf_counter() - started,
         )
-        reports.append(report)
+        run.reports.append(report)
         if on_epoch is not None:
             on_epoch(report)
-        if report.f1 > best_f1:
-            best_f1 = report.f1
+        if report.f1 > run.best_f1:
+            run.best_f1 = report.f1
             save_weights(
                 model,
                 out,
@@ -354,11 +542,11 @@ def train_detector(
                     "val_precision": precision,
                     "val_pictures": len(val_items),
                     "train_pictures": len(train_items),
-                    "pasted_crops": len(faces),
+                    "pasted_crops": len(run.faces),
                     # The run this one continued, so the whole recipe stays in the file.
-                    "continued_from": init_metadata or None,
+                    "continued_from": run.init_metadata or None,
                 },
             )
-        if step >= total_steps:
-            break
-    return reports
+        run.save(state_path, config, fingerprint)
+    state_path.unlink(missing_ok=True)  # finished: nothing left to continue
+    return run.reports
