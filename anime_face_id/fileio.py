@@ -155,12 +155,14 @@ def group_by(rows: Iterable[Mapping[str, str]], key: str) -> dict[str, list]:
     return groups
 
 
-def sweep_temporaries(directory: str | Path) -> int:
-    """Remove temporary files an interrupted run left under ``directory``."""
+def sweep_temporaries(directory: str | Path, recursive: bool = True) -> int:
+    """Remove temporary files an interrupted run left under ``directory`` (or, not
+    ``recursive``, directly in it)."""
     removed = 0
     root = Path(directory)
     if root.is_dir():
-        for leftover in root.rglob(f"{TMP_PREFIX}*"):
+        found = root.rglob if recursive else root.glob
+        for leftover in found(f"{TMP_PREFIX}*"):
             if leftover.is_file():
                 leftover.unlink(missing_ok=True)
                 removed += 1

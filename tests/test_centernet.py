@@ -40,6 +40,7 @@ from anime_face_id.faces.detector_train import (
     DetectorTrainConfig,
     data_fingerprint,
     detection_loss,
+    file_sha256,
     focal_loss,
     generalised_iou,
     giou_loss,
@@ -455,6 +456,32 @@ def numbers(reports) -> list[tuple]:
     return [(r.epoch, r.loss, r.heatmap_loss, r.size_loss, r.recall, r.precision) for r in reports]
 
 
+def state_snapshot(out: Path, epoch: int, into: dict):
+    """An on_epoch that copies the run's state file as it stands when ``epoch`` is reported
+    (the state after the epoch before)."""
+
+    def on_epoch(report) -> None:
+        if report.epoch == epoch:
+            into["state"] = torch.load(resume_state_path(out), weights_only=True)
+
+    return on_epoch
+
+
+def assert_same_tensors(a, b) -> None:
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_tensors(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_tensors(x, y)
+    else:
+        assert a == b
+
+
 def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
     frames = write_yolo_folder(tmp_path / "frames", 24)
     crops = [
@@ -462,31 +489,47 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path: P
         for i in range(4)
     ]
     config = DetectorTrainConfig(**RESUMABLE)
-    straight_out = tmp_path / "straight.pt"
-    straight = train_detector(config, frames, straight_out, crops, pretrained=False)
-    assert not resume_state_path(straight_out).exists()  # a finished run leaves no state
+    straight_out, straight_state = tmp_path / "straight.pt", {}
+    straight = train_detector(
+        config,
+        frames,
+        straight_out,
+        crops,
+        on_epoch=state_snapshot(straight_out, 3, straight_state),
+        pretrained=False,
+    )
+    notices = []
+    again = train_detector(
+        config, frames, straight_out, crops, on_notice=notices.append, pretrained=False
+    )
+    assert numbers(again) == numbers(straight)  # the finished run is not trained twice
+    assert "finished before with this recipe and data" in notices[0]
+    finished = torch.load(resume_state_path(straight_out), weights_only=True)
+    assert finished["finished"] and "model" not in finished  # a small record, no weights
 
-    out = tmp_path / "resumed.pt"
+    out, resumed_state = tmp_path / "resumed.pt", {}
     with pytest.raises(Interrupted):
         train_detector(config, frames, out, crops, on_epoch=interrupted_at(2), pretrained=False)
     assert resume_state_path(out).is_file()
     notices, seen = [], []
+
+    def on_epoch(report) -> None:
+        seen.append(report)
+        state_snapshot(out, 3, resumed_state)(report)
+
     resumed = train_detector(
-        config,
-        frames,
-        out,
-        crops,
-        on_epoch=seen.append,
-        on_notice=notices.append,
-        pretrained=False,
+        config, frames, out, crops, on_epoch=on_epoch, on_notice=notices.append, pretrained=False
     )
     assert notices == ["continuing the interrupted run after epoch 1"]
     assert [r.epoch for r in seen] == [1, 2, 3]  # the earlier epoch reported again first
     assert numbers(resumed) == numbers(straight) and len(straight) == 3
-    assert not resume_state_path(out).exists()
-    (a, meta_a), (b, meta_b) = load_weights(straight_out), load_weights(out)
-    assert meta_a["epoch"] == meta_b["epoch"]
-    assert all(torch.equal(value, b.state_dict()[key]) for key, value in a.state_dict().items())
+    # after epoch 2 (trained by the continued process): the same weights, optimiser moments,
+    # step, generator and best score as the uninterrupted run's
+    a, b = straight_state["state"], resumed_state["state"]
+    assert a["step"] == b["step"] > 0 and a["numpy_rng"] == b["numpy_rng"]
+    for key in ("model", "optimizer", "torch_rng", "best_f1", "best_sha256", "faces"):
+        assert_same_tensors(a[key], b[key])
+    assert file_sha256(out) == file_sha256(straight_out)
 
 
 def test_a_run_starts_over_when_the_interrupted_one_cannot_be_continued(tmp_path: Path) -> None:
@@ -496,7 +539,7 @@ def test_a_run_starts_over_when_the_interrupted_one_cannot_be_continued(tmp_path
     with pytest.raises(Interrupted):
         train_detector(config, frames, out, on_epoch=interrupted_at(2), pretrained=False)
     state = resume_state_path(out)
-    fingerprint = data_fingerprint(read_yolo_folder(frames), [])
+    fingerprint = data_fingerprint(read_yolo_folder(frames), [], config)
 
     def why(config=config, fingerprint=fingerprint, out=out) -> str:
         payload, reason = saved_state(state, config, fingerprint, out)
@@ -506,8 +549,12 @@ def test_a_run_starts_over_when_the_interrupted_one_cannot_be_continued(tmp_path
     assert why() == "continuing the interrupted run after epoch 1"
     assert why(config.model_copy(update={"device": "cpu"})).startswith("continuing")
     assert "another recipe (lr, seed)" in why(config.model_copy(update={"lr": 1e-3, "seed": 1}))
-    assert "other frames, labels or crops" in why(fingerprint=data_fingerprint([], []))
-    assert "best weights" in why(out=tmp_path / "elsewhere.pt")
+    assert "other frames, labels, crops or starting" in why(fingerprint=data_fingerprint([], []))
+    assert "no longer holds" in why(out=tmp_path / "elsewhere.pt")
+    weights = out.read_bytes()
+    save_weights(FaceCenterNet(), out, {})  # e.g. the shipped file checked out again
+    assert "no longer holds" in why()
+    out.write_bytes(weights)
     saved = state.read_bytes()
     state.write_bytes(saved[: len(saved) // 2])  # torn
     assert "unreadable" in why()
@@ -517,12 +564,22 @@ def test_a_run_starts_over_when_the_interrupted_one_cannot_be_continued(tmp_path
     other = config.model_copy(update={"epochs": 2})
     reports = train_detector(other, frames, out, on_notice=notices.append, pretrained=False)
     assert "another recipe (epochs)" in notices[0] and [r.epoch for r in reports] == [1, 2]
-    assert not state.exists()
+    assert torch.load(state, weights_only=True)["finished"]
     with pytest.raises(Interrupted):
         train_detector(config, frames, out, on_epoch=interrupted_at(2), pretrained=False)
     notices = []
     train_detector(config, frames, out, on_notice=notices.append, pretrained=False, resume=False)
     assert notices == ["starting over (asked to)"]
+
+
+def test_a_run_refuses_frames_that_leave_nothing_to_train_on(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(StageError, match="no pictures in"):
+        train_detector(DetectorTrainConfig(), tmp_path / "empty", tmp_path / "out.pt")
+    frames = write_yolo_folder(tmp_path / "frames", 2)
+    all_held_out = DetectorTrainConfig(val_fraction=0.999999)
+    with pytest.raises(StageError, match="no training pictures"):
+        train_detector(all_held_out, frames, tmp_path / "out.pt")
 
 
 def test_a_wider_detector_round_trips_and_continues_only_as_itself(tmp_path: Path) -> None:
@@ -535,9 +592,10 @@ def test_a_wider_detector_round_trips_and_continues_only_as_itself(tmp_path: Pat
     assert len(loaded.heatmap) == 3 and loaded.smooth[0].out_channels == 32
     frames = write_yolo_folder(tmp_path / "frames", 8)
     mismatched = DetectorTrainConfig(init_weights=str(path), max_steps=1)
-    with pytest.raises(StageError, match="neck_channels and head_convs"):
+    with pytest.raises(StageError, match="--neck-channels 32 and --head-convs 2"):
         train_detector(mismatched, frames, tmp_path / "out.pt")
-    for architecture in ({"layers": 3}, {"neck_channels": "64"}, [64]):
+    hostile = ({"layers": 3}, {"neck_channels": "64"}, [64], {"neck_channels": 4096})
+    for architecture in (*hostile, {"head_convs": True}):
         bad = tmp_path / "bad.pt"
         torch.save({"format": WEIGHTS_FORMAT, "state_dict": {}, "architecture": architecture}, bad)
         with pytest.raises(ValueError, match="detector architecture"):
@@ -611,7 +669,7 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
     assert _model.architecture == {"neck_channels": 32, "head_convs": 2}
     assert run.data.tags["resume"] == "no interrupted run to continue"
     assert "no interrupted run to continue" in process.stdout + process.stderr
-    assert not (out.parent / "detector.pt.state").exists()
+    assert torch.load(out.parent / "detector.pt.state", weights_only=True)["finished"]
     assert {"val_recall", "val_precision", "loss", "giou_loss", "best_val_recall"} <= set(
         run.data.metrics
     )

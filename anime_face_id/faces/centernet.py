@@ -31,6 +31,10 @@ from anime_face_id.transforms import FILL_VALUE, normalise
 
 STRIDE = 8
 NECK_CHANNELS = 64
+# What a weights file or a training config may ask for (a hostile file must not make the
+# loader build a network of gigabytes before its keys are checked).
+NECK_CHANNEL_RANGE = (8, 512)
+HEAD_CONV_RANGE = (1, 4)
 # Last block of each tapped stage: stride 8 (40 ch), 16 (112 ch), 32 (320 ch).
 TAPS = (4, 10, 15)
 TAP_CHANNELS = (40, 112, 320)
@@ -263,14 +267,15 @@ def save_weights(model: FaceCenterNet, path, metadata: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _architecture(payload: dict, path) -> dict[str, int]:
-    # files written before the architecture was recorded hold the first one
-    architecture = payload.get("architecture", {})
-    known = {"neck_channels", "head_convs"}
-    if not isinstance(architecture, dict) or not set(architecture) <= known:
-        raise ValueError(f"{path}: unknown detector architecture {architecture!r}")
-    if not all(isinstance(v, int) and 1 <= v <= 1024 for v in architecture.values()):
-        raise ValueError(f"{path}: unusable detector architecture {architecture!r}")
+def checked_architecture(architecture: object, where) -> dict[str, int]:
+    """``architecture`` as FaceCenterNet's keyword arguments, or a ValueError."""
+    bounds = {"neck_channels": NECK_CHANNEL_RANGE, "head_convs": HEAD_CONV_RANGE}
+    if not isinstance(architecture, dict) or not set(architecture) <= set(bounds):
+        raise ValueError(f"{where}: unknown detector architecture {architecture!r}")
+    for key, value in architecture.items():
+        low, high = bounds[key]
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"{where}: unusable detector architecture {architecture!r}")
     return architecture
 
 
@@ -279,7 +284,8 @@ def load_weights(path) -> tuple[FaceCenterNet, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path} is not a CenterNet face detector weights file ({WEIGHTS_FORMAT})")
-    model = FaceCenterNet(**_architecture(payload, path))
+    # files written before the architecture was recorded hold the first one
+    model = FaceCenterNet(**checked_architecture(payload.get("architecture", {}), path))
     state = {
         key: value.float() if value.is_floating_point() else value
         for key, value in payload["state_dict"].items()

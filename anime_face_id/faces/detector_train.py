@@ -5,7 +5,7 @@ Read top to bottom: config, loss, evaluation, the run's state, the loop.
 MLflow) and keeps the best weights by validation F1 at IoU 0.5, written atomically. After
 every epoch it also writes what an interrupted run needs to go on (``<out>.state``): run
 again with the same recipe and data, it continues from the last finished epoch and ends
-with the same weights as an uninterrupted run.
+with the same weights as an uninterrupted run; a finished run is not trained again.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +29,8 @@ from anime_face_id.device import resolve_device
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import recall_precision
 from anime_face_id.faces.centernet import (
+    HEAD_CONV_RANGE,
+    NECK_CHANNEL_RANGE,
     NECK_CHANNELS,
     FaceCenterNet,
     detect_boxes,
@@ -44,7 +47,7 @@ from anime_face_id.faces.detector_data import (
     split_validation,
     training_sample,
 )
-from anime_face_id.fileio import atomic_write_bytes
+from anime_face_id.fileio import atomic_write_bytes, sweep_temporaries
 from anime_face_id.imaging import load_rgb_array
 
 
@@ -55,8 +58,8 @@ class DetectorTrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     # What is trained from scratch on the ImageNet trunk: the FPN's width and the separable
     # convolutions of each head (the shipped weights: 64 and 1).
-    neck_channels: int = Field(NECK_CHANNELS, ge=8, le=512)
-    head_convs: int = Field(1, ge=1, le=4)
+    neck_channels: int = Field(NECK_CHANNELS, ge=NECK_CHANNEL_RANGE[0], le=NECK_CHANNEL_RANGE[1])
+    head_convs: int = Field(1, ge=HEAD_CONV_RANGE[0], le=HEAD_CONV_RANGE[1])
     view_size: int = Field(320, ge=64, multiple_of=32)  # square training views
     input_size: int = Field(512, ge=64, multiple_of=32)  # longest side at detection time
     lr: float = Field(2e-3, gt=0)
@@ -69,8 +72,9 @@ class DetectorTrainConfig(BaseModel):
     paste_probability: float = Field(0.4, ge=0, le=1)
     # Views that are one identity crop, scaled up to well beyond the view (close-ups).
     close_up_probability: float = Field(0.0, ge=0, le=1)
-    # Continuing a run, the earlier detector labels the identity crops' faces (pseudo-labels)
-    # at this score; crops it finds no face in are not used. From scratch: a centred share.
+    # An earlier detector (``pseudo_labels_from``, else ``init_weights``) labels the identity
+    # crops' faces at this score; crops it finds no face in are not used. Without one: the
+    # crop's centred share.
     pseudo_label_min_score: float = Field(0.4, gt=0, lt=1)
     # TTFNet's GIoU loss on the box seen from every cell of each face's central area, at
     # this weight beside the centre cell's L1 losses; 0 (the first recipe): L1 alone.
@@ -261,9 +265,11 @@ def label_crops(
 
 # ------------------------------------------------------------------ the run's state
 
-STATE_FORMAT = "anime-face-id/detector-train-state/1"
-# Where a resumed run may differ from the one it continues: the same recipe on other hardware.
+STATE_FORMAT = "anime-face-id/detector-train-state/2"
+# What a resumed run may change: where it runs. (A run continued on the device it started
+# on ends with the weights of an uninterrupted one; only the CPU's generator is kept.)
 RESUMABLE_DIFFERENCES = {"device"}
+STATE_READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
 
 
 def resume_state_path(out: Path) -> Path:
@@ -271,14 +277,23 @@ def resume_state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
 
-def data_fingerprint(items: list[LabelledImage], crops: list[Path]) -> str:
-    """Which frames, labels and crops a run trains on (a resumed run needs the same)."""
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def data_fingerprint(
+    items: list[LabelledImage], crops: list[Path], config: DetectorTrainConfig | None = None
+) -> str:
+    """What a run learns from besides its recipe: the frames' names and labels, the crops'
+    names and the contents of the weights files it starts from or labels with."""
     digest = hashlib.sha256()
     for item in items:
         digest.update(str(item.path).encode() + b"\0")
         digest.update(np.ascontiguousarray(item.boxes, dtype=np.float32).tobytes())
     for path in crops:
         digest.update(str(path).encode() + b"\0")
+    for weights in (config.init_weights, config.pseudo_labels_from) if config else ():
+        digest.update((file_sha256(Path(weights)) if weights else "-").encode())
     return digest.hexdigest()
 
 
@@ -293,24 +308,34 @@ class RunState:
     init_metadata: dict
     reports: list[DetectorEpoch]
     best_f1: float = -1.0
+    best_sha256: str | None = None  # of the weights file the best epoch wrote
     step: int = 0
 
-    def save(self, path: Path, config: DetectorTrainConfig, fingerprint: str) -> None:
+    def save(
+        self, path: Path, config: DetectorTrainConfig, fingerprint: str, finished: bool = False
+    ) -> None:
+        """Written atomically after every epoch; once ``finished``, only what says so (the
+        reports and what they were trained from), so the same run is not trained twice."""
         payload = {
             "format": STATE_FORMAT,
+            "finished": finished,
             "config": config.model_dump(mode="json"),
             "data": fingerprint,
-            "architecture": dict(self.model.architecture),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "numpy_rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "faces": [(str(face.path), list(face.box)) for face in self.faces],
-            "init_metadata": self.init_metadata,
             "reports": [asdict(report) for report in self.reports],
-            "best_f1": self.best_f1,
+            "best_f1": float(self.best_f1),
+            "best_sha256": self.best_sha256,
             "step": self.step,
         }
+        if not finished:
+            payload |= {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "numpy_rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                # plain floats: a numpy scalar would not load with weights_only
+                "faces": [(str(face.path), [float(v) for v in face.box]) for face in self.faces],
+                "init_metadata": self.init_metadata,
+            }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         atomic_write_bytes(path, buffer.getvalue())
@@ -324,10 +349,10 @@ def saved_state(
         return None, "no interrupted run to continue"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a torn or foreign file is a reason to start over, not a crash
+    except STATE_READ_ERRORS as error:  # torn or foreign: a reason to start over
         return None, f"{path} is unreadable ({type(error).__name__}): starting over"
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
-        return None, f"{path} is not a detector training state: starting over"
+        return None, f"{path} is not this version's detector training state: starting over"
     now = config.model_dump(mode="json")
     changed = sorted(
         key
@@ -337,17 +362,28 @@ def saved_state(
     if changed:
         return None, f"the interrupted run had another recipe ({', '.join(changed)}): starting over"
     if payload["data"] != fingerprint:
-        return None, "the interrupted run had other frames, labels or crops: starting over"
-    if payload["reports"] and not out.is_file():
-        return None, f"the interrupted run's best weights ({out}) are gone: starting over"
+        return None, (
+            "the interrupted run had other frames, labels, crops or starting weights: starting over"
+        )
+    if payload["best_sha256"] is not None and (
+        not out.is_file() or file_sha256(out) != payload["best_sha256"]
+    ):
+        return None, f"{out} no longer holds the interrupted run's best weights: starting over"
+    if payload["finished"]:
+        return payload, (
+            "the same run finished before with this recipe and data: nothing to train "
+            "(--start-over trains it again)"
+        )
     return payload, f"continuing the interrupted run after epoch {len(payload['reports'])}"
 
 
-def restore(payload: dict, device: torch.device) -> RunState:
-    model = FaceCenterNet(**payload["architecture"])
+def restore(payload: dict, config: DetectorTrainConfig, device: torch.device) -> RunState:
+    """The run as its state file left it (the recipe was checked to be ``config``)."""
+    model = FaceCenterNet(config.neck_channels, config.head_convs)
     model.load_state_dict(payload["model"], strict=True)
-    model.to(device)
-    optimizer = make_optimizer(model, payload["config"])
+    model.to(device)  # before the optimiser's state, which follows its parameters
+    _freeze_stem(model, config.frozen_blocks)
+    optimizer = make_optimizer(model, config)
     optimizer.load_state_dict(payload["optimizer"])
     rng = np.random.default_rng()
     rng.bit_generator.state = payload["numpy_rng"]
@@ -360,19 +396,22 @@ def restore(payload: dict, device: torch.device) -> RunState:
         init_metadata=payload["init_metadata"],
         reports=[DetectorEpoch(**report) for report in payload["reports"]],
         best_f1=payload["best_f1"],
+        best_sha256=payload["best_sha256"],
         step=payload["step"],
     )
 
 
-def make_optimizer(model: FaceCenterNet, config: dict) -> torch.optim.Optimizer:
-    """AdamW, the trunk's trainable part at ``backbone_lr`` and the rest at ``lr``; the
-    stem and first blocks frozen."""
-    _freeze_stem(model, config["frozen_blocks"])
+def make_optimizer(model: FaceCenterNet, config: DetectorTrainConfig) -> torch.optim.Optimizer:
+    """AdamW over what is not frozen: the trunk at ``backbone_lr``, the rest at ``lr``.
+    Each group keeps its ``initial_lr``, which the schedule scales (and a state keeps)."""
     trunk = [p for p in model.trunk.parameters() if p.requires_grad]
     rest = [p for name, p in model.named_parameters() if not name.startswith("trunk.")]
     return torch.optim.AdamW(
-        [{"params": trunk, "lr": config["backbone_lr"]}, {"params": rest, "lr": config["lr"]}],
-        weight_decay=config["weight_decay"],
+        [
+            {"params": trunk, "lr": config.backbone_lr, "initial_lr": config.backbone_lr},
+            {"params": rest, "lr": config.lr, "initial_lr": config.lr},
+        ],
+        weight_decay=config.weight_decay,
     )
 
 
@@ -388,9 +427,10 @@ def initial_model(
         return model.to(device), {}
     model, metadata = load_weights(config.init_weights)
     if model.architecture != wanted:
+        have = model.architecture
         raise StageError(
-            f"{config.init_weights} is a detector with {model.architecture}; "
-            f"this run asks for {wanted}: give the same neck_channels and head_convs"
+            f"{config.init_weights} has --neck-channels {have['neck_channels']} and "
+            f"--head-convs {have['head_convs']}; give the same to continue from it"
         )
     return model.to(device), metadata
 
@@ -411,12 +451,14 @@ def fresh_state(
     pretrained: bool,
     on_label: Callable[[int, int], None] | None,
 ) -> RunState:
+    """A run's start: seeded weights, the crops' face boxes, a new optimiser."""
     torch.manual_seed(config.seed)
     model, init_metadata = initial_model(config, device, pretrained)
     faces = label_crops(crops, labeller(config, model, device), config, on_label)
+    _freeze_stem(model, config.frozen_blocks)
     return RunState(
         model=model,
-        optimizer=make_optimizer(model, config.model_dump()),
+        optimizer=make_optimizer(model, config),
         rng=np.random.default_rng(config.seed),
         faces=faces,
         init_metadata=init_metadata,
@@ -425,6 +467,54 @@ def fresh_state(
 
 
 # ------------------------------------------------------------------ the loop
+
+
+def train_epoch(
+    run: RunState,
+    config: DetectorTrainConfig,
+    train_items: list[LabelledImage],
+    total_steps: int,
+    device: torch.device,
+    on_step: Callable[[int, int, float], None] | None,
+) -> dict[str, float]:
+    """One pass over the training frames in a fresh order; the mean losses."""
+    model, optimizer, rng = run.model, run.optimizer, run.rng
+    model.train()
+    _trunk_batchnorm_eval(model)
+    sums = {"loss": 0.0, "heatmap": 0.0, "size": 0.0, "offset": 0.0, "giou": 0.0}
+    batches = 0
+    order = rng.permutation(len(train_items))
+    for first in range(0, len(order), config.batch_size):
+        if run.step >= total_steps:
+            break
+        samples = [
+            training_sample(
+                train_items[i],
+                run.faces,
+                rng,
+                config.view_size,
+                config.paste_probability,
+                config.close_up_probability,
+            )
+            for i in order[first : first + config.batch_size]
+        ]
+        images, targets = _batch(samples, device)
+        factor = _learning_rate(run.step, total_steps, config.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        loss, parts = detection_loss(model(images), targets, config.giou_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        run.step += 1
+        batches += 1
+        sums["loss"] += float(loss.detach())
+        for name, value in parts.items():
+            sums[name] += value
+        if on_step is not None:
+            on_step(run.step, total_steps, float(loss.detach()))
+    return {name: value / max(batches, 1) for name, value in sums.items()}
 
 
 def train_detector(
@@ -442,31 +532,36 @@ def train_detector(
     """Train, keep the best epoch's weights at ``out``, return every epoch's report.
 
     With ``resume``, a run interrupted with the same recipe and data goes on after its last
-    finished epoch (its earlier epochs are reported to ``on_epoch`` again first);
-    ``on_notice`` hears whether it did and why not."""
+    finished epoch, and one that finished is not trained again (earlier epochs are reported
+    to ``on_epoch`` again first); ``on_notice`` hears which, or why the run starts over."""
     out = Path(out)
     crops = list(crops or [])
-    items = read_yolo_folder(frames)
+    try:
+        items = read_yolo_folder(frames)
+    except FileNotFoundError as error:
+        raise StageError(str(error)) from None
     train_items, val_items = split_validation(items, config.val_fraction)
-    fingerprint = data_fingerprint(items, crops)
+    if not train_items:
+        raise StageError(f"{frames}: no training pictures left after the validation split")
+    fingerprint = data_fingerprint(items, crops, config)
     state_path = resume_state_path(out)
     device = resolve_device(config.device)
+    sweep_temporaries(out.parent, recursive=False)  # of a run killed while writing
 
     payload, why = (None, "starting over (asked to)")
     if resume:
         payload, why = saved_state(state_path, config, fingerprint, out)
     if on_notice is not None:
         on_notice(why)
-    if payload is not None:
-        run = restore(payload, device)
-    else:
+    if payload is not None and payload["finished"]:
+        return replayed([DetectorEpoch(**report) for report in payload["reports"]], on_epoch)
+    if payload is None:
+        state_path.unlink(missing_ok=True)  # never to be continued with this run's weights
         run = fresh_state(config, crops, device, pretrained, on_label)
-    model, optimizer, rng = run.model, run.optimizer, run.rng
-    for report in run.reports:
-        if on_epoch is not None:
-            on_epoch(report)
+    else:
+        run = restore(payload, config, device)
+    replayed(run.reports, on_epoch)
 
-    base_lrs = [config.backbone_lr, config.lr]  # the optimiser's groups: trunk, the rest
     steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
@@ -476,53 +571,17 @@ def train_detector(
         if run.step >= total_steps:
             break
         started = time.perf_counter()
-        model.train()
-        _trunk_batchnorm_eval(model)
-        sums = {"loss": 0.0, "heatmap": 0.0, "size": 0.0, "offset": 0.0, "giou": 0.0}
-        batches = 0
-        order = rng.permutation(len(train_items))
-        for first in range(0, len(order), config.batch_size):
-            if run.step >= total_steps:
-                break
-            chosen = order[first : first + config.batch_size]
-            samples = [
-                training_sample(
-                    train_items[i],
-                    run.faces,
-                    rng,
-                    config.view_size,
-                    config.paste_probability,
-                    config.close_up_probability,
-                )
-                for i in chosen
-            ]
-            images, targets = _batch(samples, device)
-            factor = _learning_rate(run.step, total_steps, config.warmup_steps)
-            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base * factor
-            loss, parts = detection_loss(model(images), targets, config.giou_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            run.step += 1
-            batches += 1
-            sums["loss"] += float(loss.detach())
-            for name, value in parts.items():
-                sums[name] += value
-            if on_step is not None:
-                on_step(run.step, total_steps, float(loss.detach()))
+        losses = train_epoch(run, config, train_items, total_steps, device, on_step)
         recall, precision = evaluate_detector(
-            model, val_items, config.input_size, config.min_score, config.nms_iou
+            run.model, val_items, config.input_size, config.min_score, config.nms_iou
         )
-        mean = {name: value / max(batches, 1) for name, value in sums.items()}
         report = DetectorEpoch(
             epoch,
-            mean["loss"],
-            mean["heatmap"],
-            mean["size"],
-            mean["offset"],
-            mean["giou"],
+            losses["loss"],
+            losses["heatmap"],
+            losses["size"],
+            losses["offset"],
+            losses["giou"],
             recall,
             precision,
             time.perf_counter() - started,
@@ -533,7 +592,7 @@ def train_detector(
         if report.f1 > run.best_f1:
             run.best_f1 = report.f1
             save_weights(
-                model,
+                run.model,
                 out,
                 {
                     "config": config.model_dump(),
@@ -547,6 +606,17 @@ def train_detector(
                     "continued_from": run.init_metadata or None,
                 },
             )
+            run.best_sha256 = file_sha256(out)
         run.save(state_path, config, fingerprint)
-    state_path.unlink(missing_ok=True)  # finished: nothing left to continue
+    run.save(state_path, config, fingerprint, finished=True)
     return run.reports
+
+
+def replayed(
+    reports: list[DetectorEpoch], on_epoch: Callable[[DetectorEpoch], None] | None
+) -> list[DetectorEpoch]:
+    """Epochs trained before, reported again (a continued run's curve starts at epoch 1)."""
+    for report in reports:
+        if on_epoch is not None:
+            on_epoch(report)
+    return reports
