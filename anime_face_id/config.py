@@ -239,6 +239,9 @@ class TrainConfig(Section):
     # probability that an augmented training image is shrunk to 30-90% of its side and
     # enlarged back (thumbnails and small faces look like that); 0 = never
     downscale: float = Field(0.0, ge=0.0, le=1.0)
+    # probability that an augmented training image is redrawn in another style: thicker or
+    # thinner lines, crisper, or flatter (cel-shaded) tones; 0 = never
+    drawing_style: float = Field(0.0, ge=0.0, le=1.0)
     # > 0: validate and keep an exponential moving average of the weights instead of the
     # weights themselves (weight_average.py); the decay of update n is
     # min(weight_average, (1 + n) / (10 + n)), so over a few hundred steps the ramp, not

@@ -59,6 +59,7 @@ def load_training_data(root: Path, config: TrainConfig) -> TrainingData:
         DEFAULT_AUGMENT,
         erase_probability=config.random_erasing,
         downscale_probability=config.downscale,
+        style_probability=config.drawing_style,
     )
     dataset = FaceDataset(root, examples, config.image_size, config.seed, config.augment, settings)
     return TrainingData(

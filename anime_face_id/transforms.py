@@ -51,6 +51,10 @@ class AugmentSettings:
     # a side drawn from ``downscale_range`` (a fraction of its own) and enlarged back.
     downscale_probability: float = 0.0
     downscale_range: tuple[float, float] = (0.3, 0.9)
+    # drawing style: artists differ in line weight, in crispness and in how many tones
+    # their shading has, none of which says who is drawn. One of DRAWING_STYLES, at a
+    # random strength, with this probability.
+    style_probability: float = 0.0
 
 
 DEFAULT_AUGMENT = AugmentSettings()
@@ -113,14 +117,54 @@ def augment(
     settings: AugmentSettings = DEFAULT_AUGMENT,
 ) -> torch.Tensor:
     """Like ``preprocess`` with random flip, rotation, zoom/shift, colour jitter,
-    greyscale, erasing and lower resolution drawn from ``rng`` (same generator state, same
-    output)."""
+    greyscale, drawing style, erasing and lower resolution drawn from ``rng`` (same
+    generator state, same output)."""
     square = letterbox(as_rgb_array(rgb), image_size)
     square = random_geometry(square, rng, settings)
     square = random_colour(square, rng, settings)
+    square = random_style(square, rng, settings)
     square = random_erasing(square, rng, settings)
     square = random_downscale(square, rng, settings)
     return normalise(square)
+
+
+DRAWING_STYLES = ("thicker_lines", "thinner_lines", "crisper", "flatter_tones")
+_STROKE_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+
+
+def random_style(
+    square: np.ndarray, rng: np.random.Generator, settings: AugmentSettings
+) -> np.ndarray:
+    """The drawing in another style, or unchanged. Draws nothing at probability 0 (recipes
+    without it keep every draw they had); otherwise all three numbers, whatever the outcome."""
+    if settings.style_probability <= 0:
+        return square
+    restyle = rng.random() < settings.style_probability
+    style = DRAWING_STYLES[int(rng.integers(len(DRAWING_STYLES)))]
+    strength = float(rng.random())
+    return drawn_in_style(square, style, strength) if restyle else square
+
+
+def drawn_in_style(square: np.ndarray, style: str, strength: float) -> np.ndarray:
+    """``square`` redrawn: ``strength`` 0..1 from a mild to a strong change."""
+    if style == "flatter_tones":  # cel shading: 3 to 8 levels per channel
+        levels = 8 - round(5 * strength)
+        step = 256 / levels
+        return (np.floor(square / step) * step + step / 2).clip(0, 255).astype(np.uint8)
+    if style == "crisper":  # unsharp masking
+        blurred = cv2.GaussianBlur(square, (0, 0), 1.0).astype(np.float32)
+        amount = 0.5 + 1.5 * strength
+        crisp = square.astype(np.float32) * (1 + amount) - blurred * amount
+        return crisp.clip(0, 255).astype(np.uint8)
+    # a minimum filter widens dark strokes, a maximum filter narrows them; blended, so the
+    # change ranges from a hint to a full pixel on each side
+    if style not in ("thicker_lines", "thinner_lines"):
+        raise ValueError(f"unknown drawing style {style!r}")
+    morph = cv2.erode if style == "thicker_lines" else cv2.dilate
+    changed = morph(square, _STROKE_KERNEL).astype(np.float32)
+    blend = 0.4 + 0.6 * strength
+    mixed = square.astype(np.float32) * (1 - blend) + changed * blend
+    return mixed.round().clip(0, 255).astype(np.uint8)
 
 
 def random_downscale(

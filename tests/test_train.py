@@ -250,6 +250,7 @@ def test_checkpoints_from_before_the_neck_options_still_load(tmp_path):
         "flip_test",
         "random_erasing",
         "downscale",
+        "drawing_style",
         "weight_average",
         "id_head",
         "id_scale",
@@ -374,6 +375,18 @@ def test_downscale_reaches_the_training_images(tmp_path):
         plain_image, low_image = plain[draw][0], low[draw][0]
         detail = [float(((x[:, 1:] - x[:, :-1]) ** 2).mean()) for x in (plain_image, low_image)]
         assert detail[1] < detail[0]  # the same draw, less fine detail
+
+
+def test_drawing_style_reaches_the_training_images(tmp_path):
+    make_synthetic_project(tmp_path, counts=(3, 1, 0))
+    plain = load_training_data(tmp_path, tiny_config()).train
+    styled = load_training_data(tmp_path, tiny_config(drawing_style=1.0)).train
+    assert styled.augment_settings.style_probability == 1.0
+    differs = [
+        not torch.equal(plain[draw][0], styled[draw][0])
+        for draw in (Draw(row, epoch=0, step=0, position=row) for row in range(len(plain)))
+    ]
+    assert all(differs)  # every augmented image redrawn
 
 
 def test_missing_balanced_index_is_a_stage_error(tmp_path):

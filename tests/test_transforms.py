@@ -235,3 +235,104 @@ def test_downscale_happens_at_its_probability_and_within_its_range():
     fine = AugmentSettings(downscale_probability=1.0, downscale_range=(0.9, 0.9))
     error = lambda s: np.abs(random_downscale(square, rng, s).astype(float) - square).mean()  # noqa: E731
     assert error(fine) < error(coarse)
+
+
+# ------------------------------------------------------------- drawing style
+
+
+def line_drawing(width: int) -> np.ndarray:
+    """White paper with one dark vertical stroke ``width`` pixels wide, in colour."""
+    image = np.full((32, 32, 3), 250, dtype=np.uint8)
+    image[:, 16 - width // 2 : 16 - width // 2 + width] = (20, 30, 40)
+    return image
+
+
+def brute_force_morphology(image: np.ndarray, pick) -> np.ndarray:
+    """Each pixel: ``pick`` (min or max) over itself and its 4 neighbours inside the image."""
+    height, width = image.shape[:2]
+    out = np.empty_like(image)
+    for y in range(height):
+        for x in range(width):
+            near = [
+                image[y + dy, x + dx]
+                for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
+                if 0 <= y + dy < height and 0 <= x + dx < width
+            ]
+            out[y, x] = pick(np.stack(near), axis=0)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_drawing_style_at_probability_zero_draws_nothing_and_changes_nothing(seed):
+    face = drawn_face()
+    plain_rng, off_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+    plain = augment(face, plain_rng, 96)
+    off = augment(face, off_rng, 96, AugmentSettings(style_probability=0.0))
+    assert torch.equal(off, plain)
+    assert plain_rng.random() == off_rng.random()  # the same stream afterwards
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_line_weight_matches_a_brute_force_minimum_and_maximum_filter(seed):
+    from anime_face_id.transforms import drawn_in_style
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (12, 14, 3)).astype(np.uint8)
+    thick = drawn_in_style(image, "thicker_lines", 1.0)
+    thin = drawn_in_style(image, "thinner_lines", 1.0)
+    assert np.array_equal(thick, brute_force_morphology(image, np.min))
+    assert np.array_equal(thin, brute_force_morphology(image, np.max))
+    # milder strengths lie between the drawing and the full change
+    mild = drawn_in_style(image, "thicker_lines", 0.0).astype(int)
+    assert np.all((thick <= mild + 1) & (mild <= image.astype(int) + 1))
+
+
+def test_strokes_get_wider_or_narrower_and_keep_their_colour():
+    from anime_face_id.transforms import drawn_in_style
+
+    def dark_columns(image: np.ndarray) -> int:
+        return int((image[16, :, 0] < 128).sum())
+
+    assert dark_columns(drawn_in_style(line_drawing(1), "thicker_lines", 1.0)) == 3
+    assert dark_columns(drawn_in_style(line_drawing(3), "thinner_lines", 1.0)) == 1
+    stroke = drawn_in_style(line_drawing(1), "thicker_lines", 1.0)[16, 16]
+    assert tuple(stroke) == (20, 30, 40)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 1.0])
+def test_flatter_tones_keep_few_levels_near_the_original(strength):
+    from anime_face_id.transforms import drawn_in_style
+
+    gradient = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    flat = drawn_in_style(gradient, "flatter_tones", strength)
+    levels = 8 - round(5 * strength)
+    assert len(np.unique(flat[..., 0])) == levels
+    assert np.abs(flat.astype(int) - gradient).max() <= 256 / levels / 2 + 1
+    assert np.all(np.diff(flat[0, :, 0].astype(int)) >= 0)  # the order of tones kept
+
+
+def test_crisper_drawings_have_more_detail_and_the_same_layout():
+    from anime_face_id.transforms import drawn_in_style
+
+    square = letterbox(drawn_face(), 96)
+    crisp = drawn_in_style(square, "crisper", 1.0)
+
+    def detail(image: np.ndarray) -> float:
+        return float(((image[:, 1:].astype(float) - image[:, :-1]) ** 2).mean())
+
+    assert detail(crisp) > 1.5 * detail(square)
+    assert abs(float(crisp.mean()) - float(square.mean())) < 3
+
+
+def test_drawing_style_happens_at_its_probability_with_every_style():
+    from anime_face_id.transforms import DRAWING_STYLES, drawn_in_style, random_style
+
+    square = letterbox(drawn_face(), 64)
+    rng = np.random.default_rng(5)
+    half = AugmentSettings(style_probability=0.5)
+    changed = sum(not np.array_equal(random_style(square, rng, half), square) for _ in range(400))
+    assert 160 < changed < 240
+    for style in DRAWING_STYLES:
+        assert drawn_in_style(square, style, 0.7).shape == square.shape
+    with pytest.raises(ValueError, match="unknown drawing style"):
+        drawn_in_style(square, "watercolour", 0.5)
