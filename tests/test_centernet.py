@@ -40,7 +40,6 @@ from anime_face_id.faces.detector_train import (
     DetectorTrainConfig,
     data_fingerprint,
     detection_loss,
-    file_sha256,
     focal_loss,
     generalised_iou,
     giou_loss,
@@ -48,6 +47,7 @@ from anime_face_id.faces.detector_train import (
     saved_state,
     train_detector,
 )
+from anime_face_id.fileio import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -381,20 +381,28 @@ def test_a_short_training_run_writes_weights_that_load_strictly(tmp_path: Path) 
     assert heat.shape == (1, 1, 8, 12) and size.shape == offset.shape == (1, 2, 8, 12)
 
 
+TINY = {"epochs": 1, "batch_size": 4, "view_size": 96, "input_size": 128, "max_steps": 2}
+
+
+def frames_and_crops(folder: Path, crops: int) -> tuple[Path, list[Path]]:
+    """Sixteen labelled frames and ``crops`` face crops to pseudo-label."""
+    frames = write_yolo_folder(folder / "frames", 16)
+    box = (0.2, 0.2, 0.6, 0.6)
+    paths = [
+        write_crop_with_a_face(folder / f"crop{i}.png", 64, 64, box).path for i in range(crops)
+    ]
+    return frames, paths
+
+
 def test_a_run_continues_from_earlier_weights_and_reports_its_pseudo_labels(
     tmp_path: Path,
 ) -> None:
-    frames = write_yolo_folder(tmp_path / "frames", 16)
-    crops = [
-        write_crop_with_a_face(tmp_path / f"crop{i}.png", 64, 64, (0.2, 0.2, 0.6, 0.6)).path
-        for i in range(5)
-    ]
-    tiny = {"epochs": 1, "batch_size": 4, "view_size": 96, "input_size": 128, "max_steps": 2}
+    frames, crops = frames_and_crops(tmp_path, 5)
     first = tmp_path / "first.pt"
-    train_detector(DetectorTrainConfig(**tiny), frames, first)
+    train_detector(DetectorTrainConfig(**TINY), frames, first)
     progress = []
     second = tmp_path / "second.pt"
-    config = DetectorTrainConfig(**tiny, init_weights=str(first), pseudo_label_min_score=0.01)
+    config = DetectorTrainConfig(**TINY, init_weights=str(first), pseudo_label_min_score=0.01)
     train_detector(config, frames, second, crops, on_label=lambda *a: progress.append(a))
     assert progress == [(i, 5) for i in range(1, 6)]  # every crop looked at, in order
     _model, metadata = load_weights(second)
@@ -405,17 +413,12 @@ def test_a_run_continues_from_earlier_weights_and_reports_its_pseudo_labels(
 def test_pseudo_labels_can_come_from_another_detector_than_the_initial_weights(
     tmp_path: Path,
 ) -> None:
-    frames = write_yolo_folder(tmp_path / "frames", 16)
-    crops = [
-        write_crop_with_a_face(tmp_path / f"crop{i}.png", 64, 64, (0.2, 0.2, 0.6, 0.6)).path
-        for i in range(3)
-    ]
-    tiny = {"epochs": 1, "batch_size": 4, "view_size": 96, "input_size": 128, "max_steps": 2}
+    frames, crops = frames_and_crops(tmp_path, 3)
     labeller = tmp_path / "labeller.pt"
-    train_detector(DetectorTrainConfig(**tiny), frames, labeller, pretrained=False)
+    train_detector(DetectorTrainConfig(**TINY), frames, labeller, pretrained=False)
     progress = []
     config = DetectorTrainConfig(
-        **tiny, pseudo_labels_from=str(labeller), pseudo_label_min_score=0.01
+        **TINY, pseudo_labels_from=str(labeller), pseudo_label_min_score=0.01
     )
     out = tmp_path / "fresh.pt"
     train_detector(
@@ -549,7 +552,9 @@ def test_a_run_starts_over_when_the_interrupted_one_cannot_be_continued(tmp_path
     assert why() == "continuing the interrupted run after epoch 1"
     assert why(config.model_copy(update={"device": "cpu"})).startswith("continuing")
     assert "another recipe (lr, seed)" in why(config.model_copy(update={"lr": 1e-3, "seed": 1}))
-    assert "other frames, labels, crops or starting" in why(fingerprint=data_fingerprint([], []))
+    assert "other frames, labels, crops or starting" in why(
+        fingerprint=data_fingerprint([], [], config)
+    )
     assert "no longer holds" in why(out=tmp_path / "elsewhere.pt")
     weights = out.read_bytes()
     save_weights(FaceCenterNet(), out, {})  # e.g. the shipped file checked out again
@@ -608,7 +613,7 @@ def test_weights_of_another_kind_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a CenterNet face detector"):
         load_weights(path)
     model = FaceCenterNet()
-    save_weights(model, tmp_path / "ok.pt", {"note": "x"})
+    assert save_weights(model, tmp_path / "ok.pt", {"note": "x"}) == file_sha256(tmp_path / "ok.pt")
     assert load_weights(tmp_path / "ok.pt")[1] == {"note": "x"}
 
 

@@ -11,6 +11,7 @@ cannot load beside the CPU torch build, see DESIGN.md).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 
@@ -249,8 +250,9 @@ def detect_boxes(
 WEIGHTS_FORMAT = "anime-face-id/centernet-lite0/1"
 
 
-def save_weights(model: FaceCenterNet, path, metadata: dict) -> None:
-    """Half-precision weights (a few MB) plus how they were made, written atomically."""
+def save_weights(model: FaceCenterNet, path, metadata: dict) -> str:
+    """Half-precision weights (a few MB) plus how they were made, written atomically;
+    returns the sha256 of the bytes written."""
 
     state = {
         key: (value.half() if value.is_floating_point() else value).cpu()
@@ -264,7 +266,9 @@ def save_weights(model: FaceCenterNet, path, metadata: dict) -> None:
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def checked_architecture(architecture: object, where) -> dict[str, int]:

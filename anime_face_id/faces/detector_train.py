@@ -47,7 +47,7 @@ from anime_face_id.faces.detector_data import (
     split_validation,
     training_sample,
 )
-from anime_face_id.fileio import atomic_write_bytes, sweep_temporaries
+from anime_face_id.fileio import atomic_write_bytes, file_sha256, sweep_temporaries
 from anime_face_id.imaging import load_rgb_array
 
 
@@ -277,12 +277,8 @@ def resume_state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def data_fingerprint(
-    items: list[LabelledImage], crops: list[Path], config: DetectorTrainConfig | None = None
+    items: list[LabelledImage], crops: list[Path], config: DetectorTrainConfig
 ) -> str:
     """What a run learns from besides its recipe: the frames' names and labels, the crops'
     names and the contents of the weights files it starts from or labels with."""
@@ -292,7 +288,7 @@ def data_fingerprint(
         digest.update(np.ascontiguousarray(item.boxes, dtype=np.float32).tobytes())
     for path in crops:
         digest.update(str(path).encode() + b"\0")
-    for weights in (config.init_weights, config.pseudo_labels_from) if config else ():
+    for weights in (config.init_weights, config.pseudo_labels_from):
         digest.update((file_sha256(Path(weights)) if weights else "-").encode())
     return digest.hexdigest()
 
@@ -591,7 +587,7 @@ def train_detector(
             on_epoch(report)
         if report.f1 > run.best_f1:
             run.best_f1 = report.f1
-            save_weights(
+            run.best_sha256 = save_weights(
                 run.model,
                 out,
                 {
@@ -606,7 +602,6 @@ def train_detector(
                     "continued_from": run.init_metadata or None,
                 },
             )
-            run.best_sha256 = file_sha256(out)
         run.save(state_path, config, fingerprint)
     run.save(state_path, config, fingerprint, finished=True)
     return run.reports
