@@ -290,7 +290,8 @@ def below_baseline(report: dict) -> str | None:
     before serving it."""
     trained = report.get("val", {}).get("map_at_r")
     untrained = report.get("baseline_val", {}).get("map_at_r")
-    if trained is None or untrained is None or trained >= untrained:
+    # NaN (no val faces to rank) is no verdict either: it compares False both ways
+    if trained is None or untrained is None or not trained < untrained:
         return None
     return (
         f"the trained embedder is below the untrained ImageNet baseline: val MAP@R "

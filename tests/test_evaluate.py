@@ -235,6 +235,8 @@ def test_a_model_below_the_untrained_baseline_is_flagged(report):
     better = {**worse, "val": {**worse["val"], "map_at_r": 0.5}}
     assert below_baseline(better) is None
     assert below_baseline({"val": {"map_at_r": 0.1}}) is None  # no baseline, no verdict
+    unmeasured = {"val": {"map_at_r": float("nan")}, "baseline_val": {"map_at_r": float("nan")}}
+    assert below_baseline(unmeasured) is None  # too few val faces to rank: no verdict
 
 
 def test_headline_is_a_handful_of_numbers_from_the_report(tmp_path: Path) -> None:

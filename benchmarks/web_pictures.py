@@ -1,0 +1,308 @@
+"""Pictures in, names out: the whole user path on uncropped web pictures, several seeds.
+
+    python benchmarks/web_pictures.py [--raw ../shared/testdata/raw]
+                                      [--identities ../shared/testdata/identities]
+                                      [--scraped 28] [--per-character 30] [--seeds 0 1 2]
+                                      [-S train.epochs=16 ...] [--workdir DIR] [--json FILE]
+
+``quality.py`` measures the embedder on face crops someone else cut. A user starts from
+whole pictures: the crop stage's detector cuts the faces, the embedder is trained on them,
+and ``anime-face-id identify`` names new whole pictures. This measures that path, per seed:
+
+1. Each character of ``--raw`` (uncropped illustrations by many artists, one sub-folder per
+   character) has its pictures shuffled with the seed: the first ``--scraped`` are what the
+   user collected, the rest are new pictures to name later.
+2. The scraped pictures go through the real collect and crop stages with this repository's
+   ``crop`` params (its default detector). Review is stood in for by keeping each picture's
+   highest-scoring face: a reviewer would also drop faces of other characters, so this is,
+   if anything, a little harder than the users' data.
+3. Those crops and ``--identities``' crops (at most ``--per-character`` per character, drawn
+   as ``quality.py`` draws them, detector none: they are crops already) form one project;
+   every character is trained on (``split.holdout_characters`` 0); split, balance, train,
+   evaluate and package run as the pipeline runs them, with the recipe of ``params.yaml``
+   changed only by ``-S``.
+4. The packaged identifier (gallery, calibrated unknown-face threshold, the crop params'
+   detector) names every new picture, as ``anime-face-id identify`` does.
+
+Printed per seed and as the mean with the spread: the share of scraped pictures in which
+the detector found a face, and of the new pictures the share named right (some face is
+named as the picture's character), named wrong (a face named as another character, none
+right), only unknown faces, no face found, and unreadable; plus the evaluate stage's identification
+precision@1 on the val crops. No ImageNet baseline here: ``quality.py`` gives one on crops.
+
+Cost: one training run of ~25 characters per seed (about 15-20 min at 45 epochs on a 2-core
+CPU). ``-S train.epochs=1 -S train.batches_per_epoch=2`` is a smoke test, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installing
+
+from anime_face_id import layout  # noqa: E402
+from anime_face_id.collect import collect_all  # noqa: E402
+from anime_face_id.config import ConfigError, CropConfig, Params, parse_params  # noqa: E402
+from anime_face_id.crop import crop_all  # noqa: E402
+from anime_face_id.errors import StageError  # noqa: E402
+from anime_face_id.fileio import atomic_write_json  # noqa: E402
+from anime_face_id.gallery import GALLERY  # noqa: E402
+from anime_face_id.identify import build_identifier  # noqa: E402
+from anime_face_id.identify_results import PictureResult  # noqa: E402
+from anime_face_id.package import package_gallery  # noqa: E402
+from anime_face_id.sources.folder import image_files  # noqa: E402
+from anime_face_id.split import derived_rng  # noqa: E402
+from benchmarks.quality import (  # noqa: E402
+    DEFAULT_FOLDER,
+    build_params,
+    character_folders,
+    non_negative_int,
+    prepare_project,
+    recipe_from,
+    sample_crops,
+    train_and_evaluate,
+    write_sample,
+)
+
+DEFAULT_RAW = REPO.parent / "shared" / "testdata" / "raw"
+OUTCOMES = ("named right", "named wrong", "unknown only", "no face", "unreadable")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--raw", type=Path, default=DEFAULT_RAW)
+    parser.add_argument("--identities", type=Path, default=DEFAULT_FOLDER)
+    parser.add_argument(
+        "--scraped",
+        type=non_negative_int,
+        default=28,
+        help="pictures per raw character the user collected; the rest are named later",
+    )
+    parser.add_argument(
+        "--per-character",
+        type=non_negative_int,
+        default=30,
+        help="at most this many identity crops per character, drawn with the seed (0: all)",
+    )
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change one recipe param (split, balance, train, evaluate); repeatable",
+    )
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--workdir", type=Path, help="keep the projects here (default: temporary)")
+    parser.add_argument("--json", type=Path, help="also write every seed's figures here")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------- the pictures
+
+
+def scraped_and_new(
+    raw: Path, names: Sequence[str], scraped: int, seed: int
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Per character: the pictures the user collected and the new ones, drawn by an RNG
+    that depends only on (seed, character)."""
+    collected, new = {}, {}
+    for name in names:
+        pictures = sorted(image_files(raw / name))
+        derived_rng(seed, "web-pictures", name).shuffle(pictures)
+        if len(pictures) <= scraped:
+            raise SystemExit(
+                f"{raw / name}: {len(pictures)} pictures, need more than --scraped {scraped}"
+            )
+        collected[name], new[name] = pictures[:scraped], pictures[scraped:]
+    return collected, new
+
+
+def crop_params(params_file: Path) -> dict:
+    """The crop section of ``--params``: the detector a user gets."""
+    try:
+        data = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read {params_file}: {error}") from None
+    return dict(data.get("crop") or {})
+
+
+def detected_faces(
+    root: Path, pictures: dict[str, list[Path]], crop: dict
+) -> tuple[dict[str, list[Path]], dict[str, float]]:
+    """The scraped pictures through the collect and crop stages; per character the crop
+    of each picture's highest-scoring face, and the share of pictures with a face."""
+    source = root / "pictures"
+    for name, paths in pictures.items():
+        (source / name).mkdir(parents=True)
+        for path in paths:
+            shutil.copy2(path, source / name / path.name)
+    params = parse_params(
+        {
+            "characters": [{"name": name} for name in pictures],
+            "collect": {"backend": "folder", "folder": str(source), "limit": 100000},
+            "crop": crop,
+        },
+        "benchmark crop",
+    )
+    project = root / "project"
+    collect_all(project, params)
+    crop_all(project, params.crop)
+    best: dict[tuple[str, str], dict] = {}
+    with (project / layout.FACES_MANIFEST).open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            key = (row["character"], row["source_sha256"])
+            if key not in best or float(row["score"]) > float(best[key]["score"]):
+                best[key] = row
+    faces = {name: [] for name in pictures}
+    for (name, _sha), row in sorted(best.items()):
+        faces[name].append(project / row["path"])
+    yield_ = {name: len(faces[name]) / len(pictures[name]) for name in pictures}
+    return faces, yield_
+
+
+def training_folder(
+    destination: Path, identities: Path, per_character: int, seed: int, faces: dict
+) -> list[str]:
+    """One folder-backend tree: the sampled identity crops and the detected faces."""
+    names = character_folders(identities)
+    write_sample(identities, sample_crops(identities, names, per_character, seed), destination)
+    for name, paths in faces.items():
+        (destination / name).mkdir(parents=True)
+        for index, path in enumerate(paths):
+            shutil.copy2(path, destination / name / f"{index:03d}{path.suffix}")
+    return sorted([*names, *faces])
+
+
+# --------------------------------------------------------------------- naming
+
+
+def outcome(result: PictureResult, character: str) -> str:
+    if result.status == "error":
+        return "unreadable"
+    named = {face.character for face in result.faces}
+    if character in named:
+        return "named right"
+    if named - {None}:
+        return "named wrong"
+    return "unknown only" if result.faces else "no face"
+
+
+def name_new_pictures(
+    root: Path, params: Params, crop: dict, new: dict[str, list[Path]]
+) -> dict[str, dict[str, int]]:
+    """Per character, how many new pictures ended in each outcome."""
+    identifier = build_identifier(
+        root / layout.EMBEDDER, root / GALLERY, CropConfig(**crop), params.identify, REPO
+    )
+    counts = {}
+    for character, pictures in new.items():
+        found = [outcome(result, character) for result in identifier.identify_files(pictures)]
+        counts[character] = {name: found.count(name) for name in OUTCOMES}
+    return counts
+
+
+# --------------------------------------------------------------------- one seed
+
+
+def run_seed(workdir: Path, args: argparse.Namespace, recipe: dict, crop: dict, seed: int) -> dict:
+    raw_names = character_folders(args.raw)
+    collected, new = scraped_and_new(args.raw, raw_names, args.scraped, seed)
+    home = workdir / f"seed-{seed}"
+    print(f"--- seed {seed}: cropping {sum(map(len, collected.values()))} scraped pictures")
+    faces, yield_ = detected_faces(home / "scraped", collected, crop)
+    source = home / "crops"
+    names = training_folder(source, args.identities, args.per_character, seed, faces)
+    params = build_params(recipe, source, names, holdout=0, seed=seed)
+    prepare_project(home / "project", params, params.split.seed, (), names)
+    report = train_and_evaluate(home / "project", params)
+    package_gallery(home / "project", params, layout.EMBEDDER)
+    counts = name_new_pictures(home / "project", params, crop, new)
+    pictures = sum(sum(c.values()) for c in counts.values())
+    shares = {name: sum(c[name] for c in counts.values()) / pictures for name in OUTCOMES}
+    result = {
+        "seed": seed,
+        "characters": len(names),
+        "scraped_with_face": statistics.fmean(yield_.values()),
+        "scraped_with_face_per_character": yield_,
+        "new_pictures": pictures,
+        "new_picture_outcomes": counts,
+        **{name.replace(" ", "_"): share for name, share in shares.items()},
+        "identification_precision_at_1": report["val"]["identification"]["precision_at_1"],
+        "seconds_per_epoch": report["seconds_per_epoch"],
+    }
+    print_seed(result)
+    return result
+
+
+def print_seed(result: dict) -> None:
+    print(
+        f"seed {result['seed']}: face found in {result['scraped_with_face']:.3f} of the "
+        f"scraped pictures; of {result['new_pictures']} new pictures "
+        + ", ".join(f"{name} {result[name.replace(' ', '_')]:.3f}" for name in OUTCOMES)
+        + f"; val identification P@1 {result['identification_precision_at_1']:.3f}",
+        flush=True,
+    )
+
+
+ROWS = (
+    ("scraped_with_face", "scraped pictures with a face"),
+    *((name.replace(" ", "_"), f"new pictures {name}") for name in OUTCOMES),
+    ("identification_precision_at_1", "val identification precision@1 (crops)"),
+    ("seconds_per_epoch", "seconds per epoch"),
+)
+
+
+def print_summary(results: list[dict]) -> None:
+    print(f"\n{results[0]['characters']} characters trained; seeds {[r['seed'] for r in results]}")
+    header = f"{'':42} {'mean':>7} {'± std':>7} {'min-max':>13}"
+    print(header + "\n" + "-" * len(header))
+    for key, label in ROWS:
+        values = [result[key] for result in results]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        spread = f"{min(values):.3f}-{max(values):.3f}"
+        print(f"{label:42} {statistics.fmean(values):7.3f} {std:7.3f} {spread:>13}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    clash = sorted(set(character_folders(args.identities)) & set(character_folders(args.raw)))
+    if clash:
+        raise SystemExit(f"characters both in --identities and --raw: {', '.join(clash)}")
+    try:
+        recipe = recipe_from(args.params, args.overrides)
+        crop = crop_params(args.params)
+        build_params(recipe, args.identities, ["a", "b"], holdout=0, seed=0)  # refused early
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="anime-face-id-web-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = [run_seed(workdir, args, recipe, crop, seed) for seed in args.seeds]
+    except StageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_summary(results)
+    if args.json:
+        atomic_write_json(args.json, {"overrides": args.overrides, "seeds": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
