@@ -9,6 +9,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,22 @@ def test_a_picture_is_right_when_any_face_names_its_character(web) -> None:
     assert web.outcome(picture(None, None), "Akane Red") == "unknown only"
     assert web.outcome(picture(), "Akane Red") == "no face"
     assert web.outcome(picture(status="error"), "Akane Red") == "unreadable"
+
+
+def test_the_strict_reading_asks_the_surest_face_to_be_right(web) -> None:
+    surest_wrong = picture("Akane Red", "Ao Blue")
+    faces = surest_wrong.faces
+    surest_wrong = PictureResult(
+        "p.png", "ok", faces=(faces[0], replace(faces[1], detector_score=1))
+    )
+    assert web.top_face_right(picture("Akane Red", "Ao Blue"), "Akane Red")  # a tie: the first
+    assert not web.top_face_right(surest_wrong, "Akane Red")
+    assert not web.top_face_right(picture(), "Akane Red")
+    counts = {"Akane Red": {**dict.fromkeys(web.OUTCOMES, 0), "named right": 3, "no face": 1}}
+    counts["Akane Red"].update({web.TOP_FACE: 2, "faces": 6})
+    shares = web.shares_of(counts)
+    assert shares["new_pictures"] == 4 and shares["named_right"] == 0.75
+    assert shares["surest_face_named_right"] == 0.5 and shares["faces_per_picture"] == 1.5
 
 
 def test_scraped_and_new_pictures_are_disjoint_and_fixed_by_the_seed(web, tmp_path) -> None:
@@ -80,7 +97,7 @@ def test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones(tm
     (seed,) = json.loads((tmp_path / "web.json").read_text())["seeds"]
     assert seed["characters"] == 5  # three from crops, two from their scraped pictures
     assert seed["scraped_with_face"] == 1.0  # detector none: every picture is a face
-    assert seed["new_pictures"] == 8
+    assert seed["new_pictures"] == 8 and seed["faces_per_picture"] == 1.0
     counts = seed["new_picture_outcomes"]
     assert set(counts) == set(PIPELINE_NAMES[3:5])
     assert all(sum(c.values()) == 4 for c in counts.values())
