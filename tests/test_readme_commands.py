@@ -91,6 +91,11 @@ ELSEWHERE = {
         "tests/test_benchmark_quality.py::test_benchmark_trains_each_seed_and_compares_with_imagenet",
         "my_crops/ is the reader's folder; the test passes a folder, seeds, -S and --json",
     ),
+    ".venv/bin/python benchmarks/web_pictures.py --seeds 0 1 2": (
+        "tests/test_benchmark_web_pictures.py::"
+        "test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones",
+        "about 18 minutes per seed on 2 cores; the test runs the script on generated pictures",
+    ),
     ".venv/bin/python benchmarks/detection.py": (
         "tests/test_benchmark_detection.py::test_detection_benchmark_compares_both_detectors",
         "minutes on the whole of ../shared; the test runs the script on a few of its pictures",
