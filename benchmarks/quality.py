@@ -209,20 +209,36 @@ def apply_override(recipe: dict, assignment: str) -> None:
     recipe.setdefault(section, {})[name] = yaml.safe_load(text)
 
 
-def recipe_from(params_file: Path, overrides: list[str]) -> dict:
-    """The recipe sections of params_file (unknown sections ignored), then the overrides."""
+def params_sections(params_file: Path, sections: Sequence[str]) -> dict[str, dict]:
+    """These sections of params_file (absent ones empty), or a ConfigError."""
     try:
         data = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ConfigError(f"cannot read {params_file}: {error}") from None
-    recipe = {section: dict(data.get(section) or {}) for section in RECIPE_SECTIONS}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{params_file}: not a mapping of sections")
+    return {section: dict(data.get(section) or {}) for section in sections}
+
+
+def recipe_from(params_file: Path, overrides: list[str]) -> dict:
+    """The recipe sections of params_file (unknown sections ignored), then the overrides."""
+    recipe = params_sections(params_file, RECIPE_SECTIONS)
     for assignment in overrides:
         apply_override(recipe, assignment)
     return recipe
 
 
-def build_params(recipe: dict, folder: Path, names: list[str], holdout: int, seed: int) -> Params:
-    sections = copy.deepcopy(recipe)
+def build_params(
+    recipe: dict,
+    folder: Path,
+    names: list[str],
+    holdout: int,
+    seed: int,
+    others: dict[str, dict] | None = None,
+) -> Params:
+    """The project's params: the recipe, the folder of crops, and ``others`` (more
+    sections, e.g. ``package``) as given."""
+    sections = {**copy.deepcopy(others or {}), **copy.deepcopy(recipe)}
     sections["split"]["holdout_characters"] = holdout
     sections["train"]["seed"] = seed
     sections["evaluate"]["seed"] = seed

@@ -3,7 +3,8 @@
     python benchmarks/web_pictures.py [--raw ../shared/testdata/raw]
                                       [--identities ../shared/testdata/identities]
                                       [--scraped 28] [--per-character 30] [--seeds 0 1 2]
-                                      [-S train.epochs=16 ...] [--workdir DIR] [--json FILE]
+                                      [-S train.epochs=16 ...] [--params params.yaml]
+                                      [--workdir DIR] [--json FILE]
 
 ``quality.py`` measures the embedder on face crops someone else cut. A user starts from
 whole pictures: the crop stage's detector cuts the faces, the embedder is trained on them,
@@ -11,27 +12,31 @@ and ``anime-face-id identify`` names new whole pictures. This measures that path
 
 1. Each character of ``--raw`` (uncropped illustrations by many artists, one sub-folder per
    character) has its pictures shuffled with the seed: the first ``--scraped`` are what the
-   user collected, the rest are new pictures to name later.
-2. The scraped pictures go through the real collect and crop stages with this repository's
-   ``crop`` params (its default detector). Review is stood in for by keeping each picture's
-   highest-scoring face: a reviewer would also drop faces of other characters, so this is,
-   if anything, a little harder than the users' data.
-3. Those crops and ``--identities``' crops (at most ``--per-character`` per character, drawn
-   as ``quality.py`` draws them, detector none: they are crops already) form one project;
-   every character is trained on (``split.holdout_characters`` 0); split, balance, train,
-   evaluate and package run as the pipeline runs them, with the recipe of ``params.yaml``
-   changed only by ``-S``.
-4. The packaged identifier (gallery, calibrated unknown-face threshold, the crop params'
-   detector) names every new picture, as ``anime-face-id identify`` does.
+   user collected, the rest are new pictures to name later. New pictures within the
+   split's near-duplicate distance of a scraped one are counted and reported.
+2. The scraped pictures go through the real collect and crop stages with the ``crop``
+   section of ``--params`` (this repository's: its default detector). Review is stood in
+   for by keeping each picture's surest face (the detector's highest score); a reviewer
+   would also drop faces of other characters, so this is, if anything, a little harder
+   than the users' data.
+3. Those crops and ``--identities``' crops (at most ``--per-character`` per character,
+   drawn as ``quality.py`` draws them, detector none: they are crops already) form one
+   project; every character is meant to be trained on (``split.holdout_characters`` 0; the
+   number actually in the training split is reported). Split, balance, train, evaluate and
+   package run as the pipeline runs them, with the recipe of ``--params`` changed only by
+   ``-S``, and its ``package`` and ``identify`` sections as they are.
+4. The packaged identifier (gallery, calibrated unknown-face threshold, the same detector
+   settings as step 2) names every new picture, as ``anime-face-id identify`` does.
 
 Printed per seed and as the mean with the spread: the share of scraped pictures in which
-the detector found a face, and of the new pictures the share named right (some face is
-named as the picture's character), named wrong (a face named as another character, none
-right), only unknown faces, no face found, and unreadable; the stricter share whose surest
-face (the detector's highest score) is named right, and the faces found per picture; plus
-the evaluate stage's identification precision@1 on the val crops. No ImageNet baseline here: ``quality.py`` gives one on crops.
+the detector found a face; of the new pictures the share named right (some face is named
+as the picture's character), named wrong (a face named as another character, none right),
+with only unknown faces, with no face, unreadable; the stricter share whose surest face is
+named right; the faces found per new picture; and the evaluate stage's identification
+precision@1 on the val crops. ``--json`` keeps every miss (picture, character, the names
+given). No ImageNet baseline here: ``quality.py`` gives one on crops.
 
-Cost: one training run of ~25 characters per seed (about 15-20 min at 45 epochs on a 2-core
+Cost: one training run of ~25 characters per seed (about 17 min at 45 epochs on a 2-core
 CPU). ``-S train.epochs=1 -S train.batches_per_epoch=2`` is a smoke test, not a measurement.
 """
 
@@ -47,20 +52,19 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installing
 
 from anime_face_id import layout  # noqa: E402
 from anime_face_id.collect import collect_all  # noqa: E402
-from anime_face_id.config import ConfigError, CropConfig, Params, parse_params  # noqa: E402
+from anime_face_id.config import ConfigError, Params, parse_params  # noqa: E402
 from anime_face_id.crop import crop_all  # noqa: E402
 from anime_face_id.errors import StageError  # noqa: E402
 from anime_face_id.fileio import atomic_write_json  # noqa: E402
 from anime_face_id.gallery import GALLERY  # noqa: E402
 from anime_face_id.identify import build_identifier  # noqa: E402
 from anime_face_id.identify_results import PictureResult  # noqa: E402
+from anime_face_id.imaging import load_rgb, phash, phash_distance  # noqa: E402
 from anime_face_id.package import package_gallery  # noqa: E402
 from anime_face_id.sources.folder import image_files  # noqa: E402
 from anime_face_id.split import derived_rng  # noqa: E402
@@ -69,6 +73,7 @@ from benchmarks.quality import (  # noqa: E402
     build_params,
     character_folders,
     non_negative_int,
+    params_sections,
     prepare_project,
     recipe_from,
     sample_crops,
@@ -81,13 +86,20 @@ OUTCOMES = ("named right", "named wrong", "unknown only", "no face", "unreadable
 TOP_FACE = "surest face named right"
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", type=Path, default=DEFAULT_RAW)
     parser.add_argument("--identities", type=Path, default=DEFAULT_FOLDER)
     parser.add_argument(
         "--scraped",
-        type=non_negative_int,
+        type=positive_int,
         default=28,
         help="pictures per raw character the user collected; the rest are named later",
     )
@@ -133,20 +145,50 @@ def scraped_and_new(
     return collected, new
 
 
-def crop_params(params_file: Path) -> dict:
-    """The crop section of ``--params``: the detector a user gets."""
-    try:
-        data = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise ConfigError(f"cannot read {params_file}: {error}") from None
-    return dict(data.get("crop") or {})
+def user_sections(params_file: Path) -> dict[str, dict]:
+    """The sections of ``--params`` a user's crop and identify steps run with; the
+    detector's files resolved against the params file's folder, as the project does, so
+    that the crop step and the identifier load the same ones."""
+    sections = params_sections(params_file, ("crop", "package", "identify"))
+    for key in ("detector_weights", "cascade"):
+        if sections["crop"].get(key):
+            sections["crop"][key] = str((params_file.parent / sections["crop"][key]).resolve())
+    return sections
+
+
+def near_duplicates(
+    collected: dict[str, list[Path]], new: dict[str, list[Path]], max_distance: int
+) -> int:
+    """New pictures within ``max_distance`` (pHash bits) of one of their character's
+    scraped pictures: naming those would measure memory, not recognition."""
+    found = 0
+    for name, pictures in new.items():
+        scraped = [phash(load_rgb(path)) for path in collected[name]]
+        for path in pictures:
+            code = phash(load_rgb(path))
+            found += any(phash_distance(code, other) <= max_distance for other in scraped)
+    return found
+
+
+def surest_face_per_picture(rows: list[dict]) -> dict[str, list[str]]:
+    """Per character, the crop path of each source picture's highest-scoring face, in
+    the order of the pictures' sha256: review stood in for."""
+    surest: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        key = (row["character"], row["source_sha256"])
+        if key not in surest or float(row["score"]) > float(surest[key]["score"]):
+            surest[key] = row
+    crops: dict[str, list[str]] = {}
+    for (name, _sha), row in sorted(surest.items()):
+        crops.setdefault(name, []).append(row["path"])
+    return crops
 
 
 def detected_faces(
     root: Path, pictures: dict[str, list[Path]], crop: dict
 ) -> tuple[dict[str, list[Path]], dict[str, float]]:
     """The scraped pictures through the collect and crop stages; per character the crop
-    of each picture's highest-scoring face, and the share of pictures with a face."""
+    of each picture's surest face, and the share of pictures with a face."""
     source = root / "pictures"
     for name, paths in pictures.items():
         (source / name).mkdir(parents=True)
@@ -163,17 +205,11 @@ def detected_faces(
     project = root / "project"
     collect_all(project, params)
     crop_all(project, params.crop)
-    best: dict[tuple[str, str], dict] = {}
     with (project / layout.FACES_MANIFEST).open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            key = (row["character"], row["source_sha256"])
-            if key not in best or float(row["score"]) > float(best[key]["score"]):
-                best[key] = row
-    faces = {name: [] for name in pictures}
-    for (name, _sha), row in sorted(best.items()):
-        faces[name].append(project / row["path"])
-    yield_ = {name: len(faces[name]) / len(pictures[name]) for name in pictures}
-    return faces, yield_
+        surest = surest_face_per_picture(list(csv.DictReader(handle)))
+    faces = {name: [project / path for path in surest.get(name, [])] for name in pictures}
+    face_found_share = {name: len(faces[name]) / len(pictures[name]) for name in pictures}
+    return faces, face_found_share
 
 
 def training_folder(
@@ -193,6 +229,7 @@ def training_folder(
 
 
 def outcome(result: PictureResult, character: str) -> str:
+    """Exactly one of OUTCOMES, tried in that order: right wins over a wrong face beside it."""
     if result.status == "error":
         return "unreadable"
     named = {face.character for face in result.faces}
@@ -212,23 +249,33 @@ def top_face_right(result: PictureResult, character: str) -> bool:
 
 
 def name_new_pictures(
-    root: Path, params: Params, crop: dict, new: dict[str, list[Path]]
-) -> dict[str, dict[str, int]]:
+    root: Path, params: Params, new: dict[str, list[Path]]
+) -> tuple[dict[str, dict[str, int]], list[dict]]:
     """Per character, how many new pictures ended in each outcome, how many had their
-    surest face named right, and how many faces were found in all."""
+    surest face named right and how many faces were found in all; and every miss."""
     identifier = build_identifier(
-        root / layout.EMBEDDER, root / GALLERY, CropConfig(**crop), params.identify, REPO
+        root / layout.EMBEDDER, root / GALLERY, params.crop, params.identify, root
     )
-    counts = {}
+    counts, misses = {}, []
     for character, pictures in new.items():
         results = identifier.identify_files(pictures)
-        found = [outcome(result, character) for result in results]
+        outcomes = [outcome(result, character) for result in results]
         counts[character] = {
-            **{name: found.count(name) for name in OUTCOMES},
+            **{name: outcomes.count(name) for name in OUTCOMES},
             TOP_FACE: sum(top_face_right(result, character) for result in results),
             "faces": sum(len(result.faces) for result in results),
         }
-    return counts
+        misses += [
+            {
+                "character": character,
+                "picture": str(path),
+                "outcome": found,
+                "names": [face.character for face in result.faces],
+            }
+            for path, result, found in zip(pictures, results, outcomes, strict=True)
+            if found != "named right"
+        ]
+    return counts, misses
 
 
 def shares_of(counts: dict[str, dict[str, int]]) -> dict[str, float]:
@@ -244,26 +291,36 @@ def shares_of(counts: dict[str, dict[str, int]]) -> dict[str, float]:
 # --------------------------------------------------------------------- one seed
 
 
-def run_seed(workdir: Path, args: argparse.Namespace, recipe: dict, crop: dict, seed: int) -> dict:
+def trained_characters(root: Path) -> int:
+    with (root / layout.SPLITS_DIR / "train.csv").open(newline="", encoding="utf-8") as handle:
+        return len({row["character"] for row in csv.DictReader(handle)})
+
+
+def run_seed(
+    workdir: Path, args: argparse.Namespace, recipe: dict, user: dict[str, dict], seed: int
+) -> dict:
     raw_names = character_folders(args.raw)
     collected, new = scraped_and_new(args.raw, raw_names, args.scraped, seed)
     home = workdir / f"seed-{seed}"
     print(f"--- seed {seed}: cropping {sum(map(len, collected.values()))} scraped pictures")
-    faces, yield_ = detected_faces(home / "scraped", collected, crop)
+    faces, face_found_share = detected_faces(home / "scraped", collected, user["crop"])
     source = home / "crops"
     names = training_folder(source, args.identities, args.per_character, seed, faces)
-    params = build_params(recipe, source, names, holdout=0, seed=seed)
-    prepare_project(home / "project", params, params.split.seed, (), names)
-    report = train_and_evaluate(home / "project", params)
-    package_gallery(home / "project", params, layout.EMBEDDER)
-    counts = name_new_pictures(home / "project", params, crop, new)
+    params = build_params(recipe, source, names, holdout=0, seed=seed, others=user)
+    project = home / "project"
+    prepare_project(project, params, params.split.seed, (), names)
+    report = train_and_evaluate(project, params)
+    package_gallery(project, params, layout.EMBEDDER)
+    counts, misses = name_new_pictures(project, params, new)
     result = {
         "seed": seed,
-        "characters": len(names),
-        "scraped_with_face": statistics.fmean(yield_.values()),
-        "scraped_with_face_per_character": yield_,
+        "characters": trained_characters(project),
+        "near_duplicates": near_duplicates(collected, new, params.split.phash_distance),
+        "scraped_with_face": statistics.fmean(face_found_share.values()),
+        "scraped_with_face_per_character": face_found_share,
         "new_picture_outcomes": counts,
         **shares_of(counts),
+        "misses": misses,
         "identification_precision_at_1": report["val"]["identification"]["precision_at_1"],
         "seconds_per_epoch": report["seconds_per_epoch"],
     }
@@ -281,6 +338,11 @@ def print_seed(result: dict) -> None:
         + f"; val identification P@1 {result['identification_precision_at_1']:.3f}",
         flush=True,
     )
+    for miss in result["misses"]:
+        names = ", ".join(str(name) for name in miss["names"]) or "no face"
+        print(f"  {miss['outcome']}: {miss['picture']} ({miss['character']}) -> {names}")
+    if result["near_duplicates"]:
+        print(f"  {result['near_duplicates']} new picture(s) near-duplicate a scraped one")
 
 
 ROWS = (
@@ -309,17 +371,23 @@ def main(argv: list[str] | None = None) -> int:
     clash = sorted(set(character_folders(args.identities)) & set(character_folders(args.raw)))
     if clash:
         raise SystemExit(f"characters both in --identities and --raw: {', '.join(clash)}")
+    if len(set(args.seeds)) < len(args.seeds):
+        raise SystemExit(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
+    used = [args.workdir / f"seed-{seed}" for seed in args.seeds if args.workdir]
+    if any(folder.exists() for folder in used):
+        raise SystemExit(f"{args.workdir} holds earlier runs of these seeds: use another --workdir")
     try:
         recipe = recipe_from(args.params, args.overrides)
-        crop = crop_params(args.params)
-        build_params(recipe, args.identities, ["a", "b"], holdout=0, seed=0)  # refused early
+        user = user_sections(args.params)
+        # refused early: the params every seed builds
+        build_params(recipe, args.identities, ["a", "b"], holdout=0, seed=0, others=user)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="anime-face-id-web-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        results = [run_seed(workdir, args, recipe, crop, seed) for seed in args.seeds]
+        results = [run_seed(workdir, args, recipe, user, seed) for seed in args.seeds]
     except StageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from anime_face_id.identify_results import FaceResult, PictureResult
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
@@ -46,19 +47,43 @@ def test_a_picture_is_right_when_any_face_names_its_character(web) -> None:
 
 
 def test_the_strict_reading_asks_the_surest_face_to_be_right(web) -> None:
-    surest_wrong = picture("Akane Red", "Ao Blue")
-    faces = surest_wrong.faces
-    surest_wrong = PictureResult(
-        "p.png", "ok", faces=(faces[0], replace(faces[1], detector_score=1))
-    )
-    assert web.top_face_right(picture("Akane Red", "Ao Blue"), "Akane Red")  # a tie: the first
+    right, wrong = picture("Akane Red", "Ao Blue").faces
+    surest_right = PictureResult("p.png", "ok", faces=(right, replace(wrong, detector_score=0.1)))
+    surest_wrong = PictureResult("p.png", "ok", faces=(right, replace(wrong, detector_score=1)))
+    assert web.top_face_right(surest_right, "Akane Red")
     assert not web.top_face_right(surest_wrong, "Akane Red")
+    assert web.outcome(surest_wrong, "Akane Red") == "named right"  # the lenient reading
     assert not web.top_face_right(picture(), "Akane Red")
     counts = {"Akane Red": {**dict.fromkeys(web.OUTCOMES, 0), "named right": 3, "no face": 1}}
     counts["Akane Red"].update({web.TOP_FACE: 2, "faces": 6})
     shares = web.shares_of(counts)
     assert shares["new_pictures"] == 4 and shares["named_right"] == 0.75
     assert shares["surest_face_named_right"] == 0.5 and shares["faces_per_picture"] == 1.5
+
+
+def test_review_is_stood_in_for_by_each_pictures_surest_face(web) -> None:
+    def row(character, sha, path, score):
+        return {"character": character, "source_sha256": sha, "path": path, "score": score}
+
+    rows = [
+        row("Akane Red", "b", "b0.png", "0.4"),
+        row("Akane Red", "a", "a0.png", "0.5"),
+        row("Akane Red", "b", "b1.png", "0.9"),  # the other face in picture b is surer
+        row("Akane Red", "a", "a1.png", "0.35"),
+        row("Ao Blue", "a", "blue.png", "0.3"),  # the same picture under another name
+    ]
+    surest = web.surest_face_per_picture(rows)
+    assert surest == {"Akane Red": ["a0.png", "b1.png"], "Ao Blue": ["blue.png"]}
+
+
+def test_new_pictures_that_near_duplicate_a_scraped_one_are_counted(web, tmp_path) -> None:
+    raw = write_picture_folder(tmp_path / "raw", PIPELINE_NAMES[:1], count=3)
+    pictures = sorted((raw / PIPELINE_NAMES[0]).iterdir())
+    copy = tmp_path / "copy.png"
+    Image.open(pictures[0]).resize((48, 48)).save(copy)  # a smaller copy of a scraped one
+    collected = {PIPELINE_NAMES[0]: pictures[:1]}
+    assert web.near_duplicates(collected, {PIPELINE_NAMES[0]: [copy]}, 6) == 1
+    assert web.near_duplicates(collected, {PIPELINE_NAMES[0]: pictures[1:]}, 6) == 0
 
 
 def test_scraped_and_new_pictures_are_disjoint_and_fixed_by_the_seed(web, tmp_path) -> None:
@@ -74,7 +99,9 @@ def test_scraped_and_new_pictures_are_disjoint_and_fixed_by_the_seed(web, tmp_pa
 
 
 @pytest.mark.slow
-def test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones(tmp_path) -> None:
+def test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones(
+    web, tmp_path
+) -> None:
     identities = write_picture_folder(tmp_path / "identities", PIPELINE_NAMES[:3], count=8)
     raw = write_picture_folder(tmp_path / "raw", PIPELINE_NAMES[3:5], count=10, seed=1)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -95,12 +122,15 @@ def test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones(tm
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (seed,) = json.loads((tmp_path / "web.json").read_text())["seeds"]
-    assert seed["characters"] == 5  # three from crops, two from their scraped pictures
+    # all five in the training split: three from crops, two from their scraped pictures
+    assert seed["characters"] == 5 and seed["near_duplicates"] == 0
     assert seed["scraped_with_face"] == 1.0  # detector none: every picture is a face
     assert seed["new_pictures"] == 8 and seed["faces_per_picture"] == 1.0
     counts = seed["new_picture_outcomes"]
     assert set(counts) == set(PIPELINE_NAMES[3:5])
-    assert all(sum(c.values()) == 4 for c in counts.values())
+    assert all(sum(c[name] for name in web.OUTCOMES) == 4 for c in counts.values())
+    named_right = sum(c["named right"] for c in counts.values())
+    assert len(seed["misses"]) == 8 - named_right
     shares = [seed[key] for key in ("named_right", "named_wrong", "unknown_only")]
     assert sum(shares) == pytest.approx(1.0)
     # the scraped pictures' faces were trained on: they are in the project's splits
@@ -108,6 +138,12 @@ def test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones(tm
     trained = (project / "data" / "splits" / "train.csv").read_text()
     assert all(name in trained for name in PIPELINE_NAMES[3:5])
     assert "new pictures named right" in result.stdout
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "--raw", str(raw), "--identities", str(identities),
+         "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert again.returncode != 0 and "holds earlier runs of these seeds" in again.stderr
     clash = subprocess.run(
         [sys.executable, str(SCRIPT), "--raw", str(raw), "--identities", str(raw),
          "--scraped", "6"],

@@ -237,6 +237,7 @@ def test_a_model_below_the_untrained_baseline_is_flagged(report):
     assert below_baseline({"val": {"map_at_r": 0.1}}) is None  # no baseline, no verdict
     unmeasured = {"val": {"map_at_r": float("nan")}, "baseline_val": {"map_at_r": float("nan")}}
     assert below_baseline(unmeasured) is None  # too few val faces to rank: no verdict
+    assert below_baseline({**unmeasured, "baseline_val": {"map_at_r": 0.4}}) is None
 
 
 def test_headline_is_a_handful_of_numbers_from_the_report(tmp_path: Path) -> None:
