@@ -129,16 +129,23 @@ ROWS = (
 BASELINE_OF = {"val": "baseline_val", "open_set": "baseline_open_set"}
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
-    return value
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text}: must be {minimum} or more")
+        return value
+
+    return parse
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER)
+non_negative_int = int_at_least(0)
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """``-S SECTION.KEY=VALUE`` (repeatable) and ``--params``: the recipe a run uses."""
     parser.add_argument(
         "-S",
         "--set",
@@ -149,6 +156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"change one recipe param ({', '.join(RECIPE_SECTIONS)}); repeatable",
     )
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER)
+    add_recipe_options(parser)
     parser.add_argument(
         "--per-character",
         type=non_negative_int,

@@ -70,8 +70,10 @@ from anime_face_id.sources.folder import image_files  # noqa: E402
 from anime_face_id.split import derived_rng  # noqa: E402
 from benchmarks.quality import (  # noqa: E402
     DEFAULT_FOLDER,
+    add_recipe_options,
     build_params,
     character_folders,
+    int_at_least,
     non_negative_int,
     params_sections,
     prepare_project,
@@ -86,11 +88,9 @@ OUTCOMES = ("named right", "named wrong", "unknown only", "no face", "unreadable
 TOP_FACE = "surest face named right"
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
-    return value
+def json_key(name: str) -> str:
+    """``named right`` -> ``named_right``: the outcome's key among a seed's figures."""
+    return name.replace(" ", "_")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--identities", type=Path, default=DEFAULT_FOLDER)
     parser.add_argument(
         "--scraped",
-        type=positive_int,
+        type=int_at_least(1),
         default=28,
         help="pictures per raw character the user collected; the rest are named later",
     )
@@ -109,16 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30,
         help="at most this many identity crops per character, drawn with the seed (0: all)",
     )
-    parser.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="change one recipe param (split, balance, train, evaluate); repeatable",
-    )
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    add_recipe_options(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--workdir", type=Path, help="keep the projects here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write every seed's figures here")
@@ -283,7 +274,7 @@ def shares_of(counts: dict[str, dict[str, int]]) -> dict[str, float]:
     total = {key: sum(c[key] for c in counts.values()) for key in (*OUTCOMES, TOP_FACE, "faces")}
     return {
         "new_pictures": pictures,
-        **{name.replace(" ", "_"): total[name] / pictures for name in (*OUTCOMES, TOP_FACE)},
+        **{json_key(name): total[name] / pictures for name in (*OUTCOMES, TOP_FACE)},
         "faces_per_picture": total["faces"] / pictures,
     }
 
@@ -332,9 +323,7 @@ def print_seed(result: dict) -> None:
     print(
         f"seed {result['seed']}: face found in {result['scraped_with_face']:.3f} of the "
         f"scraped pictures; of {result['new_pictures']} new pictures "
-        + ", ".join(
-            f"{name} {result[name.replace(' ', '_')]:.3f}" for name in (*OUTCOMES, TOP_FACE)
-        )
+        + ", ".join(f"{name} {result[json_key(name)]:.3f}" for name in (*OUTCOMES, TOP_FACE))
         + f"; val identification P@1 {result['identification_precision_at_1']:.3f}",
         flush=True,
     )
@@ -347,7 +336,7 @@ def print_seed(result: dict) -> None:
 
 ROWS = (
     ("scraped_with_face", "scraped pictures with a face"),
-    *((name.replace(" ", "_"), f"new pictures {name}") for name in (*OUTCOMES, TOP_FACE)),
+    *((json_key(name), f"new pictures {name}") for name in (*OUTCOMES, TOP_FACE)),
     ("faces_per_picture", "faces found per new picture"),
     ("identification_precision_at_1", "val identification precision@1 (crops)"),
     ("seconds_per_epoch", "seconds per epoch"),
