@@ -242,6 +242,9 @@ class TrainConfig(Section):
     # probability that an augmented training image is redrawn in another style: thicker or
     # thinner lines, crisper, or flatter (cel-shaded) tones; 0 = never
     drawing_style: float = Field(0.0, ge=0.0, le=1.0)
+    # true: the redrawing works on the grey value and keeps every pixel's hue (hair and eye
+    # colours); false: per RGB channel, which also shifts hues (up to ~40 degrees)
+    drawing_style_keeps_hue: bool = False
     # > 0: validate and keep an exponential moving average of the weights instead of the
     # weights themselves (weight_average.py); the decay of update n is
     # min(weight_average, (1 + n) / (10 + n)), so over a few hundred steps the ramp, not

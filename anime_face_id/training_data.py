@@ -60,6 +60,7 @@ def load_training_data(root: Path, config: TrainConfig) -> TrainingData:
         erase_probability=config.random_erasing,
         downscale_probability=config.downscale,
         style_probability=config.drawing_style,
+        style_keeps_hue=config.drawing_style_keeps_hue,
     )
     dataset = FaceDataset(root, examples, config.image_size, config.seed, config.augment, settings)
     return TrainingData(

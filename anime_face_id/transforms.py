@@ -53,11 +53,12 @@ class AugmentSettings:
     downscale_range: tuple[float, float] = (0.3, 0.9)
     # drawing style: artists differ in line weight, in crispness and in how many tones
     # their shading has, none of which says who is drawn. One of DRAWING_STYLES, at a
-    # random strength, with this probability. (Each works per RGB channel, so colours move
-    # too: flatter tones shift hues by up to ~40 degrees at 3-6 levels, and where two
-    # colours meet a line filter makes a band of a third; a hue-keeping version is not
-    # measured yet.)
+    # random strength, with this probability. Per RGB channel, colours move too: flatter
+    # tones shift hues by up to ~40 degrees at 3-6 levels, and where two colours meet a
+    # line filter makes a band of a third. ``style_keeps_hue`` works on the grey value
+    # instead, so hair and eye colours stay what they were.
     style_probability: float = 0.0
+    style_keeps_hue: bool = False
 
 
 DEFAULT_AUGMENT = AugmentSettings()
@@ -145,11 +146,16 @@ def random_style(
     restyle = rng.random() < settings.style_probability
     style = DRAWING_STYLES[int(rng.integers(len(DRAWING_STYLES)))]
     strength = float(rng.random())
-    return drawn_in_style(square, style, strength) if restyle else square
+    if not restyle:
+        return square
+    if settings.style_keeps_hue:
+        return drawn_in_style_keeping_hue(square, style, strength)
+    return drawn_in_style(square, style, strength)
 
 
 def drawn_in_style(square: np.ndarray, style: str, strength: float) -> np.ndarray:
-    """``square`` redrawn: ``strength`` 0..1 from a mild to a strong change."""
+    """``square`` redrawn, each RGB channel on its own: ``strength`` 0..1 from a mild to a
+    strong change."""
     if style == "flatter_tones":  # cel shading: 3 to 8 levels per channel (3 and 8 rarer)
         levels = 8 - round(5 * strength)
         step = 256 / levels
@@ -164,10 +170,60 @@ def drawn_in_style(square: np.ndarray, style: str, strength: float) -> np.ndarra
     if style not in ("thicker_lines", "thinner_lines"):
         raise ValueError(f"unknown drawing style {style!r}")
     morph = cv2.erode if style == "thicker_lines" else cv2.dilate
-    changed = morph(square, _STROKE_KERNEL).astype(np.float32)
+    return blended_stroke_change(square, morph(square, _STROKE_KERNEL), strength)
+
+
+def blended_stroke_change(square: np.ndarray, changed: np.ndarray, strength: float) -> np.ndarray:
+    """A line-weight change blended in, from a hint to a full pixel on each side."""
     blend = 0.4 + 0.6 * strength
-    mixed = square.astype(np.float32) * (1 - blend) + changed * blend
+    mixed = square.astype(np.float32) * (1 - blend) + changed.astype(np.float32) * blend
     return mixed.round().clip(0, 255).astype(np.uint8)
+
+
+def drawn_in_style_keeping_hue(square: np.ndarray, style: str, strength: float) -> np.ndarray:
+    """``square`` redrawn as ``drawn_in_style`` does, through the grey value only: tones and
+    crispness change the grey value and add the change to all three channels alike (so
+    R - Y and B - Y, the chroma, stay), and line weight moves whole pixels, each taking the
+    colour of its darkest or lightest neighbour, so no new colour appears."""
+    if style in ("thicker_lines", "thinner_lines"):
+        moved = colour_of_extreme_neighbour(square, darkest=style == "thicker_lines")
+        return blended_stroke_change(square, moved, strength)
+    grey = grey_value(square)
+    if style == "flatter_tones":
+        levels = 8 - round(5 * strength)
+        step = 256 / levels
+        new_grey = np.floor(grey / step) * step + step / 2
+    elif style == "crisper":
+        amount = 0.5 + 1.5 * strength
+        new_grey = grey * (1 + amount) - cv2.GaussianBlur(grey, (0, 0), 1.0) * amount
+    else:
+        raise ValueError(f"unknown drawing style {style!r}")
+    shifted = square.astype(np.float32) + (new_grey - grey)[..., None]
+    return shifted.round().clip(0, 255).astype(np.uint8)
+
+
+def grey_value(square: np.ndarray) -> np.ndarray:
+    """The luma Y of ITU-R BT.601 (what a greyscale conversion keeps), float32 H x W."""
+    weights = np.asarray((0.299, 0.587, 0.114), dtype=np.float32)
+    return square.astype(np.float32) @ weights
+
+
+_CROSS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # _STROKE_KERNEL's pixels
+
+
+def colour_of_extreme_neighbour(square: np.ndarray, darkest: bool) -> np.ndarray:
+    """Each pixel in the whole colour of the darkest (or lightest) pixel by grey value
+    among itself and its 4 neighbours: a minimum (maximum) filter that moves colours
+    instead of mixing channels. Ties go to the first in ``_CROSS`` order."""
+    height, width = square.shape[:2]
+    # edge padding repeats a border pixel, which is in its own neighbourhood already
+    grey = np.pad(grey_value(square), 1, mode="edge")
+    colour = np.pad(square, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    window = [(slice(1 + dy, 1 + dy + height), slice(1 + dx, 1 + dx + width)) for dy, dx in _CROSS]
+    greys = np.stack([grey[rows, cols] for rows, cols in window])
+    colours = np.stack([colour[rows, cols] for rows, cols in window])
+    choice = greys.argmin(axis=0) if darkest else greys.argmax(axis=0)
+    return np.take_along_axis(colours, choice[None, :, :, None], axis=0)[0]
 
 
 def random_downscale(

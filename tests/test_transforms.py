@@ -321,6 +321,97 @@ def test_crisper_drawings_have_more_detail_and_the_same_layout():
     assert abs(float(crisp.mean()) - float(square.mean())) < 3
 
 
+def brute_force_colour_of_extreme_neighbour(image: np.ndarray, darkest: bool) -> np.ndarray:
+    """Each pixel: the colour of the darkest (lightest) by BT.601 luma among itself and its
+    4 neighbours inside the image, the first in (self, up, down, left, right) on a tie."""
+    height, width = image.shape[:2]
+    out = np.empty_like(image)
+    for y in range(height):
+        for x in range(width):
+            best, best_grey = None, None
+            for dy, dx in ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)):
+                if not (0 <= y + dy < height and 0 <= x + dx < width):
+                    continue
+                r, g, b = (float(v) for v in image[y + dy, x + dx])
+                grey = 0.299 * r + 0.587 * g + 0.114 * b
+                better = best_grey is None or (grey < best_grey if darkest else grey > best_grey)
+                if better:
+                    best, best_grey = image[y + dy, x + dx], grey
+            out[y, x] = best
+    return out
+
+
+def chroma(image: np.ndarray) -> np.ndarray:
+    """R - Y and B - Y per pixel (what YCbCr keeps besides the grey value)."""
+    rgb = image.astype(float)
+    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    return np.stack([rgb[..., 0] - grey, rgb[..., 2] - grey], axis=-1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hue_keeping_line_weight_moves_whole_colours_like_a_brute_force_filter(seed):
+    from anime_face_id.transforms import drawn_in_style, drawn_in_style_keeping_hue
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (12, 14, 3)).astype(np.uint8)
+    for style, darkest in (("thicker_lines", True), ("thinner_lines", False)):
+        full = drawn_in_style_keeping_hue(image, style, 1.0)
+        reference = brute_force_colour_of_extreme_neighbour(image, darkest)
+        # at full strength 100% of the moved colour is blended in (within rounding)
+        assert np.abs(full.astype(int) - reference).max() <= 1
+    # a coloured stroke on coloured paper widens without a third colour where they meet
+    paper = np.full((32, 32, 3), (240, 200, 120), dtype=np.uint8)
+    paper[:, 16] = (30, 60, 160)
+    thick = drawn_in_style_keeping_hue(paper, "thicker_lines", 1.0)
+    assert {tuple(pixel) for pixel in thick.reshape(-1, 3)} == {(240, 200, 120), (30, 60, 160)}
+    assert int((thick[16, :, 0] < 128).sum()) == 3
+    per_channel = drawn_in_style(paper, "thicker_lines", 1.0)  # blue's 160 lost to paper's 120
+    assert (30, 60, 120) in {tuple(pixel) for pixel in per_channel.reshape(-1, 3)}
+
+
+@pytest.mark.parametrize("style", ["flatter_tones", "crisper"])
+@pytest.mark.parametrize("strength", [0.0, 1.0])
+def test_hue_keeping_tones_and_crispness_change_only_the_grey_value(style, strength):
+    from anime_face_id.transforms import drawn_in_style, drawn_in_style_keeping_hue, grey_value
+
+    square = letterbox(drawn_face(), 96)
+    # mid tones, so no channel is pushed past 0 or 255 (where clipping would move hue)
+    square = (64 + square.astype(int) // 2).astype(np.uint8)
+    kept = drawn_in_style_keeping_hue(square, style, strength)
+    assert np.abs(chroma(kept) - chroma(square)).max() <= 1.0
+    assert np.abs(grey_value(kept) - grey_value(square)).max() > 5  # but it did change
+    if style == "flatter_tones":
+        levels = 8 - round(5 * strength)
+        assert len(np.unique(np.round(grey_value(kept) * 2) / 2)) <= levels * 3  # few tones
+    # the per-channel version moves the chroma
+    moved = drawn_in_style(square, style, strength)
+    assert np.abs(chroma(moved) - chroma(square)).max() > 5
+
+
+def test_hue_keeping_style_is_chosen_by_the_setting_with_the_same_draws():
+    from anime_face_id.transforms import (
+        DRAWING_STYLES,
+        drawn_in_style_keeping_hue,
+        random_style,
+    )
+
+    square = letterbox(drawn_face(), 64)
+    for seed in range(12):
+        kept = random_style(
+            square,
+            np.random.default_rng(seed),
+            AugmentSettings(style_probability=1.0, style_keeps_hue=True),
+        )
+        replay = np.random.default_rng(seed)
+        replay.random()
+        style = DRAWING_STYLES[int(replay.integers(len(DRAWING_STYLES)))]
+        assert np.array_equal(
+            kept, drawn_in_style_keeping_hue(square, style, float(replay.random()))
+        )
+    with pytest.raises(ValueError, match="unknown drawing style"):
+        drawn_in_style_keeping_hue(square, "watercolour", 0.5)
+
+
 def test_drawing_style_happens_at_its_probability_with_every_style():
     from anime_face_id.transforms import DRAWING_STYLES, drawn_in_style, random_style
 
