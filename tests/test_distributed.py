@@ -82,4 +82,7 @@ def test_two_processes_train_the_stage_like_one(tmp_path, prefect_api):
     project.set_params(train={"processes": 1, **extras})
     project.dvc("repro", "train")
     one = best_map(project.root)
-    assert two > 0.5 and abs(two - one) < 0.2, (one, two)
+    # three short epochs of the margin head land anywhere in ~0.7-1.0 by CPU (float kernels
+    # differ), so the check is one-sided: two processes (twice the faces per step) train at
+    # least as well as one; a broken gradient exchange would leave them far below
+    assert two > 0.5 and two > one - 0.15, (one, two)
