@@ -156,21 +156,30 @@ def random_style(
 def drawn_in_style(square: np.ndarray, style: str, strength: float) -> np.ndarray:
     """``square`` redrawn, each RGB channel on its own: ``strength`` 0..1 from a mild to a
     strong change."""
-    if style == "flatter_tones":  # cel shading: 3 to 8 levels per channel (3 and 8 rarer)
-        levels = 8 - round(5 * strength)
-        step = 256 / levels
-        return (np.floor(square / step) * step + step / 2).clip(0, 255).astype(np.uint8)
-    if style == "crisper":  # unsharp masking
+    if style == "flatter_tones":
+        return flattened_tones(square, strength).clip(0, 255).astype(np.uint8)
+    if style == "crisper":
         blurred = cv2.GaussianBlur(square, (0, 0), 1.0).astype(np.float32)
-        amount = 0.5 + 1.5 * strength
-        crisp = square.astype(np.float32) * (1 + amount) - blurred * amount
-        return crisp.clip(0, 255).astype(np.uint8)
+        return crisped(square.astype(np.float32), blurred, strength).clip(0, 255).astype(np.uint8)
     # a minimum filter widens strokes darker than their surroundings, a maximum filter
     # narrows them; blended, so the change ranges from a hint to a full pixel on each side
     if style not in ("thicker_lines", "thinner_lines"):
         raise ValueError(f"unknown drawing style {style!r}")
     morph = cv2.erode if style == "thicker_lines" else cv2.dilate
     return blended_stroke_change(square, morph(square, _STROKE_KERNEL), strength)
+
+
+def flattened_tones(values: np.ndarray, strength: float) -> np.ndarray:
+    """Cel shading: ``values`` (0..255) quantised to 3 to 8 levels (3 and 8 rarer)."""
+    levels = 8 - round(5 * strength)
+    step = 256 / levels
+    return np.floor(values / step) * step + step / 2
+
+
+def crisped(values: np.ndarray, blurred: np.ndarray, strength: float) -> np.ndarray:
+    """Unsharp masking of float ``values`` by their ``blurred`` copy."""
+    amount = 0.5 + 1.5 * strength
+    return values * (1 + amount) - blurred * amount
 
 
 def blended_stroke_change(square: np.ndarray, changed: np.ndarray, strength: float) -> np.ndarray:
@@ -190,22 +199,20 @@ def drawn_in_style_keeping_hue(square: np.ndarray, style: str, strength: float) 
         return blended_stroke_change(square, moved, strength)
     grey = grey_value(square)
     if style == "flatter_tones":
-        levels = 8 - round(5 * strength)
-        step = 256 / levels
-        new_grey = np.floor(grey / step) * step + step / 2
+        new_grey = flattened_tones(grey, strength)
     elif style == "crisper":
-        amount = 0.5 + 1.5 * strength
-        new_grey = grey * (1 + amount) - cv2.GaussianBlur(grey, (0, 0), 1.0) * amount
+        new_grey = crisped(grey, cv2.GaussianBlur(grey, (0, 0), 1.0), strength)
     else:
         raise ValueError(f"unknown drawing style {style!r}")
     shifted = square.astype(np.float32) + (new_grey - grey)[..., None]
     return shifted.round().clip(0, 255).astype(np.uint8)
 
 
-def grey_value(square: np.ndarray) -> np.ndarray:
-    """The luma Y of ITU-R BT.601 (what a greyscale conversion keeps), float32 H x W."""
-    weights = np.asarray((0.299, 0.587, 0.114), dtype=np.float32)
-    return square.astype(np.float32) @ weights
+def grey_value(image: np.ndarray) -> np.ndarray:
+    """The luma Y of ITU-R BT.601 (the weights PIL and OpenCV use for RGB -> L), float32
+    H x W."""
+    image = image.astype(np.float32, copy=False)
+    return image[:, :, 0] * 0.299 + image[:, :, 1] * 0.587 + image[:, :, 2] * 0.114
 
 
 _CROSS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))  # _STROKE_KERNEL's pixels
@@ -315,21 +322,16 @@ def random_colour(
     greyscale = rng.random() < settings.greyscale_probability
 
     image = square.astype(np.float32) * brightness
-    grey_mean = _grey(image).mean()
+    grey_mean = grey_value(image).mean()
     image = (image - grey_mean) * contrast + grey_mean
-    grey = _grey(image)[:, :, None]
+    grey = grey_value(image)[:, :, None]
     image = (image - grey) * saturation + grey
     image = np.clip(image, 0, 255).astype(np.uint8)
     image = _shift_hue(image, hue_shift)
     if greyscale:
-        image = np.repeat(_grey(image.astype(np.float32))[:, :, None], 3, axis=2)
+        image = np.repeat(grey_value(image.astype(np.float32))[:, :, None], 3, axis=2)
         image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
     return image
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    # ITU-R BT.601 luma, the weights PIL and OpenCV use for RGB -> L
-    return image[:, :, 0] * 0.299 + image[:, :, 1] * 0.587 + image[:, :, 2] * 0.114
 
 
 def _shift_hue(rgb: np.ndarray, degrees: float) -> np.ndarray:
