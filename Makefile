@@ -64,8 +64,12 @@ detector: setup ## retrain the face detector on $(SHARED)/testdata (writes the p
 	$(PY) -m flows.detector $(DETECTOR_DATA) --init models/detector/centernet_first.pt \
 	  --epochs 12 --lr 1e-3 --backbone-lr 2.5e-4 --close-up-probability 0.2
 
+# Much of the suite waits on server starts and fresh processes importing torch; two
+# workers overlap those waits (a test file stays on one worker, its fixtures with it).
+TEST_WORKERS ?= 2
+
 test: setup ## run the whole test suite (slow and browser tests included)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup ## the quick tests only
 	$(BIN)/pytest -m "not slow and not browser"

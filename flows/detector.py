@@ -211,6 +211,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="separable 3x3 convolutions in each head (default 1)",
     )
     parser.add_argument(
+        "--frozen-blocks",
+        type=int,
+        default=None,
+        help="the trunk's stem and this many first blocks stay as ImageNet left them "
+        "(default 5; fewer: more of the trunk adapts to drawn faces, at more time per step)",
+    )
+    parser.add_argument(
         "--start-over",
         action="store_true",
         help="ignore the state an interrupted run left beside --out (default: continue it)",
@@ -249,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             ("neck_channels", args.neck_channels),
             ("head_convs", args.head_convs),
+            ("frozen_blocks", args.frozen_blocks),
         )
         if value is not None
     }

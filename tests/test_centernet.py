@@ -653,6 +653,8 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
         "32",
         "--head-convs",
         "2",
+        "--frozen-blocks",
+        "3",
     ]
     env = {**os.environ, **prefect_api, "MLFLOW_TRACKING_URI": uri}
     process = subprocess.run(
@@ -671,6 +673,8 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
     assert run.data.params["detector.epochs"] == "1"
     assert run.data.params["detector.giou_weight"] == "2.0"
     assert run.data.params["detector.neck_channels"] == "32"
+    assert run.data.params["detector.frozen_blocks"] == "3"
+    assert metadata["config"]["frozen_blocks"] == 3
     assert _model.architecture == {"neck_channels": 32, "head_convs": 2}
     assert run.data.tags["resume"] == "no interrupted run to continue"
     assert "no interrupted run to continue" in process.stdout + process.stderr
