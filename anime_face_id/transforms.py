@@ -329,7 +329,7 @@ def random_colour(
     image = np.clip(image, 0, 255).astype(np.uint8)
     image = _shift_hue(image, hue_shift)
     if greyscale:
-        image = np.repeat(grey_value(image.astype(np.float32))[:, :, None], 3, axis=2)
+        image = np.repeat(grey_value(image)[:, :, None], 3, axis=2)
         image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
     return image
 
