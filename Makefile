@@ -69,7 +69,7 @@ detector: setup ## retrain the face detector on $(SHARED)/testdata (writes the p
 TEST_WORKERS ?= 2
 
 test: setup ## run the whole test suite (slow and browser tests included)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: setup ## the quick tests only
 	$(BIN)/pytest -m "not slow and not browser"
