@@ -1,16 +1,15 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 # No telemetry or update checks from Prefect processes started by tests.
-__import__("os").environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(
-    __import__("os").environ.get("ANIME_FACE_ID_SHARED", REPO.parent / "shared")
-).resolve()
+SHARED = Path(os.environ.get("ANIME_FACE_ID_SHARED", REPO.parent / "shared")).resolve()
 
 # The files that take minutes, longest first (seconds in one process on the 2-core CI
 # machine: 472, 392, 351, 317, 175, 139, 137, 136, 114, 113). `make test` runs files on two
@@ -34,6 +33,18 @@ SLOWEST_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: place for place, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves os.environ as it found it. MLflow 3's ``set_tracking_uri`` also
+    writes MLFLOW_TRACKING_URI into os.environ, so a test that loads a model in this process
+    sent every later project on the same worker (which copies os.environ) to its database."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
