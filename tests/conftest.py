@@ -39,12 +39,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _environment_restored():
     """Each test leaves os.environ as it found it. MLflow 3's ``set_tracking_uri`` also
     writes MLFLOW_TRACKING_URI into os.environ, so a test that loads a model in this process
-    sent every later project on the same worker (which copies os.environ) to its database."""
+    sent every later project on the same worker (which copies os.environ) to its database.
+    Only the variables that changed are put back (pytest's own PYTEST_CURRENT_TEST aside),
+    so a test that changes nothing costs no write: a first version cleared and refilled the
+    whole environment after every test, and in its CI run two tests' forked processes
+    exited with code 1, which they had never done before."""
     saved = dict(os.environ)
     yield
-    if dict(os.environ) != saved:
-        os.environ.clear()
-        os.environ.update(saved)
+    for name in set(os.environ) | set(saved):
+        if name == "PYTEST_CURRENT_TEST" or os.environ.get(name) == saved.get(name):
+            continue
+        if name in saved:
+            os.environ[name] = saved[name]
+        else:
+            del os.environ[name]
 
 
 @pytest.fixture(scope="session")
