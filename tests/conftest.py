@@ -41,9 +41,8 @@ def _environment_restored():
     writes MLFLOW_TRACKING_URI into os.environ, so a test that loads a model in this process
     sent every later project on the same worker (which copies os.environ) to its database.
     Only the variables that changed are put back (pytest's own PYTEST_CURRENT_TEST aside),
-    so a test that changes nothing costs no write: a first version cleared and refilled the
-    whole environment after every test, and in its CI run two tests' forked processes
-    exited with code 1, which they had never done before."""
+    so a test that changes nothing causes no write to the environment of the processes it
+    forks."""
     saved = dict(os.environ)
     yield
     for name in set(os.environ) | set(saved):

@@ -91,6 +91,15 @@ ELSEWHERE = {
         "tests/test_benchmark_quality.py::test_benchmark_trains_each_seed_and_compares_with_imagenet",
         "my_crops/ is the reader's folder; the test passes a folder, seeds, -S and --json",
     ),
+    ".venv/bin/python benchmarks/rescoring.py DIR/seed-*/project": (
+        "tests/test_benchmark_rescoring.py::test_script_counts_each_rule_on_stored_embeddings",
+        "DIR is a quality.py --workdir; the test writes two such projects and runs the script",
+    ),
+    ".venv/bin/python benchmarks/input_views.py DIR/seed-*/project": (
+        "tests/test_benchmark_rescoring.py::"
+        "test_the_plain_view_names_what_the_pipeline_embedding_names",
+        "DIR is a quality.py --workdir; the test runs the script on a generated project",
+    ),
     ".venv/bin/python benchmarks/web_pictures.py --seeds 0 1 2": (
         "tests/test_benchmark_web_pictures.py::"
         "test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones",
