@@ -36,22 +36,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _environment_restored():
-    """Each test leaves os.environ as it found it. MLflow 3's ``set_tracking_uri`` also
-    writes MLFLOW_TRACKING_URI into os.environ, so a test that loads a model in this process
-    sent every later project on the same worker (which copies os.environ) to its database.
-    Only the variables that changed are put back (pytest's own PYTEST_CURRENT_TEST aside),
-    so a test that changes nothing causes no write to the environment of the processes it
-    forks."""
-    saved = dict(os.environ)
+def _tracking_environment_restored():
+    """Each test leaves MLflow's variables in os.environ as it found them. MLflow 3's
+    ``set_tracking_uri`` also writes MLFLOW_TRACKING_URI into os.environ, so a test that
+    loads a model in this process sent every later project on the same worker (which copies
+    os.environ) to its database. Only MLflow's variables are put back: putting back every
+    variable a test changed coincided with forked child processes of later tests on the same
+    worker exiting with status 1 (tests/test_dataset.py, tests/test_decisions.py)."""
+    saved = {name: value for name, value in os.environ.items() if name.startswith("MLFLOW_")}
     yield
-    for name in set(os.environ) | set(saved):
-        if name == "PYTEST_CURRENT_TEST" or os.environ.get(name) == saved.get(name):
-            continue
-        if name in saved:
-            os.environ[name] = saved[name]
-        else:
+    for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
+        if name not in saved:
             del os.environ[name]
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
