@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# Flows that tests run in this process, and the processes it forks afterwards, behave as in
+# the stages: forked children forget the Prefect services they inherit (flows/_fork.py).
+import flows  # noqa: F401
+
 # No telemetry or update checks from Prefect processes started by tests.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -36,19 +40,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _tracking_environment_restored():
-    """Each test leaves MLflow's variables in os.environ as it found them. MLflow 3's
-    ``set_tracking_uri`` also writes MLFLOW_TRACKING_URI into os.environ, so a test that
-    loads a model in this process sent every later project on the same worker (which copies
-    os.environ) to its database. Only MLflow's variables are put back: putting back every
-    variable a test changed coincided with forked child processes of later tests on the same
-    worker exiting with status 1 (tests/test_dataset.py, tests/test_decisions.py)."""
-    saved = {name: value for name, value in os.environ.items() if name.startswith("MLFLOW_")}
+def _environment_restored():
+    """Each test leaves os.environ as it found it. MLflow 3's ``set_tracking_uri`` also
+    writes MLFLOW_TRACKING_URI into os.environ, so a test that loads a model in this process
+    sent every later project on the same worker (which copies os.environ) to its database.
+    Only the variables that changed are put back (pytest's own PYTEST_CURRENT_TEST aside),
+    so a test that changes nothing costs no write."""
+    saved = dict(os.environ)
     yield
-    for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
-        if name not in saved:
+    for name in set(os.environ) | set(saved):
+        if name == "PYTEST_CURRENT_TEST" or os.environ.get(name) == saved.get(name):
+            continue
+        if name in saved:
+            os.environ[name] = saved[name]
+        else:
             del os.environ[name]
-    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

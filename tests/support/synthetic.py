@@ -71,10 +71,11 @@ PIPELINE_NAMES = list(DESIGNS)[:5]
 
 
 def configure_small_pipeline(
-    project, pictures: Path, epochs: int, batches: int, **sections
+    project, pictures: Path, epochs: int, batches: int, workers: int = 0, **sections
 ) -> None:
     """params.yaml for a whole pipeline on generated pictures that trains in seconds on a
-    CPU yet learns (`sections` override or add whole sections)."""
+    CPU yet learns (`workers`: DataLoader processes; `sections` override or add whole
+    sections)."""
     project.set_params(
         characters=[{"name": name} for name in PIPELINE_NAMES],
         collect={"backend": "folder", "folder": str(pictures)},
@@ -92,6 +93,7 @@ def configure_small_pipeline(
             "lr": 3e-3,
             "lr_schedule": "constant",
             "device": "cpu",
+            "workers": workers,
         },
         **sections,
     )
