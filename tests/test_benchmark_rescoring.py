@@ -47,6 +47,11 @@ def clustered(rng, characters: int, per_character: int, spread: float):
     return x / np.linalg.norm(x, axis=1, keepdims=True), labels
 
 
+def run_script(script: Path, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def predictions(rule, queries, gallery, labels) -> np.ndarray:
     scores, names = rule(queries, gallery, labels)
     return np.array(names)[scores.argmax(1)]
@@ -145,13 +150,7 @@ def test_script_counts_each_rule_on_stored_embeddings(tmp_path, rescoring):
     rng = np.random.default_rng(3)
     projects = [tmp_path / "seed-0", tmp_path / "seed-1"]
     truth = [write_project(root, rng) for root in projects]
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, projects), "--json", str(tmp_path / "r.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_script(SCRIPT, *projects, "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["queries"] == {"val": [8, 8], "test": [8, 8]}
@@ -170,13 +169,7 @@ def test_a_crop_without_a_stored_embedding_is_named(tmp_path):
     root = tmp_path / "project"
     write_project(root, np.random.default_rng(0))
     (root / EMBEDDER).write_bytes(b"retrained since")  # the stored vectors are for another network
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(root)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_script(SCRIPT, root)
     assert result.returncode != 0
     assert "no stored embedding for this checkpoint" in result.stderr
     assert "run evaluate" in result.stderr
@@ -214,13 +207,7 @@ def test_the_plain_view_names_what_the_pipeline_embedding_names(tmp_path, rescor
     save_untrained_checkpoint(
         root / EMBEDDER, ["Akane Red", "Ao Blue", "Kiiro Yellow", "Midori Green"]
     )
-    result = subprocess.run(
-        [sys.executable, str(VIEWS_SCRIPT), str(root), "--json", str(tmp_path / "v.json")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = run_script(VIEWS_SCRIPT, root, "--json", tmp_path / "v.json", timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "v.json").read_text())
     assert report["queries"] == {"val": [8], "test": [8]}
