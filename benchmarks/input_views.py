@@ -18,8 +18,6 @@ renormalised).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,7 +36,7 @@ from benchmarks.rescoring import (  # noqa: E402
     QUERY_SPLITS,
     named_right,
     nearest,
-    table,
+    run_comparison,
     unit_rows,
 )
 
@@ -134,14 +132,7 @@ def compare(roots: list[Path]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("projects", nargs="+", type=Path, help="trained projects")
-    parser.add_argument("--json", type=Path, help="also write the counts here")
-    args = parser.parse_args(argv)
-    result = compare(args.projects)
-    print(table(result, "view"))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    run_comparison(__doc__.split("\n\n")[0], compare, "view", argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Rules (each gives every query a score per character; the best score names it):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +45,7 @@ from anime_face_id.embedding_store import (  # noqa: E402
     embedder_fingerprint,
     stored_embeddings,
 )
+from anime_face_id.fileio import atomic_write_json  # noqa: E402
 from anime_face_id.layout import EMBEDDER  # noqa: E402
 
 # (queries (Q, D), gallery (G, D), gallery labels (G,)) -> (scores (Q, C), character names (C,))
@@ -250,15 +250,25 @@ def table(result: dict, first_column: str = "rule") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_comparison(
+    description: str,
+    compare_projects: Callable[[list[Path]], dict],
+    first_column: str,
+    argv: list[str] | None = None,
+) -> None:
+    """The command line of a comparison over projects: its table, and its counts as JSON."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("projects", nargs="+", type=Path, help="trained, evaluated projects")
     parser.add_argument("--json", type=Path, help="also write the counts here")
     args = parser.parse_args(argv)
-    result = compare(args.projects)
-    print(table(result))
+    result = compare_projects(args.projects)
+    print(table(result, first_column))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_comparison(__doc__.split("\n\n")[0], compare, "rule", argv)
 
 
 if __name__ == "__main__":
