@@ -20,18 +20,20 @@ import threading
 _SERVICES = "prefect._internal.concurrency.services"
 
 
-def forget_inherited_service_drains() -> None:
+def is_service_drain(call: object) -> bool:
+    """Whether an entry of threading's exit list drains one of Prefect's queue services."""
     services = sys.modules.get(_SERVICES)
+    if services is None:
+        return False
+    owner = getattr(getattr(call, "func", call), "__self__", None)
+    return isinstance(owner, services._QueueServiceBase)
+
+
+def forget_inherited_service_drains() -> None:
     # private to Python's threading; if a later Python renames it there is nothing to forget
     exits = getattr(threading, "_threading_atexits", None)
-    if services is None or not isinstance(exits, list):
-        return
-    service_class = services._QueueServiceBase
-    exits[:] = [
-        call
-        for call in exits
-        if not isinstance(getattr(getattr(call, "func", call), "__self__", None), service_class)
-    ]
+    if isinstance(exits, list):
+        exits[:] = [call for call in exits if not is_service_drain(call)]
 
 
 if hasattr(os, "register_at_fork"):

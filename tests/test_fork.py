@@ -7,17 +7,13 @@ import multiprocessing
 import threading
 
 from prefect import flow, get_run_logger
-from prefect._internal.concurrency.services import _QueueServiceBase
 
 import flows  # noqa: F401  (what every stage's flow module imports first)
+from flows._fork import is_service_drain
 
 
 def service_drains() -> list:
-    return [
-        call
-        for call in threading._threading_atexits
-        if isinstance(getattr(call.func, "__self__", None), _QueueServiceBase)
-    ]
+    return [call for call in threading._threading_atexits if is_service_drain(call)]
 
 
 @flow
