@@ -192,6 +192,9 @@ class TrainConfig(Section):
     # map of twice the resolution (10 x 10 at 160 px), Luo et al. 2019's "last stride = 1";
     # 1.2x the CPU time of a training step, 1.55x per epoch with flip-test validation
     last_stride: Literal[1, 2] = 2
+    # how the backbone's last map becomes one vector: its average, or its generalised mean
+    # (GeM, Radenović et al. 2018: p learned from 3), which weighs strong local features more
+    pooling: Literal["average", "gem"] = "average"
     image_size: int = Field(160, ge=32, le=1024)
     embedding_dim: int = Field(128, ge=2)
     # dropout on the pooled backbone features, before the embedding projection: 0.2 keeps

@@ -4,13 +4,15 @@ Unit-length outputs make euclidean and cosine distances rank neighbours identica
 bound every distance to [0, 2], which is what the triplet margin and the verification
 threshold are expressed in.
 
-Two options from the re-identification literature, both off by default:
+Options from the re-identification and retrieval literature, both off by default:
 
 * ``neck="batchnorm"``: the BNNeck of Luo et al. 2019 ("Bag of Tricks and a Strong
   Baseline for Deep Person Re-identification"). A BatchNorm layer (no learned shift)
   follows the projection; the triplet loss sees the projection, the identity loss and
   the embedding see its normalised version, so the two losses stop pulling one feature
   space two ways.
+* ``pooling="gem"``: generalised-mean pooling of the backbone's last map instead of its
+  average (``anime_face_id.model.pooling``).
 * ``flip_test``: in eval mode the embedding is that of the image and its mirror image,
   averaged; every user of the model (evaluate, gallery, identify, the served model) gets
   it, because it lives in the network.
@@ -29,6 +31,7 @@ from anime_face_id.model.efficientnet_lite import (
     EfficientNetLite,
     load_imagenet_weights,
 )
+from anime_face_id.model.pooling import build_pooling
 
 BACKBONES = tuple(VARIANTS)
 NECKS = ("none", "batchnorm")
@@ -57,6 +60,7 @@ class Embedder(nn.Module):
         neck: str = "none",
         flip_test: bool = False,
         last_stride: int = 2,
+        pooling: str = "average",
     ):
         super().__init__()
         if neck not in NECKS:
@@ -65,6 +69,7 @@ class Embedder(nn.Module):
         self.embedding_dim = embedding_dim
         self.flip_test = flip_test
         self.backbone, feature_dim = build_backbone(backbone, pretrained, last_stride)
+        self.pool = build_pooling(pooling)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, embedding_dim)
         self.neck = nn.Identity()
@@ -74,7 +79,7 @@ class Embedder(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(B, embedding_dim) projection of the pooled backbone features, unnormalised."""
-        return self.head(self.dropout(self.backbone.features(x)))
+        return self.head(self.dropout(self.pool(self.backbone.feature_maps(x))))
 
     def training_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(unit vectors for the triplet loss, neck features for the identity loss)."""
@@ -103,4 +108,5 @@ def build_embedder(
         neck=config.neck,
         flip_test=config.flip_test,
         last_stride=config.last_stride,
+        pooling=config.pooling,
     )

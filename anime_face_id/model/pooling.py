@@ -1,0 +1,40 @@
+"""Generalised-mean (GeM) pooling, Radenović et al. 2018 ("Fine-tuning CNN Image Retrieval
+with No Human Annotation").
+
+``(mean(x^p))^(1/p)`` over each channel's map: p = 1 is average pooling, and p -> infinity
+max pooling. Between the two, a channel counts where it fires strongly (an eye's shape, a
+hair clip) more than how much of the face it covers, which is what retrieval of the same
+character across framings needs. p is learned, from 3 as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLINGS = ("average", "gem")
+
+
+class GeneralisedMean(nn.Module):
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps  # the maps are non-negative (ReLU6); a 0 would have no gradient in p
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C)."""
+        p = self.p.clamp(min=1.0)
+        return maps.clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+class AveragePool(nn.Module):
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        return maps.mean(dim=(2, 3))
+
+
+def build_pooling(name: str) -> nn.Module:
+    if name == "average":
+        return AveragePool()
+    if name == "gem":
+        return GeneralisedMean()
+    raise ValueError(f"unknown pooling '{name}' (available: {', '.join(POOLINGS)})")
