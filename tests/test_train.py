@@ -455,11 +455,16 @@ def test_checkpoint_files_that_are_missing_or_foreign_are_stage_errors(tmp_path)
         load_checkpoint(tmp_path / "foreign.pt")
 
 
-@pytest.mark.parametrize("last_stride", [2, 1])
-def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, last_stride):
-    config = tiny_config(pretrained=False, embedding_dim=8, last_stride=last_stride)
+@pytest.mark.parametrize(("last_stride", "pooling"), [(2, "average"), (1, "average"), (2, "gem")])
+def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, last_stride, pooling):
+    config = tiny_config(
+        pretrained=False, embedding_dim=8, last_stride=last_stride, pooling=pooling
+    )
     torch.manual_seed(3)
     model = build_embedder(config)
+    if pooling == "gem":
+        with torch.no_grad():
+            model.pool.p.fill_(2.5)  # as if trained: the checkpoint must carry it
     save_checkpoint(tmp_path / "m.pt", model, config, ["A", "B"], 4, {"map_at_r": math.nan})
     loaded = load_checkpoint(tmp_path / "m.pt")
     for name, tensor in model.state_dict().items():

@@ -24,7 +24,10 @@ class GeneralisedMean(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C)."""
         p = self.p.clamp(min=1.0)
-        return maps.clamp(min=self.eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+        maps = maps.clamp(min=self.eps)
+        # scaled by each channel's maximum, so x^p stays in [0, 1] at any p (6^50 is no float32)
+        top = maps.amax(dim=(2, 3), keepdim=True)
+        return top.flatten(1) * (maps / top).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
 class AveragePool(nn.Module):
