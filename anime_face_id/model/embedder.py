@@ -4,7 +4,7 @@ Unit-length outputs make euclidean and cosine distances rank neighbours identica
 bound every distance to [0, 2], which is what the triplet margin and the verification
 threshold are expressed in.
 
-Options from the re-identification and retrieval literature, both off by default:
+Options from the re-identification and retrieval literature, all off by default:
 
 * ``neck="batchnorm"``: the BNNeck of Luo et al. 2019 ("Bag of Tricks and a Strong
   Baseline for Deep Person Re-identification"). A BatchNorm layer (no learned shift)
