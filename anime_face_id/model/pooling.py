@@ -19,7 +19,8 @@ class GeneralisedMean(nn.Module):
     def __init__(self, p: float = 3.0, eps: float = 1e-6):
         super().__init__()
         self.p = nn.Parameter(torch.tensor(float(p)))
-        self.eps = eps  # the maps are non-negative (ReLU6); a 0 would have no gradient in p
+        # the maps are non-negative (ReLU6); at an exact 0 the gradient in p is 0 x log 0 = NaN
+        self.eps = eps
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C)."""
