@@ -37,7 +37,8 @@ def check_params(args: argparse.Namespace) -> int:
         f"{args.params}: OK, {len(params.characters)} characters, backend {params.collect.backend}"
     )
     for character in params.characters:
-        print(f"  {slugs[character.name]:<32} {character.name}  (query: {character.search_query})")
+        name, query = shown(character.name), shown(character.search_query)
+        print(f"  {slugs[character.name]:<32} {name}  (query: {query})")
     return EXIT_OK
 
 
@@ -51,8 +52,8 @@ def _in_root(root: Path, value: str) -> Path:
 
 def shown(text: str) -> str:
     """``text`` safe to print on a terminal: control and format characters (newlines,
-    escape sequences, bidirectional overrides) in a file name become visible escapes, so
-    a picture cannot forge output lines or move the cursor."""
+    escape sequences, bidirectional overrides) in a file or character name become visible
+    escapes, so a name cannot forge output lines or move the cursor."""
     return "".join(_escaped(char) for char in text)
 
 
@@ -74,10 +75,11 @@ def face_lines(result) -> list[str]:
     lines = [f"{picture}: {count} face{'s' if count != 1 else ''}"]
     for number, face in enumerate(result.faces, start=1):
         x, y, w, h = face.box
-        others = ", ".join(f"{c.character} {c.score:.3f}" for c in face.candidates[1:])
-        best = f"{face.label} {face.score:.3f}"
+        others = ", ".join(f"{shown(c.character)} {c.score:.3f}" for c in face.candidates[1:])
+        best = f"{shown(face.label)} {face.score:.3f}"
         if not face.known and face.candidates:
-            best = f"unknown (closest: {face.candidates[0].character} {face.score:.3f})"
+            closest = shown(face.candidates[0].character)
+            best = f"unknown (closest: {closest} {face.score:.3f})"
         lines.append(
             f"  face {number} at x={x} y={y} w={w} h={h}: {best}"
             + (f"  | next: {others}" if others else "")
@@ -90,9 +92,8 @@ def identify_pictures(args: argparse.Namespace) -> int:
 
     root = Path(args.root)
     params = load_params(_in_root(root, args.params))
-    identifier = identify.load_identifier(
-        root, params, _in_root(root, args.model), _in_root(root, args.gallery), args.device
-    )
+    # load_identifier puts relative paths under root itself
+    identifier = identify.load_identifier(root, params, args.model, args.gallery, args.device)
     options = {"top": args.top, "neighbours": args.neighbours}
     results = []
     # a few pictures at a time: their faces share forward passes, and answers still

@@ -18,7 +18,11 @@ from anime_face_id.slugs import assign_slugs
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and NaN pass every `gt=`/`ge=` bound, then break sleeps, timers and training
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+DAY_S = 24 * 3600  # no wait is longer: inf or 1e300 seconds overflow the platform's timers
 
 
 class Character(Section):
@@ -54,7 +58,7 @@ class CollectConfig(Section):
     # library at another results page (a mirror, or a local page in tests).
     search_url: str | None = None
     chromedriver: str | None = None
-    search_timeout_s: float = Field(240.0, gt=0)
+    search_timeout_s: float = Field(240.0, gt=0, le=DAY_S)
     # ask a search engine for limit x search_factor URLs: the extra ones make up for
     # downloads that fail, and no more than `limit` images are kept either way
     search_factor: float = Field(1.5, ge=1.0, le=10.0)
@@ -71,13 +75,13 @@ class CollectConfig(Section):
     booru_requests_per_s: float = Field(2.0, gt=0, le=10)  # API requests, not image downloads
     # downloader
     workers: int = Field(8, ge=1, le=64)
-    timeout_s: float = Field(15.0, gt=0)
+    timeout_s: float = Field(15.0, gt=0, le=DAY_S)
     # one URL in all (connect, headers, redirects, retries and their backoff, body) takes at
     # most this long, however slowly the server trickles bytes: timeout_s alone only
     # bounds the gap between two reads
-    deadline_s: float = Field(120.0, gt=0)
+    deadline_s: float = Field(120.0, gt=0, le=DAY_S)
     retries: int = Field(3, ge=0, le=10)
-    backoff_s: float = Field(0.5, ge=0)
+    backoff_s: float = Field(0.5, ge=0, le=DAY_S)
     max_bytes: int = Field(20_000_000, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1024)
     # memory one decode may take (16-bit and alpha pictures take more per pixel)
@@ -150,7 +154,7 @@ class ReviewAppConfig(Section):
 class SignoffConfig(Section):
     """The pipeline flow's pause for a reviewer's sign-off (flows/pipeline.py)."""
 
-    timeout_s: int = Field(7 * 24 * 3600, ge=1)  # how long it waits in the Prefect UI
+    timeout_s: int = Field(7 * DAY_S, ge=1, le=366 * DAY_S)  # how long it waits in the Prefect UI
 
 
 class ReviewConfig(Section):

@@ -142,25 +142,52 @@ def load_gallery(path: Path) -> Gallery:
             "(or `.venv/bin/dvc repro package`)"
         )
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        meta = json.loads(str(arrays["meta"]))
-        calibration = Calibration(**meta["calibration"])
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as error:
+        gallery = _read_gallery(path)
+    except KeyError as error:
+        raise GalleryError(f"{path} is not a readable gallery (no {error}): rebuild it") from None
+    except (OSError, EOFError, ValueError, TypeError, zipfile.BadZipFile) as error:
         raise GalleryError(f"{path} is not a readable gallery ({error}): rebuild it") from None
+    _check_shapes(gallery, path)
+    return gallery
+
+
+def _read_gallery(path: Path) -> Gallery:
+    """Every array and field of the file, checked for type; a damaged or foreign file raises
+    one of the errors ``load_gallery`` turns into a GalleryError."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(str(arrays["meta"]))
+    if not isinstance(meta, dict):
+        raise ValueError("its metadata is not a mapping")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise GalleryError(f"{path} has gallery format {meta.get('format_version')}: rebuild it")
-    gallery = Gallery(
-        embeddings=unit_rows(arrays["embeddings"]),
-        labels=arrays["labels"].astype(np.int64),
+        raise ValueError(f"gallery format {meta.get('format_version')}")
+    embeddings, labels = arrays["embeddings"], arrays["labels"]
+    if embeddings.dtype.kind != "f" or not np.isfinite(embeddings).all():
+        raise ValueError("its embeddings are not finite numbers")
+    if labels.dtype.kind not in "iu":
+        raise ValueError("its labels are not integers")
+    trained = meta.get("trained_characters", [])
+    if not isinstance(trained, list):
+        raise ValueError("trained_characters is not a list")
+    return Gallery(
+        embeddings=unit_rows(embeddings),
+        labels=labels.astype(np.int64),
         class_names=[str(name) for name in arrays["class_names"]],
         paths=[str(p) for p in arrays["paths"]],
         embedder=str(meta["embedder"]),
-        calibration=calibration,
+        calibration=_checked_calibration(meta["calibration"]),
         meta=meta,
     )
-    _check_shapes(gallery, path)
-    return gallery
+
+
+def _checked_calibration(values: dict) -> Calibration:
+    calibration = Calibration(**values)
+    threshold = calibration.threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise ValueError(f"its threshold is {threshold!r}, not a number")
+    if not -1.0 <= threshold <= 1.0:  # also false for NaN
+        raise ValueError(f"its threshold {threshold} is not a similarity in [-1, 1]")
+    return calibration
 
 
 def _check_shapes(gallery: Gallery, path: Path) -> None:

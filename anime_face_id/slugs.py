@@ -35,11 +35,19 @@ def slugify(name: str) -> str:
 def assign_slugs(names: list[str]) -> dict[str, str]:
     """Map each name to its slug; duplicate names are rejected, slug collisions between
     different names are resolved with a hash suffix."""
-    seen_names: set[str] = set()
+    seen_names: dict[str, str] = {}
     for name in names:
-        if name in seen_names:
-            raise ValueError(f"character {name!r} is listed twice")
-        seen_names.add(name)
+        # "Rem", "rem" and "Rem " search for the same pictures: one character, not three
+        key = " ".join(name.split()).casefold()
+        if key in seen_names:
+            first = seen_names[key]
+            if first == name:
+                raise ValueError(f"character {name!r} is listed twice")
+            raise ValueError(
+                f"characters {first!r} and {name!r} differ only in case or spaces: "
+                "they are one character, list it once"
+            )
+        seen_names[key] = name
     slugs = {name: slugify(name) for name in names}
     counts: dict[str, int] = {}
     for slug in slugs.values():

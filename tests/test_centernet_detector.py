@@ -122,8 +122,14 @@ def test_missing_or_foreign_weights_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(DetectorWeightsError, match="not found"):
         load_detector(tmp_path, CropConfig(detector_weights="models/nope.pt"))
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
-    with pytest.raises(DetectorWeightsError, match="cannot load detector weights"):
+    with pytest.raises(DetectorWeightsError, match=r"bad\.pt: not a PyTorch weights file"):
         load_detector(tmp_path, CropConfig(detector_weights="bad.pt"))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(DetectorWeightsError, match=r"empty\.pt: it is empty"):
+        load_detector(tmp_path, CropConfig(detector_weights="empty.pt"))
+    torch.save({"format": "something else"}, tmp_path / "foreign.pt")
+    with pytest.raises(DetectorWeightsError, match=r"foreign\.pt is not a CenterNet face detector"):
+        load_detector(tmp_path, CropConfig(detector_weights="foreign.pt"))
 
 
 # ------------------------------------------------------------- quality on real pictures

@@ -203,3 +203,11 @@ def test_check_still_lists_the_characters(capsys, tmp_path):
     params.write_text(yaml.safe_dump(params_dict(NAMES)))
     code, out, _ = run_cli(capsys, "check", "--params", params)
     assert code == 0 and "4 characters" in out and "akane_red" in out
+
+
+def test_a_relative_root_is_joined_once(project, capsys, monkeypatch):
+    (_, picture), *_ = held_out_pictures(project)
+    monkeypatch.chdir(project.parent)
+    code, out, err = run_cli(capsys, "identify", "--json", "--root", project.name, picture)
+    assert code == 0, err
+    assert json.loads(out)["pictures"][0]["status"] == "ok"

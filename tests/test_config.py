@@ -138,3 +138,40 @@ def test_the_review_apps_and_sign_offs_settings_have_their_own_subsections():
     assert new.review.app.duplicate_distance == 4 and new.review.require_complete
     with pytest.raises(ConfigError, match=r"review\.app\.pages"):
         parse_params({"characters": [{"name": "A"}], "review": {"app": {"pages": 2}}})
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("collect", "timeout_s", ".inf"),
+        ("collect", "deadline_s", "1e300"),
+        ("collect", "backoff_s", ".nan"),
+        ("train", "lr", ".inf"),
+        ("crop", "margin", ".nan"),
+    ],
+)
+def test_numbers_that_would_break_timers_or_training_are_refused(
+    tmp_path, capsys, section, key, value
+):
+    path = write(tmp_path, f"{GOOD}{section}:\n  {key}: {value}\n".encode())
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}"):
+        load_params(path)
+    code, err = check(capsys, path)
+    assert code == 2 and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("other", ["rem", "Rem ", " REM", "Rem"])
+def test_names_that_differ_only_in_case_or_spaces_are_one_character(other):
+    with pytest.raises(ConfigError, match="Rem") as caught:
+        parse_params({"characters": [{"name": "Rem"}, {"name": "Ram"}, {"name": other}]})
+    expected = "listed twice" if other == "Rem" else "differ only in case or spaces"
+    assert expected in str(caught.value)
+    assert len(parse_params({"characters": [{"name": "Rem"}, {"name": "Ram"}]}).slugs) == 2
+
+
+def test_check_shows_control_characters_in_names_as_escapes(tmp_path, capsys):
+    path = write(tmp_path, b'characters:\n  - name: "Alice\\nerror: forged"\n  - name: Bob\n')
+    code = main(["check", "--params", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Alice\\x0aerror: forged" in out and "\nerror: forged" not in out

@@ -5,6 +5,7 @@ character by rebuilding the gallery without training."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +201,52 @@ def test_missing_or_damaged_gallery_files_are_gallery_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
     with pytest.raises(GalleryError, match="not a readable gallery"):
         load_gallery(tmp_path / "junk.npz")
+
+
+def _rewritten(source: Path, target: Path, change) -> Path:
+    """``source``'s arrays with ``change(arrays, meta)`` applied, saved as ``target``."""
+    with np.load(source, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    stored = arrays["meta"]
+    meta = json.loads(str(stored))
+    change(arrays, meta)
+    if arrays["meta"] is stored:  # not replaced by the change itself
+        arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(target, **arrays)
+    return target
+
+
+def _set_threshold(value):
+    return lambda arrays, meta: meta["calibration"].update(threshold=value)
+
+
+DAMAGE = {
+    "empty file": None,
+    "no embeddings": lambda arrays, meta: arrays.pop("embeddings"),
+    "no embedder": lambda arrays, meta: meta.pop("embedder"),
+    "1-D embeddings": lambda arrays, meta: arrays.update(embeddings=np.ones(6, np.float32)),
+    "NaN embeddings": lambda arrays, meta: arrays["embeddings"].__setitem__((0, 0), np.nan),
+    "text labels": lambda arrays, meta: arrays.update(labels=np.array(["a"] * 6)),
+    "threshold a word": _set_threshold("high"),
+    "threshold NaN": _set_threshold(float("nan")),
+    "threshold beyond 1": _set_threshold(3.0),
+    "no calibration": lambda arrays, meta: meta.pop("calibration"),
+    "trained characters a number": lambda arrays, meta: meta.update(trained_characters=5),
+    "metadata a list": lambda arrays, meta: arrays.update(meta=np.array("[]")),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_gallery_is_a_gallery_error_not_a_crash(tmp_path, damage):
+    source = tmp_path / "good.npz"
+    save_gallery(small_gallery(), source)
+    target = tmp_path / "damaged.npz"
+    if DAMAGE[damage] is None:
+        target.write_bytes(b"")
+    else:
+        _rewritten(source, target, DAMAGE[damage])
+    with pytest.raises(GalleryError, match=r"not a readable gallery.*rebuild it"):
+        load_gallery(target)
 
 
 def test_a_gallery_from_another_embedder_is_stale():

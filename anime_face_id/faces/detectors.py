@@ -193,11 +193,21 @@ class CenterNetDetector:
     def _load(self):
         from anime_face_id.faces.centernet import load_weights
 
+        if self.weights.stat().st_size == 0:
+            raise DetectorWeightsError(f"cannot load detector weights {self.weights}: it is empty")
         try:
             model, _metadata = load_weights(self.weights)
-        except (ValueError, RuntimeError, OSError, EOFError, KeyError, pickle.PickleError) as error:
+        except ValueError as error:  # ours: says what the file is not
+            raise DetectorWeightsError(f"cannot load detector weights: {error}") from None
+        except RuntimeError as error:  # torch's: a damaged archive or keys that do not match
             raise DetectorWeightsError(
                 f"cannot load detector weights {self.weights}: {error}"
+            ) from None
+        except (OSError, EOFError, KeyError, pickle.PickleError) as error:
+            # torch's own messages can be a bare number or nothing at all
+            raise DetectorWeightsError(
+                f"cannot load detector weights {self.weights}: not a PyTorch weights file "
+                f"that this version can read ({type(error).__name__}: {error})"
             ) from None
         return model
 
