@@ -108,7 +108,7 @@ class Collection:
         done = read_json_object(self.directory / DONE)
         if done is None or done.get("fingerprint") != self.fingerprint:
             return None
-        return done
+        return done if _well_formed(done) else None  # a damaged record: collect again
 
     def is_collected(self) -> bool:
         done = self.done_record()
@@ -133,6 +133,20 @@ class Collection:
             0,
             skipped=True,
         )
+
+
+def _well_formed(done: dict) -> bool:
+    """A completion record with the shape its readers rely on (it may be hand-edited)."""
+    kept, rejected = done.get("kept", []), done.get("rejected", [])
+    if not isinstance(kept, list) or not isinstance(rejected, list):
+        return False
+    texts = [(row, ("path", "url")) for row in kept]
+    texts += [(row, ("slug", "url_or_path", "reason")) for row in rejected]
+    for row, keys in texts:
+        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in keys):
+            return False
+    candidates = done.get("candidates", 0)
+    return isinstance(candidates, int) and not isinstance(candidates, bool)
 
 
 def is_collected(root: Path, character: Character, slug: str, config: CollectConfig) -> bool:

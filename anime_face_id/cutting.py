@@ -5,7 +5,7 @@ index entry's ``reason``; nothing here stops the stage."""
 from __future__ import annotations
 
 import io
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -15,15 +15,7 @@ from anime_face_id.config import CropConfig
 from anime_face_id.crop_index import new_entry, rejected_entry, write_if_changed
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detector
-from anime_face_id.imaging import ImageRejected, decode, phash
-
-
-def _source_path(root: Path, relative: str) -> Path | None:
-    """The raw file inside the project root, or None for a path that would leave it."""
-    pure = PurePosixPath(relative)
-    if not relative or pure.is_absolute() or ".." in pure.parts:
-        return None
-    return Path(root) / pure
+from anime_face_id.imaging import ImageRejected, decode, phash, read_picture
 
 
 def _png(crop: np.ndarray) -> tuple[bytes, str]:
@@ -71,17 +63,18 @@ def crop_image(
 ) -> dict:
     """Detect and crop one raw image; every failure becomes the entry's ``reason``."""
     entry = new_entry(row, fingerprint)
-    path = _source_path(root, row["path"])
-    if path is None:
-        return rejected_entry(entry, f"source path {row['path']!r} is not inside the project")
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        return rejected_entry(
-            entry, f"cannot read file: {error.strerror or error}", cacheable=False
-        )
+        path = layout.project_path(root, row["path"], layout.RAW_DIR)
+    except layout.UnsafeValue as error:
+        return rejected_entry(entry, f"source {error}")
+    budget = config.max_decode_mb * 2**20  # no picture file is larger than its pixels
     try:
-        image, _format = decode(data, config.max_pixels, config.max_decode_mb * 2**20)
+        # bounded, and refusing pipes and devices: a hand-edited manifest can name anything
+        data = read_picture(path, budget)
+    except ImageRejected as error:
+        return rejected_entry(entry, error.reason, cacheable=False)
+    try:
+        image, _format = decode(data, config.max_pixels, budget)
     except ImageRejected as error:
         return rejected_entry(entry, error.reason)
     rgb = np.asarray(image)

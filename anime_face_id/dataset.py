@@ -96,8 +96,6 @@ def unreadable_images(root: Path, paths: Sequence[str]) -> dict[str, str]:
     for path in dict.fromkeys(paths):
         try:
             load_rgb(Path(root) / path)
-        except FileNotFoundError:
-            problems[path] = "file not found"
         except ImageRejected as error:
             problems[path] = error.reason
         except OSError as error:

@@ -138,10 +138,14 @@ def write_csv(
 
 
 def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, str]]:
-    """Rows of a CSV with a header; a missing required column is a clear error."""
+    """Rows of a CSV with a header; a missing required column is a clear error.
+
+    Hand edits are expected: a byte order mark (Windows editors add one) is skipped, and
+    the missing cells of a short row are empty strings, which the stages' row checks
+    refuse by name, rather than None, which nothing expects."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, restval="")
         missing = [name for name in required if name not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -42,9 +42,9 @@ from anime_face_id.identify_results import (
     failed,
     rounded,
 )
-from anime_face_id.imaging import ImageRejected
+from anime_face_id.imaging import ImageRejected, read_picture
 from anime_face_id.naming import name_embeddings
-from anime_face_id.picture_input import base64_bytes, decode_picture, read_picture
+from anime_face_id.picture_input import base64_bytes, decode_picture
 
 # --------------------------------------------------------------------- the identifier
 

@@ -16,6 +16,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from anime_face_id.fileio import UnreadableFile, read_regular_file
 from anime_face_id.memory import DECODE_BUDGET, release_freed_memory
 
 # Formats we keep, and the file extension each is stored under.
@@ -206,8 +207,18 @@ def phash_distance(a: str, b: str) -> int:
     return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
+def read_picture(path: str | Path, max_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> bytes:
+    """The file's bytes; a missing file, a file over ``max_bytes``, a pipe (which would
+    block for ever) or a device is refused unread (ImageRejected)."""
+    try:
+        return read_regular_file(path, max_bytes)
+    except UnreadableFile as error:
+        prefix = "" if error.reason.startswith("too large") else "cannot read: "
+        raise ImageRejected(prefix + error.reason) from None
+
+
 def load_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    return decode(Path(path).read_bytes(), max_pixels)[0]
+    return decode(read_picture(path), max_pixels)[0]
 
 
 def load_rgb_array(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

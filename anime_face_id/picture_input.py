@@ -1,15 +1,13 @@
-"""Pictures handed to ``identify``: from a file, raw bytes or base64 text, refused with a
-specific reason (``ImageRejected``) before anything large is decoded."""
+"""Pictures handed to ``identify`` as raw bytes or base64 text (files: ``imaging.read_picture``),
+refused with a specific reason (``ImageRejected``) before anything large is decoded."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from pathlib import Path
 
 from PIL import Image
 
-from anime_face_id.fileio import UnreadableFile, read_regular_file
 from anime_face_id.imaging import DEFAULT_MAX_DECODE_BYTES, ImageRejected, decode
 
 
@@ -20,16 +18,6 @@ def decode_picture(
     if len(data) > max_bytes:
         raise ImageRejected(f"too large: {len(data)} bytes (the limit is {max_bytes})")
     return decode(data, max_pixels, max_memory)[0]
-
-
-def read_picture(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes; a file over ``max_bytes``, a pipe or a device is refused unread
-    (ImageRejected)."""
-    try:
-        return read_regular_file(path, max_bytes)
-    except UnreadableFile as error:
-        prefix = "" if error.reason.startswith("too large") else "cannot read: "
-        raise ImageRejected(prefix + error.reason) from None
 
 
 def base64_bytes(text: object, max_bytes: int) -> bytes:

@@ -23,7 +23,7 @@ import numpy as np
 
 from anime_face_id import layout
 from anime_face_id.config import SplitConfig
-from anime_face_id.errors import StageError
+from anime_face_id.errors import BadRow, StageError
 from anime_face_id.fileio import group_by, sweep_temporaries, write_csv
 
 EVAL_SPLITS = ("val", "test")
@@ -199,6 +199,31 @@ def _eligible(
     return eligible, warnings
 
 
+def _one_row_per_path(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[str]]:
+    """The first row of each crop, and a warning per repeated one: a crop listed twice
+    would count twice, and under two characters it would land in two splits at once."""
+    first: dict[str, tuple[int, dict[str, str]]] = {}
+    warnings = []
+    for line, row in enumerate(rows, start=2):  # the header is line 1
+        if row["path"] not in first:
+            first[row["path"]] = (line, row)
+            continue
+        earlier_line, earlier = first[row["path"]]
+        if earlier["slug"] != row["slug"]:
+            raise BadRow(
+                layout.posix(layout.CURATED_MANIFEST),
+                line,
+                "slug",
+                f"{row['path']} is listed as {earlier['slug']!r} on line {earlier_line} and "
+                f"as {row['slug']!r} here: one crop is one character; fix the review",
+            )
+        warnings.append(
+            f"{layout.posix(layout.CURATED_MANIFEST)} line {line}: {row['path']} is listed "
+            f"again (first on line {earlier_line}); counted once"
+        )
+    return [row for _line, row in first.values()], warnings
+
+
 def split_dataset(root: Path, config: SplitConfig) -> SplitSummary:
     """Write data/splits/{train,val,test,holdout}.csv from data/curated/manifest.csv."""
     root = Path(root)
@@ -206,8 +231,10 @@ def split_dataset(root: Path, config: SplitConfig) -> SplitSummary:
     # The slugs and paths written here become folders and files the later stages open.
     checks = {"slug": layout.require_slug, "path": lambda path: layout.project_path(root, path)}
     layout.check_rows(layout.CURATED_MANIFEST, rows, checks)
+    rows, repeated = _one_row_per_path(rows)
     by_slug = group_by(rows, "slug")
     eligible, warnings = _eligible(by_slug, config)
+    warnings = repeated + warnings
     held_out = set(derived_rng(config.seed, "holdout").sample(eligible, config.holdout_characters))
 
     outputs: dict[str, list[dict[str, str]]] = {name: [] for name in layout.SPLIT_NAMES}

@@ -405,15 +405,31 @@ def boxes_view(root: Path, state: rq.ReviewState, name: str) -> None:
         )
         if not problem:
             params = state.params
-            preview = rq.crop_preview(root, image, box, params.crop.margin, 128)
-            st.image(preview, caption="the crop it will make", width=128)
+            preview = _picture(rq.crop_preview, root, image, box, params.crop.margin, 128)
+            if preview is not None:
+                st.image(preview, caption="the crop it will make", width=128)
         manual_boxes_list(root, image)
     with picture:
-        st.image(
-            rq.box_preview(root, image, None if problem or is_saved(image, box) else box),
-            caption="yellow: detector · green: saved boxes · red: the box being typed",
-            width="stretch",
+        shown = _picture(
+            rq.box_preview, root, image, None if problem or is_saved(image, box) else box
         )
+        if shown is not None:
+            st.image(
+                shown,
+                caption="yellow: detector · green: saved boxes · red: the box being typed",
+                width="stretch",
+            )
+
+
+def _picture(draw, root: Path, image: rq.RawImage, *args):
+    """``draw``'s picture of a raw image, or None and a message when the file is gone or
+    no longer decodes (deleted or replaced since the crop stage ran)."""
+    try:
+        return draw(root, image, *args)
+    except (ImageRejected, OSError) as error:
+        reason = error.reason if isinstance(error, ImageRejected) else str(error)
+        st.error(f"Cannot show {image.path}: {reason}. Run `.venv/bin/dvc repro` to refresh.")
+        return None
 
 
 def is_saved(image: rq.RawImage, box: rq.Box) -> bool:

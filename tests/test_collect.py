@@ -241,6 +241,33 @@ def test_torn_journal_line_is_ignored_and_repaired(tmp_path: Path, source: Path)
     assert len(entries) == 3 and not damaged
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda done: [row.pop("path") for row in done["kept"]],
+        lambda done: done.update(kept="oops"),
+        lambda done: done.update(rejected=[1, 2]),
+        lambda done: done.update(candidates="many"),
+    ],
+    ids=["kept without path", "kept a string", "rejected numbers", "candidates a word"],
+)
+def test_a_damaged_completion_record_means_collect_again(
+    tmp_path: Path, source: Path, damage
+) -> None:
+    root = tmp_path / "project"
+    params = make_params(source, ["Kuroko Tetsuya"])
+    collect_all(root, params)
+    record = root / RAW_DIR / "kuroko_tetsuya" / DONE
+    done = json.loads(record.read_text())
+    damage(done)
+    record.write_text(json.dumps(done))
+    assert not is_collected(root, params.characters[0], "kuroko_tetsuya", params.collect)
+    (result,) = collect_all(root, params)
+    assert (result.skipped, result.kept) == (False, 3)
+    manifest, _rejects = read_outputs(root)
+    assert len(manifest) == 3
+
+
 def test_missing_character_folder_is_a_reject_not_a_crash(tmp_path: Path, source: Path) -> None:
     root = tmp_path / "project"
     results = collect_all(root, make_params(source, ["Kuroko Tetsuya", "Nobody Here"]))

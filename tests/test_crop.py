@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import struct
 import zlib
@@ -224,13 +225,41 @@ def test_bad_images_are_recorded_with_reasons_and_do_not_stop_the_run(raw: RawDa
         "not an image: HTML",
         "empty file",
         "decompression bomb",
-        "No such file",
-        "not inside the project",
+        "file not found",
+        "can lead outside the project",
         "invalid sha256",
     ]
     for fragment in expected:
         assert sum(fragment in reason for reason in reasons) == 1, (fragment, reasons)
     assert len(manifest(raw.root)) == 5
+
+
+def test_a_hand_edited_manifest_cannot_make_crop_read_pipes_huge_files_or_outside(
+    raw: RawData, tmp_path_factory
+) -> None:
+    """Rows naming a FIFO (reading it would wait for ever), a file larger than any
+    picture, a link out of the project and a file outside data/raw are rejected unread."""
+    folder = raw.root / "data/raw/alice_example"
+    os.mkfifo(folder / "pipe.png")
+    raw.add("Alice Example", b"p", path="data/raw/alice_example/pipe.png")
+    with open(folder / "huge.png", "wb") as huge:
+        huge.truncate(NONE.max_decode_mb * 2**20 + 1)  # sparse: costs no disk
+    raw.add("Alice Example", b"h", path="data/raw/alice_example/huge.png")
+    outside = tmp_path_factory.mktemp("elsewhere") / "picture.png"  # beside the project
+    outside.write_bytes(png_bytes(pattern(90, 90, 4)))
+    (folder / "link.png").symlink_to(outside)
+    raw.add("Alice Example", b"l", path="data/raw/alice_example/link.png")
+    (raw.root / "pics").mkdir()
+    (raw.root / "pics/loose.png").write_bytes(png_bytes(pattern(90, 90, 5)))
+    raw.add("Alice Example", b"o", path="pics/loose.png")
+    raw.write()
+    results = {r.slug: r for r in crop_all(raw.root, NONE)}  # returns: the FIFO did not block
+    alice = results["alice_example"]
+    assert (alice.images, alice.rejected, alice.with_face) == (7, 4, 3)
+    reasons = sorted(row["reason"] for row in rejects(raw.root))
+    assert len(reasons) == 4
+    for fragment in ("a named pipe", "too large", "through a symbolic link", "not under data/raw"):
+        assert sum(fragment in reason for reason in reasons) == 1, (fragment, reasons)
 
 
 class BrokenDetector:

@@ -130,7 +130,7 @@ def test_unreadable_images_are_found_with_their_reason(rows, tmp_path):
     (tmp_path / rows[2]["path"]).unlink()
     problems = unreadable_images(tmp_path, [row["path"] for row in rows])
     assert set(problems) == {rows[1]["path"], rows[2]["path"]}
-    assert problems[rows[2]["path"]] == "file not found"
+    assert problems[rows[2]["path"]] == "cannot read: file not found"
     assert problems[rows[1]["path"]].startswith(("not an image", "corrupt", "truncated"))
 
 

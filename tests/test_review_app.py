@@ -125,6 +125,16 @@ def test_manual_box_is_saved_as_a_box_decision(project):
     assert decided(project)[-1] == (blank, "reject", "", "10,12,50,40")
 
 
+def test_a_raw_picture_deleted_since_the_crop_stage_is_a_message_not_a_traceback(project):
+    blank = project.no_face_raw("Bob Builder")
+    (project.root / blank).unlink()
+    app = start()
+    app.sidebar.selectbox(key="character").set_value("Bob Builder").run()
+    app.sidebar.radio(key="view").set_value("Manual boxes").run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert any(f"Cannot show {blank}: cannot read: file not found" in e.value for e in app.error)
+
+
 def test_state_comes_from_the_decisions_file(project):
     """A restart, or another tab's click, shows up: the app keeps no state of its own."""
     alice = project.crops_of("Alice Liddell")

@@ -160,3 +160,35 @@ def test_bad_tables_are_stage_errors_and_value_errors():
     assert issubclass(BadRow, BadTable)
     error = BadRow("data/raw/manifest.csv", 3, "sha256", "'x' is not a sha256")
     assert str(error) == "data/raw/manifest.csv line 3, column sha256: 'x' is not a sha256"
+
+
+def test_hand_edited_tables_with_a_byte_order_mark_or_a_short_row_read(tmp_path):
+    curated(tmp_path, {})
+    table = tmp_path / layout.CURATED_MANIFEST
+    header, first, *rest = table.read_text(encoding="utf-8").splitlines()
+    short = ",".join(first.split(",")[:2])  # the row cut after its slug
+    table.write_bytes(("\ufeff" + "\r\n".join([header, first, short, *rest]) + "\r\n").encode())
+    read = layout.read_table(tmp_path, layout.CURATED_MANIFEST, ("character", "path"))
+    assert read[0]["character"] == first.split(",")[0]  # the header's first name is found
+    assert read[1]["path"] == "" and None not in read[1].values()
+    with pytest.raises(BadRow, match="line 3, column path: the path is empty"):
+        split_dataset(tmp_path, SplitConfig())
+
+
+def test_split_counts_a_repeated_crop_once_and_refuses_one_crop_under_two_characters(tmp_path):
+    curated(tmp_path, {})
+    table = tmp_path / layout.CURATED_MANIFEST
+    lines = table.read_text(encoding="utf-8").splitlines()
+    table.write_text("\n".join([*lines, lines[1], lines[1]]) + "\n", encoding="utf-8")
+    summary = split_dataset(tmp_path, SplitConfig(min_per_character=2, holdout_characters=0))
+    written = [
+        row["path"]
+        for name in layout.SPLIT_NAMES
+        for row in layout.read_table(tmp_path, layout.split_csv(name), ("path",))
+    ]
+    assert sorted(written) == sorted(set(written)) and len(written) == 8
+    assert sum("listed again (first on line 2)" in warning for warning in summary.warnings) == 2
+    moved = lines[1].replace("Alice,alice,", "Bob,bob,", 1)
+    table.write_text("\n".join([*lines, moved]) + "\n", encoding="utf-8")
+    with pytest.raises(BadRow, match=r"line 10, column slug: .* as 'alice' on line 2 and as 'bob'"):
+        split_dataset(tmp_path, SplitConfig(min_per_character=2, holdout_characters=0))

@@ -348,7 +348,7 @@ def test_unreadable_images_are_left_out_with_their_reason(tmp_path):
     result = train(tmp_path, tiny_config(epochs=1, batches_per_epoch=1))
     assert result.skipped_images == {
         broken_train: "not an image: HTML/XML document",
-        missing_val: "file not found",
+        missing_val: "cannot read: file not found",
     }
     summary = json.loads((tmp_path / TRAIN_METRICS).read_text())
     assert {item["path"] for item in summary["skipped_images"]} == {broken_train, missing_val}
