@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from anime_face_id.fileio import UnreadableFile, read_regular_file
-from anime_face_id.imaging import ImageRejected, decode, decode_cost
+from anime_face_id.imaging import ImageRejected, decode, decode_cost, load_rgb, load_rgb_array
 from anime_face_id.memory import MemoryBudget
 from tests.test_identify import corrupt_exif_webp
 
@@ -202,6 +202,20 @@ def test_bounded_reads_refuse_pipes_and_devices_without_blocking(tmp_path) -> No
         read_regular_file(tmp_path / "big", 1000)
     (tmp_path / "ok").write_bytes(b"x" * 1000)
     assert read_regular_file(tmp_path / "ok", 1000) == b"x" * 1000
+
+
+@pytest.mark.timeout(20)
+def test_pictures_named_by_the_stage_tables_are_read_bounded(tmp_path) -> None:
+    """load_rgb serves review, training, the apps: a pipe or a device named in a table
+    is refused, not read for ever."""
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageRejected, match="cannot read: not a regular file: a named pipe"):
+        load_rgb_array(tmp_path / "pipe.png")
+    (tmp_path / "zeros.png").symlink_to("/dev/zero")
+    with pytest.raises(ImageRejected, match="character device"):
+        load_rgb(tmp_path / "zeros.png")
+    with pytest.raises(ImageRejected, match="cannot read: file not found"):
+        load_rgb(tmp_path / "absent.png")
 
 
 @pytest.mark.timeout(20)
