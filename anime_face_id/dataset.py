@@ -109,17 +109,12 @@ def without_paths(rows: Sequence[dict[str, str]], excluded: dict[str, str]) -> l
     return [row for row in rows if row["path"] not in excluded]
 
 
-def require_paths_inside(
-    rows: Sequence[dict[str, str]], source: str, root: Path | None = None
-) -> None:
+def require_paths_inside(rows: Sequence[dict[str, str]], source: str, root: Path) -> None:
     """Paths in the tables must stay inside the project: they are joined to the root.
-    With ``root``, symbolic links are followed too and the paths must lie under data/."""
+    Symbolic links are followed too, and the paths must lie under data/."""
     for row in rows:
         try:
-            if root is None:
-                layout.require_relative(row["path"])
-            else:
-                layout.project_path(root, row["path"])
+            layout.project_path(root, row["path"])
         except layout.UnsafeValue as error:
             raise StageError(f"{source}: {error}") from None
 

@@ -32,7 +32,7 @@ def readable_splits(root: Path) -> tuple[dict[str, list[dict[str, str]]], dict[s
     """Rows of every split (holdout may be absent) without the unreadable images."""
     rows = {name: read_split(root, name, required=name != "holdout") for name in layout.SPLIT_NAMES}
     for name, split_rows in rows.items():
-        require_paths_inside(split_rows, layout.split_csv(name).as_posix())
+        require_paths_inside(split_rows, layout.split_csv(name).as_posix(), root)
     skipped = unreadable_images(root, [row["path"] for split in rows.values() for row in split])
     kept = {
         name: [row for row in split_rows if row["path"] not in skipped]

@@ -185,7 +185,8 @@ def _checked_calibration(values: dict) -> Calibration:
     threshold = calibration.threshold
     if isinstance(threshold, bool) or not isinstance(threshold, int | float):
         raise ValueError(f"its threshold is {threshold!r}, not a number")
-    if not -1.0 <= threshold <= 1.0:  # also false for NaN
+    # float32 similarities of unit rows reach 1.0000002: the threshold is one of them
+    if not -1.001 <= threshold <= 1.001:  # also false for NaN
         raise ValueError(f"its threshold {threshold} is not a similarity in [-1, 1]")
     return calibration
 
@@ -307,7 +308,7 @@ def rebuild_gallery(
     source = source or config.gallery_source
     rows = gallery_rows(root, source)
     everything = rows.gallery + rows.calibration_gallery + rows.val + rows.holdout
-    require_paths_inside(everything, f"the {source} gallery tables")
+    require_paths_inside(everything, f"the {source} gallery tables", root)
     paths = list(dict.fromkeys(row["path"] for row in everything))
     skipped = unreadable_images(root, paths)
     paths = [path for path in paths if path not in skipped]

@@ -17,7 +17,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -205,10 +205,11 @@ def _one_row_per_path(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]],
     first: dict[str, tuple[int, dict[str, str]]] = {}
     warnings = []
     for line, row in enumerate(rows, start=2):  # the header is line 1
-        if row["path"] not in first:
-            first[row["path"]] = (line, row)
+        crop = PurePosixPath(row["path"]).as_posix()  # a/./b.png and a//b.png are a/b.png
+        if crop not in first:
+            first[crop] = (line, row)
             continue
-        earlier_line, earlier = first[row["path"]]
+        earlier_line, earlier = first[crop]
         if earlier["slug"] != row["slug"]:
             raise BadRow(
                 layout.posix(layout.CURATED_MANIFEST),

@@ -43,8 +43,8 @@ def load_training_data(root: Path, config: TrainConfig) -> TrainingData:
     """The balanced training rows and the validation rows, unreadable images left out."""
     train_rows = read_balanced_train(root)
     val_rows = read_split(root, "val")
-    require_paths_inside(train_rows, "data/balanced/train.csv")
-    require_paths_inside(val_rows, "data/splits/val.csv")
+    require_paths_inside(train_rows, "data/balanced/train.csv", root)
+    require_paths_inside(val_rows, "data/splits/val.csv", root)
     skipped = unreadable_images(root, [row["path"] for row in train_rows + val_rows])
     train_rows = without_paths(train_rows, skipped)
     val_rows = without_paths(val_rows, skipped)

@@ -135,7 +135,18 @@ def test_unreadable_images_are_found_with_their_reason(rows, tmp_path):
 
 
 @pytest.mark.parametrize("path", ["../elsewhere.png", "/etc/passwd", "data/../../x.png"])
-def test_paths_leaving_the_project_are_refused(path):
+def test_paths_leaving_the_project_are_refused(path, tmp_path):
     with pytest.raises(StageError, match="outside the project"):
-        require_paths_inside([{"path": path}], "data/balanced/train.csv")
-    require_paths_inside([{"path": "data/faces/a/b.png"}], "data/balanced/train.csv")
+        require_paths_inside([{"path": path}], "data/balanced/train.csv", tmp_path)
+    require_paths_inside([{"path": "data/faces/a/b.png"}], "data/balanced/train.csv", tmp_path)
+
+
+def test_paths_through_a_link_out_of_the_project_or_outside_data_are_refused(
+    tmp_path, tmp_path_factory
+):
+    (tmp_path / "data/faces/a").mkdir(parents=True)
+    (tmp_path / "data/faces/a/out.png").symlink_to(tmp_path_factory.mktemp("away") / "x.png")
+    with pytest.raises(StageError, match="through a symbolic link"):
+        require_paths_inside([{"path": "data/faces/a/out.png"}], "gallery tables", tmp_path)
+    with pytest.raises(StageError, match="not under data/"):
+        require_paths_inside([{"path": "models/embedder.pt"}], "gallery tables", tmp_path)

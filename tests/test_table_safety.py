@@ -179,7 +179,8 @@ def test_split_counts_a_repeated_crop_once_and_refuses_one_crop_under_two_charac
     curated(tmp_path, {})
     table = tmp_path / layout.CURATED_MANIFEST
     lines = table.read_text(encoding="utf-8").splitlines()
-    table.write_text("\n".join([*lines, lines[1], lines[1]]) + "\n", encoding="utf-8")
+    respelled = lines[1].replace("data/faces/alice/", "data/faces/alice/./", 1)  # same file
+    table.write_text("\n".join([*lines, lines[1], respelled]) + "\n", encoding="utf-8")
     summary = split_dataset(tmp_path, SplitConfig(min_per_character=2, holdout_characters=0))
     written = [
         row["path"]

@@ -193,7 +193,13 @@ class CenterNetDetector:
     def _load(self):
         from anime_face_id.faces.centernet import load_weights
 
-        if self.weights.stat().st_size == 0:
+        try:
+            empty = self.weights.stat().st_size == 0
+        except OSError as error:  # e.g. a Dask worker without the file
+            raise DetectorWeightsError(
+                f"cannot read detector weights {self.weights}: {error.strerror or error}"
+            ) from None
+        if empty:
             raise DetectorWeightsError(f"cannot load detector weights {self.weights}: it is empty")
         try:
             model, _metadata = load_weights(self.weights)
