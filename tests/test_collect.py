@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import unicodedata
 from pathlib import Path
 
@@ -266,6 +267,26 @@ def test_a_damaged_completion_record_means_collect_again(
     assert (result.skipped, result.kept) == (False, 3)
     manifest, _rejects = read_outputs(root)
     assert len(manifest) == 3
+
+
+def test_entries_of_a_folder_that_are_not_pictures_are_rejects_with_their_kind(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "source"
+    fill(folder / "kuroko_tetsuya", [1, 2])
+    os.mkfifo(folder / "kuroko_tetsuya" / "pipe.png")
+    (folder / "kuroko_tetsuya" / "broken.png").symlink_to(tmp_path / "nowhere.png")
+    (folder / "kuroko_tetsuya" / "album.png").mkdir()
+    (folder / "kuroko_tetsuya" / ".DS_Store").write_bytes(b"hidden")
+    root = tmp_path / "project"
+    params = make_params(folder, ["Kuroko Tetsuya"])
+    (result,) = collect_all(root, params)
+    assert (result.candidates, result.kept, result.rejected) == (5, 2, 3)
+    reasons = {Path(row["url_or_path"]).name: row["reason"] for row in read_outputs(root)[1]}
+    assert "a named pipe" in reasons["pipe.png"] and "a directory" in reasons["album.png"]
+    assert "file not found" in reasons["broken.png"]
+    (tmp_path / "nowhere.png").write_bytes(png_bytes(3))  # the link mended: import again
+    assert not is_collected(root, params.characters[0], "kuroko_tetsuya", params.collect)
 
 
 def test_missing_character_folder_is_a_reject_not_a_crash(tmp_path: Path, source: Path) -> None:

@@ -36,16 +36,19 @@ def character_directory(character: Character, slug: str, folder: Path) -> Path:
     )
 
 
-def image_files(directory: Path) -> list[Path]:
-    """Direct files, sorted by name; hidden files (.DS_Store and the like) are skipped."""
+def visible_entries(directory: Path) -> list[Path]:
+    """Direct entries, sorted by name; hidden ones (.DS_Store and the like) are skipped.
+    Pipes, sub-folders and broken links stay: reading them fails, so each becomes a
+    reject row with its reason instead of vanishing from the count."""
     return sorted(
-        (
-            entry
-            for entry in directory.iterdir()
-            if entry.is_file() and not entry.name.startswith(".")
-        ),
+        (entry for entry in directory.iterdir() if not entry.name.startswith(".")),
         key=lambda entry: entry.name,
     )
+
+
+def image_files(directory: Path) -> list[Path]:
+    """The regular files among ``visible_entries``."""
+    return [entry for entry in visible_entries(directory) if entry.is_file()]
 
 
 def search(
@@ -57,7 +60,7 @@ def search(
         raise SearchError("folder backend: collect.folder is not set")
     directory = character_directory(character, slug, resolve_source(config.folder, root))
     configured = Path(config.folder) / directory.name
-    return [posix(configured / entry.name) for entry in image_files(directory)]
+    return [posix(configured / entry.name) for entry in visible_entries(directory)]
 
 
 def listing_digest(
@@ -67,11 +70,17 @@ def listing_digest(
     fingerprint, so a changed folder is imported again."""
     try:
         directory = character_directory(character, slug, resolve_source(config.folder or "", root))
-        files = image_files(directory)
+        entries = visible_entries(directory)
     except (SearchError, OSError) as error:
         return f"unavailable: {error}"
     digest = hashlib.sha256()
-    for entry in files:
-        stat = entry.stat()
+    for entry in entries:
+        try:
+            stat = entry.stat()
+        except OSError:  # a broken link: its own stamp, so mending it imports again
+            try:
+                stat = entry.lstat()
+            except OSError:  # gone since the listing
+                continue
         digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
