@@ -95,7 +95,7 @@ review: setup ## open the review app on http://127.0.0.1:$(REVIEW_PORT)
 	$(BIN)/streamlit run apps/review.py --server.address 127.0.0.1 --server.port $(REVIEW_PORT) --server.headless true --browser.gatherUsageStats false
 
 app: setup ## open the identify app on http://127.0.0.1:$(APP_PORT)
-	$(BIN)/streamlit run apps/identify.py --server.address 127.0.0.1 --server.port $(APP_PORT) --server.headless true --browser.gatherUsageStats false
+	$(BIN)/streamlit run apps/identify.py --server.address 127.0.0.1 --server.port $(APP_PORT) --server.headless true --browser.gatherUsageStats false --server.maxUploadSize 20
 
 # mlflow starts its server as `uvicorn` found on PATH, hence the venv's bin first. Runs are
 # in mlflow.db, as for training, unless MLFLOW_TRACKING_URI says otherwise.

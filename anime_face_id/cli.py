@@ -27,7 +27,6 @@ from anime_face_id.errors import StageError
 from anime_face_id.faces.cascade import CascadeError
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
-PICTURES_PER_BATCH = 16  # identify: pictures whose faces share forward passes
 
 
 def check_params(args: argparse.Namespace) -> int:
@@ -98,7 +97,7 @@ def identify_pictures(args: argparse.Namespace) -> int:
     results = []
     # a few pictures at a time: their faces share forward passes, and answers still
     # appear as the work goes on
-    step = PICTURES_PER_BATCH
+    step = identify.PICTURES_PER_PASS
     for start in range(0, len(args.pictures), step):
         chunk = args.pictures[start : start + step]
         answered = identifier.identify_files([Path(p) for p in chunk], chunk, **options)

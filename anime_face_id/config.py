@@ -319,6 +319,7 @@ class IdentifyConfig(Section):
     ivf_probes: int = Field(8, ge=1)
     search_depth: int = Field(200, ge=1)  # ivf: gallery items ranked per face
     max_bytes: int = Field(20_000_000, ge=1024)  # bigger pictures are refused unread
+    max_pictures: int = Field(256, ge=1)  # per request to the served model
     batch_size: int = Field(64, ge=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = 0  # k-means initialisation of the ivf index

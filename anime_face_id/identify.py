@@ -48,6 +48,8 @@ from anime_face_id.picture_input import base64_bytes, decode_picture
 
 # --------------------------------------------------------------------- the identifier
 
+PICTURES_PER_PASS = 16  # pictures whose faces share forward passes, and are held at once
+
 
 @dataclass(frozen=True)
 class _Found:
@@ -166,7 +168,16 @@ class Identifier:
     def identify_base64_rows(
         self, rows: Sequence[tuple[object, str]], **options
     ) -> list[PictureResult]:
-        """(base64 text, picture name) rows, as the served model receives them."""
+        """(base64 text, picture name) rows, as the served model receives them. A request
+        of more than ``identify.max_pictures`` rows gets an error row for each: its run
+        time would have no bound."""
+        limit = self.config.max_pictures
+        if len(rows) > limit:
+            reason = (
+                f"the request holds {len(rows)} pictures, more than identify.max_pictures "
+                f"({limit}): send them in smaller requests"
+            )
+            return [failed(name, reason) for _text, name in rows]
         return self.identify_many(
             [(name, functools.partial(self._from_base64, text)) for text, name in rows], **options
         )
@@ -174,12 +185,23 @@ class Identifier:
     def identify_many(
         self, sources: Sequence[tuple[str, Callable[[], Image.Image]]], **options
     ) -> list[PictureResult]:
-        """Several pictures at once, each given as (name, a function that loads it): each
-        is loaded and its faces detected and cut out in turn (only the crops are kept,
-        so memory does not grow with the pictures' sizes), then every face is embedded in
-        shared batches (fewer, fuller forward passes) and named. A picture that cannot be
-        read or fails is an error result, never an exception: one bad picture must never
-        stop a batch or a server."""
+        """Several pictures, each given as (name, a function that loads it), a few at a
+        time: the crops of at most PICTURES_PER_PASS pictures are held at once."""
+        results = []
+        for start in range(0, len(sources), PICTURES_PER_PASS):
+            results += self._identify_together(
+                sources[start : start + PICTURES_PER_PASS], **options
+            )
+        return results
+
+    def _identify_together(
+        self, sources: Sequence[tuple[str, Callable[[], Image.Image]]], **options
+    ) -> list[PictureResult]:
+        """Each picture is loaded and its faces detected and cut out in turn (only the
+        crops are kept, so memory does not grow with the pictures' sizes), then every face
+        is embedded in shared batches (fewer, fuller forward passes) and named. A picture
+        that cannot be read or fails is an error result, never an exception: one bad
+        picture must never stop a batch or a server."""
         found: dict[int, _Found] = {}
         results: dict[int, PictureResult] = {}
         for number, (picture, load) in enumerate(sources):
@@ -201,7 +223,7 @@ class Identifier:
                     failed(sources[number][0], f"identification failed: {error}")
                     if len(found) == 1
                     # find the culprit: each picture on its own
-                    else self.identify_many([sources[number]], **options)[0]
+                    else self._identify_together([sources[number]], **options)[0]
                 )
         for number, picture_faces in faces.items():
             where = found[number]

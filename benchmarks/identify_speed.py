@@ -35,10 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from anime_face_id.checkpoint import save_checkpoint  # noqa: E402
-from anime_face_id.cli import PICTURES_PER_BATCH  # noqa: E402
 from anime_face_id.config import Params, parse_params  # noqa: E402
 from anime_face_id.gallery import GALLERY, rebuild_gallery  # noqa: E402
-from anime_face_id.identify import load_identifier  # noqa: E402
+from anime_face_id.identify import PICTURES_PER_PASS, load_identifier  # noqa: E402
 from anime_face_id.model.embedder import build_embedder  # noqa: E402
 from tests.test_train import make_synthetic_project  # noqa: E402
 
@@ -100,15 +99,15 @@ def main() -> None:
             one_at_a_time.append(len(chosen) / (time.perf_counter() - start))
             start = time.perf_counter()
             batched = []
-            for first in range(0, len(chosen), PICTURES_PER_BATCH):
-                batched += identifier.identify_files(chosen[first : first + PICTURES_PER_BATCH])
+            for first in range(0, len(chosen), PICTURES_PER_PASS):
+                batched += identifier.identify_files(chosen[first : first + PICTURES_PER_PASS])
             in_batches.append(len(chosen) / (time.perf_counter() - start))
         one_at_a_time, in_batches = max(one_at_a_time), max(in_batches)
         faces = sum(len(result.faces) for result in batched)
         same = [r.to_json() for r in single] == [r.to_json() for r in batched]
         print(
             f"throughput ({len(chosen)} pictures, {faces} faces): one at a time "
-            f"{one_at_a_time:.1f} pictures/s, in batches of {PICTURES_PER_BATCH} "
+            f"{one_at_a_time:.1f} pictures/s, in batches of {PICTURES_PER_PASS} "
             f"{in_batches:.1f} pictures/s ({in_batches / one_at_a_time:.2f}x); "
             f"same answers: {same}"
         )

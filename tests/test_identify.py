@@ -29,7 +29,7 @@ from anime_face_id.cutting import crop_image
 from anime_face_id.faces.detectors import load_detector
 from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.gallery import GALLERY, rebuild_gallery
-from anime_face_id.identify import load_identifier, report
+from anime_face_id.identify import PICTURES_PER_PASS, load_identifier, report
 from anime_face_id.identify_results import PICTURE_JSON_SCHEMA
 from anime_face_id.imaging import ImageRejected, load_rgb
 from anime_face_id.model.embedder import Embedder
@@ -330,6 +330,30 @@ def test_pictures_named_together_get_the_answers_they_get_one_by_one(untrained, 
     assert [r.status for r in together] == ["ok", "error", "ok", "ok", "error", "ok", "ok"]
     for batched, single in zip(together, alone, strict=True):
         assert batched.to_json() == single.to_json()  # rounded to 4 decimals, as served
+
+
+def test_many_pictures_are_named_a_few_at_a_time_with_the_same_answers(untrained, monkeypatch):
+    identifier = load_identifier(untrained, params_for(NAMES))
+    paths = sorted((untrained / "data/faces").glob("*/*.png"))
+    paths = (paths * 3)[: PICTURES_PER_PASS * 2 + 3]
+    held = []
+    named = identifier._named
+    monkeypatch.setattr(
+        identifier, "_named", lambda found, **kw: held.append(len(found)) or named(found, **kw)
+    )
+    together = identifier.identify_files(paths)
+    assert max(held) == PICTURES_PER_PASS and sum(held) == len(paths)  # crops held at once
+    assert [r.to_json() for r in together] == [identifier.identify_file(p).to_json() for p in paths]
+
+
+def test_a_served_request_over_max_pictures_gets_an_error_row_for_each(untrained):
+    identifier = load_identifier(untrained, params_for(NAMES, max_pictures=3))
+    picture = base64.b64encode((untrained / "data/faces/ao_blue/train_2.png").read_bytes()).decode()
+    answers = identifier.identify_base64_rows([(picture, f"p{n}") for n in range(4)])
+    assert [a.picture for a in answers] == ["p0", "p1", "p2", "p3"]
+    assert all(a.status == "error" and "identify.max_pictures (3)" in a.error for a in answers)
+    answers = identifier.identify_base64_rows([(picture, f"p{n}") for n in range(3)])
+    assert [a.status for a in answers] == ["ok"] * 3
 
 
 def test_pictures_over_the_byte_limit_are_refused_unread(untrained, tmp_path):
