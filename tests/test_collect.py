@@ -269,7 +269,7 @@ def test_a_damaged_completion_record_means_collect_again(
     assert len(manifest) == 3
 
 
-def test_entries_of_a_folder_that_are_not_pictures_are_rejects_with_their_kind(
+def test_pipes_and_broken_links_in_a_folder_are_rejects_with_their_kind(
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "source"
@@ -281,10 +281,10 @@ def test_entries_of_a_folder_that_are_not_pictures_are_rejects_with_their_kind(
     root = tmp_path / "project"
     params = make_params(folder, ["Kuroko Tetsuya"])
     (result,) = collect_all(root, params)
-    assert (result.candidates, result.kept, result.rejected) == (5, 2, 3)
+    assert (result.candidates, result.kept, result.rejected) == (4, 2, 2)  # not the sub-folder
     reasons = {Path(row["url_or_path"]).name: row["reason"] for row in read_outputs(root)[1]}
-    assert "a named pipe" in reasons["pipe.png"] and "a directory" in reasons["album.png"]
-    assert "file not found" in reasons["broken.png"]
+    assert "a named pipe" in reasons["pipe.png"] and "file not found" in reasons["broken.png"]
+    assert "album.png" not in reasons
     (tmp_path / "nowhere.png").write_bytes(png_bytes(3))  # the link mended: import again
     assert not is_collected(root, params.characters[0], "kuroko_tetsuya", params.collect)
 

@@ -37,11 +37,16 @@ def character_directory(character: Character, slug: str, folder: Path) -> Path:
 
 
 def visible_entries(directory: Path) -> list[Path]:
-    """Direct entries, sorted by name; hidden ones (.DS_Store and the like) are skipped.
-    Pipes, sub-folders and broken links stay: reading them fails, so each becomes a
-    reject row with its reason instead of vanishing from the count."""
+    """Direct entries but sub-folders (a user's own sorting, not pictures), sorted by
+    name; hidden ones (.DS_Store and the like) are skipped. Pipes, devices and broken
+    links stay: reading them fails, so each becomes a reject row with its reason instead
+    of vanishing from the count."""
     return sorted(
-        (entry for entry in directory.iterdir() if not entry.name.startswith(".")),
+        (
+            entry
+            for entry in directory.iterdir()
+            if not entry.name.startswith(".") and not entry.is_dir()
+        ),
         key=lambda entry: entry.name,
     )
 
