@@ -180,7 +180,8 @@ class SplitConfig(Section):
 
 
 class BalanceConfig(Section):
-    min_per_class: int = Field(32, ge=1)
+    # A bound that stops a typo (3200000) from writing millions of rows per character.
+    min_per_class: int = Field(32, ge=1, le=100_000)
     method: Literal["oversample", "augment"] = "oversample"
     seed: int = 0
 

@@ -226,13 +226,23 @@ def _ends_mid_line(fd: int, size: int) -> bool:
     return os.pread(fd, size, 0) != BOM_BYTES if size == len(BOM_BYTES) else True
 
 
-def append_decisions(path: str | Path, rows: Iterable[Mapping[str, object]]) -> int:
+def append_decisions(
+    path: str | Path,
+    rows: Iterable[Mapping[str, object]],
+    *,
+    unchanged_since: Decisions | None = None,
+) -> int:
     """Append decision rows (dicts keyed by DECISION_COLUMNS; ``time`` defaults to now).
 
     Every row is validated before anything is written, so a bad row from the caller
     leaves the file untouched. Safe with concurrent writers in several processes: an
     exclusive flock on ``<file>.lock`` serialises them and each batch is one O_APPEND
     write followed by fsync. Returns the number of rows appended.
+
+    ``unchanged_since``: the log as the caller read it when it chose the rows (a bulk
+    accept of the crops it saw pending). A row whose crop was decided since, by another
+    tab or process, is left out; the check reads the log under the same lock as the
+    write, so a reviewer's click is never overwritten by a batch planned before it.
     """
     path = Path(path)
     decisions = []
@@ -247,6 +257,11 @@ def append_decisions(path: str | Path, rows: Iterable[Mapping[str, object]]) -> 
     lock_path = path.with_name(path.name + ".lock")
     with lock_path.open("a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the lock file closes
+        if unchanged_since is not None:
+            decisions = _still_undecided(decisions, unchanged_since, read_decisions(path))
+            if not decisions:
+                return 0
+            body = "".join(_encode_row(decision) for decision in decisions)
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -262,6 +277,16 @@ def append_decisions(path: str | Path, rows: Iterable[Mapping[str, object]]) -> 
         if created:
             _fsync_directory(path.parent)
     return len(decisions)
+
+
+def _still_undecided(rows: list[Decision], before: Decisions, now: Decisions) -> list[Decision]:
+    """The rows whose crop's latest decision is the one the caller saw (or none)."""
+
+    def latest_line(log: Decisions, crop: str) -> int | None:
+        decision = log.crops.get(crop)
+        return decision.line if decision else None
+
+    return [row for row in rows if latest_line(now, row.path) == latest_line(before, row.path)]
 
 
 def _parse_line(text: str) -> list[str]:

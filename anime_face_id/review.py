@@ -24,7 +24,7 @@ from PIL import Image
 
 from anime_face_id import layout
 from anime_face_id.config import Params
-from anime_face_id.decisions import append_decisions
+from anime_face_id.decisions import append_decisions, read_decisions
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import check_box_inside, crop_square, square_crop_box
 from anime_face_id.fileio import atomic_write_bytes, sweep_temporaries, write_csv
@@ -177,14 +177,13 @@ def review_blocker(plan: ReviewPlan) -> ReviewIncomplete | None:
 
 def accept_pending(root: Path, params: Params, note: str) -> int:
     """Record an `accept` decision for every crop still pending (a reviewer's sign-off);
-    returns how many were accepted."""
+    returns how many were accepted. A crop decided in the review app while this runs keeps
+    that decision."""
+    log = Path(root) / layout.DECISIONS
+    seen = read_decisions(log)
     pending = plan_review(root, params).pending
-    if pending:
-        append_decisions(
-            Path(root) / layout.DECISIONS,
-            [{"path": face["path"], "decision": "accept", "note": note} for face in pending],
-        )
-    return len(pending)
+    rows = [{"path": face["path"], "decision": "accept", "note": note} for face in pending]
+    return append_decisions(log, rows, unchanged_since=seen)
 
 
 def apply_review(root: Path, params: Params) -> ReviewSummary:

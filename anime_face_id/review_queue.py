@@ -14,6 +14,7 @@ crop pending.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -291,14 +292,16 @@ def record(root: Path, path: str, decision: str, character: str = "") -> None:
 
 def accept_rest(root: Path, params: Params, name: str) -> int:
     """Accept every crop of ``name`` that is still pending, as one append; returns how many.
-    Reads the log afresh so crops another tab decided meanwhile keep that decision."""
+    Reads the log afresh, and again under the write's lock, so crops another tab decided
+    meanwhile keep that decision."""
+    log = Path(root) / layout.DECISIONS
+    seen = read_decisions(log)
     state = load_state(root, params)
     pending = [crop.path for crop in state.crops_of(name) if crop.status == "pending"]
     rows = [
         {"path": path, "decision": "accept", "note": f"{NOTE}: accept the rest"} for path in pending
     ]
-    append_decisions(Path(root) / layout.DECISIONS, rows)
-    return len(rows)
+    return append_decisions(log, rows, unchanged_since=seen)
 
 
 def check_box(image: RawImage, box: Box) -> None:
@@ -340,6 +343,16 @@ def raw_images(state: ReviewState, name: str) -> list[RawImage]:
         images.append(RawImage(row["path"], name, *size, detected, boxes, not detected))
     images.sort(key=lambda image: (not image.no_face, bool(image.manual)))
     return images
+
+
+def with_size(root: Path, image: RawImage) -> RawImage:
+    """``image`` with its size, read from the picture when the manifest lacks it (a
+    hand-edited or older manifest): box inputs need the picture's bounds. ImageRejected
+    when the picture no longer decodes."""
+    if image.width > 0 and image.height > 0:
+        return image
+    width, height = load_rgb(Path(root) / image.path).size
+    return dataclasses.replace(image, width=width, height=height)
 
 
 def raw_label(image: RawImage) -> str:

@@ -28,6 +28,7 @@ from anime_face_id.faces.cascade import CascadeError
 from anime_face_id.gallery import GALLERY
 from anime_face_id.identify_results import FaceResult
 from anime_face_id.imaging import ImageRejected, load_rgb
+from anime_face_id.markdown_text import literal
 from anime_face_id.picture_input import decode_picture
 
 PARAMS = Path("params.yaml")
@@ -103,11 +104,16 @@ def face_card(root: Path, image: Image.Image, number: int, face: FaceResult) -> 
         left, right = st.columns([1, 4])
         x, y, side = face.crop
         left.image(image.crop((x, y, x + side, y + side)).resize((CROP_SIDE, CROP_SIDE)))
-        verdict = face.label if face.known else f"unknown (closest: {face.candidates[0].character})"
+        verdict = (
+            literal(face.label)
+            if face.known
+            else f"unknown (closest: {literal(face.candidates[0].character)})"
+        )
         right.subheader(f"{number}. {verdict} · {face.score:.2f}")
         if len(face.candidates) > 1:
             right.markdown(
-                "Next: " + ", ".join(f"{c.character} {c.score:.2f}" for c in face.candidates[1:])
+                "Next: "
+                + ", ".join(f"{literal(c.character)} {c.score:.2f}" for c in face.candidates[1:])
             )
         neighbours = [n for n in face.neighbours if thumbnail(str(root / n.path), THUMBNAIL_SIDE)]
         if neighbours:
@@ -116,7 +122,7 @@ def face_card(root: Path, image: Image.Image, number: int, face: FaceResult) -> 
             for column, neighbour in zip(columns, neighbours, strict=True):
                 column.image(
                     thumbnail(str(root / neighbour.path), THUMBNAIL_SIDE),
-                    caption=f"{neighbour.character} {neighbour.similarity:.2f}",
+                    caption=f"{literal(neighbour.character)} {neighbour.similarity:.2f}",
                 )
 
 
@@ -126,27 +132,31 @@ def show_result(root: Path, identifier: identify.Identifier, name: str, data: by
         crop = identifier.crop
         image = decode_picture(data, config.max_bytes, crop.max_pixels, crop.max_decode_mb * 2**20)
     except ImageRejected as error:
-        st.error(f"{name}: {error.reason}")
+        st.error(f"{literal(name)}: {error.reason}")
         return
     result = identifier.identify_image(name, image)
     if result.status == "error":
-        st.error(f"{name}: {result.error}")
+        st.error(f"{literal(name)}: {result.error}")
         return
     if result.status == "no_face":
         st.warning(
-            f"No face detected in {name} (detector `{identifier.detector.name}`). Faces that "
+            f"No face detected in {literal(name)} (detector `{identifier.detector.name}`). Faces that "
             "are very small, tilted or stylised are often missed: try a tighter crop."
         )
         st.image(image, width="stretch" if image.width > 700 else image.width)
         return
     known = sum(face.known for face in result.faces)
     st.success(
-        f"{len(result.faces)} face(s) in {name}: {known} named, "
+        f"{len(result.faces)} face(s) in {literal(name)}: {known} named, "
         f"{len(result.faces) - known} unknown."
     )
     annotated = annotate(image, result.faces)
     # small pictures at their own size; large ones as wide as the page allows
-    st.image(annotated, width="stretch" if annotated.width > 700 else annotated.width, caption=name)
+    st.image(
+        annotated,
+        width="stretch" if annotated.width > 700 else annotated.width,
+        caption=literal(name),
+    )
     for number, face in enumerate(result.faces, start=1):
         face_card(root, image, number, face)
 

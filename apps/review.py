@@ -25,6 +25,7 @@ from anime_face_id import review_queue as rq
 from anime_face_id.chunked_embedding import client_embedder, dask_client
 from anime_face_id.config import ComputeConfig, ConfigError, Params, load_params
 from anime_face_id.imaging import ImageRejected
+from anime_face_id.markdown_text import literal
 
 GRID_COLUMNS = 6
 VIEWS = ("Face crops", "One by one", "Manual boxes")
@@ -112,7 +113,7 @@ def embeddings_for(
     def progress(done: int, total: int) -> None:
         bar.progress(
             done / total,
-            text=f"Embedding the crops of {name} to put suspicious ones first: {done} of "
+            text=f"Embedding the crops of {literal(name)} to put suspicious ones first: {done} of "
             f"{total} (first time only; cached in {suspicion.CACHE_DIR.as_posix()})",
         )
 
@@ -170,7 +171,7 @@ def on_accept_rest(root: Path, params: Params, name: str) -> None:
     except (OSError, ValueError) as error:
         st.session_state.setdefault("errors", []).append(f"Not saved: {error}")
         return
-    _flash(f"Accepted the {accepted} pending crop(s) of {name}.")
+    _flash(f"Accepted the {accepted} pending crop(s) of {literal(name)}.")
 
 
 def on_add_box(root: Path, image: rq.RawImage, key: str) -> None:
@@ -206,12 +207,12 @@ def show_counts(counts: rq.Counts) -> None:
 
 def describe(item: rq.QueueItem) -> str:
     crop = item.crop
-    parts = [BADGES[crop.status].format(target=crop.target)]
+    parts = [BADGES[crop.status].format(target=literal(crop.target))]
     if item.problem:
         parts.append(f":red[:material/broken_image: unreadable: {item.problem}]")
     if item.distance is not None:
         parts.append(f"distance {item.distance:.3f}")
-    others = sorted({other.target for other in item.duplicates})
+    others = sorted({literal(other.target) for other in item.duplicates})
     if others:
         parts.append(
             ":orange[:material/content_copy: same picture as a crop of " + ", ".join(others) + "]"
@@ -276,7 +277,7 @@ def crops_view(root: Path, state: rq.ReviewState, name: str) -> None:
     counts = state.counts(name)
     show_counts(counts)
     st.button(
-        f"Accept the rest of {name} ({counts.pending} pending)",
+        f"Accept the rest of {literal(name)} ({counts.pending} pending)",
         key="accept-rest",
         icon=":material/done_all:",
         disabled=counts.pending == 0,
@@ -284,7 +285,7 @@ def crops_view(root: Path, state: rq.ReviewState, name: str) -> None:
         args=(root, state.params, name),
     )
     if not counts.total:
-        st.info(f"No face crops of {name}: see Manual boxes for its raw images.")
+        st.info(f"No face crops of {literal(name)}: see Manual boxes for its raw images.")
         return
     embeddings, features = embeddings_for(root, state, name)
     items = rq.build_queue(state, name, embeddings)
@@ -321,7 +322,7 @@ def one_by_one_view(root: Path, state: rq.ReviewState, name: str) -> None:
         if item.crop.status == "pending" and item.crop.path not in skipped
     ]
     if not queue:
-        st.success(f"Nothing left to review for {name} in this view.")
+        st.success(f"Nothing left to review for {literal(name)} in this view.")
         return
     item = queue[0]
     picture, controls = st.columns([2, 1])
@@ -371,7 +372,7 @@ def manual_boxes_list(root: Path, image: rq.RawImage) -> None:
 def boxes_view(root: Path, state: rq.ReviewState, name: str) -> None:
     images = rq.raw_images(state, name)
     if not images:
-        st.info(f"No raw images of {name} in {layout.RAW_MANIFEST.as_posix()}.")
+        st.info(f"No raw images of {literal(name)} in {layout.RAW_MANIFEST.as_posix()}.")
         return
     missing = sum(image.no_face and not image.manual for image in images)
     st.caption(
@@ -385,7 +386,9 @@ def boxes_view(root: Path, state: rq.ReviewState, name: str) -> None:
         key=f"raw-{item_slug(state, name)}",
         format_func=lambda option: rq.raw_label(by_path[option]),
     )
-    image = by_path[path]
+    image = _picture(rq.with_size, root, by_path[path])
+    if image is None:
+        return
     key = rq.item_key(image.path)
     picture, controls = st.columns([3, 2])
     with controls:
@@ -494,7 +497,7 @@ def main() -> None:
             with st.expander(f"{len(state.warnings)} warning(s)"):
                 for warning in state.warnings:
                     st.text(warning)  # plain text: paths and names are not Markdown
-    st.header(name)
+    st.header(literal(name))
     if view == "Face crops":
         crops_view(root, state, name)
     elif view == "One by one":

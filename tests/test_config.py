@@ -148,6 +148,7 @@ def test_the_review_apps_and_sign_offs_settings_have_their_own_subsections():
         ("collect", "backoff_s", ".nan"),
         ("train", "lr", ".inf"),
         ("crop", "margin", ".nan"),
+        ("balance", "min_per_class", "3200000"),  # a typo: millions of rows per character
     ],
 )
 def test_numbers_that_would_break_timers_or_training_are_refused(

@@ -20,8 +20,9 @@ import torch
 import yaml
 from PIL import Image
 
+from anime_face_id import annotate as annotating
 from anime_face_id import layout
-from anime_face_id.annotate import KNOWN_COLOUR, UNKNOWN_COLOUR, annotate
+from anime_face_id.annotate import KNOWN_COLOUR, UNKNOWN_COLOUR, annotate, draws, label_and_font
 from anime_face_id.checkpoint import save_checkpoint
 from anime_face_id.config import Params, TrainConfig, parse_params
 from anime_face_id.crop import settings_fingerprint
@@ -30,7 +31,7 @@ from anime_face_id.faces.detectors import load_detector
 from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.gallery import GALLERY, rebuild_gallery
 from anime_face_id.identify import PICTURES_PER_PASS, load_identifier, report
-from anime_face_id.identify_results import PICTURE_JSON_SCHEMA
+from anime_face_id.identify_results import PICTURE_JSON_SCHEMA, FaceResult
 from anime_face_id.imaging import ImageRejected, load_rgb
 from anime_face_id.model.embedder import Embedder
 from anime_face_id.picture_input import base64_bytes
@@ -438,3 +439,22 @@ def test_annotate_boxes_known_and_unknown_faces_in_their_colours(untrained):
     assert tuple(drawn[70, 120]) == UNKNOWN_COLOUR
     assert tuple(drawn[70, 100]) == (255, 255, 255)  # between the boxes: untouched
     assert np.asarray(canvas).min() == 255  # the original is not drawn on
+
+
+def labelled(name: str | None) -> FaceResult:
+    return FaceResult((10, 40, 60, 60), (10, 40, 60), 0.9, name, 0.912, [], [])
+
+
+def test_a_name_no_font_can_draw_leaves_the_number_and_score(monkeypatch):
+    monkeypatch.setattr(annotating, "SYSTEM_FONTS", ())  # Pillow's own font: ASCII only
+    assert label_and_font(1, labelled("黒子テツヤ"), 20)[0] == "1. 0.91"
+    assert label_and_font(2, labelled("Kuroko"), 20)[0] == "2. Kuroko 0.91"
+    assert label_and_font(3, labelled(None), 20)[0] == "3. unknown 0.91"
+
+
+def test_a_system_font_draws_the_names_pillows_own_font_cannot():
+    text, font = label_and_font(1, labelled("Émilie"), 20)
+    if font is annotating._fonts(20)[-1]:
+        pytest.skip("no system font here draws an accented Latin letter")
+    assert text == "1. Émilie 0.91" and draws(font, text)
+    assert not draws(annotating._default_font(20), "Émilie")

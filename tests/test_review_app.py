@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from anime_face_id import layout
 from anime_face_id import review_queue as rq
+from anime_face_id.fileio import read_csv, write_csv
+from anime_face_id.imaging import load_rgb
 from tests.test_review_queue import ReviewProject, make_review_project, write_params
 
 APP = Path(__file__).resolve().parents[1] / "apps" / "review.py"
@@ -133,6 +136,24 @@ def test_a_raw_picture_deleted_since_the_crop_stage_is_a_message_not_a_traceback
     app.sidebar.radio(key="view").set_value("Manual boxes").run()
     assert not app.exception, [e.value for e in app.exception]
     assert any(f"Cannot show {blank}: cannot read: file not found" in e.value for e in app.error)
+
+
+def test_a_raw_picture_without_its_size_in_the_manifest_gets_box_inputs(project):
+    blank = project.no_face_raw("Bob Builder")
+    manifest = project.root / layout.RAW_MANIFEST
+    rows = read_csv(manifest)
+    for row in rows:
+        if row["path"] == blank:
+            row["width"] = row["height"] = ""  # the stage tolerates a manifest without sizes
+    write_csv(manifest, list(rows[0]), rows)
+    width, height = load_rgb(project.root / blank).size
+    app = start()
+    app.sidebar.selectbox(key="character").set_value("Bob Builder").run()
+    app.sidebar.radio(key="view").set_value("Manual boxes").run()
+    assert not app.exception, [e.value for e in app.exception]
+    key = rq.item_key(blank)
+    assert app.number_input(key=f"box-x-{key}").max == width - 1
+    assert app.number_input(key=f"box-h-{key}").max == height
 
 
 def test_state_comes_from_the_decisions_file(project):

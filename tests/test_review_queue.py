@@ -434,6 +434,43 @@ def test_accept_rest_accepts_only_pending_crops(project):
     assert len(project.decisions()) == len(rows)
 
 
+def test_accept_rest_keeps_a_decision_another_tab_made_while_it_ran(project, monkeypatch):
+    carol = project.crops_of("Carol")
+    load_state = rq.load_state
+
+    def another_tab_rejects_meanwhile(root, params):
+        state = load_state(root, params)  # carol[0] is pending in what accept_rest saw
+        rq.record(root, carol[0], "reject")
+        return state
+
+    monkeypatch.setattr(rq, "load_state", another_tab_rejects_meanwhile)
+    assert rq.accept_rest(project.root, project.params(), "Carol") == len(carol) - 1
+
+    monkeypatch.setattr(rq, "load_state", load_state)
+    state = rq.load_state(project.root, project.params())
+    status = {crop.path: crop.status for crop in state.crops_of("Carol")}
+    assert status[carol[0]] == "rejected"
+    assert {status[path] for path in carol[1:]} == {"accepted"}
+
+
+def test_review_sign_off_keeps_a_decision_made_while_it_ran(project, monkeypatch):
+    from anime_face_id import review
+
+    carol = project.crops_of("Carol")
+    plan_review = review.plan_review
+
+    def reviewer_accepts_then_app_rejects(root, params):
+        plan = plan_review(root, params)
+        rq.record(root, carol[0], "reject")
+        return plan
+
+    monkeypatch.setattr(review, "plan_review", reviewer_accepts_then_app_rejects)
+    pending = len(plan_review(project.root, project.params()).pending)
+    assert review.accept_pending(project.root, project.params(), "sign-off") == pending - 1
+    latest = {row["path"]: row["decision"] for row in project.decisions()}
+    assert latest[carol[0]] == "reject"
+
+
 def test_record_appends_one_row_per_decision(project):
     crop = project.crops_of("Bob Builder")[2]
     rq.record(project.root, crop, "reject")
