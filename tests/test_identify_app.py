@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from anime_face_id.identify import load_identifier
+from anime_face_id.markdown_text import literal
 from tests.test_identify import (
     NAMES,
     bad_inputs,
@@ -60,7 +61,7 @@ def test_an_uploaded_picture_is_labelled_with_names_scores_and_nearest_images(pr
     assert f"**{len(NAMES)}** characters" in sidebar and "unknown below similarity" in sidebar
 
     upload(app, picture.name, picture.read_bytes())
-    assert "1 face(s) in test_0.png" in app.success[0].value
+    assert f"1 face(s) in {literal('test_0.png')}" in app.success[0].value  # Markdown-escaped
     verdict = (
         expected.label
         if expected.known
@@ -77,7 +78,7 @@ def test_an_uploaded_picture_is_labelled_with_names_scores_and_nearest_images(pr
     # the labelled picture, the face crop, and one thumbnail per nearest training image
     assert len(images) == 2 + len(expected.neighbours)
     captions = [image.captions[0] for image in images]
-    assert captions[0] == picture.name
+    assert captions[0] == literal(picture.name)
     assert captions[2:] == [f"{n.character} {n.similarity:.2f}" for n in expected.neighbours]
 
 
@@ -86,5 +87,5 @@ def test_a_bad_upload_gets_its_reason(project, monkeypatch, tmp_path, what):
     path, reason = bad_inputs(tmp_path)[what]
     app = upload(start(project, monkeypatch), f"{what}.png", path.read_bytes())
     assert len(app.error) == 1 and reason in app.error[0].value
-    assert app.error[0].value.startswith(f"{what}.png: ")
+    assert app.error[0].value.startswith(f"{literal(what + '.png')}: ")
     assert not app.main.subheader
