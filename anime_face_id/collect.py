@@ -6,8 +6,8 @@ A character's state lives next to its images in ``data/raw/<slug>/``: its journa
 (``collect_records``); fetching and choosing its images is ``collect_fetch``.
 
 Candidate URLs may carry credentials (``https://user:secret@host/x.jpg``). Only the fetch
-sees them: the journal, ``_done.json`` and both CSVs hold ``redact_credentials(url)``, and
-the journal is keyed on that redacted form too.
+sees them: the journal, ``_done.json`` and both CSVs hold ``redact_credentials(url)``; the
+journal is keyed on a digest of the full URL (``collect_journal.candidate_key``).
 """
 
 from __future__ import annotations

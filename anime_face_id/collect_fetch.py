@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from anime_face_id.collect_journal import JOURNAL, Journal
+from anime_face_id.collect_journal import JOURNAL, Journal, candidate_key
 from anime_face_id.collect_records import (
     DONE,
     SEARCH_ERROR,
@@ -63,6 +63,7 @@ def _obtain(
 ) -> tuple[dict, ValidatedImage | None]:
     """Fetch (or read) and validate one candidate; every failure becomes a reason."""
     entry: dict[str, object] = {
+        "key": candidate_key(candidate),
         "url": redact_credentials(candidate),  # the journal is a file: no secrets in it
         "time": now_iso(),
         "policy": policy_digest(config),
@@ -236,7 +237,7 @@ def fetch_candidates(
     fetched = processed = 0
 
     def cached(candidate: str) -> dict | None:
-        entry = journal.entries.get(redact_credentials(candidate))  # how _obtain keyed it
+        entry = journal.entries.get(candidate_key(candidate))
         return selection.reusable(entry, _stamp(root, candidate, local), policy)
 
     try:

@@ -3,11 +3,15 @@ line per candidate whose outcome is known (an image with its hash and size, or a
 reason). It is appended as work finishes, so a run killed at any point resumes without
 fetching those candidates again; a torn last line is ignored. Entries remember the
 downloader policy they were made under and are only reused under the same one. URLs are
-kept without their secrets (``redact_credentials``), and the journal is keyed on that form.
+kept without their secrets (``redact_credentials``); entries are keyed on ``candidate_key``,
+a digest of the full URL, because two URLs differing only in a secret (?token=A and
+?token=B) redact alike yet are different pictures. An entry without that key (a journal
+from before it) is dropped on opening: its candidate is simply fetched again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,9 +22,15 @@ from anime_face_id.redaction import redact_credentials
 JOURNAL = "_journal.jsonl"
 
 
+def candidate_key(candidate: str) -> str:
+    """The journal key of ``candidate``: sha256 of its exact text, secrets included, so
+    that URLs differing only in a secret stay apart while no secret is written down."""
+    return hashlib.sha256(candidate.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def read_journal(path: Path) -> tuple[dict[str, dict], bool]:
-    """Entries by candidate (the last one wins) and whether unreadable lines were found
-    (a line torn by a kill, or garbage)."""
+    """Entries by candidate key (the last one wins) and whether unreadable lines were
+    found (a line torn by a kill, garbage, or an entry without a key)."""
     entries: dict[str, dict] = {}
     damaged = False
     try:
@@ -33,23 +43,25 @@ def read_journal(path: Path) -> tuple[dict[str, dict], bool]:
         except ValueError:
             entry = None
         if _well_formed(entry):
-            entries[entry["url"]] = entry
+            entries[entry["key"]] = entry
         else:
             damaged = True
     return entries, damaged or (bool(text) and not text.endswith("\n"))
 
 
 _ENTRY_KEYS = {
-    "image": ("url", "time", "sha256", "ext", "format", "phash", "width", "height"),
-    "rejected": ("url", "time", "reason"),
+    "image": ("key", "url", "time", "sha256", "ext", "format", "phash", "width", "height"),
+    "rejected": ("key", "url", "time", "reason"),
 }
 
 
 def _well_formed(entry: object) -> bool:
     if not isinstance(entry, dict) or entry.get("status") not in _ENTRY_KEYS:
         return False
-    return isinstance(entry.get("url"), str) and all(
-        key in entry for key in _ENTRY_KEYS[entry["status"]]
+    return (
+        isinstance(entry.get("url"), str)
+        and isinstance(entry.get("key"), str)
+        and all(key in entry for key in _ENTRY_KEYS[entry["status"]])
     )
 
 
@@ -65,7 +77,7 @@ class Journal:
         self.entries = {}
         for entry in read.values():
             clean = _redacted_entry(entry)
-            self.entries[clean["url"]] = clean
+            self.entries[clean["key"]] = clean
         if damaged or list(self.entries.values()) != list(read.values()):
             lines = "".join(
                 json.dumps(entry, sort_keys=True) + "\n" for entry in self.entries.values()
@@ -77,7 +89,7 @@ class Journal:
         self._handle.write(json.dumps(entry, sort_keys=True) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
-        self.entries[entry["url"]] = entry
+        self.entries[entry["key"]] = entry
 
     def close(self) -> None:
         self._handle.close()

@@ -185,13 +185,21 @@ def default_verify() -> bool | str:
     return True
 
 
+def decimal_header(value: str) -> int | None:
+    """A header value of ASCII digits as a number, else None (treated as absent):
+    str.isdigit also accepts '²' or '٣', which int() refuses."""
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or None."""
     value = (headers.get("Retry-After") or "").strip()
     if not value:
         return None
-    if value.isdigit():
-        return float(value)
+    seconds = decimal_header(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -363,8 +371,8 @@ class Downloader:
 
     def _read_body(self, response: requests.Response, deadline: _Deadline) -> bytes:
         cap = self.config.max_bytes
-        declared = response.headers.get("Content-Length", "").strip()
-        if declared.isdigit() and int(declared) > cap:
+        declared = decimal_header(response.headers.get("Content-Length") or "")
+        if declared is not None and declared > cap:
             raise FetchRejected(f"too large: > {cap} bytes")
         chunks: list[bytes] = []
         total = 0

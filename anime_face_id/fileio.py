@@ -142,14 +142,19 @@ def read_csv(path: str | Path, required: Sequence[str] = ()) -> list[dict[str, s
 
     Hand edits are expected: a byte order mark (Windows editors add one) is skipped, and
     the missing cells of a short row are empty strings, which the stages' row checks
-    refuse by name, rather than None, which nothing expects."""
+    refuse by name, rather than None, which nothing expects. A row csv cannot parse (a
+    cell over its field limit) is a csv.Error naming the file and the line."""
     path = Path(path)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle, restval="")
-        missing = [name for name in required if name not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-        return [dict(row) for row in reader]
+        try:
+            missing = [name for name in required if name not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+            return [dict(row) for row in reader]
+        except csv.Error as error:
+            # csv names neither file nor line; DictReader.line_num lags at the last good row
+            raise csv.Error(f"{path}: line {reader.reader.line_num}: {error}") from None
 
 
 def group_by(rows: Iterable[Mapping[str, str]], key: str) -> dict[str, list]:

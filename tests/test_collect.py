@@ -289,6 +289,48 @@ def test_pipes_and_broken_links_in_a_folder_are_rejects_with_their_kind(
     assert not is_collected(root, params.characters[0], "kuroko_tetsuya", params.collect)
 
 
+def test_a_file_name_that_is_not_utf8_is_a_reject_and_the_outputs_are_written(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "source"
+    fill(folder / "kuroko_tetsuya", [1, 2])
+    (folder / "kuroko_tetsuya" / os.fsdecode(b"\xff\xfe.png")).write_bytes(png_bytes(3))
+    root = tmp_path / "project"
+    params = make_params(folder, ["Kuroko Tetsuya"])
+    (result,) = collect_all(root, params)
+    assert (result.kept, result.rejected) == (2, 1)
+    manifest, rejects = read_outputs(root)
+    assert len(manifest) == 2
+    assert [(row["url_or_path"], row["reason"]) for row in rejects] == [
+        (f"{folder}/kuroko_tetsuya/\\xff\\xfe.png", "file name is not valid UTF-8")
+    ]
+    assert is_collected(root, params.characters[0], "kuroko_tetsuya", params.collect)
+
+
+def test_an_unreadable_character_folder_is_a_search_failed_reject(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = source / "kuroko_tetsuya"
+    iterdir = Path.iterdir
+
+    def guarded(self: Path):  # type: ignore[no-untyped-def]
+        if self == refused:  # as chmod 000 would, were the tests not run as root
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", guarded)
+    root = tmp_path / "project"
+    results = collect_all(root, make_params(source, ["Kuroko Tetsuya", "Nishikino Maki"]))
+    assert [(r.slug, r.kept, r.rejected) for r in results] == [
+        ("kuroko_tetsuya", 0, 1),
+        ("nishikino_maki", 2, 2),
+    ]
+    _manifest, rejects = read_outputs(root)
+    assert rejects[0]["reason"] == (
+        f"search failed: folder backend: cannot list {refused}: Permission denied"
+    )
+
+
 def test_missing_character_folder_is_a_reject_not_a_crash(tmp_path: Path, source: Path) -> None:
     root = tmp_path / "project"
     results = collect_all(root, make_params(source, ["Kuroko Tetsuya", "Nobody Here"]))
@@ -421,7 +463,7 @@ def test_credentials_in_urls_never_reach_data_raw(tmp_path: Path, web_server: We
     assert reasons[unparsable_redacted].startswith("invalid URL: ")
     assert "***@" in reasons[unparsable_redacted]
 
-    # the journal is keyed on the redacted URL: a second run fetches nothing again
+    # the journal is keyed on a digest of the full URL: a second run fetches nothing again
     (directory,) = [path for path in raw.iterdir() if path.is_dir()]
     (directory / DONE).unlink()
     (again,) = collect_all(root, params)
@@ -429,13 +471,51 @@ def test_credentials_in_urls_never_reach_data_raw(tmp_path: Path, web_server: We
 
     # a journal from before redaction (or by hand) is cleaned the next time it is opened
     journal = directory / JOURNAL
-    old = {"url": f"{with_credentials[1]}?token={secret}", "time": "t", "status": "rejected"}
+    url = f"{with_credentials[1]}?token={secret}"
+    old = {"key": "k", "url": url, "time": "t", "status": "rejected"}
+    keyless = {**old, "url": f"{with_credentials[1]}?older", "key": None}  # before keys
     with journal.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps({**old, "reason": f"http 404 for {old['url']}"}) + "\n")
+        for entry in (old, keyless):
+            handle.write(json.dumps({**entry, "reason": f"http 404 for {url}"}) + "\n")
     (directory / DONE).unlink()
     collect_all(root, params)
     assert secret not in journal.read_text()
-    assert base + "/missing.png?token=***" in read_journal(journal)[0]
+    entries = read_journal(journal)[0]
+    assert entries["k"]["url"] == base + "/missing.png?token=***"
+    assert not [entry for entry in entries.values() if entry["url"].endswith("?older")]
+
+
+def test_urls_differing_only_in_a_redacted_secret_are_both_fetched_and_kept(
+    tmp_path: Path, web_server: WebServer
+) -> None:
+    """?token=A and ?token=B redact alike (?token=***) but are different pictures: the
+    journal must not take the second for the first."""
+    first = web_server.serve("/get?token=A", png_bytes(51), "image/png")
+    second = web_server.serve("/get?token=B", png_bytes(52), "image/png")
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "urls.csv").write_text(f"character,url\nTest Subject,{first}\nTest Subject,{second}\n")
+    collect = {
+        "backend": "urls",
+        "urls": "urls.csv",
+        "allow_networks": ["127.0.0.0/8"],
+        "retries": 0,
+        "workers": 1,
+    }
+    params = parse_params({"characters": [{"name": "Test Subject"}], "collect": collect})
+
+    (result,) = collect_all(root, params)
+
+    assert (result.kept, result.rejected, result.fetched) == (2, 0, 2)
+    assert web_server.count("/get") == 2
+    manifest, rejects = read_outputs(root)
+    assert rejects == [] and len({row["sha256"] for row in manifest}) == 2
+    assert {row["url"] for row in manifest} == {web_server.url("/get?token=***")}
+    directory = root / RAW_DIR / "test_subject"
+    assert "token=A" not in (directory / JOURNAL).read_text()
+    (directory / DONE).unlink()  # resuming reuses both entries, each under its own key
+    (again,) = collect_all(root, params)
+    assert (again.kept, again.fetched) == (2, 0) and web_server.count("/get") == 2
 
 
 def test_a_failed_search_keeps_no_secret(tmp_path: Path) -> None:

@@ -226,6 +226,25 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert retry_after_s({}) is None and retry_after_s({"Retry-After": "soon"}) is None
 
 
+def test_unicode_digits_in_numeric_headers_count_as_absent(web_server: WebServer) -> None:
+    """'²'.isdigit() is True but int('²') fails: such a header is ignored, not a crash."""
+    from anime_face_id.download import retry_after_s
+
+    assert retry_after_s({"Retry-After": "²"}) is None
+    body = jpeg(15)
+    limited = web_server.add(
+        "/superscript.jpg",
+        Response(status=429, headers={"Retry-After": "²"}),
+        Response(
+            body=body, content_type="image/jpeg", send_length=False, headers={"Content-Length": "²"}
+        ),
+    )
+    pauses: list[float] = []
+    with Downloader(config(retries=1), sleep=pauses.append) as downloader:
+        assert downloader.fetch(limited) == body
+    assert pauses == [0.01]  # the usual backoff, as without Retry-After
+
+
 def test_slow_responses_time_out_and_are_retried(web_server: WebServer) -> None:
     slow = web_server.add("/slow.jpg", Response(body=jpeg(), delay=1.5))
     trickle = web_server.add(
@@ -743,8 +762,8 @@ def test_resume_after_kill_fetches_only_what_is_missing(
     counts_after = web_server.counts()
     assert result.kept == len(paths)
     assert result.fetched == len(paths) - len(done_before)
-    for url in done_before:
-        path = url.removeprefix(web_server.base_url)
+    for entry in done_before.values():
+        path = entry["url"].removeprefix(web_server.base_url)
         assert counts_after[path] == counts_before[path] == 1, path
     assert all(counts_after.get(path, 0) >= 1 for path in paths)
     assert (

@@ -4,6 +4,7 @@ results page), folder, urls, and the duckduckgo adapter with an injected client.
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 import unicodedata
@@ -54,6 +55,13 @@ def test_library_arguments_use_the_query_or_the_configured_page() -> None:
     paged = CollectConfig(limit=2, search_factor=1.0, search_url="http://127.0.0.1:1/s?q={query}")
     assert google.library_arguments(KUROKO, paged, "/d")["url"] == (
         "http://127.0.0.1:1/s?q=Kuroko%20Tetsuya%20Kuroko%20no%20Basket"
+    )
+
+
+def test_search_url_braces_other_than_query_are_kept_literally() -> None:
+    braced = CollectConfig(limit=2, search_url="http://x/?q={query}&tbs={isz:l}&f={}")
+    assert google.library_arguments(KUROKO, braced, "/d")["url"] == (
+        "http://x/?q=Kuroko%20Tetsuya%20Kuroko%20no%20Basket&tbs={isz:l}&f={}"
     )
 
 
@@ -132,12 +140,13 @@ def test_folder_matches_slug_or_exact_name_and_lists_direct_files(tmp_path: Path
     (by_name / "maki.jpg").write_bytes(b"x")
     config = folder_config(tmp_path)
 
-    assert folder.search(KUROKO, "kuroko_tetsuya", config) == [
+    assert folder.search(KUROKO, "kuroko_tetsuya", config).candidates == [
         f"{tmp_path}/kuroko_tetsuya/a.png",
         f"{tmp_path}/kuroko_tetsuya/b.jpg",
     ]
     maki = Character(name="Nishikino Maki")
-    assert folder.search(maki, "nishikino_maki", config) == [f"{tmp_path}/Nishikino Maki/maki.jpg"]
+    found = folder.search(maki, "nishikino_maki", config)
+    assert found.candidates == [f"{tmp_path}/Nishikino Maki/maki.jpg"] and found.skipped == []
 
 
 def test_folder_unicode_name_and_relative_folder(tmp_path: Path) -> None:
@@ -149,7 +158,7 @@ def test_folder_unicode_name_and_relative_folder(tmp_path: Path) -> None:
     found = folder.search(
         Character(name=name), "sakurauchi_riko_amelie_0000", config, root=tmp_path
     )
-    assert found == [
+    assert found.candidates == [
         f"data/import/{stored.name}/1.jpg"
     ]  # relative to the project root, as configured
 
@@ -164,6 +173,52 @@ def test_missing_folder_names_the_directories_it_looked_for(tmp_path: Path) -> N
     )
     with pytest.raises(SearchError, match="is not a directory"):
         folder.search(KUROKO, "kuroko_tetsuya", folder_config(tmp_path / "absent"))
+
+
+def refuse_listing(monkeypatch: pytest.MonkeyPatch, refused: Path) -> None:
+    """Path.iterdir fails for ``refused`` as for an unreadable folder (we run as root, for
+    whom chmod 000 changes nothing)."""
+    iterdir = Path.iterdir
+
+    def guarded(self: Path):  # type: ignore[no-untyped-def]
+        if self == refused:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", guarded)
+
+
+@pytest.mark.parametrize("unreadable", ["root", "character"])
+def test_an_unreadable_folder_is_a_search_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unreadable: str
+) -> None:
+    (tmp_path / "kuroko_tetsuya").mkdir()
+    (tmp_path / "kuroko_tetsuya" / "a.png").write_bytes(b"x")
+    refused = tmp_path if unreadable == "root" else tmp_path / "kuroko_tetsuya"
+    refuse_listing(monkeypatch, refused)
+    config = folder_config(tmp_path)
+    with pytest.raises(SearchError) as failure:
+        folder.search(KUROKO, "kuroko_tetsuya", config)
+    assert str(failure.value) == f"folder backend: cannot list {refused}: Permission denied"
+    digest = folder.listing_digest(KUROKO, "kuroko_tetsuya", config, None)
+    assert digest.startswith("unavailable: folder backend: cannot list")
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    directory = tmp_path / "kuroko_tetsuya"
+    directory.mkdir()
+    (directory / "a.png").write_bytes(b"x")
+    undecodable = directory / os.fsdecode(b"\xff\xfe.png")  # as Linux lists such a name
+    undecodable.write_bytes(b"x")
+    config = folder_config(tmp_path)
+    found = folder.search(KUROKO, "kuroko_tetsuya", config)
+    assert found.candidates == [f"{directory}/a.png"]
+    assert found.skipped == [(f"{directory}/\\xff\\xfe.png", "file name is not valid UTF-8")]
+    # the 'already collected' fingerprint reads the name's bytes and tells it apart
+    before = folder.listing_digest(KUROKO, "kuroko_tetsuya", config, None)
+    assert not before.startswith("unavailable")
+    undecodable.rename(directory / os.fsdecode(b"\xfe\xff.png"))
+    assert folder.listing_digest(KUROKO, "kuroko_tetsuya", config, None) != before
 
 
 # --- urls ----------------------------------------------------------------------------
@@ -199,6 +254,24 @@ def test_urls_csv_missing_or_malformed(tmp_path: Path) -> None:
     (tmp_path / "urls.csv").write_text("name,link\nKuroko Tetsuya,https://a.example/1.jpg\n")
     with pytest.raises(SearchError, match="missing column"):
         urls.search(KUROKO, "kuroko_tetsuya", config)
+
+
+def test_urls_csv_with_an_oversized_cell_is_a_search_error_naming_the_line(
+    tmp_path: Path,
+) -> None:
+    csv_path = tmp_path / "urls.csv"
+    huge = "https://a.example/" + "x" * 140_000  # over csv's 131072-character field limit
+    csv_path.write_text(
+        f"character,url\nKuroko Tetsuya,https://a.example/1.jpg\nKuroko Tetsuya,{huge}\n"
+    )
+    config = CollectConfig(backend="urls", urls=str(csv_path))
+    with pytest.raises(SearchError) as failure:
+        urls.search(KUROKO, "kuroko_tetsuya", config)
+    assert str(failure.value) == (
+        f"urls backend: cannot read {csv_path}: line 3: field larger than field limit (131072)"
+    )
+    digest = urls.listing_digest(KUROKO, "kuroko_tetsuya", config, None)
+    assert digest.startswith("unavailable: urls backend: cannot read")
 
 
 # --- duckduckgo ----------------------------------------------------------------------

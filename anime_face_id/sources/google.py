@@ -37,7 +37,8 @@ def library_arguments(character: Character, config: CollectConfig, chromedriver:
         "chromedriver": chromedriver,
     }
     if config.search_url:
-        arguments["url"] = config.search_url.format(query=quote(character.search_query))
+        # not str.format: other braces in the address ("&tbs={isz:l}") are literal text
+        arguments["url"] = config.search_url.replace("{query}", quote(character.search_query))
     else:
         # the library splits keywords on commas into separate searches
         arguments["keywords"] = " ".join(character.search_query.replace(",", " ").split())

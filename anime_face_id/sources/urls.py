@@ -5,6 +5,7 @@ A row belongs to a character when its ``character`` cell is the exact name or th
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from pathlib import Path
 
@@ -20,8 +21,9 @@ def urls_for(character: Character, slug: str, csv_path: Path) -> list[str]:
         rows = read_csv(csv_path, required=COLUMNS)
     except FileNotFoundError:
         raise SearchError(f"urls backend: {csv_path} does not exist") from None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise SearchError(f"urls backend: cannot read {csv_path}: {error}") from None
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as error:
+        reason = str(error).removeprefix(f"{csv_path}: ")  # read_csv names the file too
+        raise SearchError(f"urls backend: cannot read {csv_path}: {reason}") from None
     names = {character.name, slug}
     return unique(row["url"] or "" for row in rows if (row["character"] or "").strip() in names)
 
