@@ -233,10 +233,10 @@ def evaluate(
         except PretrainedWeightsMissing as error:
             warnings.append(f"baseline skipped: {error}")
             logger.warning(warnings[-1])
-    below = below_baseline(report)
-    if below:
-        warnings.append(below)
-        logger.warning(below)
+    for problem in (unranked_val(report), below_baseline(report)):
+        if problem:
+            warnings.append(problem)
+            logger.warning(problem)
     sweep_temporaries(root / PLOTS_DIR)
     report["plots"] = write_plots(
         root, val, gallery, per_character_rows(val, config.k), pairs, config
@@ -282,6 +282,19 @@ def pictures_with_a_face(root: Path) -> float | None:
     without = {row["source"] for row in rejects if row["reason"] == layout.NO_FACE} - found
     read = len(found) + len(without)
     return round(len(found) / read, 4) if read else None
+
+
+def unranked_val(report: dict) -> str | None:
+    """A warning when no val face has another face of its character in val to find: the
+    val MAP@R (the score package ranks models by), precision@1 and EER are then not
+    measured at all."""
+    if report["val"].get("num_queries"):
+        return None
+    return (
+        f"val has no character with two faces ({report['val'].get('num_images', 0)} val "
+        "images): MAP@R, precision@1 and the EER are not measured, and package cannot rank "
+        "this model. Raise split.val or collect more pictures per character."
+    )
 
 
 def below_baseline(report: dict) -> str | None:

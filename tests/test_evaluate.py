@@ -83,6 +83,14 @@ def test_report_has_every_metric_for_val_and_test(report, project):
     assert report["warnings"] == [w for w in [below_baseline(report)] if w]
 
 
+def test_a_val_split_with_one_face_per_character_is_a_warning_not_a_silent_none():
+    from anime_face_id.evaluate import unranked_val
+
+    unranked = {"val": {"num_queries": 0, "num_images": 3, "map_at_r": None}}
+    assert "val has no character with two faces (3 val images)" in unranked_val(unranked)
+    assert unranked_val({"val": {"num_queries": 5, "num_images": 8}}) is None
+
+
 def test_identification_queries_the_training_gallery(report, project):
     loaded = load_checkpoint(project / EMBEDDER)
 

@@ -125,7 +125,11 @@ def run_score(run_id: str) -> float:
 
     score = MlflowClient().get_run(run_id).data.metrics.get(SELECTION_METRIC)
     if score is None:
-        raise StageError(f"MLflow run {run_id} has no {SELECTION_METRIC}: run evaluate first")
+        raise StageError(
+            f"MLflow run {run_id} has no {SELECTION_METRIC}: evaluate has not run for it, or "
+            "val had no character with two faces to rank (see the warnings in "
+            "metrics/eval.json); raise split.val or collect more pictures, then dvc repro"
+        )
     return float(score)
 
 
