@@ -2,7 +2,8 @@
 
 A slug is the only part of a character's name that ever reaches a path, so it must be
 safe whatever the name holds (spaces, unicode, slashes, dots, "..") and two names must
-never share one.
+never share one. A slug depends on its name alone, so adding a character never renames
+another's folders.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def slugify(name: str) -> str:
 
 
 def assign_slugs(names: list[str]) -> dict[str, str]:
-    """Map each name to its slug; duplicate names are rejected, slug collisions between
-    different names are resolved with a hash suffix."""
+    """Map each name to its slug. A name listed twice, or two names that would share a
+    slug (they differ only in case, spaces or underscores: "Kuroko Tetsuya" and
+    "kuroko_tetsuya"), are refused: a slug names a character's folders and the review
+    decisions about its crops, so it must not change when another character is added."""
     seen_names: dict[str, str] = {}
     for name in names:
         # "Rem", "rem" and "Rem " search for the same pictures: one character, not three
@@ -48,14 +51,18 @@ def assign_slugs(names: list[str]) -> dict[str, str]:
                 "they are one character, list it once"
             )
         seen_names[key] = name
-    slugs = {name: slugify(name) for name in names}
-    counts: dict[str, int] = {}
-    for slug in slugs.values():
-        counts[slug] = counts.get(slug, 0) + 1
-    return {
-        name: slug if counts[slug] == 1 else f"{slug}_{_digest(name)}"
-        for name, slug in slugs.items()
-    }
+    slugs: dict[str, str] = {}
+    named: dict[str, str] = {}
+    for name in names:
+        slug = slugify(name)
+        if slug in named:
+            raise ValueError(
+                f"characters {named[slug]!r} and {name!r} would share the folder name "
+                f"{slug!r}: they are one character, list it once (or name them apart)"
+            )
+        named[slug] = name
+        slugs[name] = slug
+    return slugs
 
 
 def is_safe_slug(slug: str) -> bool:

@@ -170,6 +170,14 @@ def test_names_that_differ_only_in_case_or_spaces_are_one_character(other):
     assert len(parse_params({"characters": [{"name": "Rem"}, {"name": "Ram"}]}).slugs) == 2
 
 
+def test_names_that_would_share_a_slug_are_refused_so_no_slug_changes_when_one_is_added():
+    before = parse_params({"characters": [{"name": "Kuroko Tetsuya"}]}).slugs
+    with pytest.raises(ConfigError, match="would share the folder name 'kuroko_tetsuya'"):
+        parse_params({"characters": [{"name": "Kuroko Tetsuya"}, {"name": "kuroko_tetsuya"}]})
+    after = parse_params({"characters": [{"name": "Kuroko Tetsuya"}, {"name": "Kise"}]}).slugs
+    assert after["Kuroko Tetsuya"] == before["Kuroko Tetsuya"] == "kuroko_tetsuya"
+
+
 def test_check_shows_control_characters_in_names_as_escapes(tmp_path, capsys):
     path = write(tmp_path, b'characters:\n  - name: "Alice\\nerror: forged"\n  - name: Bob\n')
     code = main(["check", "--params", str(path)])
