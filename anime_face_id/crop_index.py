@@ -18,7 +18,8 @@ from anime_face_id.fileio import atomic_write_bytes, csv_text, sweep_temporaries
 INDEX_NAME = "_index.json"
 INDEX_VERSION = 1
 SHA256 = re.compile(r"[0-9a-f]{64}")
-CROP_FILE = re.compile(r"[0-9a-f]{16}_\d+\.png")
+# <sha256[:16]>_<x>_<y>_<w>_<h>.png (cutting.crop_file_name); <sha256[:16]>_<n>.png before
+CROP_FILE = re.compile(r"[0-9a-f]{16}(?:_\d+){4}\.png|[0-9a-f]{16}_\d+\.png")
 
 
 class CropStateError(RuntimeError):

@@ -25,15 +25,45 @@ def _png(crop: np.ndarray) -> tuple[bytes, str]:
     return buffer.getvalue(), phash(image)
 
 
+def crop_file_name(sha256: str, box: tuple[int, int, int, int]) -> str:
+    """A crop's file name: its picture and the detected box. The review decisions are
+    recorded by this name, so it must name one face: after a detector change a different
+    face gets a different name (pending review), never the decision about another."""
+    x, y, w, h = box
+    return f"{sha256[:16]}_{x}_{y}_{w}_{h}.png"
+
+
+def previous_names(entry: dict | None) -> dict[tuple[int, int, int, int], str]:
+    """The crop names of a picture's previous index entry by box: a face detected in the
+    same place again keeps its name, so margin or size changes, and crops named by an
+    older version (by their order), keep their review decisions."""
+    names = {}
+    for face in (entry or {}).get("faces", []):
+        try:
+            names[(int(face["x"]), int(face["y"]), int(face["w"]), int(face["h"]))] = face["file"]
+        except (KeyError, TypeError, ValueError):
+            continue
+    return names
+
+
 def _cut_faces(
-    rgb: np.ndarray, detections: list, sha256: str, directory: Path, config: CropConfig
+    rgb: np.ndarray,
+    detections: list,
+    sha256: str,
+    directory: Path,
+    config: CropConfig,
+    previous: dict[tuple[int, int, int, int], str],
 ) -> list[dict]:
     height, width = rgb.shape[:2]
     faces = []
-    for number, detection in enumerate(detections):
+    named: set[str] = set()
+    for detection in detections:
+        name = previous.get(detection.box) or crop_file_name(sha256, detection.box)
+        if name in named:
+            continue  # the same box twice is one face
+        named.add(name)
         x, y, side = square_crop_box(detection.box, width, height, config.margin)
         data, crop_phash = _png(crop_square(rgb, x, y, side, config.size))
-        name = f"{sha256[:16]}_{number}.png"
         write_if_changed(directory / name, data)
         faces.append(
             {
@@ -60,8 +90,11 @@ def crop_image(
     config: CropConfig,
     detector: Detector,
     fingerprint: str,
+    previous: dict | None = None,
 ) -> dict:
-    """Detect and crop one raw image; every failure becomes the entry's ``reason``."""
+    """Detect and crop one raw image; every failure becomes the entry's ``reason``.
+    ``previous``: the image's last index entry, whose crop names a face found in the same
+    place keeps."""
     entry = new_entry(row, fingerprint)
     try:
         path = layout.project_path(root, row["path"], layout.RAW_DIR)
@@ -85,7 +118,7 @@ def crop_image(
     if not detections:
         return rejected_entry(entry, layout.NO_FACE)
     try:
-        faces = _cut_faces(rgb, detections, sha256, directory, config)
+        faces = _cut_faces(rgb, detections, sha256, directory, config, previous_names(previous))
     except ValueError as error:  # a detector returned a box outside the image
         return rejected_entry(entry, f"invalid face box: {error}", cacheable=False)
     return {**entry, "faces": faces}

@@ -186,7 +186,6 @@ def test_manifest_rows_describe_real_centre_square_crops(raw: RawData) -> None:
     by_source = {row["path"]: row for row in raw.rows}
     for row in rows:
         source = by_source[row["source"]]
-        assert row["path"] == f"data/faces/{source['slug']}/{source['sha256'][:16]}_0.png"
         assert (row["character"], row["slug"]) == (source["character"], source["slug"])
         assert row["source_sha256"] == source["sha256"]
         assert row["source_phash"] == source["phash"]
@@ -194,6 +193,9 @@ def test_manifest_rows_describe_real_centre_square_crops(raw: RawData) -> None:
         rgb = load_rgb_array(raw.root / source["path"])
         height, width = rgb.shape[:2]
         assert [int(row[k]) for k in ("x", "y", "w", "h")] == [0, 0, width, height]
+        # named by the picture and the detected box
+        name = f"{source['sha256'][:16]}_0_0_{width}_{height}.png"
+        assert row["path"] == f"data/faces/{source['slug']}/{name}"
         side = min(width, height)
         expected_box = ((width - side) // 2, (height - side) // 2, side)
         assert (int(row["crop_x"]), int(row["crop_y"]), int(row["crop_side"])) == expected_box
@@ -474,6 +476,35 @@ def test_stricter_detection_removes_crops_of_lost_faces(illustrations, cascade_p
     assert before > 0 and result.faces == 0 and result.rejected == 5
     assert list(crops.glob("*.png")) == []
     assert manifest(illustrations.root) == []
+
+
+class TopLeftDetector:
+    """Finds one "face" in the top-left quarter: another face than the none detector's."""
+
+    name = "top-left"
+
+    @property
+    def settings(self) -> dict:
+        return {"name": self.name}
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        height, width = rgb.shape[:2]
+        return [Detection(0, 0, width // 2, height // 2, 0.9)]
+
+
+def test_a_review_decision_stays_with_its_face_when_the_detector_changes(raw: RawData) -> None:
+    from anime_face_id.decisions import append_decisions, read_decisions
+
+    run(raw.root, NONE, WholeImageDetector())
+    first = manifest(raw.root)[0]["path"]
+    append_decisions(raw.root / layout.DECISIONS, [{"path": first, "decision": "reject"}])
+    run(raw.root, NONE, TopLeftDetector())
+    paths = {row["path"] for row in manifest(raw.root)}
+    # The top-left face is another face: it must not inherit the reject of the whole one.
+    assert first not in paths and len(paths) == 5
+    assert all(read_decisions(raw.root / layout.DECISIONS).crops.get(p) is None for p in paths)
+    run(raw.root, NONE, WholeImageDetector())  # the first face again: the same name
+    assert first in {row["path"] for row in manifest(raw.root)}
 
 
 # ------------------------------------------------------------- inconsistent state
