@@ -267,6 +267,15 @@ class TrainConfig(Section):
     # gloo on CPUs, NCCL with one GPU each); each takes its own P x K batch per step
     processes: int = Field(1, ge=1, le=256)
 
+    @model_validator(mode="after")
+    def _warmup_within_the_run(self) -> TrainConfig:
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.warmup_epochs:g}) must be less than train.epochs "
+                f"({self.epochs}): the whole run would train at the warm-up's low rate"
+            )
+        return self
+
     @field_validator("margin")
     @classmethod
     def _positive_margin(cls, value: str | float) -> str | float:

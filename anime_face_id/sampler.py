@@ -54,9 +54,10 @@ class PKSampler(Sampler[list[int]]):
                 f"triplet batches (no positive possible): {', '.join(map(str, self.excluded_classes))}"
             )
         if len(self.classes) < 2:
+            single = ", ".join(map(str, self.excluded_classes))
             raise ValueError(
                 f"P x K batches need at least 2 classes with 2 or more distinct images each; "
-                f"found {len(self.classes)}"
+                f"found {len(self.classes)}" + (f" (a single one: {single})" if single else "")
             )
         self.p = min(p, len(self.classes))
         if self.p < p:

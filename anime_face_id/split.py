@@ -123,15 +123,19 @@ def _clusters(rows: list[dict[str, str]], slug: str, max_distance: int) -> list[
     return sorted(clusters, key=lambda cluster: cluster.id)
 
 
+TRAIN_CLUSTERS_KEPT = 2  # before an evaluation split gets a crop its share rounds away
+
+
 def _round(value: float) -> int:
     return int(value + 0.5)  # half up: Python's round() would send 2.5 to 2
 
 
 def split_targets(size: int, clusters: int, config: SplitConfig) -> dict[str, int]:
     """Crops wanted per split. An evaluation split whose share rounds to nothing still
-    asks for one crop while clusters are left over after train's one."""
+    asks for one crop while clusters are left over after train's two (a character needs two
+    distinct training crops to be trained on at all: an anchor and its positive)."""
     targets = {"val": _round(size * config.val), "test": _round(size * config.test)}
-    spare = clusters - 1
+    spare = clusters - TRAIN_CLUSTERS_KEPT
     for name in EVAL_SPLITS:
         if getattr(config, name) > 0 and targets[name] == 0 and spare > 0:
             targets[name] = 1
@@ -225,6 +229,14 @@ def _one_row_per_path(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]],
     return [row for _line, row in first.values()], warnings
 
 
+def untrainable(character: str, train: int, crops: int) -> str:
+    return (
+        f"{character}: {train} training crop(s) of {crops} after the split; triplet batches "
+        "need 2 distinct ones, so it will not be trained on. Collect more pictures, lower "
+        "split.val / split.test, or raise split.min_per_character to leave it out"
+    )
+
+
 def split_dataset(root: Path, config: SplitConfig) -> SplitSummary:
     """Write data/splits/{train,val,test,holdout}.csv from data/curated/manifest.csv."""
     root = Path(root)
@@ -264,6 +276,8 @@ def split_dataset(root: Path, config: SplitConfig) -> SplitSummary:
             name = assignment[cluster.id]
             outputs[name].extend(_split_row(row, cluster.id) for row in cluster.rows)
             counts[name] += len(cluster.rows)
+        if slug not in held_out and counts["train"] < 2:
+            warnings.append(untrainable(counts["character"], counts["train"], len(rows)))
 
     sweep_temporaries(root / layout.SPLITS_DIR)
     for name, rows in outputs.items():

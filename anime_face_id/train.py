@@ -150,7 +150,8 @@ def train(
 
     try:
         sampler = PKSampler(
-            [example.label for example in data.train.examples],
+            # by name: the sampler's warnings name the classes it leaves out
+            [data.class_names[example.label] for example in data.train.examples],
             p=config.p,
             k=config.k,
             seed=config.seed,
@@ -158,7 +159,11 @@ def train(
             image_ids=data.image_ids,
         )
     except ValueError as error:
-        raise StageError(f"cannot build P x K batches: {error}") from None
+        raise StageError(
+            f"cannot build P x K batches: {error}. A character is trained on from 2 distinct "
+            "training crops: collect more pictures, or lower split.val / split.test (the "
+            "split's warnings name the characters left with fewer)"
+        ) from None
     batches = NumberedBatches(sampler)
     if ranks.distributed:
         if len(batches) < ranks.world:

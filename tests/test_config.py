@@ -178,6 +178,12 @@ def test_names_that_would_share_a_slug_are_refused_so_no_slug_changes_when_one_i
     assert after["Kuroko Tetsuya"] == before["Kuroko Tetsuya"] == "kuroko_tetsuya"
 
 
+def test_a_warm_up_as_long_as_the_run_is_refused():
+    with pytest.raises(ConfigError, match=r"train.warmup_epochs \(5\) must be less than"):
+        parse_params({"characters": [{"name": "A"}], "train": {"epochs": 5, "warmup_epochs": 5}})
+    assert parse_params({"characters": [{"name": "A"}], "train": {"epochs": 6, "warmup_epochs": 5}})
+
+
 def test_check_shows_control_characters_in_names_as_escapes(tmp_path, capsys):
     path = write(tmp_path, b'characters:\n  - name: "Alice\\nerror: forged"\n  - name: Bob\n')
     code = main(["check", "--params", str(path)])

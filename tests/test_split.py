@@ -246,11 +246,14 @@ def test_singletons_hit_the_targets_exactly(tmp_path):
     assert counts == {"alice": (70, 20, 10), "bob": (28, 8, 4)}
 
 
-def test_small_classes_still_get_val_and_test_when_possible(tmp_path):
+def test_small_classes_keep_two_training_crops_before_val_and_test(tmp_path):
+    """A character needs two distinct training crops to be trained on (an anchor and its
+    positive): an evaluation split whose share rounds away gets a crop only after those."""
     rng = np.random.default_rng(9)
     same_picture = random_sha(rng)
     rows = (
-        distinct_crops("Three", 3, rng)
+        distinct_crops("Four", 4, rng)
+        + distinct_crops("Three", 3, rng)
         + distinct_crops("Two", 2, rng)
         + [crop_row("Grouped", i, same_picture, random_hash(rng), "") for i in range(4)]
     )
@@ -260,7 +263,21 @@ def test_small_classes_still_get_val_and_test_when_possible(tmp_path):
         row["slug"]: (row["train"], row["val"], row["test"], row["clusters"])
         for row in summary.rows
     }
-    assert counts == {"three": (1, 1, 1, 3), "two": (1, 1, 0, 2), "grouped": (4, 0, 0, 1)}
+    assert counts == {
+        "four": (2, 1, 1, 4),
+        "three": (2, 1, 0, 3),
+        "two": (2, 0, 0, 2),
+        "grouped": (4, 0, 0, 1),
+    }
+    assert summary.warnings == []
+
+
+def test_a_character_left_with_one_training_crop_is_named_in_a_warning(tmp_path):
+    rng = np.random.default_rng(11)
+    write_curated(tmp_path, distinct_crops("Alice", 10, rng) + distinct_crops("Solo", 1, rng))
+    summary = split_dataset(tmp_path, SplitConfig(min_per_character=1))
+    assert [w for w in summary.warnings if w.startswith("Solo: 1 training crop(s) of 1")]
+    assert not [w for w in summary.warnings if w.startswith("Alice")]
 
 
 def test_characters_below_the_minimum_are_left_out_with_a_warning(tmp_path):

@@ -417,8 +417,10 @@ def test_a_single_character_is_a_stage_error(tmp_path):
 
 def test_characters_with_one_image_each_cannot_form_batches(tmp_path):
     make_synthetic_project(tmp_path, counts=(1, 1, 0))
-    with pytest.raises(StageError, match="P x K"):
+    with pytest.raises(StageError, match="P x K") as caught:
         train(tmp_path, tiny_config())
+    assert "lower split.val / split.test" in str(caught.value)  # what to change
+    assert "Akane Red" in str(caught.value)  # the classes left out, by name
 
 
 def test_paths_outside_the_project_are_refused(tmp_path):
