@@ -218,6 +218,23 @@ def train(
     best_score: float | None = None
     best_epoch = 0
     step = 0
+
+    def run_summary() -> dict:
+        return {
+            "epochs": config.epochs,
+            "epochs_done": len(history),  # fewer than epochs: the run was interrupted
+            "device": str(device),
+            "untrained_val": untrained_val,
+            "num_characters": len(data.class_names),
+            "num_train_rows": len(data.train),
+            "num_train_images": len(set(data.image_ids)),
+            "num_val_images": len(data.val_paths),
+            "seconds": time.perf_counter() - started,
+            "skipped_images": [
+                {"path": path, "reason": reason} for path, reason in data.skipped_images.items()
+            ],
+        }
+
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         batches.set_epoch(epoch)
@@ -284,6 +301,8 @@ def train(
             best_score, best_epoch = report.val_map_at_r, epoch
             # saved at once, so an interrupted run still leaves its best model so far
             save_checkpoint(root / EMBEDDER, kept, config, data.class_names, epoch, val)
+        # ... and the history and metrics that describe it, up to this epoch
+        write_outputs(root, history, best_epoch, run_summary())
         if on_epoch:
             on_epoch(report)
         distributed.wait_for_all(ranks)
@@ -301,24 +320,6 @@ def train(
         untrained_val["precision_at_1"],
         untrained_val["map_at_r"],
         format_duration(time.perf_counter() - started),
-    )
-    write_outputs(
-        root,
-        history,
-        best_epoch,
-        {
-            "epochs": config.epochs,
-            "device": str(device),
-            "untrained_val": untrained_val,
-            "num_characters": len(data.class_names),
-            "num_train_rows": len(data.train),
-            "num_train_images": len(set(data.image_ids)),
-            "num_val_images": len(data.val_paths),
-            "seconds": time.perf_counter() - started,
-            "skipped_images": [
-                {"path": path, "reason": reason} for path, reason in data.skipped_images.items()
-            ],
-        },
     )
     return TrainResult(
         checkpoint=root / EMBEDDER,

@@ -174,7 +174,7 @@ def test_run_reports_every_epoch_and_step_and_writes_metrics_and_history(trained
     assert summary["best"]["val_map_at_r"] == pytest.approx(
         result.history[result.best_epoch - 1].val_map_at_r
     )
-    assert summary["final"]["epoch"] == 2
+    assert summary["final"]["epoch"] == 2 and summary["epochs_done"] == 2
     assert summary["num_characters"] == 4 and summary["num_train_images"] == 40
     assert summary["device"] == "cpu" and summary["skipped_images"] == []
 
@@ -183,6 +183,21 @@ def test_run_reports_every_epoch_and_step_and_writes_metrics_and_history(trained
     assert tuple(history[0]) == HISTORY_COLUMNS
     assert [int(row["epoch"]) for row in history] == [1, 2]
     assert float(history[1]["val_map_at_r"]) == pytest.approx(result.history[1].val_map_at_r)
+
+
+def test_an_interrupted_run_leaves_its_model_with_the_metrics_that_describe_it(tmp_path):
+    make_synthetic_project(tmp_path, counts=(4, 2, 0))
+
+    def stop_after_the_first_epoch(report):
+        raise KeyboardInterrupt  # Ctrl-C
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, tiny_config(epochs=3), on_epoch=stop_after_the_first_epoch)
+    summary = json.loads((tmp_path / TRAIN_METRICS).read_text())
+    assert (summary["epochs"], summary["epochs_done"], summary["best_epoch"]) == (3, 1, 1)
+    assert load_checkpoint(tmp_path / EMBEDDER).best_epoch == 1
+    with (tmp_path / TRAIN_HISTORY).open(newline="") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1"]
 
 
 @pytest.mark.slow
