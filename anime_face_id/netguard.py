@@ -56,6 +56,8 @@ TRANSITION_NETWORKS: tuple[tuple[str, ipaddress.IPv6Network], ...] = (
     ("nat64", ipaddress.IPv6Network("64:ff9b:1::/48")),  # local-use NAT64, RFC 8215
 )
 NAT64_WELL_KNOWN = TRANSITION_NETWORKS[2][1]
+NAT64_LOCAL_USE = TRANSITION_NETWORKS[3][1]
+NAT64_LENGTHS = (48, 56, 64, 96)  # RFC 6052 prefix lengths that fit in the local-use /48
 
 
 def address_kind(address: IPAddress) -> str | None:
@@ -76,9 +78,12 @@ def address_kind(address: IPAddress) -> str | None:
     return next((kind for kind, matches in checks if matches), None)
 
 
-def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
+def embedded_ipv4(
+    address: IPAddress, nat64_prefix_length: int | None = None
+) -> tuple[ipaddress.IPv4Address, ...]:
     """The IPv4 addresses a transition address leads to (IPv4-mapped excepted: that one is
-    simply the IPv4 address, see ``AddressPolicy.refusal``)."""
+    simply the IPv4 address, see ``AddressPolicy.refusal``). ``nat64_prefix_length``: the
+    length of the local-use NAT64 prefix in use, when known."""
     if isinstance(address, ipaddress.IPv4Address):
         return ()
     if address.sixtofour is not None:
@@ -87,7 +92,28 @@ def embedded_ipv4(address: IPAddress) -> tuple[ipaddress.IPv4Address, ...]:
         return address.teredo  # (server, client); the client part is de-obfuscated
     if address in NAT64_WELL_KNOWN:
         return (ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF),)
+    if address in NAT64_LOCAL_USE:
+        # The operator picks the prefix length (RFC 6052: /48 to /96 inside this /48), and
+        # with it where the IPv4 address sits: unknown, every reading counts.
+        lengths = (nat64_prefix_length,) if nat64_prefix_length else NAT64_LENGTHS
+        return tuple(dict.fromkeys(_rfc6052_ipv4(address, length) for length in lengths))
     return ()
+
+
+def _rfc6052_ipv4(address: ipaddress.IPv6Address, prefix_length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address a NAT64 address with a ``prefix_length`` prefix embeds (RFC 6052
+    section 2.2: bits 64-71 are zero and skipped)."""
+    bits = int(address)
+
+    def field(start: int, length: int) -> int:
+        return (bits >> (128 - start - length)) & ((1 << length) - 1)
+
+    before_u = max(0, 64 - prefix_length)  # IPv4 bits between the prefix and bit 64
+    high = field(prefix_length, before_u) if before_u else 0
+    if prefix_length == 96:
+        return ipaddress.IPv4Address(field(96, 32))
+    low_bits = 32 - before_u
+    return ipaddress.IPv4Address((high << low_bits) | field(72, low_bits))
 
 
 @dataclass(frozen=True)
@@ -106,7 +132,7 @@ class AddressPolicy:
         if mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d on the wire
             kind = self._forbidden_kind(mapped)
             return f"refused {kind} address {address}" if kind else None
-        embedded = embedded_ipv4(address)
+        embedded = embedded_ipv4(address, self._nat64_prefix_length(address))
         kinds = (self._forbidden_kind(each) for each in (address, *embedded))
         kind = next((each for each in kinds if each), None)
         if kind is None:
@@ -117,6 +143,19 @@ class AddressPolicy:
     def _forbidden_kind(self, address: IPAddress) -> str | None:
         kind = address_kind(address)
         return None if kind is None or self._allows(address) else kind
+
+    def _nat64_prefix_length(self, address: IPAddress) -> int | None:
+        """The prefix length of the local-use NAT64 network allowed for ``address`` (e.g.
+        64:ff9b:1:abcd::/96), which says where its IPv4 address sits; None when no allowed
+        network says it."""
+        lengths = [
+            network.prefixlen
+            for network in self.allowed
+            if address in network
+            and network.prefixlen in NAT64_LENGTHS
+            and network.subnet_of(NAT64_LOCAL_USE)
+        ]
+        return max(lengths, default=None)
 
     def _allows(self, address: IPAddress) -> bool:
         return any(address in network for network in self.allowed)

@@ -57,7 +57,10 @@ def nat64(ipv4: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
         ),
         ("64:ff9b::a00:1", "refused nat64 address 64:ff9b::a00:1 (embeds 10.0.0.1)"),
         ("64:ff9b::808:808", "refused nat64 address 64:ff9b::808:808 (embeds 8.8.8.8)"),
-        ("64:ff9b:1::a00:1", "refused nat64 address 64:ff9b:1::a00:1"),
+        (
+            "64:ff9b:1::a00:1",
+            "refused nat64 address 64:ff9b:1::a00:1 (embeds 0.0.0.0, 0.0.0.10, 10.0.0.1)",
+        ),
     ],
 )
 def test_address_policy_without_allowed_networks(address: str, reason: str | None) -> None:
@@ -86,6 +89,24 @@ def test_address_policy_without_allowed_networks(address: str, reason: str | Non
             TEREDO_PRIVATE_CLIENT,
             TRANSITION_PREFIXES,
             f"refused private address {TEREDO_PRIVATE_CLIENT} (embeds 65.54.227.120, 10.0.0.1)",
+        ),
+        # local-use NAT64 (RFC 8215): the allowed prefix's length says where the IPv4 sits
+        ("64:ff9b:1:abcd::808:808", ["64:ff9b:1:abcd::/96"], None),
+        (
+            "64:ff9b:1:abcd::a00:1",
+            ["64:ff9b:1:abcd::/96"],
+            "refused private address 64:ff9b:1:abcd::a00:1 (embeds 10.0.0.1)",
+        ),
+        ("64:ff9b:1:808:8::", ["64:ff9b:1::/48"], None),  # /48: bits 48-63 and 72-87
+        (
+            "64:ff9b:1:a00:1::",
+            ["64:ff9b:1::/48"],
+            "refused private address 64:ff9b:1:a00:1:: (embeds 10.0.1.0)",
+        ),
+        (  # a wider allowance says nothing of the length: every reading must pass
+            "64:ff9b:1::a00:1",
+            ["64:ff9b::/32"],
+            "refused unspecified address 64:ff9b:1::a00:1 (embeds 0.0.0.0, 0.0.0.10, 10.0.0.1)",
         ),
         ("fec0::1", ["fec0::/10"], None),
         ("127.0.0.1", ["127.0.0.0/8"], None),
