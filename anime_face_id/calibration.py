@@ -21,6 +21,10 @@ from anime_face_id.verification import eer_threshold
 # called unknown: every face gets its best match, and the metadata says why.
 UNCALIBRATED_THRESHOLD = -1.0
 
+# An equal error rate this high means the scores do not separate known from unknown faces
+# (identical embeddings give 0.5): the calibration's note then warns of it.
+CHANCE_ERROR_RATE = 0.5
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -42,7 +46,11 @@ def calibration_scores(
     holdout: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Genuine and impostor scores (see the module docstring). ``val_labels`` of -1 mark
-    validation images of characters the gallery lacks: impostors, like held-out ones."""
+    validation images of characters the gallery lacks: impostors, like held-out ones.
+    The embeddings must be finite (``build_gallery`` checks them): a NaN score would
+    silently move the threshold."""
+    if not all(np.isfinite(part).all() for part in (gallery, val, holdout)):
+        raise ValueError("calibration_scores needs finite embeddings (no NaN or inf)")
     genuine, impostor = [], []
     if len(val):
         scores = best_per_character(val, gallery, gallery_labels, classes)
@@ -57,23 +65,25 @@ def calibration_scores(
         impostor.append(best_per_character(holdout, gallery, gallery_labels, classes).max(axis=1))
     genuine_all = np.concatenate(genuine) if genuine else np.zeros(0, np.float32)
     impostor_all = np.concatenate(impostor) if impostor else np.zeros(0, np.float32)
+    # the only non-finite scores left are -inf: "no other character to confuse it with"
     return genuine_all[np.isfinite(genuine_all)], impostor_all[np.isfinite(impostor_all)]
 
 
 def calibrate(genuine: np.ndarray, impostor: np.ndarray, configured: float | None) -> Calibration:
     counts = {"genuine": len(genuine), "impostor": len(impostor)}
     rates: dict = {"false_accept": None, "false_reject": None}
-    threshold = None
+    threshold, note = None, ""
     if len(genuine) and len(impostor):
         threshold, far, frr = eer_threshold(genuine, impostor)
         rates = {"false_accept": far, "false_reject": frr}
+        note = _separation_warning(far, frr)
     if configured is not None:
         if len(genuine) and len(impostor):
             rates = {
                 "false_accept": float((impostor >= configured).mean()),
                 "false_reject": float((genuine < configured).mean()),
             }
-        return Calibration(float(configured), "configured", **counts, **rates)
+        return Calibration(float(configured), "configured", **counts, **rates, note=note)
     if threshold is None:
         return Calibration(
             UNCALIBRATED_THRESHOLD,
@@ -83,4 +93,16 @@ def calibrate(genuine: np.ndarray, impostor: np.ndarray, configured: float | Non
             note="no validation images of at least two gallery characters: every face "
             "gets its best match (set package.threshold to choose one)",
         )
-    return Calibration(threshold, "val_eer", **counts, **rates)
+    return Calibration(threshold, "val_eer", **counts, **rates, note=note)
+
+
+def _separation_warning(false_accept: float, false_reject: float) -> str:
+    """A warning when the equal error rate is no better than chance: the threshold is
+    still the EER point, but it cannot tell known faces from unknown ones."""
+    error_rate = (false_accept + false_reject) / 2
+    if error_rate < CHANCE_ERROR_RATE:
+        return ""
+    return (
+        f"the val faces do not separate known from unknown (EER {error_rate:.2f}): the "
+        "threshold means little; train longer or check the data"
+    )

@@ -73,6 +73,17 @@ def _read_payload(path: Path) -> dict:
     return payload
 
 
+def _require_finite_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+    """A diverged run saves NaN/inf weights; its embeddings would be NaN and fail much later
+    (a numpy SVD in evaluate, a gallery identify refuses), so refuse it here."""
+    for tensor in state_dict.values():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise StageError(
+                f"{path} has non-finite weights (NaN or inf): training diverged; "
+                "retrain with a lower train.lr"
+            )
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     """The model with its weights, ready for inference (no ImageNet weights needed)."""
     path = Path(path)
@@ -87,6 +98,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedChe
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:
         raise StageError(f"{path}: weights do not fit the network: {error}") from None
+    _require_finite_weights(payload["state_dict"], path)
     model.to(device).eval()
     return LoadedCheckpoint(
         model=model,

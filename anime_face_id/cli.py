@@ -148,6 +148,8 @@ def rebuild(args: argparse.Namespace) -> int:
         f"({summary['source']}), threshold {summary['threshold']:.3f} "
         f"({summary['calibration']['method']})"
     )
+    if summary["calibration"]["note"]:  # e.g. a threshold that cannot separate anything
+        print(f"threshold: {summary['calibration']['note']}", file=sys.stderr)
     if summary["not_trained_on"]:
         print(f"not seen in training: {', '.join(summary['not_trained_on'])}")
     return EXIT_OK

@@ -58,27 +58,24 @@ def save_embeddings(
 
 
 def stored_embeddings(
-    path: Path, embedder: str, root: Path, wanted: Iterable[str]
+    path: Path, embedder: str, root: Path, wanted: Iterable[str], dimension: int | None = None
 ) -> dict[str, np.ndarray]:
     """The stored vectors of ``wanted`` crops that are still valid for the network
     ``embedder`` (its fingerprint) and the crop files as they are now; {} when nothing can
-    be reused."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(str(data["meta"]))
-            paths, files = data["paths"].tolist(), data["files"].tolist()
-            matrix = data["embeddings"]
-    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+    be reused. ``dimension``: the network's embedding width, when the caller knows it (a
+    file of another width reuses nothing)."""
+    stored = _read_store(path, embedder)
+    if stored is None:
         return {}
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        return {}
-    if meta.get("embedder") != embedder:
+    paths, files, matrix = stored
+    if dimension is not None and matrix.shape[1] != dimension:
         return {}
     rows = {crop: row for row, crop in enumerate(paths)}
     reusable = {}
     for crop in wanted:
         row = rows.get(crop)
-        if row is None:
+        # a non-finite vector is damage, never what the network gave: embed that crop again
+        if row is None or not np.isfinite(matrix[row]).all():
             continue
         try:
             unchanged = file_sha256(Path(root) / crop) == files[row]
@@ -87,3 +84,33 @@ def stored_embeddings(
         if unchanged:
             reusable[crop] = matrix[row]
     return reusable
+
+
+def _read_store(path: Path, embedder: str) -> tuple[list, list, np.ndarray] | None:
+    """(paths, files, embeddings) of a store written by ``save_embeddings`` for the network
+    ``embedder``; None for a missing, damaged or foreign file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            paths, files, matrix = data["paths"], data["files"], data["embeddings"]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return None
+    if meta.get("embedder") != embedder:
+        return None
+    if not _consistent(paths, files, matrix):
+        return None
+    return paths.tolist(), files.tolist(), matrix
+
+
+def _consistent(paths: np.ndarray, files: np.ndarray, matrix: np.ndarray) -> bool:
+    """One path and one file hash (strings) per row of a 2-D float matrix: anything else
+    is a damaged file, whose rows cannot be matched with their crops."""
+    strings = all(array.ndim == 1 and array.dtype.kind == "U" for array in (paths, files))
+    return (
+        strings
+        and matrix.ndim == 2
+        and matrix.dtype.kind == "f"
+        and len(paths) == len(files) == len(matrix)
+    )

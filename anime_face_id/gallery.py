@@ -114,6 +114,12 @@ class Gallery:
 
 
 def save_gallery(gallery: Gallery, path: Path) -> None:
+    # load_gallery refuses non-finite embeddings: never write a file it would refuse
+    if not np.isfinite(gallery.embeddings).all():
+        raise GalleryError(
+            f"not writing {path}: its embeddings are not finite numbers (NaN or inf): "
+            "the embedder checkpoint is broken; retrain with a lower train.lr"
+        )
     meta = {
         **gallery.meta,
         "format_version": FORMAT_VERSION,
@@ -241,6 +247,7 @@ def build_gallery(
 ) -> Gallery:
     """The gallery of ``rows`` given each path's embedding (``vectors``; rows whose path
     has none, e.g. unreadable images, are left out), with its calibrated threshold."""
+    _require_finite(vectors)
     keep = [row for row in rows.gallery if row["path"] in vectors]
     class_names = sorted({row["character"] for row in keep})
     if not class_names:
@@ -284,6 +291,17 @@ def build_gallery(
     )
 
 
+def _require_finite(vectors: dict[str, np.ndarray]) -> None:
+    """A NaN or inf embedding would give NaN scores (calibration cannot use them) and a
+    gallery that load_gallery refuses: stop before calibrating or writing anything."""
+    broken = [path for path, vector in vectors.items() if not np.isfinite(vector).all()]
+    if broken:
+        raise GalleryError(
+            f"the embedder gave non-finite vectors (NaN or inf) for {len(broken)} image(s) "
+            f"(first: {broken[0]}): its weights are unusable; retrain with a lower train.lr"
+        )
+
+
 def rebuild_gallery(
     root: Path,
     params: Params,
@@ -316,7 +334,7 @@ def rebuild_gallery(
     loaded = load_checkpoint(checkpoint, torch_device)
     fingerprint = embedder_fingerprint(checkpoint)
     # what evaluate already embedded with this very network is not embedded again
-    vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, paths)
+    vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, paths, loaded.embedding_dim)
     reused = len(vectors)
     todo = [path for path in paths if path not in vectors]
     if todo:

@@ -85,7 +85,9 @@ def _package(root_path: Path, params) -> dict:
                 "false_reject": calibration["false_reject"],
             }
         ],
-        f"Identifier: model version {registration['version']}, {champion}",
+        f"Identifier: model version {registration['version']}, {champion}"
+        # a calibration that warns (e.g. the threshold separates nothing) says so here
+        + (f"; calibration: {calibration['note']}" if calibration["note"] else ""),
     )
     return {"run_id": run_id, **registration}
 

@@ -165,6 +165,36 @@ def test_calibration_is_configured_or_uncalibrated_when_it_cannot_be_measured():
     assert "package.threshold" in nothing.note
 
 
+def test_a_calibration_that_separates_nothing_keeps_its_threshold_but_warns():
+    """Identical embeddings: genuine and impostor scores are all 1.0, the EER point accepts
+    every unknown face (EER 0.5), which must not read as a normal calibration."""
+    rows_of = {
+        "gallery": [{"character": c, "path": f"{c}{i}"} for c in "AB" for i in range(3)],
+        "val": [{"character": c, "path": f"v{c}"} for c in "AB"],
+    }
+    same = np.array([0.6, 0.8, 0.0])
+    vectors = {row["path"]: same for rows in rows_of.values() for row in rows}
+    from anime_face_id.gallery import GalleryRows, describe
+
+    rows = GalleryRows(rows_of["gallery"], rows_of["gallery"], rows_of["val"], [])
+    gallery = build_gallery(rows, vectors, "f" * 64, None, {"source": "train"})
+    calibration = gallery.calibration
+    assert calibration.method == "val_eer" and calibration.false_accept == 1.0
+    assert gallery.threshold == pytest.approx(1.0, abs=1e-6)
+    assert "do not separate known from unknown (EER 0.50)" in calibration.note
+    assert describe(gallery)["calibration"]["note"] == calibration.note  # package.json
+    configured = calibrate(np.ones(3), np.ones(3), configured=0.5)
+    assert "do not separate" in configured.note
+    assert calibrate(np.array([0.9, 0.8]), np.array([0.1, 0.2]), None).note == ""
+
+
+def test_calibration_refuses_non_finite_embeddings_instead_of_dropping_their_scores():
+    gallery = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    val = np.array([[np.nan, 0.6], [0.6, 0.8]], np.float32)
+    with pytest.raises(ValueError, match="finite"):
+        calibration_scores(gallery, np.array([0, 1]), 2, val, np.array([0, 1]), val[:0])
+
+
 # --------------------------------------------------------------------- persistence
 
 
@@ -193,6 +223,24 @@ def test_gallery_round_trip_without_pickle(tmp_path):
     with np.load(tmp_path / "g.npz", allow_pickle=False) as data:  # no object arrays
         assert all(data[name].dtype != object for name in data.files)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_gallery_with_non_finite_embeddings_is_never_written(tmp_path, bad):
+    """load_gallery refuses such a file, so saving or building one stops with the cause."""
+    gallery = small_gallery()
+    gallery.embeddings[2, 1] = bad
+    with pytest.raises(GalleryError, match=r"not finite numbers \(NaN or inf\).*train\.lr"):
+        save_gallery(gallery, tmp_path / "g.npz")
+    assert list(tmp_path.iterdir()) == []
+
+    from anime_face_id.gallery import GalleryRows
+
+    rows = [{"character": c, "path": f"{c}{i}"} for c in "AB" for i in range(2)]
+    vectors = {row["path"]: np.array([1.0, 0.0]) for row in rows}
+    vectors["B1"] = np.array([bad, 0.0])
+    with pytest.raises(GalleryError, match=r"non-finite vectors .* 1 image\(s\) \(first: B1\)"):
+        build_gallery(GalleryRows(rows, rows, rows, []), vectors, "f" * 64)
 
 
 def test_missing_or_damaged_gallery_files_are_gallery_errors(tmp_path):
@@ -362,6 +410,56 @@ def test_the_gallery_reuses_stored_embeddings_while_network_and_crop_are_unchang
     (root / EMBEDDINGS).write_bytes(b"PK\x03\x04 not a zip")
     damaged, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
     assert damaged.meta["embeddings"] == {"reused": 0, "computed": computed}
+
+
+def write_store(path: Path, embedder: str, arrays: dict[str, np.ndarray]) -> None:
+    """An embeddings store as save_embeddings writes it, with the given (damaged) arrays."""
+    from anime_face_id.embedding_store import FORMAT
+
+    meta = json.dumps({"format": FORMAT, "embedder": embedder})
+    with path.open("wb") as file:
+        np.savez(file, meta=np.array(meta), **arrays)
+
+
+def test_a_damaged_store_of_this_network_is_embedded_again_not_reused(tmp_path):
+    """A store made by this very checkpoint but damaged (rows missing, another width, NaN
+    or inf vectors) gives the gallery a fresh embedding of what it cannot vouch for."""
+    from anime_face_id.checkpoint import load_checkpoint
+    from anime_face_id.embed import embed_paths
+    from anime_face_id.embedding_store import EMBEDDINGS
+    from anime_face_id.fileio import file_sha256
+
+    root = make_untrained_project(tmp_path / "project")
+    params = params_for(NAMES)
+    checkpoint = root / "models" / "embedder.pt"
+    fresh = load_gallery(root / GALLERY)
+    computed = fresh.meta["embeddings"]["computed"]
+    loaded = load_checkpoint(checkpoint, "cpu")
+    crops = sorted(p.relative_to(root).as_posix() for p in (root / "data/faces").rglob("*.png"))
+    matrix = embed_paths(loaded.model, [root / c for c in crops], loaded.image_size).numpy()
+    good = {
+        "embeddings": matrix,
+        "paths": np.array(crops, dtype=np.str_),
+        "files": np.array([file_sha256(root / c) for c in crops], dtype=np.str_),
+    }
+    broken = matrix.copy()
+    broken[crops.index(fresh.paths[0])] = np.nan
+    broken[crops.index(fresh.paths[1]), 3] = np.inf
+    damages = {
+        "embeddings shorter than paths": ({"embeddings": matrix[:-1]}, 0),
+        "files shorter than paths": ({"files": good["files"][:-1]}, 0),
+        "vectors of another width": ({"embeddings": matrix[:, :-1]}, 0),
+        "one vector per file, not a matrix": ({"embeddings": matrix[:, 0]}, 0),
+        "NaN and inf vectors": ({"embeddings": broken}, computed - 2),
+    }
+    for damage, (arrays, reusable) in damages.items():
+        write_store(root / EMBEDDINGS, embedder_fingerprint(checkpoint), {**good, **arrays})
+        gallery, _ = rebuild_gallery(root, params, checkpoint, root / GALLERY)
+        expected = {"reused": reusable, "computed": computed - reusable}
+        assert gallery.meta["embeddings"] == expected, damage
+        saved = load_gallery(root / GALLERY)  # finite, of the network's width
+        assert saved.paths == fresh.paths, damage
+        np.testing.assert_allclose(saved.embeddings, fresh.embeddings, atol=1e-5, err_msg=damage)
 
 
 def test_the_identifier_refuses_a_gallery_left_by_another_model(tmp_path):

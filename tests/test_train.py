@@ -472,6 +472,19 @@ def test_checkpoint_files_that_are_missing_or_foreign_are_stage_errors(tmp_path)
         load_checkpoint(tmp_path / "foreign.pt")
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_checkpoint_with_non_finite_weights_is_a_stage_error(tmp_path, bad):
+    """A diverged run's NaN/inf weights are refused on load, not found later by a numpy
+    SVD in evaluate after NaN embeddings were stored."""
+    config = tiny_config(pretrained=False, embedding_dim=8)
+    model = build_embedder(config)
+    with torch.no_grad():
+        model.head.weight[0, 0] = bad
+    save_checkpoint(tmp_path / "m.pt", model, config, ["A", "B"], 1, {})
+    with pytest.raises(StageError, match=r"m\.pt has non-finite weights.*lower train\.lr"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
 @pytest.mark.parametrize(("last_stride", "pooling"), [(2, "average"), (1, "average"), (2, "gem")])
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path, last_stride, pooling):
     config = tiny_config(
