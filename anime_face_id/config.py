@@ -267,15 +267,6 @@ class TrainConfig(Section):
     # gloo on CPUs, NCCL with one GPU each); each takes its own P x K batch per step
     processes: int = Field(1, ge=1, le=256)
 
-    @model_validator(mode="after")
-    def _warmup_within_the_run(self) -> TrainConfig:
-        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
-            raise ValueError(
-                f"train.warmup_epochs ({self.warmup_epochs:g}) must be less than train.epochs "
-                f"({self.epochs}): the whole run would train at the warm-up's low rate"
-            )
-        return self
-
     @field_validator("margin")
     @classmethod
     def _positive_margin(cls, value: str | float) -> str | float:
@@ -377,6 +368,18 @@ class Params(Section):
     @model_validator(mode="after")
     def _unique_names(self) -> Params:
         assign_slugs([c.name for c in self.characters])  # raises on a name listed twice
+        return self
+
+    # Here, not on TrainConfig: checkpoints store their TrainConfig, and one trained before
+    # this rule must still load.
+    @model_validator(mode="after")
+    def _warmup_within_the_run(self) -> Params:
+        train = self.train
+        if train.warmup_epochs and train.warmup_epochs >= train.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({train.warmup_epochs:g}) must be less than train.epochs "
+                f"({train.epochs}): the whole run would train at the warm-up's low rate"
+            )
         return self
 
     @property

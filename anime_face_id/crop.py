@@ -187,17 +187,31 @@ def crop_character(
             for sha in todo
         }
         for finished, future in enumerate(as_completed(futures), start=1):
-            entries[futures[future]] = future.result()
+            sha = futures[future]
+            entries[sha] = _keeping_earlier_names(future.result(), cached.get(sha))
             done += 1
             if progress:
                 progress(done, total)
             if finished % _CHECKPOINT_EVERY == 0:
-                save_index(directory, header, entries, invalid)
+                # the pictures not cropped yet keep their old entries, and so their crop
+                # names, should the run stop here
+                unfinished = {sha: cached[sha] for sha in todo if sha in cached}
+                save_index(directory, header, {**unfinished, **entries}, invalid)
     # Manifest order follows the raw manifest, not completion order.
     entries = {sha: entries[sha] for sha in keyed}
     save_index(directory, header, entries, invalid)
     remove_unreferenced(directory, entries)
     return _count(character, slug, entries, invalid, reused)
+
+
+def _keeping_earlier_names(entry: dict, earlier: object) -> dict:
+    """A picture that gave no crop this time (unreadable for now, a failing detector)
+    keeps its earlier crops' names in its entry, so that when it gives them again they
+    come back under the same names, with their review decisions."""
+    if entry["faces"] or not isinstance(earlier, dict):
+        return entry
+    kept = earlier.get("faces") or earlier.get("earlier_faces")
+    return {**entry, "earlier_faces": kept} if isinstance(kept, list) and kept else entry
 
 
 # ---------------------------------------------------------------- all characters

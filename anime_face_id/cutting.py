@@ -12,7 +12,7 @@ from PIL import Image
 
 from anime_face_id import layout
 from anime_face_id.config import CropConfig
-from anime_face_id.crop_index import new_entry, rejected_entry, write_if_changed
+from anime_face_id.crop_index import CROP_FILE, new_entry, rejected_entry, write_if_changed
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detector
 from anime_face_id.imaging import ImageRejected, decode, phash, read_picture
@@ -33,16 +33,21 @@ def crop_file_name(sha256: str, box: tuple[int, int, int, int]) -> str:
     return f"{sha256[:16]}_{x}_{y}_{w}_{h}.png"
 
 
-def previous_names(entry: dict | None) -> dict[tuple[int, int, int, int], str]:
+def previous_names(entry: object, sha256: str) -> dict[tuple[int, int, int, int], str]:
     """The crop names of a picture's previous index entry by box: a face detected in the
     same place again keeps its name, so margin or size changes, and crops named by an
-    older version (by their order), keep their review decisions."""
+    older version (by their order), keep their review decisions. The index is a file a
+    person may have edited: only crop names of this picture count."""
+    faces = (entry.get("faces") or entry.get("earlier_faces")) if isinstance(entry, dict) else None
     names = {}
-    for face in (entry or {}).get("faces", []):
+    for face in faces if isinstance(faces, list) else []:
         try:
-            names[(int(face["x"]), int(face["y"]), int(face["w"]), int(face["h"]))] = face["file"]
+            box = (int(face["x"]), int(face["y"]), int(face["w"]), int(face["h"]))
+            name = face["file"]
         except (KeyError, TypeError, ValueError):
             continue
+        if isinstance(name, str) and CROP_FILE.fullmatch(name) and name.startswith(sha256[:16]):
+            names[box] = name
     return names
 
 
@@ -118,7 +123,9 @@ def crop_image(
     if not detections:
         return rejected_entry(entry, layout.NO_FACE)
     try:
-        faces = _cut_faces(rgb, detections, sha256, directory, config, previous_names(previous))
+        faces = _cut_faces(
+            rgb, detections, sha256, directory, config, previous_names(previous, sha256)
+        )
     except ValueError as error:  # a detector returned a box outside the image
         return rejected_entry(entry, f"invalid face box: {error}", cacheable=False)
     return {**entry, "faces": faces}

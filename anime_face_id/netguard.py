@@ -79,11 +79,11 @@ def address_kind(address: IPAddress) -> str | None:
 
 
 def embedded_ipv4(
-    address: IPAddress, nat64_prefix_length: int | None = None
+    address: IPAddress, nat64_lengths: tuple[int, ...] = ()
 ) -> tuple[ipaddress.IPv4Address, ...]:
     """The IPv4 addresses a transition address leads to (IPv4-mapped excepted: that one is
-    simply the IPv4 address, see ``AddressPolicy.refusal``). ``nat64_prefix_length``: the
-    length of the local-use NAT64 prefix in use, when known."""
+    simply the IPv4 address, see ``AddressPolicy.refusal``). ``nat64_lengths``: the
+    local-use NAT64 prefix lengths it may be read at (default: every one)."""
     if isinstance(address, ipaddress.IPv4Address):
         return ()
     if address.sixtofour is not None:
@@ -95,7 +95,7 @@ def embedded_ipv4(
     if address in NAT64_LOCAL_USE:
         # The operator picks the prefix length (RFC 6052: /48 to /96 inside this /48), and
         # with it where the IPv4 address sits: unknown, every reading counts.
-        lengths = (nat64_prefix_length,) if nat64_prefix_length else NAT64_LENGTHS
+        lengths = nat64_lengths or NAT64_LENGTHS
         return tuple(dict.fromkeys(_rfc6052_ipv4(address, length) for length in lengths))
     return ()
 
@@ -132,7 +132,7 @@ class AddressPolicy:
         if mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d on the wire
             kind = self._forbidden_kind(mapped)
             return f"refused {kind} address {address}" if kind else None
-        embedded = embedded_ipv4(address, self._nat64_prefix_length(address))
+        embedded = embedded_ipv4(address, self._nat64_lengths(address))
         kinds = (self._forbidden_kind(each) for each in (address, *embedded))
         kind = next((each for each in kinds if each), None)
         if kind is None:
@@ -144,18 +144,17 @@ class AddressPolicy:
         kind = address_kind(address)
         return None if kind is None or self._allows(address) else kind
 
-    def _nat64_prefix_length(self, address: IPAddress) -> int | None:
-        """The prefix length of the local-use NAT64 network allowed for ``address`` (e.g.
-        64:ff9b:1:abcd::/96), which says where its IPv4 address sits; None when no allowed
-        network says it."""
-        lengths = [
+    def _nat64_lengths(self, address: IPAddress) -> tuple[int, ...]:
+        """The local-use NAT64 prefix lengths ``address`` may be read at: those no shorter
+        than the longest allowed network inside 64:ff9b:1::/48 that holds it (the gateway
+        may use a longer prefix inside an allowed one); every length when none does."""
+        allowed = [
             network.prefixlen
             for network in self.allowed
-            if address in network
-            and network.prefixlen in NAT64_LENGTHS
-            and network.subnet_of(NAT64_LOCAL_USE)
+            if network.version == 6 and address in network and network.subnet_of(NAT64_LOCAL_USE)
         ]
-        return max(lengths, default=None)
+        shortest = max(allowed, default=0)
+        return tuple(length for length in NAT64_LENGTHS if length >= shortest) or (96,)
 
     def _allows(self, address: IPAddress) -> bool:
         return any(address in network for network in self.allowed)

@@ -58,7 +58,9 @@ def assign_slugs(names: list[str]) -> dict[str, str]:
         if slug in named:
             raise ValueError(
                 f"characters {named[slug]!r} and {name!r} would share the folder name "
-                f"{slug!r}: they are one character, list it once (or name them apart)"
+                f"{slug!r}: they are one character, list it once (or name them apart; a "
+                f"project of an older version keeps their data under {slug}_<8 hex digits>: "
+                "rename those folders with the name you keep)"
             )
         named[slug] = name
         slugs[name] = slug

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from anime_face_id.cli import main
-from anime_face_id.config import ConfigError, load_params, parse_params
+from anime_face_id.config import ConfigError, TrainConfig, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = "characters:\n  - name: Alice\n  - name: Bob\n"
@@ -182,6 +182,8 @@ def test_a_warm_up_as_long_as_the_run_is_refused():
     with pytest.raises(ConfigError, match=r"train.warmup_epochs \(5\) must be less than"):
         parse_params({"characters": [{"name": "A"}], "train": {"epochs": 5, "warmup_epochs": 5}})
     assert parse_params({"characters": [{"name": "A"}], "train": {"epochs": 6, "warmup_epochs": 5}})
+    # a checkpoint trained before the rule stores such a TrainConfig, and must still load
+    assert TrainConfig(epochs=1, warmup_epochs=1).warmup_epochs == 1
 
 
 def test_check_shows_control_characters_in_names_as_escapes(tmp_path, capsys):

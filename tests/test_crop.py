@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import struct
@@ -23,6 +24,7 @@ from anime_face_id.crop import (
     write_crop_outputs,
 )
 from anime_face_id.crop_index import INDEX_NAME, CropStateError
+from anime_face_id.cutting import previous_names
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detection, LbpCascadeDetector, WholeImageDetector
@@ -505,6 +507,41 @@ def test_a_review_decision_stays_with_its_face_when_the_detector_changes(raw: Ra
     assert all(read_decisions(raw.root / layout.DECISIONS).crops.get(p) is None for p in paths)
     run(raw.root, NONE, WholeImageDetector())  # the first face again: the same name
     assert first in {row["path"] for row in manifest(raw.root)}
+
+
+def as_an_older_version_named_them(root: Path) -> dict[str, str]:
+    """Rename every crop <sha16>_<n>.png, as crop files were named before they carried
+    their box, in the files and the indexes; returns new name -> old name."""
+    renamed = {}
+    for index_path in (root / layout.FACES_DIR).glob(f"*/{INDEX_NAME}"):
+        index = json.loads(index_path.read_text())
+        for sha, entry in index["images"].items():
+            for number, face in enumerate(entry["faces"]):
+                old = f"{sha[:16]}_{number}.png"
+                (index_path.parent / face["file"]).rename(index_path.parent / old)
+                renamed[face["file"]] = old
+                face["file"] = old
+        index_path.write_text(json.dumps(index))
+    return renamed
+
+
+def test_crops_named_by_an_older_version_keep_their_names_through_failures(raw: RawData):
+    run(raw.root, NONE, WholeImageDetector())
+    renamed = as_an_older_version_named_them(raw.root)
+    run(raw.root, NONE, BrokenDetector())  # other settings, and every picture fails
+    run(raw.root, NONE, WholeImageDetector())
+    names = {Path(row["path"]).name for row in manifest(raw.root)}
+    assert names == set(renamed.values())  # the names their review decisions are under
+
+
+def test_previous_crop_names_come_only_from_well_formed_entries_of_the_picture():
+    sha = "ab" * 32
+    good = {"x": 1, "y": 2, "w": 3, "h": 4, "file": f"{sha[:16]}_0.png"}
+    assert previous_names({"faces": [good]}, sha) == {(1, 2, 3, 4): good["file"]}
+    for entry in (None, "text", {"faces": None}, {"faces": 5}, {"faces": ["x"]}):
+        assert previous_names(entry, sha) == {}
+    for name in ("../../evil.png", f"{'cd' * 8}_0.png", "notes.txt", 7):
+        assert previous_names({"faces": [{**good, "file": name}]}, sha) == {}
 
 
 # ------------------------------------------------------------- inconsistent state

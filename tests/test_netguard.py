@@ -97,11 +97,16 @@ def test_address_policy_without_allowed_networks(address: str, reason: str | Non
             ["64:ff9b:1:abcd::/96"],
             "refused private address 64:ff9b:1:abcd::a00:1 (embeds 10.0.0.1)",
         ),
-        ("64:ff9b:1:808:8::", ["64:ff9b:1::/48"], None),  # /48: bits 48-63 and 72-87
+        (  # the gateway may use a longer prefix inside an allowed /48: /96 reads 10.0.0.1
+            "64:ff9b:1:abcd::a00:1",
+            ["64:ff9b:1::/48"],
+            "refused private address 64:ff9b:1:abcd::a00:1 "
+            "(embeds 171.205.0.0, 205.0.0.0, 0.0.0.10, 10.0.0.1)",
+        ),
         (
             "64:ff9b:1:a00:1::",
             ["64:ff9b:1::/48"],
-            "refused private address 64:ff9b:1:a00:1:: (embeds 10.0.1.0)",
+            "refused private address 64:ff9b:1:a00:1:: (embeds 10.0.1.0, 0.1.0.0, 1.0.0.0, 0.0.0.0)",
         ),
         (  # a wider allowance says nothing of the length: every reading must pass
             "64:ff9b:1::a00:1",

@@ -63,6 +63,9 @@ def test_search_url_braces_other_than_query_are_kept_literally() -> None:
     assert google.library_arguments(KUROKO, braced, "/d")["url"] == (
         "http://x/?q=Kuroko%20Tetsuya%20Kuroko%20no%20Basket&tbs={isz:l}&f={}"
     )
+    # doubled braces, which str.format once required, still mean one brace
+    doubled = CollectConfig(limit=2, search_url="http://x/?q={query}&tbs={{isz:l}}")
+    assert google.library_arguments(KUROKO, doubled, "/d")["url"].endswith("&tbs={isz:l}")
 
 
 def test_driver_failure_becomes_search_error_not_an_exit(tmp_path: Path) -> None:

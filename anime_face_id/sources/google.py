@@ -37,8 +37,10 @@ def library_arguments(character: Character, config: CollectConfig, chromedriver:
         "chromedriver": chromedriver,
     }
     if config.search_url:
-        # not str.format: other braces in the address ("&tbs={isz:l}") are literal text
-        arguments["url"] = config.search_url.replace("{query}", quote(character.search_query))
+        # not str.format: other braces in the address ("&tbs={isz:l}") are literal text;
+        # "{{" and "}}", which str.format once required for them, still mean "{" and "}"
+        url = config.search_url.replace("{query}", quote(character.search_query))
+        arguments["url"] = url.replace("{{", "{").replace("}}", "}")
     else:
         # the library splits keywords on commas into separate searches
         arguments["keywords"] = " ".join(character.search_query.replace(",", " ").split())
