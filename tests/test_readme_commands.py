@@ -109,9 +109,10 @@ ELSEWHERE = {
         "tests/test_benchmark_detection.py::test_detection_benchmark_compares_both_detectors",
         "minutes on the whole of ../shared; the test runs the script on a few of its pictures",
     ),
-    ".venv/bin/python benchmarks/incremental.py": (
+    ".venv/bin/python benchmarks/incremental.py --whole": (
         "tests/test_benchmark_incremental.py::test_incremental_benchmark_measures_both_modes",
-        "two minutes; the test runs the script on 3 pictures per character",
+        "ten minutes; the test runs the script with --whole on 14 pictures per character and "
+        "one epoch",
     ),
     "make detector": (
         "tests/test_centernet.py::test_detector_command_trains_and_records_an_mlflow_run",
