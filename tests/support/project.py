@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,12 +88,21 @@ def make_project(where: Path, extra_env: dict[str, str] | None = None) -> Projec
     return project
 
 
-def prefect_post(api_url: str, path: str, body: dict) -> list[dict]:
-    request = urllib.request.Request(
-        f"{api_url}/{path}",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+def prefect_post(api_url: str, path: str, body: dict, attempts: int = 5) -> list[dict]:
+    """POST to the Prefect API. A 503 (the server's database busy, as under two test
+    workers' load) is answered again after a pause, as Prefect's own client does."""
+    for attempt in range(attempts):
+        request = urllib.request.Request(
+            f"{api_url}/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or attempt == attempts - 1:
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
