@@ -1,8 +1,9 @@
 """The crop stage: detect faces in every raw image and cut square, margin-widened crops.
 
 Per character, ``data/faces/<slug>/`` holds the crops (``<sha256[:16]>_<x>_<y>_<w>_<h>.png``,
-named by the detected box so that a review decision stays with its face) and the index of ``crop_index``, the cache of what each source image gave. A re-run reuses every
-entry made with the same settings, so adding one character to the raw data only crops that
+named by the detected box so that a review decision stays with its face) and the index of
+``crop_index``, the cache of what each source image gave. A re-run reuses every entry made
+with the same settings, so adding one character to the raw data only crops that
 character's images; entries and files no longer backed by the raw manifest are removed.
 ``write_crop_outputs`` assembles the global manifest and rejects from the indexes without
 detecting anything again. The detector comes from ``faces.detectors.load_detector``.

@@ -294,14 +294,13 @@ def accept_rest(root: Path, params: Params, name: str) -> int:
     """Accept every crop of ``name`` that is still pending, as one append; returns how many.
     Reads the log afresh, and again under the write's lock, so crops another tab decided
     meanwhile keep that decision."""
-    log = Path(root) / layout.DECISIONS
-    seen = read_decisions(log)
     state = load_state(root, params)
     pending = [crop.path for crop in state.crops_of(name) if crop.status == "pending"]
     rows = [
         {"path": path, "decision": "accept", "note": f"{NOTE}: accept the rest"} for path in pending
     ]
-    return append_decisions(log, rows, unchanged_since=seen)
+    # state.decisions is the log the pending crops were chosen from
+    return append_decisions(Path(root) / layout.DECISIONS, rows, unchanged_since=state.decisions)
 
 
 def check_box(image: RawImage, box: Box) -> None:
