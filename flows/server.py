@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("command", choices=("start", "url", "stop"))
     parser.add_argument("--port", type=int, default=None, help="default $PREFECT_PORT, else 4200")
-    parser.add_argument("--root", type=Path, default=Path("."))
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root (a folder)")
     args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        parser.error(
+            f"--root {args.root}: not a folder (the project root, where .prefect/ is kept)"
+        )
     if args.command == "stop":
         print(stop_server(args.root))
         return

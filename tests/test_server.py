@@ -45,6 +45,13 @@ def test_a_configured_server_wins_and_nothing_is_started(tmp_path: Path) -> None
     assert not (tmp_path / ".prefect").exists()
 
 
+def test_a_root_that_is_no_folder_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    process = server_command(tmp_path / "missing", unconfigured_env(tmp_path / "home"), "url")
+    assert process.returncode == 2
+    assert "not a folder" in process.stderr and "Traceback" not in process.stderr
+    assert not (tmp_path / "missing").exists()
+
+
 @pytest.mark.slow  # a real Prefect server and a stage process
 def test_the_project_server_is_started_once_kept_and_stopped(tmp_path: Path) -> None:
     root = tmp_path / "project"
