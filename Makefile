@@ -62,7 +62,7 @@ DETECTOR_DATA = --frames $(SHARED)/testdata/detection-train --crops $(SHARED)/te
 detector: setup ## retrain the face detector on $(SHARED)/testdata (writes the packaged weights)
 	$(PY) -m flows.detector $(DETECTOR_DATA) --out models/detector/centernet_first.pt
 	$(PY) -m flows.detector $(DETECTOR_DATA) --init models/detector/centernet_first.pt \
-	  --epochs 12 --lr 1e-3 --backbone-lr 2.5e-4 --close-up-probability 0.2
+	  --out anime_face_id/faces/weights/centernet_lite0.pt --epochs 12 --lr 1e-3 --backbone-lr 2.5e-4 --close-up-probability 0.2
 
 # Much of the suite waits on server starts and fresh processes importing torch; two
 # workers overlap those waits (a test file stays on one worker, its fixtures with it).

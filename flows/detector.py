@@ -4,9 +4,10 @@ served model use, tracked as an MLflow run named `detector-train`.
     .venv/bin/python -m flows.detector --frames ../shared/testdata/detection-train \\
         --crops ../shared/testdata/identities
 
-The weights are written (atomically, best validation epoch) to ``--out``, by default the
-file shipped in the package; ``crop.detector_weights`` in params.yaml can point the
-pipeline at another file instead. After every epoch the run's state is kept beside them
+The weights are written (atomically, best validation epoch) to ``--out``, by default
+``models/detector/centernet.pt``; ``crop.detector_weights`` in params.yaml points the
+pipeline at them. Replacing the file shipped in the package takes naming it as ``--out``
+(``make detector`` does), and never for a smoke run (``--max-steps``). After every epoch the run's state is kept beside them
 (``<out>.state``): run the same command again after an interruption and it continues from
 the last finished epoch (``--start-over`` ignores it).
 """
@@ -14,6 +15,8 @@ the last finished epoch (``--start-over`` ignores it).
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import math
 import sys
 from pathlib import Path
@@ -21,12 +24,15 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from pydantic import ValidationError
 
-from anime_face_id.faces.detector_data import IMAGE_SUFFIXES
+from anime_face_id.faces.detector_data import IMAGE_SUFFIXES, LeftOut
 from anime_face_id.faces.detector_train import DetectorEpoch, DetectorTrainConfig, train_detector
 from anime_face_id.faces.detectors import PACKAGED_WEIGHTS
 from flows._stage import fail_on_stage_error, finish, report_stops_once
 from tasks.reporting import StageProgress
 from tracking import runs
+
+DEFAULT_OUT = Path("models/detector/centernet.pt")
+SHOWN_LEFT_OUT = 20  # in the log; all of them go to the MLflow run
 
 
 def face_crops(folder: Path | None) -> list[Path]:
@@ -91,6 +97,25 @@ def train_weights(
         logger.info("%s", notice)
         mlflow.MlflowClient().set_tag(run_id, "resume", notice)
 
+    def on_left_out(left_out: list[LeftOut], orphan_labels: int) -> None:
+        for item in left_out[:SHOWN_LEFT_OUT]:
+            logger.warning("left out %s: %s", item.path, item.reason)
+        if len(left_out) > SHOWN_LEFT_OUT:
+            logger.warning(
+                "... and %d more (left_out.csv in the MLflow run)", len(left_out) - SHOWN_LEFT_OUT
+            )
+        if orphan_labels:
+            logger.warning("%d label files name no picture in images/: not used", orphan_labels)
+        mlflow.log_metrics(
+            {"pictures_left_out": len(left_out), "orphan_labels": orphan_labels}, run_id=run_id
+        )
+        if left_out:
+            table = io.StringIO()
+            csv.writer(table).writerows(
+                [("path", "reason"), *((i.path, i.reason) for i in left_out)]
+            )
+            mlflow.MlflowClient().log_text(run_id, table.getvalue(), "left_out.csv")
+
     return train_detector(
         config,
         frames,
@@ -101,6 +126,7 @@ def train_weights(
         on_label=on_label,
         resume=resume,
         on_notice=on_notice,
+        on_left_out=on_left_out,
     )
 
 
@@ -108,7 +134,7 @@ def train_weights(
 def detector_flow(
     frames: str,
     crops: str | None = None,
-    out: str = str(PACKAGED_WEIGHTS),
+    out: str = str(DEFAULT_OUT),
     config: dict | None = None,
     resume: bool = True,
 ):
@@ -162,7 +188,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="face crops <character>/*.jpg to paste onto frames (optional)",
     )
-    parser.add_argument("--out", type=Path, default=PACKAGED_WEIGHTS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"weights file to write (default {DEFAULT_OUT}; the shipped detector is "
+        f"{PACKAGED_WEIGHTS.relative_to(PACKAGED_WEIGHTS.parents[3])})",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
     parser.add_argument("--seed", type=int, default=None)
@@ -233,6 +265,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(2)
     if not (args.frames / "images").is_dir():
         print(f"error: {args.frames} has no images/ folder", file=sys.stderr)
+        raise SystemExit(2)
+    if args.max_steps is not None and args.out.resolve() == PACKAGED_WEIGHTS.resolve():
+        print(
+            "error: a smoke run (--max-steps) would replace the shipped detector; give "
+            "another --out",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     for name, path in (("--init", args.init), ("--pseudo-labels-from", args.pseudo_labels_from)):
         if path is not None and not path.is_file():

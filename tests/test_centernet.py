@@ -26,6 +26,7 @@ from anime_face_id.faces.centernet import (
 )
 from anime_face_id.faces.detector_data import (
     BOX_AREA_SHARE,
+    DetectorDataError,
     FaceCrop,
     clip_boxes,
     close_up_view,
@@ -33,6 +34,7 @@ from anime_face_id.faces.detector_data import (
     paste_faces,
     pseudo_label,
     random_view,
+    read_labelled_frames,
     read_yolo_folder,
     split_validation,
 )
@@ -47,6 +49,7 @@ from anime_face_id.faces.detector_train import (
     saved_state,
     train_detector,
 )
+from anime_face_id.faces.detectors import PACKAGED_WEIGHTS
 from anime_face_id.fileio import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -355,6 +358,61 @@ def test_labels_are_read_in_pixels_and_the_split_is_stable(tmp_path: Path) -> No
     assert not {i.path for i in train} & {i.path for i in val}
 
 
+def test_bad_pictures_and_labels_are_left_out_with_their_reason(tmp_path: Path) -> None:
+    folder = write_yolo_folder(tmp_path / "frames", 10)
+    labels, images = folder / "labels", folder / "images"
+    bad_labels = {
+        "001": ("0 0.5 0.5 0.2\n", "001.txt line 1: 4 fields, not 5"),
+        "002": ("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.2 0.2\n", "002.txt line 2: class '7'"),
+        "003": ("0 nan 0.5 0.2 0.2\n", "003.txt line 1: a coordinate is not finite"),
+        "004": ("0 -0.5 1.7 0.2 0.2\n", "004.txt line 1: centre (-0.5, 1.7) outside"),
+        "005": ("0 0.5 0.5 0 0.2\n", "005.txt line 1: size 0 x 0.2 not in (0, 1]"),
+        "006": ("0,0.5,0.5,0.2,0.2\n", "006.txt line 1: 1 fields, not 5"),
+    }
+    for stem, (text, _) in bad_labels.items():
+        (labels / f"{stem}.txt").write_text(text)
+    (labels / "007.txt").write_bytes(b"0 0.5 0.5 0.2 0.2 \xff\n")
+    whole = (images / "008.jpg").read_bytes()
+    (images / "008.jpg").write_bytes(whole[: len(whole) // 3])  # truncated
+    (images / "009.jpg").write_text("<html>not a picture</html>")
+    (labels / "orphan.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+
+    frames = read_labelled_frames(folder, workers=2)
+    reasons = {item.path.stem: item.reason for item in frames.left_out}
+    assert sorted(reasons) == ["001", "002", "003", "004", "005", "006", "007", "008", "009"]
+    for stem, (_, reason) in bad_labels.items():
+        assert reasons[stem].startswith(reason), reasons[stem]
+    assert reasons["007"] == "007.txt: not UTF-8 text"
+    assert "truncated" in reasons["008"].lower() and reasons["009"].startswith("not an")
+    assert [item.path.stem for item in frames.items] == ["000"] and frames.orphan_labels == 1
+
+
+def test_labels_follow_the_picture_as_exif_turns_it_upright(tmp_path: Path) -> None:
+    """A 300 x 100 JPEG stored sideways (orientation 6: shown turned 90 degrees clockwise)
+    is 100 wide and 300 high as training sees it; its normalised label is of that view."""
+    (tmp_path / "frames" / "images").mkdir(parents=True)
+    (tmp_path / "frames" / "labels").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (300, 100), "grey").save(tmp_path / "frames/images/a.jpg", exif=exif)
+    (tmp_path / "frames/labels/a.txt").write_text("0 0.5 0.75 0.8 0.2\n")
+    (item,) = read_yolo_folder(tmp_path / "frames")
+    assert item.boxes.tolist() == [pytest.approx([10, 195, 80, 60])]
+
+
+def test_frames_whose_labels_match_no_picture_are_refused(tmp_path: Path) -> None:
+    folder = write_yolo_folder(tmp_path / "frames", 3)
+    for label in (folder / "labels").iterdir():
+        label.rename(label.with_name("x" + label.name))
+    with pytest.raises(DetectorDataError, match=r"none of the 3 label files .* is named after"):
+        read_yolo_folder(folder)
+    for label in (folder / "labels").iterdir():
+        label.unlink()
+    (folder / "labels").rmdir()
+    with pytest.raises(DetectorDataError, match="has no labels/ folder"):
+        read_yolo_folder(folder)
+
+
 def test_a_short_training_run_writes_weights_that_load_strictly(tmp_path: Path) -> None:
     frames = write_yolo_folder(tmp_path / "frames", 24)
     out = tmp_path / "detector.pt"
@@ -587,6 +645,64 @@ def test_a_run_refuses_frames_that_leave_nothing_to_train_on(tmp_path: Path) -> 
         train_detector(all_held_out, frames, tmp_path / "out.pt")
 
 
+def test_a_run_needs_a_labelled_face_to_judge_epochs_by(tmp_path: Path) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 12)
+    config = DetectorTrainConfig(val_fraction=0.25, max_steps=1)
+    held_out = split_validation(read_yolo_folder(frames), 0.25)[1]
+    for item in held_out:
+        (frames / "labels" / f"{item.path.stem}.txt").unlink()
+    with pytest.raises(StageError, match=r"no labelled face among the .* held out"):
+        train_detector(config, frames, tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_run_refuses_to_overwrite_the_weights_it_starts_from(tmp_path: Path) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 8)
+    start = tmp_path / "start.pt"
+    save_weights(FaceCenterNet(), start, {})
+    before = start.read_bytes()
+    for option in ("init_weights", "pseudo_labels_from"):
+        config = DetectorTrainConfig(max_steps=1, **{option: str(start)})
+        with pytest.raises(StageError, match="and --out are the same file"):
+            train_detector(config, frames, tmp_path / "." / "start.pt")
+    assert start.read_bytes() == before
+
+
+def test_the_data_fingerprint_is_of_contents_not_of_how_the_path_was_typed(
+    tmp_path: Path, monkeypatch
+) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 4)
+    config = DetectorTrainConfig()
+    absolute = data_fingerprint(read_yolo_folder(frames), [], config)
+    monkeypatch.chdir(tmp_path)
+    assert data_fingerprint(read_yolo_folder(Path("frames")), [], config) == absolute
+    picture = frames / "images" / "000.jpg"
+    Image.fromarray(np.full((96, 128, 3), 30, np.uint8)).save(picture)  # same name and labels
+    assert data_fingerprint(read_yolo_folder(frames), [], config) != absolute
+
+
+def test_a_run_stopped_between_its_weights_and_its_state_is_continued(tmp_path: Path) -> None:
+    """The best weights are written before the state: a stop in between leaves the weights
+    of the epoch after the state's last. They are this run's, so it goes on (that epoch is
+    trained again, to the same weights) instead of starting over."""
+    frames = write_yolo_folder(tmp_path / "frames", 16)
+    config = DetectorTrainConfig(**RESUMABLE)
+    out = tmp_path / "detector.pt"
+    with pytest.raises(Interrupted):
+        train_detector(config, frames, out, on_epoch=interrupted_at(2), pretrained=False)
+    state = resume_state_path(out)
+    fingerprint = data_fingerprint(read_yolo_folder(frames), [], config)
+
+    def why(metadata: dict) -> str:
+        save_weights(FaceCenterNet(), out, metadata)
+        return saved_state(state, config, fingerprint, out)[1]
+
+    assert why({"run_data": fingerprint, "epoch": 2}).startswith("continuing")
+    assert "no longer holds" in why({"run_data": fingerprint, "epoch": 3})
+    assert "no longer holds" in why({"run_data": "another run", "epoch": 2})
+    assert "no longer holds" in why({})
+
+
 def test_a_wider_detector_round_trips_and_continues_only_as_itself(tmp_path: Path) -> None:
     wide = FaceCenterNet(neck_channels=32, head_convs=2)
     path = tmp_path / "wide.pt"
@@ -679,6 +795,10 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
     assert run.data.tags["resume"] == "no interrupted run to continue"
     assert "no interrupted run to continue" in process.stdout + process.stderr
     assert torch.load(out.parent / "detector.pt.state", weights_only=True)["finished"]
+    assert (
+        metadata["run_data"]
+        == torch.load(out.parent / "detector.pt.state", weights_only=True)["data"]
+    )
     assert {"val_recall", "val_precision", "loss", "giou_loss", "best_val_recall"} <= set(
         run.data.metrics
     )
@@ -693,6 +813,18 @@ def test_detector_command_refuses_a_folder_without_pictures(tmp_path: Path, caps
         main(["--frames", str(tmp_path)])
     assert stop.value.code == 2
     assert "has no images/ folder" in capsys.readouterr().err
+
+
+def test_a_smoke_run_never_replaces_the_shipped_detector(tmp_path: Path, capsys) -> None:
+    from flows.detector import DEFAULT_OUT, main, parse_args
+
+    frames = write_yolo_folder(tmp_path / "frames", 2)
+    before = file_sha256(PACKAGED_WEIGHTS)
+    with pytest.raises(SystemExit) as stop:
+        main(["--frames", str(frames), "--max-steps", "1", "--out", str(PACKAGED_WEIGHTS)])
+    assert stop.value.code == 2 and "would replace the shipped detector" in capsys.readouterr().err
+    assert file_sha256(PACKAGED_WEIGHTS) == before
+    assert parse_args(["--frames", str(frames)]).out == DEFAULT_OUT != PACKAGED_WEIGHTS
 
 
 def test_detector_command_names_the_options_it_refuses(tmp_path: Path, capsys) -> None:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import from_yolo
 from anime_face_id.faces.centernet import STRIDE
-from anime_face_id.imaging import load_rgb_array
+from anime_face_id.imaging import ImageRejected, load_rgb_array
 from anime_face_id.transforms import FILL_VALUE, AugmentSettings, normalise, random_colour
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -38,6 +41,10 @@ BOX_AREA_SHARE = 0.54
 COLOUR = AugmentSettings(
     brightness=0.3, contrast=0.3, saturation=0.4, max_hue_shift_deg=20.0, greyscale_probability=0.1
 )
+
+
+class DetectorDataError(StageError):
+    """The training frames cannot teach a detector as they are."""
 
 
 @dataclass(frozen=True)
@@ -79,31 +86,107 @@ def pseudo_label(path: Path, detect, min_score: float) -> FaceCrop | None:
     return FaceCrop(path, (x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height))
 
 
-def read_yolo_folder(folder: Path) -> list[LabelledImage]:
+@dataclass(frozen=True)
+class LeftOut:
+    """A picture a training run does without, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class LabelledFrames:
+    items: list[LabelledImage]
+    left_out: list[LeftOut]  # unreadable pictures, label files that are not YOLO face labels
+    orphan_labels: int  # label files with no picture of their name
+
+
+def read_labelled_frames(folder: Path, workers: int | None = None) -> LabelledFrames:
     """``folder/images/*`` with ``folder/labels/<stem>.txt`` (``0 cx cy w h`` normalised).
 
-    A picture without a label file has no faces (a valid negative).
+    A picture without a label file has no faces (a valid negative). Every picture is
+    decoded once here, as training will see it (EXIF orientation applied), so that a
+    truncated file is left out now, with its reason, instead of stopping a run hours in;
+    so is a picture whose label file is not one face per line (class 0, finite
+    coordinates, centre inside the picture, size in (0, 1]). A folder whose labels match
+    none of its pictures is a StageError: every face would be taught as background.
     """
-    images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images_dir, labels_dir = folder / "images", folder / "labels"
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise FileNotFoundError(f"no pictures in {folder / 'images'}")
-    items = []
-    for image in images:
-        height, width = _image_size(image)
-        label = folder / "labels" / f"{image.stem}.txt"
-        rows = label.read_text().split("\n") if label.is_file() else []
-        boxes = [
-            from_yolo(*map(float, row.split()[1:5]), width, height) for row in rows if row.strip()
-        ]
-        items.append(LabelledImage(image, np.asarray(boxes, dtype=np.float32).reshape(-1, 4)))
-    return items
+        raise DetectorDataError(f"no pictures in {images_dir} ({', '.join(IMAGE_SUFFIXES)})")
+    if not labels_dir.is_dir():
+        raise DetectorDataError(
+            f"{folder} has no labels/ folder (YOLO labels <picture name>.txt): without "
+            "them every face would be taught as background"
+        )
+    labels = {p.stem: p for p in labels_dir.glob("*.txt")}
+    if not labels.keys() & {image.stem for image in images}:
+        raise DetectorDataError(
+            f"none of the {len(labels)} label files in {labels_dir} is named after a picture "
+            f"in {images_dir} (<picture name>.txt): every face would be taught as background"
+        )
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        read = list(pool.map(lambda image: _labelled(image, labels.get(image.stem)), images))
+    return LabelledFrames(
+        items=[item for item in read if isinstance(item, LabelledImage)],
+        left_out=[item for item in read if isinstance(item, LeftOut)],
+        orphan_labels=len(labels.keys() - {image.stem for image in images}),
+    )
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+def read_yolo_folder(folder: Path) -> list[LabelledImage]:
+    """The usable labelled pictures of ``read_labelled_frames``."""
+    return read_labelled_frames(folder).items
 
-    with Image.open(path) as image:
-        return image.height, image.width
+
+def _labelled(image: Path, label: Path | None) -> LabelledImage | LeftOut:
+    try:
+        height, width = load_rgb_array(image).shape[:2]
+    except ImageRejected as error:
+        return LeftOut(image, error.reason)
+    try:
+        boxes = [] if label is None else _face_boxes(label, width, height)
+    except ValueError as error:
+        return LeftOut(image, str(error))
+    return LabelledImage(image, np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+
+
+def _face_boxes(label: Path, width: int, height: int) -> list[tuple[float, ...]]:
+    """The boxes of a YOLO label file, in pixels; a ValueError names the first bad line."""
+    try:
+        text = label.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ValueError(f"{label.name}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{label.name}: not UTF-8 text") from None
+    boxes = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                boxes.append(from_yolo(*_yolo_face(line), width, height))
+            except ValueError as error:
+                raise ValueError(f"{label.name} line {number}: {error}") from None
+    return boxes
+
+
+def _yolo_face(line: str) -> tuple[float, float, float, float]:
+    fields = line.split()
+    if len(fields) != 5:
+        raise ValueError(f"{len(fields)} fields, not 5 (class cx cy w h)")
+    if fields[0] != "0":
+        raise ValueError(f"class {fields[0][:20]!r}: only class 0 (a face) is known")
+    try:
+        cx, cy, w, h = (float(field) for field in fields[1:])
+    except ValueError:
+        raise ValueError("a coordinate is not a number") from None
+    if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+        raise ValueError("a coordinate is not finite")
+    if not (0 <= cx <= 1 and 0 <= cy <= 1):
+        raise ValueError(f"centre ({cx:g}, {cy:g}) outside the picture (0 to 1)")
+    if not (0 < w <= 1 and 0 < h <= 1):
+        raise ValueError(f"size {w:g} x {h:g} not in (0, 1]")
+    return cx, cy, w, h
 
 
 def split_validation(

@@ -41,9 +41,10 @@ from anime_face_id.faces.centernet import (
 from anime_face_id.faces.detector_data import (
     FaceCrop,
     LabelledImage,
+    LeftOut,
     centred_face,
     pseudo_label,
-    read_yolo_folder,
+    read_labelled_frames,
     split_validation,
     training_sample,
 )
@@ -280,14 +281,16 @@ def resume_state_path(out: Path) -> Path:
 def data_fingerprint(
     items: list[LabelledImage], crops: list[Path], config: DetectorTrainConfig
 ) -> str:
-    """What a run learns from besides its recipe: the frames' names and labels, the crops'
-    names and the contents of the weights files it starts from or labels with."""
+    """What a run learns from besides its recipe: the frames (name, bytes and labels), the
+    crops (character folder, name and bytes) and the contents of the weights files it
+    starts from or labels with. Paths as typed do not count: the same folder given as a
+    relative path, or moved, is the same data."""
     digest = hashlib.sha256()
     for item in items:
-        digest.update(str(item.path).encode() + b"\0")
+        digest.update(f"{item.path.name}\0{file_sha256(item.path)}\0".encode())
         digest.update(np.ascontiguousarray(item.boxes, dtype=np.float32).tobytes())
     for path in crops:
-        digest.update(str(path).encode() + b"\0")
+        digest.update(f"{path.parent.name}/{path.name}\0{file_sha256(path)}\0".encode())
     for weights in (config.init_weights, config.pseudo_labels_from):
         digest.update((file_sha256(Path(weights)) if weights else "-").encode())
     return digest.hexdigest()
@@ -361,9 +364,7 @@ def saved_state(
         return None, (
             "the interrupted run had other frames, labels, crops or starting weights: starting over"
         )
-    if payload["best_sha256"] is not None and (
-        not out.is_file() or file_sha256(out) != payload["best_sha256"]
-    ):
+    if not _holds_the_runs_weights(out, payload, fingerprint):
         return None, f"{out} no longer holds the interrupted run's best weights: starting over"
     if payload["finished"]:
         return payload, (
@@ -371,6 +372,26 @@ def saved_state(
             "(--start-over trains it again)"
         )
     return payload, f"continuing the interrupted run after epoch {len(payload['reports'])}"
+
+
+def _holds_the_runs_weights(out: Path, payload: dict, fingerprint: str) -> bool:
+    """Whether ``out`` holds the interrupted run's best weights: those its state names, or
+    those of the epoch after its last one, when the run stopped between writing that
+    epoch's weights and its state (the epoch is trained again, to the same weights)."""
+    if payload["best_sha256"] is None:
+        return True
+    if not out.is_file():
+        return False
+    if file_sha256(out) == payload["best_sha256"]:
+        return True
+    try:
+        metadata = load_weights(out)[1]
+    except (*STATE_READ_ERRORS, KeyError):
+        return False
+    return (
+        metadata.get("run_data") == fingerprint
+        and metadata.get("epoch") == len(payload["reports"]) + 1
+    )
 
 
 def restore(payload: dict, config: DetectorTrainConfig, device: torch.device) -> RunState:
@@ -524,21 +545,31 @@ def train_detector(
     on_label: Callable[[int, int], None] | None = None,
     resume: bool = True,
     on_notice: Callable[[str], None] | None = None,
+    on_left_out: Callable[[list[LeftOut], int], None] | None = None,
 ) -> list[DetectorEpoch]:
     """Train, keep the best epoch's weights at ``out``, return every epoch's report.
 
     With ``resume``, a run interrupted with the same recipe and data goes on after its last
     finished epoch, and one that finished is not trained again (earlier epochs are reported
-    to ``on_epoch`` again first); ``on_notice`` hears which, or why the run starts over."""
+    to ``on_epoch`` again first); ``on_notice`` hears which, or why the run starts over.
+    ``on_left_out`` hears of the pictures left out (with why) and of label files with no
+    picture, before training."""
     out = Path(out)
     crops = list(crops or [])
-    try:
-        items = read_yolo_folder(frames)
-    except FileNotFoundError as error:
-        raise StageError(str(error)) from None
+    _check_out(out, config)
+    labelled = read_labelled_frames(frames)
+    if on_left_out is not None and (labelled.left_out or labelled.orphan_labels):
+        on_left_out(labelled.left_out, labelled.orphan_labels)
+    items = labelled.items
     train_items, val_items = split_validation(items, config.val_fraction)
     if not train_items:
         raise StageError(f"{frames}: no training pictures left after the validation split")
+    if not any(len(item.boxes) for item in val_items):
+        raise StageError(
+            f"{frames}: no labelled face among the {len(val_items)} pictures held out for "
+            f"validation (val_fraction {config.val_fraction:g} of {len(items)}), so no epoch "
+            "could be judged: give more labelled frames"
+        )
     fingerprint = data_fingerprint(items, crops, config)
     state_path = resume_state_path(out)
     device = resolve_device(config.device)
@@ -600,11 +631,26 @@ def train_detector(
                     "pasted_crops": len(run.faces),
                     # The run this one continued, so the whole recipe stays in the file.
                     "continued_from": run.init_metadata or None,
+                    # lets a resumed run recognise these weights (see saved_state)
+                    "run_data": fingerprint,
                 },
             )
         run.save(state_path, config, fingerprint)
     run.save(state_path, config, fingerprint, finished=True)
     return run.reports
+
+
+def _check_out(out: Path, config: DetectorTrainConfig) -> None:
+    """The weights file must not be one the run reads: epoch 1 would overwrite it."""
+    for option, source in (
+        ("--init", config.init_weights),
+        ("--pseudo-labels-from", config.pseudo_labels_from),
+    ):
+        if source is not None and Path(source).resolve() == out.resolve():
+            raise StageError(
+                f"{option} and --out are the same file ({out}): the run would overwrite the "
+                "weights it starts from; write to another --out"
+            )
 
 
 def replayed(
