@@ -7,6 +7,7 @@ It is written to a temporary file and renamed, so a crash never leaves half a mo
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class LoadedCheckpoint:
     embedding_dim: int
     best_epoch: int
     val_metrics: dict
+    sha256: str  # of the file the weights were read from: its embedder_fingerprint
 
 
 def save_checkpoint(
@@ -59,18 +61,26 @@ def save_checkpoint(
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _read_payload(path: Path) -> dict:
+def _read_payload(path: Path) -> tuple[dict, str]:
+    """The checkpoint's contents and the sha256 of the very bytes they came from: read
+    once, so that a file replaced meanwhile (training again) cannot pair these weights
+    with the other file's fingerprint."""
     if not path.is_file():
         raise StageError(f"{path} not found: run the train stage first")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
+    except OSError as error:
+        raise StageError(f"{path} cannot be read: {error.strerror or error}") from None
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise StageError(f"{path} is not a readable checkpoint: {error}") from None
+        reason = f"{type(error).__name__}: {error}" if str(error).strip() else type(error).__name__
+        raise StageError(f"{path} is not a readable checkpoint ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
         raise StageError(
             f"{path} is not an anime-face-id checkpoint (format {FORMAT_VERSION}): retrain"
         )
-    return payload
+    return payload, hashlib.sha256(data).hexdigest()
 
 
 def _require_finite_weights(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -87,7 +97,7 @@ def _require_finite_weights(state_dict: Mapping[str, torch.Tensor], path: Path) 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedCheckpoint:
     """The model with its weights, ready for inference (no ImageNet weights needed)."""
     path = Path(path)
-    payload = _read_payload(path)
+    payload, sha256 = _read_payload(path)
     try:
         config = TrainConfig.model_validate(payload["config"])
     except (KeyError, ValidationError) as error:
@@ -108,4 +118,5 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedChe
         embedding_dim=int(payload["embedding_dim"]),
         best_epoch=int(payload["best_epoch"]),
         val_metrics=dict(payload["val_metrics"]),
+        sha256=sha256,
     )

@@ -56,10 +56,19 @@ def shown(text: str) -> str:
     return "".join(_escaped(char) for char in text)
 
 
+def readable_name(argument: str) -> str:
+    """A picture's name as given, printable and JSON-safe: bytes of a name that is not
+    UTF-8 (which Python keeps as lone surrogates, unprintable on a UTF-8 terminal) become
+    ``\\xNN`` text."""
+    return argument.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _escaped(char: str) -> str:
-    if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp"):
+    if unicodedata.category(char) not in ("Cc", "Cf", "Zl", "Zp", "Cs"):
         return char
     code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte of a file name that is not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
@@ -100,7 +109,8 @@ def identify_pictures(args: argparse.Namespace) -> int:
     step = identify.PICTURES_PER_PASS
     for start in range(0, len(args.pictures), step):
         chunk = args.pictures[start : start + step]
-        answered = identifier.identify_files([Path(p) for p in chunk], chunk, **options)
+        names = [readable_name(p) for p in chunk]
+        answered = identifier.identify_files([Path(p) for p in chunk], names, **options)
         results += answered
         if not args.json:
             for result in answered:
@@ -141,8 +151,8 @@ def rebuild(args: argparse.Namespace) -> int:
             root, params, checkpoint, destination, args.source, args.device, embedder
         )
     summary = describe(gallery)
-    for path, reason in skipped.items():
-        print(f"left out {path}: {reason}", file=sys.stderr)
+    if skipped:  # each with its reason in the log lines above
+        print(f"{len(skipped)} images left out (unreadable; see above)", file=sys.stderr)
     print(
         f"{destination}: {summary['items']} images of {summary['characters']} characters "
         f"({summary['source']}), threshold {summary['threshold']:.3f} "

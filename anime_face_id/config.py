@@ -6,7 +6,9 @@ params.yaml fails before any work starts instead of being silently ignored.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -275,6 +277,18 @@ class TrainConfig(Section):
         return value
 
 
+class TrainParams(TrainConfig):
+    """``train:`` in params.yaml. Its defaults are the recipe the repository's params.yaml
+    ships (the README's recipe table), so a params.yaml that leaves them out trains that
+    recipe too; TrainConfig's own defaults stay those older checkpoints were saved under,
+    so that they load as they were trained."""
+
+    neck: Literal["none", "batchnorm"] = "batchnorm"
+    id_loss_weight: float = Field(1.0, ge=0.0)
+    flip_test: bool = True
+    epochs: int = Field(45, ge=1)
+
+
 class EvaluateConfig(Section):
     k: list[int] = Field(default_factory=lambda: [1, 5, 10])
     # also score the untrained network (pooled ImageNet features) on val: what training bought
@@ -359,7 +373,7 @@ class Params(Section):
     review: ReviewConfig = ReviewConfig()
     split: SplitConfig = SplitConfig()
     balance: BalanceConfig = BalanceConfig()
-    train: TrainConfig = TrainConfig()
+    train: TrainParams = TrainParams()
     evaluate: EvaluateConfig = EvaluateConfig()
     package: PackageConfig = PackageConfig()
     identify: IdentifyConfig = IdentifyConfig()
@@ -391,12 +405,29 @@ class ConfigError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message says where."""
 
 
+def _known_keys_hint(loc: tuple) -> str:
+    """The closest known key of the section the unknown one is in, if any is close."""
+    model: object = Params
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list: its element type
+            args = typing.get_args(model)
+            model = args[0] if args else None
+            continue
+        fields = getattr(model, "model_fields", {})
+        model = fields[part].annotation if part in fields else None
+    known = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    where = ".".join(str(part) for part in (*loc[:-1], close[0])) if close else ""
+    suggestion = f"did you mean '{where}'? " if close else ""
+    return f"{suggestion}every key is described in the comments of the repository's params.yaml"
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{where}' (check the spelling; see params.yaml docs)")
+            lines.append(f"unknown key '{where}' ({_known_keys_hint(item['loc'])})")
         else:
             lines.append(f"{where}: {item['msg']}")
     return "; ".join(lines)

@@ -48,6 +48,8 @@ Progress = Callable[[int, int], None]
 # Part of every settings fingerprint: bump it when a code change alters the crops, so
 # that cached results made by the old code are not reused.
 CROP_ALGORITHM_VERSION = 1
+# Reasons of cutting.crop_image for a detector that broke rather than found nothing.
+DETECTOR_FAILURES = ("detector failed", "invalid face box")
 # How often (in newly processed images) the index is saved while a character is being
 # cropped, so an interrupted run resumes instead of starting that character over.
 _CHECKPOINT_EVERY = 64
@@ -62,6 +64,8 @@ class CharacterCropResult:
     faces: int
     rejected: int  # images recorded in rejects.csv, "no face detected" included
     reused: int  # images whose cached result was reused
+    # of the rejected: the detector raised or gave an impossible box (tried again next run)
+    detector_failed: int = 0
 
 
 # ---------------------------------------------------------------- inputs
@@ -118,6 +122,11 @@ def _count(
         faces=sum(len(entry["faces"]) for entry in entries.values()),
         rejected=len(entries) - with_face + len(invalid),
         reused=reused,
+        detector_failed=sum(
+            1
+            for entry in entries.values()
+            if str(entry.get("reason", "")).startswith(DETECTOR_FAILURES)
+        ),
     )
 
 
@@ -299,8 +308,11 @@ def summary(results: list[CharacterCropResult]) -> str:
     with_face = sum(r.with_face for r in results)
     faces = sum(r.faces for r in results)
     reused = sum(r.reused for r in results)
+    failed = sum(r.detector_failed for r in results)
     share = f"{with_face / images:.0%}" if images else "n/a"
+    failures = f" ({failed} of them the detector failed on: see rejects.csv)" if failed else ""
     return (
         f"{len(results)} characters, {images} images: {with_face} ({share}) with at least "
-        f"one face, {faces} crops, {images - with_face} rejected, {reused} reused from cache"
+        f"one face, {faces} crops, {images - with_face} rejected{failures}, {reused} reused "
+        "from cache"
     )

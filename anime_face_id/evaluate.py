@@ -30,7 +30,7 @@ from anime_face_id.checkpoint import LoadedCheckpoint, load_checkpoint
 from anime_face_id.config import EvaluateConfig
 from anime_face_id.device import resolve_device
 from anime_face_id.embed import ImageNetFeatures
-from anime_face_id.embedding_store import EMBEDDINGS, embedder_fingerprint, save_embeddings
+from anime_face_id.embedding_store import EMBEDDINGS, save_embeddings
 from anime_face_id.errors import StageError
 from anime_face_id.evaluation_data import (
     EmbeddedSplit,
@@ -213,7 +213,7 @@ def evaluate(
         for split in (gallery, val, test, holdout)
         for path, vector in zip(split.paths, split.embeddings, strict=True)
     }
-    save_embeddings(root / EMBEDDINGS, embedder_fingerprint(root / checkpoint), root, vectors)
+    save_embeddings(root / EMBEDDINGS, loaded.sha256, root, vectors)
     report: dict = {
         "checkpoint": _checkpoint_summary(Path(checkpoint), loaded),
         "val": split_report(val, gallery, config.k),

@@ -88,12 +88,32 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # reading it means setting it: done once, before any thread
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()
+
+
+def _mode_for(path: Path) -> int:
+    """The mode ``open(path, "w")`` would give: an existing file's, else 0666 less the
+    umask. mkstemp's temporaries are 0600, which would hide every output from the other
+    users of a shared project (and from a service account serving the model)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_UMASK
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _mode_for(path))
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

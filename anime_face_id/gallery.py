@@ -32,7 +32,6 @@ from anime_face_id.config import IdentifyConfig, Params
 from anime_face_id.embedding_store import (
     EMBEDDINGS,
     PathEmbedder,
-    embedder_fingerprint,
     stored_embeddings,
 )
 from anime_face_id.errors import StageError
@@ -111,6 +110,19 @@ class Gallery:
                 "embeddings cannot be compared with this model's. Rebuild it: "
                 "`.venv/bin/anime-face-id gallery rebuild` (or `.venv/bin/dvc repro package`)."
             )
+
+    def check_crop(self, margin: float, size: int, where: str = "the gallery") -> None:
+        """Faces must be cut as the gallery's were: another crop.margin or crop.size
+        frames them differently, and every score drops without a word."""
+        built = self.meta.get("crop")
+        if not isinstance(built, dict) or built == {"margin": margin, "size": size}:
+            return  # galleries from before the crop was recorded are not judged
+        raise StaleGallery(
+            f"{where} holds faces cut with crop.margin {built.get('margin')} and crop.size "
+            f"{built.get('size')}, but params.yaml now says {margin} and {size}: faces would be "
+            "cut differently from the gallery's. Run `.venv/bin/dvc repro` (crops again and "
+            "rebuilds it), or put params.yaml's crop settings back."
+        )
 
 
 def save_gallery(gallery: Gallery, path: Path) -> None:
@@ -332,7 +344,7 @@ def rebuild_gallery(
     paths = [path for path in paths if path not in skipped]
     torch_device = resolve_device(device or config.device)
     loaded = load_checkpoint(checkpoint, torch_device)
-    fingerprint = embedder_fingerprint(checkpoint)
+    fingerprint = loaded.sha256
     # what evaluate already embedded with this very network is not embedded again
     vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, paths, loaded.embedding_dim)
     reused = len(vectors)

@@ -31,7 +31,6 @@ from PIL import Image
 
 from anime_face_id import layout
 from anime_face_id.config import CropConfig, IdentifyConfig, Params
-from anime_face_id.embedding_store import embedder_fingerprint
 from anime_face_id.faces.boxes import crop_square, square_crop_box
 from anime_face_id.faces.detectors import Detector
 from anime_face_id.gallery import GALLERY, Gallery, load_gallery
@@ -284,7 +283,8 @@ def build_identifier(
     torch_device = resolve_device(device or config.device)
     loaded = load_checkpoint(checkpoint, torch_device)
     gallery = load_gallery(gallery_path)
-    gallery.check_embedder(embedder_fingerprint(checkpoint), where=str(gallery_path))
+    gallery.check_embedder(loaded.sha256, where=str(gallery_path))
+    gallery.check_crop(crop.margin, crop.size, where=str(gallery_path))
     gallery.use_index(config)
     detector = load_detector(Path(root), crop)
     return Identifier(

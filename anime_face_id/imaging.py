@@ -22,6 +22,7 @@ from anime_face_id.memory import DECODE_BUDGET, release_freed_memory
 # Formats we keep, and the file extension each is stored under.
 EXTENSIONS = {
     "JPEG": "jpg",
+    "MPO": "jpg",  # a JPEG with more frames after the first (phones' Ultra HDR, 3D cameras)
     "PNG": "png",
     "GIF": "gif",
     "WEBP": "webp",

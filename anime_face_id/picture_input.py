@@ -31,6 +31,10 @@ def base64_bytes(text: object, max_bytes: int) -> bytes:
         raise ImageRejected(
             f"too large: about {len(text) * 3 // 4} bytes (the limit is {max_bytes})"
         )
+    # MIME-wrapped lines (encodebytes, `base64` without -w0), the URL-safe alphabet and
+    # missing padding are all common in clients; anything else is refused.
+    text = "".join(text.split()).replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:

@@ -4,7 +4,9 @@ real illustration with the lbp cascade."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -169,6 +171,44 @@ def test_gallery_rebuild_adds_a_character_without_training(project, capsys, tmp_
     assert (copy / "models" / "embedder.pt").read_bytes() == model
     code, document = identify_json(capsys, copy, copy / new[0])
     assert document["pictures"][0]["faces"][0]["candidates"][0]["character"] == "Shiro White"
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_not_a_crash(project, tmp_path):
+    """Names from downloads or old archives are often not UTF-8; on a UTF-8 terminal
+    printing them raw would raise after all the work was done."""
+    (_, picture), *_ = held_out_pictures(project)
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/face_\xff.png")
+    shutil.copy(picture, odd)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict, as a UTF-8 locale's stdout
+    for json_output in (False, True):
+        command = [str(SCRIPT), "identify", *(["--json"] if json_output else []), odd]
+        process = subprocess.run(
+            command, cwd=project, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert process.returncode == 0 and "Traceback" not in process.stderr, process.stderr
+        if json_output:
+            name = json.loads(process.stdout)["pictures"][0]["picture"]
+            assert name.endswith("face_\\xff.png")
+        else:
+            assert "face_\\xff.png" in process.stdout
+
+
+def test_gallery_rebuild_names_each_unreadable_image_once(project, tmp_path):
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    with (copy / "data" / "splits" / "train.csv").open() as table:
+        broken = next(csv.DictReader(table))["path"]
+    (copy / broken).write_bytes(b"")
+    process = subprocess.run(
+        [str(SCRIPT), "gallery", "rebuild"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stderr.count(broken) == 1 and "empty file" in process.stderr
+    assert "1 images left out" in process.stderr
 
 
 def test_gallery_info_flags_a_stale_gallery(project, capsys, tmp_path):

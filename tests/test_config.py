@@ -192,3 +192,44 @@ def test_check_shows_control_characters_in_names_as_escapes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "Alice\\x0aerror: forged" in out and "\nerror: forged" not in out
+
+
+@pytest.mark.parametrize(
+    ("section", "typed", "meant"),
+    [
+        ({"train": {"epoch": 3}}, "train.epoch", "train.epochs"),
+        ({"trian": {}}, "trian", "train"),
+        (
+            {"review": {"signoff": {"timeout": 1}}},
+            "review.signoff.timeout",
+            "review.signoff.timeout_s",
+        ),
+        ({"characters": [{"name": "A", "nmae": "B"}]}, "characters.0.nmae", "characters.0.name"),
+    ],
+)
+def test_a_misspelt_key_is_refused_with_the_key_it_resembles(section, typed, meant):
+    with pytest.raises(ConfigError) as refused:
+        parse_params({"characters": [{"name": "A"}], **section})
+    message = str(refused.value)
+    assert f"unknown key '{typed}' (did you mean '{meant}'?" in message
+    assert "comments of the repository's params.yaml" in message
+
+
+def test_an_unknown_key_like_no_known_one_gets_no_guess():
+    with pytest.raises(ConfigError) as refused:
+        parse_params({"characters": [{"name": "A"}], "collect": {"zzz": 1}})
+    assert "unknown key 'collect.zzz' (every key is described" in str(refused.value)
+
+
+def test_a_section_left_out_gets_the_values_of_the_shipped_params_yaml():
+    """README's "your own data" example writes only a few sections: the others (train's
+    recipe above all) must be the ones the README's figures were measured with."""
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    full = parse_params(shipped)
+    bare = parse_params({"characters": shipped["characters"]})
+    for section in full.model_fields:
+        assert getattr(bare, section) == getattr(full, section), section
+    # a checkpoint's stored config still reads with the defaults it was saved under
+    assert TrainConfig().neck == "none" and TrainConfig().flip_test is False

@@ -21,6 +21,7 @@ from anime_face_id.crop import (
     crop_all,
     crop_character,
     raw_rows_by_character,
+    summary,
     write_crop_outputs,
 )
 from anime_face_id.crop_index import INDEX_NAME, CropStateError
@@ -287,6 +288,8 @@ def test_a_failing_detector_is_recorded_per_image(raw: RawData) -> None:
     reasons = sorted(row["reason"] for row in rejects(raw.root))
     assert sum(r.startswith("detector failed: model exploded") for r in reasons) == 2
     assert sum(r.startswith("invalid face box") for r in reasons) == 3
+    assert sum(r.detector_failed for r in results.values()) == 5
+    assert "5 of them the detector failed on: see rejects.csv" in summary(list(results.values()))
     # Such failures are not cached: the next run tries those images again.
     assert sum(r.reused for r in run(raw.root, NONE, BrokenDetector()).values()) == 0
 

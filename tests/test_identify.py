@@ -29,7 +29,7 @@ from anime_face_id.crop import settings_fingerprint
 from anime_face_id.cutting import crop_image
 from anime_face_id.faces.detectors import load_detector
 from anime_face_id.fileio import read_csv, write_csv
-from anime_face_id.gallery import GALLERY, rebuild_gallery
+from anime_face_id.gallery import GALLERY, StaleGallery, rebuild_gallery
 from anime_face_id.identify import PICTURES_PER_PASS, load_identifier, report
 from anime_face_id.identify_results import PICTURE_JSON_SCHEMA, FaceResult
 from anime_face_id.imaging import ImageRejected, load_rgb
@@ -370,6 +370,17 @@ def test_pictures_over_the_byte_limit_are_refused_unread(untrained, tmp_path):
     )
 
 
+def test_a_gallery_cut_with_other_crop_settings_is_refused_with_what_to_run(untrained):
+    """Another crop.margin or crop.size frames faces unlike the gallery's crops: every
+    score would drop silently, so identify refuses until the project is rebuilt."""
+    params = params_for(NAMES)
+    assert load_identifier(untrained, params).gallery.meta["crop"]["margin"] == params.crop.margin
+    for change in ({"margin": params.crop.margin + 0.1}, {"size": params.crop.size * 2}):
+        other = params.model_copy(update={"crop": params.crop.model_copy(update=change)})
+        with pytest.raises(StaleGallery, match=r"faces cut with crop.margin .*dvc repro"):
+            load_identifier(untrained, other)
+
+
 def test_base64_input_accepts_data_urls_and_rejects_garbage():
     data = b"\x89PNG whatever"
     encoded = base64.b64encode(data).decode()
@@ -378,6 +389,24 @@ def test_base64_input_accepts_data_urls_and_rejects_garbage():
     for bad, reason in (("!!!not base64", "not base64"), ("", "no image"), (None, "no image")):
         with pytest.raises(ImageRejected, match=reason):
             base64_bytes(bad, 1000)
+
+
+def test_base64_as_clients_commonly_send_it_is_accepted():
+    """MIME-wrapped lines (Python's encodebytes, GNU base64 without -w0), CRLF, the URL-safe
+    alphabet and missing padding: the same bytes."""
+    data = bytes(range(256)) * 3
+    standard = base64.b64encode(data).decode()
+    for variant in (
+        base64.encodebytes(data).decode(),
+        base64.encodebytes(data).decode().replace("\n", "\r\n"),
+        base64.urlsafe_b64encode(data).decode(),
+        standard.rstrip("="),
+        base64.b64encode(data[:-1]).decode().rstrip("="),
+    ):
+        assert base64_bytes(variant, 10_000) in (data, data[:-1])
+    assert base64_bytes(base64.encodebytes(data).decode(), 10_000) == data
+    with pytest.raises(ImageRejected, match="not base64"):
+        base64_bytes(standard[:-5] + "*" + standard[-4:], 10_000)
 
 
 def test_a_picture_without_faces_says_so(tmp_path, shared_dir, cascade_path):

@@ -17,7 +17,14 @@ import pytest
 from PIL import Image
 
 from anime_face_id.fileio import UnreadableFile, read_regular_file
-from anime_face_id.imaging import ImageRejected, decode, decode_cost, load_rgb, load_rgb_array
+from anime_face_id.imaging import (
+    ImageRejected,
+    decode,
+    decode_cost,
+    inspect,
+    load_rgb,
+    load_rgb_array,
+)
 from anime_face_id.memory import MemoryBudget
 from tests.test_identify import corrupt_exif_webp
 
@@ -104,6 +111,18 @@ def test_a_corrupt_exif_block_is_a_rejection(fmt: str) -> None:
     )
     with pytest.raises(ImageRejected, match="corrupt image: SyntaxError"):
         decode(data)
+
+
+def test_a_phone_jpeg_with_more_frames_mpo_is_a_jpeg() -> None:
+    """Ultra HDR and 3D-camera JPEGs carry an MPF segment, which Pillow reads as MPO; the
+    first frame is the picture."""
+    buffer = io.BytesIO()
+    first, gain_map = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (32, 24), "blue")
+    first.save(buffer, format="MPO", save_all=True, append_images=[gain_map])
+    info = inspect(buffer.getvalue())
+    assert (info.format, info.extension, info.width, info.height) == ("MPO", "jpg", 64, 48)
+    rgb, _ = decode(buffer.getvalue())
+    assert rgb.getpixel((10, 10))[0] > 200
 
 
 def test_sixteen_bit_grey_keeps_its_scale() -> None:
