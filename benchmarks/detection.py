@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from anime_face_id.faces.boxes import crop_square, recall_precision, square_crop_box
-from anime_face_id.faces.detector_data import read_yolo_folder, split_validation
+from anime_face_id.faces.detector_data import IMAGE_SUFFIXES, read_yolo_folder, split_validation
 from anime_face_id.faces.detectors import PACKAGED_WEIGHTS, CenterNetDetector, LbpCascadeDetector
 from anime_face_id.imaging import load_rgb_array
 
@@ -83,6 +83,22 @@ def share_with_a_face(detector, pictures: list[np.ndarray]) -> tuple[int, list[l
     return sum(1 for f in found if f), found
 
 
+def frames_of_640(frames: list, count: int = 40) -> list[np.ndarray]:
+    """Speed is measured on frames whose longest side is 640 px: those of that size, else
+    (other data) the first frames scaled to it."""
+    import cv2
+
+    exact = [rgb for rgb, _ in frames if max(rgb.shape[:2]) == 640][:count]
+    if exact:
+        return exact
+    scaled = []
+    for rgb, _ in frames[:count]:
+        scale = 640 / max(rgb.shape[:2])
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        scaled.append(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+    return scaled
+
+
 def images_per_second(detector, pictures: list[np.ndarray], seconds: float = 10.0) -> float:
     detector.detect(pictures[0])  # warm-up
     done, start = 0, time.perf_counter()
@@ -127,8 +143,12 @@ def main() -> None:
     }
     validation = labelled(testdata / "detection-train", validation_only=True)
     small_set = labelled(testdata / "detection", validation_only=False)
-    illustrations = [load_rgb_array(p) for p in sorted((testdata / "raw").glob("*/*.jpg"))]
-    frames_640 = [rgb for rgb, _ in validation if max(rgb.shape[:2]) == 640][:40]
+    illustrations = [
+        load_rgb_array(p)
+        for p in sorted((testdata / "raw").glob("*/*"))
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    frames_640 = frames_of_640(validation)
     portraits = close_ups(validation)
     print(
         f"torch threads {torch.get_num_threads()}; {len(validation)} validation frames, "
@@ -143,13 +163,13 @@ def main() -> None:
         with_face, found = share_with_a_face(detector, illustrations)
         close_recall, _ = detector_recall_precision(detector, portraits, 0.5)
         close_found, _ = share_with_a_face(detector, [rgb for rgb, _ in portraits])
-        speeds[name] = images_per_second(detector, frames_640, args.seconds)
+        speeds[name] = images_per_second(detector, frames_640, args.seconds) if frames_640 else 0.0
         print(
             f"{name:14s} frames recall {recall:.3f} precision {precision:.3f} (IoU 0.5) | "
             f"small set recall {small_05:.3f} (IoU 0.5) {small_03:.3f} (IoU 0.3) | "
             f"illustrations with a face {with_face}/{len(illustrations)} "
-            f"= {with_face / len(illustrations):.3f}, "
-            f"{sum(map(len, found)) / len(illustrations):.2f} boxes each | "
+            f"= {with_face / max(len(illustrations), 1):.3f}, "
+            f"{sum(map(len, found)) / max(len(illustrations), 1):.2f} boxes each | "
             f"close-ups recall {close_recall:.3f} (IoU 0.5), with a face "
             f"{close_found / max(len(portraits), 1):.3f} | "
             f"{speeds[name]:.1f} images/s"
@@ -163,7 +183,8 @@ def main() -> None:
     ):
         print(f"  min_score {threshold:.1f}: recall {recall:.3f} precision {precision:.3f}")
     baseline = speeds["cascade (lbp)"]
-    print(f"speed of centernet against the cascade: {speeds['centernet'] / baseline:.2f}x")
+    if baseline:
+        print(f"speed of centernet against the cascade: {speeds['centernet'] / baseline:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from anime_face_id.faces.detector_data import read_yolo_folder, split_validation
 
@@ -50,6 +51,28 @@ def small_shared(tmp_path: Path, shared_dir: Path) -> Path:
         shared_dir / "detector" / "lbpcascade_animeface.xml"
     )
     return small
+
+
+def run_benchmark(shared: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "benchmarks/detection.py", "--shared", str(shared), *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_the_benchmark_runs_on_other_data_than_the_shared_sizes(small_shared: Path) -> None:
+    """Frames not of 640 px (speed is then measured on frames scaled to it) and
+    illustrations that are PNG: the benchmark must not stop at its last step."""
+    frames = small_shared / "testdata" / "detection-train" / "images"
+    for link in list(frames.iterdir()):
+        picture = Image.open(link.resolve()).convert("RGB")
+        link.unlink()
+        picture.resize((picture.width // 2, picture.height // 2)).save(link)
+    for link in list((small_shared / "testdata" / "raw").glob("*/*.jpg")):
+        Image.open(link.resolve()).save(link.with_suffix(".png"))
+        link.unlink()
+    process = run_benchmark(small_shared, "--seconds", "0.2")
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert "6 illustrations" in process.stdout and "speed on 4 frames of 640 px" in process.stdout
+    assert re.search(r"speed of centernet against the cascade: \d+\.\d\dx", process.stdout)
 
 
 def test_detection_benchmark_compares_both_detectors(small_shared: Path, tmp_path: Path) -> None:
