@@ -216,6 +216,8 @@ def _check_shapes(gallery: Gallery, path: Path) -> None:
         consistent = False
     if not consistent:
         raise GalleryError(f"{path}: arrays of different lengths or bad labels: rebuild it")
+    if n == 0:  # only a hand-made file: rebuilding refuses to write one
+        raise GalleryError(f"{path} holds no images, so no face could be named: rebuild it")
 
 
 # --------------------------------------------------------------------- building

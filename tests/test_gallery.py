@@ -297,6 +297,21 @@ def test_a_damaged_gallery_is_a_gallery_error_not_a_crash(tmp_path, damage):
         load_gallery(target)
 
 
+def test_a_gallery_without_images_is_refused_not_answered_with_minus_infinity(tmp_path):
+    def emptied(arrays, meta):
+        arrays.update(
+            embeddings=arrays["embeddings"][:0],
+            labels=arrays["labels"][:0],
+            paths=arrays["paths"][:0],
+        )
+
+    source = tmp_path / "good.npz"
+    save_gallery(small_gallery(), source)
+    empty = _rewritten(source, tmp_path / "empty.npz", emptied)
+    with pytest.raises(GalleryError, match="holds no images, so no face could be named"):
+        load_gallery(empty)
+
+
 def test_a_gallery_from_another_embedder_is_stale():
     gallery = small_gallery(embedder="1" * 64)
     gallery.check_embedder("1" * 64)  # same embedder: fine
