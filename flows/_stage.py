@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefect import tags
+from prefect.context import TagsContext
 from prefect.states import Failed, State
 
 from anime_face_id.config import ComputeConfig, ConfigError, Params, load_params
@@ -108,10 +109,16 @@ def report_stops_once() -> None:
 
 def fail_on_stage_error(action: Callable[[], object]) -> object:
     """Run ``action``; an expected error that stops the stage (StageError, ConfigError)
-    becomes a Failed state with its message, anything else propagates."""
+    becomes a Failed state with its message, anything else propagates.
+
+    The task runs ``action`` starts carry no tags: the stage's tags name its flow run, and
+    Prefect asks the server for a tag concurrency slot before every tagged task run, which
+    after a busy task waited ~2 s behind the server's backlog (each stage's first task
+    after the crop of a new character, for instance)."""
     quiet_expected_errors()
     try:
-        return action()
+        with TagsContext(current_tags=set()):
+            return action()
     except STOPPING_ERRORS as error:
         _stopped_with.add(str(error))
         return Failed(message=str(error))
@@ -147,9 +154,11 @@ def on_compute(flow, compute: ComputeConfig):
     return flow.with_options(task_runner=DaskTaskRunner(cluster_kwargs=compute.local_cluster))
 
 
-def run_stage(stage: str, flow, distributes: bool = False) -> None:
+def run_stage(stage: str, flow, distributes: bool = False, brief: bool = False) -> None:
     """The stage's command line; ``distributes``: the flow's tasks may run on the runner
-    that params.compute names."""
+    that params.compute names; ``brief``: the stage takes about a second, so its flow run
+    sends no heartbeats (they tell a crashed long run from a live one, and stopping their
+    thread costs up to a second at the end of every run)."""
     args = parse_args(stage)
     params = check_params(Path(args.root) / args.params)
     if distributes:
@@ -161,6 +170,7 @@ def run_stage(stage: str, flow, distributes: bool = False) -> None:
             stage,
             Path(args.root),
             lambda: flow(params_path=args.params, root=args.root, return_state=True),
+            heartbeats=not brief,
         )
     except KeyboardInterrupt:
         print(f"{stage}: stopped by Ctrl-C; the next run goes on from here", file=sys.stderr)
@@ -168,11 +178,15 @@ def run_stage(stage: str, flow, distributes: bool = False) -> None:
     finish(stage, state)
 
 
-def _reported(stage: str, root: Path, run):
+def _reported(stage: str, root: Path, run, heartbeats: bool = True):
     """``run()`` reporting to the project's running Prefect server when no other is
     configured (else Prefect starts a temporary one for this process alone), its flow run
     tagged ``stage:<stage>``, and with the pipeline's tag when flows.pipeline started it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
     from flows.server import configured_api_url, running_project_server
 
@@ -181,6 +195,9 @@ def _reported(stage: str, root: Path, run):
     with contextlib.ExitStack() as stack:
         if url is not None:
             stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
+        if not heartbeats:
+            updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+            stack.enter_context(temporary_settings(updates=updates))
         stack.enter_context(tags(f"stage:{stage}", *([pipeline] if pipeline else [])))
         return run()
 

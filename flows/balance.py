@@ -36,4 +36,4 @@ def _balance(root_path, params) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run_stage("balance", balance_flow)
+    run_stage("balance", balance_flow, brief=True)

@@ -32,4 +32,4 @@ def _review(root_path, params) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run_stage("review", review_flow)
+    run_stage("review", review_flow, brief=True)

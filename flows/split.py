@@ -28,4 +28,4 @@ def _split(root_path, params) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run_stage("split", split_flow)
+    run_stage("split", split_flow, brief=True)

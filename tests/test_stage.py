@@ -116,3 +116,33 @@ def test_finish_prints_one_line_and_exits_1_when_the_run_failed(capsys):
         _stage.finish("review", Failed(message="Review incomplete: 3 of 3"))
     assert caught.value.code == 1
     assert capsys.readouterr().err == "\nreview stopped: Review incomplete: 3 of 3\n"
+
+
+def test_stage_tags_name_the_flow_run_and_its_task_runs_carry_none(prefect_harness, tmp_path):
+    """Every tagged task run asks the server for a tag concurrency slot first (seconds
+    behind a busy server), so the stage's tags stay on its flow run."""
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.context import get_run_context
+    from prefect.settings import get_current_settings
+
+    @task
+    def step() -> str:
+        return str(get_run_context().task_run.id)
+
+    @flow
+    def stage_flow(params_path: str = "", root: str = "") -> dict:
+        heartbeat = get_current_settings().flows.heartbeat_frequency
+        return {"task": _stage.fail_on_stage_error(step), "heartbeat": heartbeat}
+
+    for brief in (False, True):
+        state = _stage._reported(
+            "split", tmp_path, lambda: stage_flow(return_state=True), heartbeats=not brief
+        )
+        answer = state.result()
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(state.state_details.flow_run_id)
+            task_run = client.read_task_run(answer["task"])
+        assert "stage:split" in flow_run.tags
+        assert task_run.tags == []
+        assert (answer["heartbeat"] is None) is brief
