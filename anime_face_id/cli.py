@@ -1,6 +1,7 @@
 """The `anime-face-id` console script.
 
-  anime-face-id check                      validate params.yaml, list characters and slugs
+  anime-face-id check [--fill]             validate params.yaml, list characters and slugs
+                                           (--fill: add the keys DVC needs at their defaults)
   anime-face-id identify PICTURE... [--json] [--top N]
                                            name the characters in pictures
   anime-face-id gallery rebuild            re-embed the gallery from curated crops
@@ -30,7 +31,15 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
 
 def check_params(args: argparse.Namespace) -> int:
+    from anime_face_id.params_fill import dvc_missing_keys, missing_message
+
     params = load_params(args.params)
+    if args.fill:
+        fill_params(Path(args.params))
+    missing = dvc_missing_keys(Path(args.params))
+    if missing:
+        print(f"error: {missing_message(missing, args.params)}", file=sys.stderr)
+        return EXIT_UNUSABLE
     slugs = params.slugs
     print(
         f"{args.params}: OK, {len(params.characters)} characters, backend {params.collect.backend}"
@@ -39,6 +48,20 @@ def check_params(args: argparse.Namespace) -> int:
         name, query = shown(character.name), shown(character.search_query)
         print(f"  {slugs[character.name]:<32} {name}  (query: {query})")
     return EXIT_OK
+
+
+def fill_params(path: Path) -> None:
+    """Write the keys dvc.yaml reads and ``path`` lacks into it, at their defaults."""
+    from anime_face_id.config import read_params_text
+    from anime_face_id.fileio import atomic_write_bytes
+    from anime_face_id.params_fill import dvc_param_keys, fill_text
+
+    filled = fill_text(read_params_text(path), dvc_param_keys(path.parent / "dvc.yaml"))
+    if not filled.added:
+        return
+    atomic_write_bytes(path, filled.text.encode("utf-8"))
+    how = "written out again, without its comments" if filled.rewritten else "the rest kept"
+    print(f"{path}: added {', '.join(filled.added)} at their defaults ({how})")
 
 
 # --------------------------------------------------------------------- identify
@@ -206,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate params.yaml and list the characters and their slugs"
     )
     check.add_argument("--params", default="params.yaml")
+    check.add_argument(
+        "--fill",
+        action="store_true",
+        help="write in, at their defaults, the keys dvc.yaml's stages read and the file lacks",
+    )
     check.set_defaults(handler=check_params)
 
     identify = commands.add_parser(
@@ -274,5 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
 
 
+def run() -> int:
+    """The console script: ``main`` on the command line's arguments, then out quickly."""
+    from anime_face_id.process_exit import skip_final_collection
+
+    code = main()
+    skip_final_collection()
+    return code
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -342,15 +342,15 @@ def rebuild_gallery(
     everything = rows.gallery + rows.calibration_gallery + rows.val + rows.holdout
     require_paths_inside(everything, f"the {source} gallery tables", root)
     paths = list(dict.fromkeys(row["path"] for row in everything))
-    skipped = unreadable_images(root, paths)
-    paths = [path for path in paths if path not in skipped]
     torch_device = resolve_device(device or config.device)
     loaded = load_checkpoint(checkpoint, torch_device)
     fingerprint = loaded.sha256
-    # what evaluate already embedded with this very network is not embedded again
+    # what evaluate already embedded with this very network is not embedded again (nor
+    # decoded to check it: the store holds the sha256 of the very file it embedded)
     vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, paths, loaded.embedding_dim)
     reused = len(vectors)
-    todo = [path for path in paths if path not in vectors]
+    skipped = unreadable_images(root, [path for path in paths if path not in vectors])
+    todo = [path for path in paths if path not in vectors and path not in skipped]
     if todo:
         embed = embedder or local_embedder(
             loaded.model, root, loaded.image_size, torch_device, config.batch_size

@@ -29,6 +29,8 @@ from prefect.states import Failed, State
 from anime_face_id.config import ComputeConfig, ConfigError, Params, load_params
 from anime_face_id.errors import SearchError, StageError
 from anime_face_id.interrupt import stop_on_ctrl_c
+from anime_face_id.params_fill import dvc_missing_keys, missing_message
+from anime_face_id.process_exit import skip_final_collection
 from tasks.reporting import PIPELINE_TAG
 
 # Errors that stop a stage: the runner's last line is their message.
@@ -93,12 +95,31 @@ def quiet_expected_errors() -> None:
             logger.addFilter(_NoTracebackForExpectedErrors())
 
 
+class _NoDrainCountdown(logging.Filter):
+    """Prefect's log and event senders, still sending as the process exits, warn "Still
+    processing items: N items remaining..." when a run ends within a moment of its last
+    events, as a brief stage's does. Nothing is wrong and nothing is to be done: they go
+    on sending."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+
+def _quiet_exit_drain() -> None:
+    for name in ("EventsWorker", "APILogWorker"):
+        logger = logging.getLogger(name)
+        if not _has_filter(logger, _NoDrainCountdown):
+            logger.addFilter(_NoDrainCountdown())
+
+
 def report_stops_once() -> None:
-    """For command-line runs: the console shows a stopping error once, as the last line."""
+    """For command-line runs: the console shows a stopping error once, as the last line,
+    and no countdown of what Prefect still sends as the process exits."""
     from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
     quiet_expected_errors()
+    _quiet_exit_drain()
     ensure_logging_setup()
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and not _has_filter(
@@ -125,12 +146,19 @@ def fail_on_stage_error(action: Callable[[], object]) -> object:
 
 
 def check_params(path: Path) -> Params:
-    """Fail fast on a bad params file, before Prefect starts, with the message only."""
+    """Fail fast on a bad params file, before Prefect starts, with the message only; also
+    on a params.yaml that lacks a key dvc.yaml's stages read, which DVC would report only
+    when that stage's turn came."""
     try:
-        return load_params(path)
+        params = load_params(path)
+        missing = dvc_missing_keys(path)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if missing:
+        print(f"error: {missing_message(missing, str(path))}", file=sys.stderr)
+        raise SystemExit(2)
+    return params
 
 
 def finish(name: str, state: State) -> None:
@@ -175,6 +203,7 @@ def run_stage(stage: str, flow, distributes: bool = False, brief: bool = False) 
     except KeyboardInterrupt:
         print(f"{stage}: stopped by Ctrl-C; the next run goes on from here", file=sys.stderr)
         raise SystemExit(130) from None
+    skip_final_collection()
     finish(stage, state)
 
 

@@ -276,6 +276,6 @@ def test_headline_is_a_handful_of_numbers_from_the_report(tmp_path: Path) -> Non
         "open_set_p1": 0.88,
         "open_set_map_at_r": 0.61,
         "eer": 0.05,
-        "untrained_identification_p1": None,  # no baseline in this report
-        "pictures_with_a_face": round(2 / 3, 4),  # two sources with a face, one without
+        "untrained_p1": None,  # no baseline in this report
+        "face_found": round(2 / 3, 4),  # two sources with a face, one without
     }

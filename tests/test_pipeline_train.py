@@ -101,7 +101,7 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     assert "metrics/headline.json" in shown and "identification_p1" in shown
     headline = json.loads((project.root / "metrics" / "headline.json").read_text())
     assert headline["map_at_r"] == round(report["val"]["map_at_r"], 4)
-    assert headline["pictures_with_a_face"] == 1.0  # crop.detector none: every picture
+    assert headline["face_found"] == 1.0  # crop.detector none: every picture
     project.dvc("plots", "show", "-o", str(tmp_path / "dvc_plots"))
     assert (tmp_path / "dvc_plots" / "index.html").is_file()
     assert "Data and pipelines are up to date." in project.dvc("repro").stdout

@@ -80,6 +80,10 @@ CURL = (
 )
 # Run by another test, with the reason it is not run here.
 ELSEWHERE = {
+    ".venv/bin/anime-face-id check --fill": (
+        "tests/test_params_fill.py::test_the_readme_own_data_params_run_after_check_fill",
+        "the test fills the README's own-data example and runs DVC on it",
+    ),
     "make test": (".ci/run", "the suite this test belongs to"),
     "make test-fast": (".ci/run", "the same pytest as make test, without slow and browser tests"),
     ".venv/bin/python benchmarks/quality.py": (

@@ -146,3 +146,11 @@ def test_stage_tags_name_the_flow_run_and_its_task_runs_carry_none(prefect_harne
         assert "stage:split" in flow_run.tags
         assert task_run.tags == []
         assert (answer["heartbeat"] is None) is brief
+
+
+def test_prefects_exit_countdown_is_not_shown(caplog):
+    _stage.report_stops_once()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("EventsWorker").warning("Still processing items: 4 items remaining...")
+        logging.getLogger("EventsWorker").warning("a real problem")
+    assert [r.getMessage() for r in caplog.records] == ["a real problem"]

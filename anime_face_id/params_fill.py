@@ -1,0 +1,174 @@
+"""The params.yaml keys DVC needs, and filling in the ones a short params file leaves out.
+
+The code gives every setting a default, so a params.yaml of a few sections loads. DVC does
+not: a stage whose `params:` in dvc.yaml names a key the file lacks stops `dvc repro` with
+"Parameters '...' are missing", and only when that stage's turn comes (after the
+downloads and crops before it). So a stage checks first (``missing_keys``), and
+``fill_text`` writes the missing keys in with their defaults, keeping everything the file
+already says, its comments included.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import yaml
+
+from anime_face_id.config import Params, read_params_text
+
+PARAMS_FILE = "params.yaml"
+
+
+def dvc_param_keys(dvc_yaml: Path, params_file: str = PARAMS_FILE) -> list[str]:
+    """The dotted keys of ``params_file`` that the stages of ``dvc_yaml`` read, in order;
+    none when there is no such file (a project run without DVC)."""
+    try:
+        pipeline = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # DVC itself reports a broken dvc.yaml
+    stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
+    keys: list[str] = []
+    for stage in (stages or {}).values():
+        entries = stage.get("params", []) if isinstance(stage, dict) else []
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, str):
+                keys.append(entry)
+            elif isinstance(entry, dict):  # {other_file.yaml: [keys]}
+                keys += [str(k) for k in entry.get(params_file) or []]
+    return list(dict.fromkeys(keys))
+
+
+def _has(data: object, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def missing_keys(data: object, keys: list[str]) -> list[str]:
+    """The ``keys`` that ``data`` lacks; a key under one that is missing too is left out
+    (``crop`` missing covers ``crop.margin``)."""
+    missing = [key for key in keys if not _has(data, key)]
+    return [key for key in missing if not any(key.startswith(f"{m}.") for m in missing)]
+
+
+def dvc_missing_keys(params_path: Path) -> list[str]:
+    """The keys dvc.yaml's stages read that params.yaml lacks; none for a params file
+    other than the project's params.yaml (DVC reads that one) or a project without DVC."""
+    params_path = Path(params_path)
+    if params_path.name != PARAMS_FILE:
+        return []
+    keys = dvc_param_keys(params_path.parent / "dvc.yaml")
+    if not keys:
+        return []
+    return missing_keys(yaml.safe_load(read_params_text(params_path)), keys)
+
+
+def default_value(dotted: str) -> object:
+    """The value the code uses for a key params.yaml leaves out (JSON-like)."""
+    section, *rest = dotted.split(".")
+    field = Params.model_fields.get(section)
+    if field is None or field.is_required():
+        raise KeyError(f"{dotted} has no default: set it in {PARAMS_FILE}")
+    value: object = field.get_default(call_default_factory=True)
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    for part in rest:
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"{dotted} is not a setting the code knows")
+        value = value[part]
+    return value
+
+
+def _merged(data: dict, missing: list[str]) -> dict:
+    merged = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
+    for dotted in missing:
+        *parents, last = dotted.split(".")
+        place = merged
+        for part in parents:
+            place = place.setdefault(part, {})
+        place[last] = default_value(dotted)
+    return merged
+
+
+def _block(mapping: dict, indent: str) -> str:
+    text = yaml.safe_dump(mapping, sort_keys=False, default_flow_style=False)
+    return "".join(indent + line if line.strip() else line for line in text.splitlines(True))
+
+
+def _section_line(lines: list[str], section: str) -> int | None:
+    for number, line in enumerate(lines):
+        if line.rstrip("\n").split("#")[0].rstrip() == f"{section}:":
+            return number
+    return None
+
+
+def _child_indent(lines: list[str], after: int) -> str:
+    for line in lines[after + 1 :]:
+        stripped = line.lstrip(" ")
+        if stripped.strip() and not stripped.startswith("#"):
+            indent = line[: len(line) - len(stripped)]
+            return indent or "  "
+    return "  "
+
+
+def _inserted(text: str, data: dict, missing: list[str]) -> str | None:
+    """``text`` with the missing keys written in: whole sections at the end, keys of a
+    section under its heading. None where the file's layout is not the plain block style
+    this can edit (a flow-style section, a deeper key)."""
+    lines = text.splitlines(True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    sections: dict[str, dict] = {}
+    for dotted in missing:
+        section, *rest = dotted.split(".")
+        if len(rest) > 1:
+            return None
+        if rest:
+            sections.setdefault(section, {})[rest[0]] = default_value(dotted)
+        else:
+            sections[section] = {}
+    appended = ""
+    for section, keys in sections.items():
+        if section not in data:
+            appended += _block({section: keys or default_value(section)}, "")
+            continue
+        heading = _section_line(lines, section)
+        if heading is None or not isinstance(data.get(section), dict):
+            return None
+        lines.insert(heading + 1, _block(keys, _child_indent(lines, heading)))
+    return "".join(lines) + appended
+
+
+class Filled(NamedTuple):
+    text: str
+    added: list[str]
+    rewritten: bool  # written out again: its comments are gone
+
+
+def fill_text(text: str, keys: list[str]) -> Filled:
+    """params.yaml's ``text`` with every key of ``keys`` it lacks added at its default. The
+    file's own keys, values, order and comments are kept; where its layout cannot be
+    edited in place it is written out again, without its comments."""
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{PARAMS_FILE} is not a mapping of sections")
+    missing = missing_keys(data, keys)
+    if not missing:
+        return Filled(text, [], False)
+    expected = _merged(data, missing)
+    edited = _inserted(text, data, missing)
+    if edited is not None and yaml.safe_load(edited) == expected:
+        return Filled(edited, missing, False)
+    return Filled(yaml.safe_dump(expected, sort_keys=False, allow_unicode=True), missing, True)
+
+
+def missing_message(missing: list[str], params: str = PARAMS_FILE) -> str:
+    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+    return (
+        f"{params} lacks {shown}, which the stages in dvc.yaml read (DVC would stop at the "
+        "first stage that needs one). Run `.venv/bin/anime-face-id check --fill` to write "
+        "them in with their default values, or add them yourself."
+    )
