@@ -269,8 +269,8 @@ def headline(report: dict, root: Path) -> dict:
     return {
         "identification_p1": value("val", "identification", "precision_at_1"),
         "map_at_r": value("val", "map_at_r"),
-        "open_set_p1": value("open_set", "precision_at_1"),
-        "open_set_map_at_r": value("open_set", "map_at_r"),
+        "open_p1": value("open_set", "precision_at_1"),
+        "open_map_at_r": value("open_set", "map_at_r"),
         "eer": value("val", "eer"),
         "untrained_p1": value("baseline_val", "identification", "precision_at_1"),
         "face_found": pictures_with_a_face(root),

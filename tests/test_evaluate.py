@@ -273,8 +273,8 @@ def test_headline_is_a_handful_of_numbers_from_the_report(tmp_path: Path) -> Non
     assert headline(report, tmp_path) == {
         "identification_p1": 0.9,
         "map_at_r": 0.8123,
-        "open_set_p1": 0.88,
-        "open_set_map_at_r": 0.61,
+        "open_p1": 0.88,
+        "open_map_at_r": 0.61,
         "eer": 0.05,
         "untrained_p1": None,  # no baseline in this report
         "face_found": round(2 / 3, 4),  # two sources with a face, one without
