@@ -51,7 +51,10 @@ def test_the_keys_dvc_reads_are_every_stages_params_entry(tmp_path):
             {
                 "stages": {
                     "a": {"cmd": "x", "params": ["characters", "crop.margin"]},
-                    "b": {"cmd": "y", "params": [{"params.yaml": ["split"]}, {"other.yaml": ["z"]}]},
+                    "b": {
+                        "cmd": "y",
+                        "params": [{"params.yaml": ["split"]}, {"other.yaml": ["z"]}],
+                    },
                     "c": {"cmd": "z", "params": ["crop.margin"]},
                     "d": {"cmd": "w"},
                 }
