@@ -204,6 +204,7 @@ NOT_COMMANDS = {
     ".venv/bin/python": "the interpreter, named",
     "sh flows/run <stage>": "a placeholder (tests/test_fresh_shell.py runs the launcher)",
     ".venv/bin/mlflow models serve": "named as the form that fails without make (uvicorn on PATH)",
+    ".venv/bin/python -m flows.detector ...": "the same command as the interrupted run (its forms are run above)",
 }
 
 
