@@ -20,6 +20,7 @@ from anime_face_id import interrupt
 from anime_face_id.config import CollectConfig
 from anime_face_id.download import Downloader
 from anime_face_id.fileio import TMP_PREFIX
+from tests.support.project import make_project
 from tests.support.webserver import Response, WebServer, web_server
 
 __all__ = ["web_server"]  # a fixture used below
@@ -85,18 +86,51 @@ def test_interrupted_is_not_an_item_failure() -> None:
     assert hooks == ["cut", "late"]
 
 
+def slow_pictures(web_server: WebServer, names: tuple[str, ...], count: int) -> str:
+    """A urls.csv of ``count`` pictures that trickle the first time they are asked for."""
+    rows = ["character,url"]
+    for index in range(count):
+        path = f"/{index}.jpg"
+        body = jpeg(index)
+        web_server.add(path, trickle(body), Response(body=body, content_type="image/jpeg"))
+        rows.append(f"{names[index % len(names)]},{web_server.url(path)}")
+    return "\n".join(rows) + "\n"
+
+
+def ctrl_c_while_downloading(
+    command: list[str], cwd: Path, env: dict[str, str], web_server: WebServer, count: int
+) -> tuple[int, float, str]:
+    """Start ``command``, press Ctrl-C once ``count`` downloads trickle; (exit status,
+    seconds from Ctrl-C to exit, output)."""
+    log = cwd / "interrupted.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while sum(web_server.counts().values()) < count:  # every download is trickling
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        started = time.monotonic()
+        process.wait(timeout=60)
+    return process.returncode, time.monotonic() - started, log.read_text()
+
+
+def assert_nothing_collected(raw: Path) -> None:
+    assert [p for p in raw.rglob("*") if p.name.startswith(TMP_PREFIX)] == []
+    assert all(journal.read_text() == "" for journal in raw.glob("*/_journal.jsonl"))
+    assert not (raw / "manifest.csv").exists()
+
+
 @pytest.mark.slow  # a Prefect server for the session, and two stage processes
 def test_ctrl_c_stops_collect_in_seconds_and_the_next_run_fetches_everything(
     tmp_path: Path, web_server: WebServer, prefect_api: dict[str, str]
 ) -> None:
     names = ("Alice", "Bob")
-    rows = ["character,url"]
-    for index in range(8):
-        path = f"/{index}.jpg"
-        body = jpeg(index)
-        web_server.add(path, trickle(body), Response(body=body, content_type="image/jpeg"))
-        rows.append(f"{names[index % 2]},{web_server.url(path)}")
-    (tmp_path / "urls.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "urls.csv").write_text(slow_pictures(web_server, names, 8))
     params = {
         "characters": [{"name": name} for name in names],
         "collect": {
@@ -115,36 +149,47 @@ def test_ctrl_c_stops_collect_in_seconds_and_the_next_run_fetches_everything(
         "ANIME_FACE_ID_PYTHON": sys.executable,
     }
     command = ["sh", str(REPO / "flows" / "run"), "collect"]
-    log = tmp_path / "interrupted.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        while sum(web_server.counts().values()) < 8:  # every download is trickling
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        started = time.monotonic()
-        process.wait(timeout=60)
-    text = log.read_text()
-    assert process.returncode == 130, text
-    assert time.monotonic() - started < 15, text
+    returncode, seconds, text = ctrl_c_while_downloading(command, tmp_path, env, web_server, 8)
+    assert returncode == 130, text
+    assert seconds < 15, text
     assert "collect: stopped by Ctrl-C" in text or "stopped" in text
-    raw = tmp_path / "data" / "raw"
-    assert [p for p in raw.rglob("*") if p.name.startswith(TMP_PREFIX)] == []
-    assert all(journal.read_text() == "" for journal in raw.glob("*/_journal.jsonl"))
-    assert not (raw / "manifest.csv").exists()
+    assert_nothing_collected(tmp_path / "data" / "raw")
 
     again = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0, again.stdout + again.stderr
-    manifest = (raw / "manifest.csv").read_text().splitlines()
+    manifest = (tmp_path / "data" / "raw" / "manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 8  # every picture, none taken for a failure
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_dvc_repro_in_seconds_and_dvc_records_nothing(
+    tmp_path: Path, web_server: WebServer, prefect_api: dict[str, str]
+) -> None:
+    """Ctrl-C in the terminal running `dvc repro` reaches DVC and the stage alike: both
+    stop within seconds, dvc.lock records no collect, and the next `dvc repro` collects
+    everything."""
+    project = make_project(tmp_path, prefect_api)
+    (project.root / "urls.csv").write_text(slow_pictures(web_server, ("Alice", "Bob"), 6))
+    params = project.params()
+    params["characters"] = [{"name": "Alice"}, {"name": "Bob"}]
+    params["collect"].update(
+        backend="urls", urls="urls.csv", allow_networks=["127.0.0.0/8"], workers=4, retries=0
+    )
+    project.params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    dvc = [str(Path(sys.executable).parent / "dvc"), "repro", "collect"]
+
+    returncode, seconds, text = ctrl_c_while_downloading(
+        dvc, project.root, project.env, web_server, 6
+    )
+    assert returncode != 0, text
+    assert seconds < 15, text
+    assert "Traceback" not in text, text
+    assert_nothing_collected(project.root / "data" / "raw")
+    lock = project.root / "dvc.lock"
+    assert not lock.exists() or "collect" not in yaml.safe_load(lock.read_text())["stages"]
+
+    project.dvc("repro", "collect")
+    manifest = (project.root / "data" / "raw" / "manifest.csv").read_text().splitlines()
+    assert len(manifest) == 1 + 6
