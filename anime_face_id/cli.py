@@ -54,9 +54,14 @@ def fill_params(path: Path) -> None:
     """Write the keys dvc.yaml reads and ``path`` lacks into it, at their defaults."""
     from anime_face_id.config import read_params_text
     from anime_face_id.fileio import atomic_write_bytes
-    from anime_face_id.params_fill import dvc_param_keys, fill_text
+    from anime_face_id.params_fill import PARAMS_FILE, dvc_param_keys, fill_text
 
-    filled = fill_text(read_params_text(path), dvc_param_keys(path.parent / "dvc.yaml"))
+    if path.name != PARAMS_FILE:
+        raise ConfigError(f"--fill: DVC reads {PARAMS_FILE}, not {path.name}: nothing to fill")
+    try:
+        filled = fill_text(read_params_text(path), dvc_param_keys(path.parent / "dvc.yaml"))
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
     if not filled.added:
         return
     atomic_write_bytes(path, filled.text.encode("utf-8"))

@@ -29,14 +29,24 @@ def dvc_param_keys(dvc_yaml: Path, params_file: str = PARAMS_FILE) -> list[str]:
         return []  # DVC itself reports a broken dvc.yaml
     stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
     keys: list[str] = []
-    for stage in (stages or {}).values():
-        entries = stage.get("params", []) if isinstance(stage, dict) else []
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, str):
-                keys.append(entry)
-            elif isinstance(entry, dict):  # {other_file.yaml: [keys]}
-                keys += [str(k) for k in entry.get(params_file) or []]
+    for stage in stages.values() if isinstance(stages, dict) else []:
+        keys += _stage_keys(stage, params_file)
     return list(dict.fromkeys(keys))
+
+
+def _stage_keys(stage: object, params_file: str) -> list[str]:
+    if not isinstance(stage, dict):
+        return []
+    body = stage.get("do") if isinstance(stage.get("do"), dict) else stage  # foreach/matrix
+    entries = body.get("params", [])
+    keys: list[str] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, str) and "${" not in entry:  # an interpolated key is DVC's
+            keys.append(entry)
+        elif isinstance(entry, dict):  # {other_file.yaml: [keys]}
+            named = entry.get(params_file)
+            keys += [str(k) for k in named if "${" not in str(k)] if isinstance(named, list) else []
+    return keys
 
 
 def _has(data: object, dotted: str) -> bool:
@@ -44,6 +54,14 @@ def _has(data: object, dotted: str) -> bool:
         if not isinstance(data, dict) or part not in data:
             return False
         data = data[part]
+    return True
+
+
+def has_default(dotted: str) -> bool:
+    try:
+        default_value(dotted)
+    except KeyError:
+        return False
     return True
 
 
@@ -121,6 +139,8 @@ def _inserted(text: str, data: dict, missing: list[str]) -> str | None:
     lines = text.splitlines(True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
+    if lines and lines[-1].strip() == "...":  # an explicit end of the document
+        return None
     sections: dict[str, dict] = {}
     for dotted in missing:
         section, *rest = dotted.split(".")
@@ -139,7 +159,15 @@ def _inserted(text: str, data: dict, missing: list[str]) -> str | None:
         if heading is None or not isinstance(data.get(section), dict):
             return None
         lines.insert(heading + 1, _block(keys, _child_indent(lines, heading)))
-    return "".join(lines) + appended
+    edited = "".join(lines) + appended
+    return edited.replace("\r\n", "\n").replace("\n", "\r\n") if "\r\n" in text else edited
+
+
+def _parsed(text: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
 
 
 class Filled(NamedTuple):
@@ -153,22 +181,35 @@ def fill_text(text: str, keys: list[str]) -> Filled:
     file's own keys, values, order and comments are kept; where its layout cannot be
     edited in place it is written out again, without its comments."""
     data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or any(v is None for v in data.values()):
         raise ValueError(f"{PARAMS_FILE} is not a mapping of sections")
-    missing = missing_keys(data, keys)
+    missing = [key for key in missing_keys(data, keys) if has_default(key)]
     if not missing:
         return Filled(text, [], False)
     expected = _merged(data, missing)
     edited = _inserted(text, data, missing)
-    if edited is not None and yaml.safe_load(edited) == expected:
+    if edited is not None and _parsed(edited) == expected:
         return Filled(edited, missing, False)
     return Filled(yaml.safe_dump(expected, sort_keys=False, allow_unicode=True), missing, True)
 
 
+def _listed(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+
 def missing_message(missing: list[str], params: str = PARAMS_FILE) -> str:
-    shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    return (
-        f"{params} lacks {shown}, which the stages in dvc.yaml read (DVC would stop at the "
-        "first stage that needs one). Run `.venv/bin/anime-face-id check --fill` to write "
-        "them in with their default values, or add them yourself."
-    )
+    unknown = [key for key in missing if not has_default(key)]
+    fillable = [key for key in missing if key not in unknown]
+    parts = []
+    if fillable:
+        parts.append(
+            f"{params} lacks {_listed(fillable)}, which the stages in dvc.yaml read (DVC "
+            "would stop at the first stage that needs one). Run `.venv/bin/anime-face-id "
+            "check --fill` to write them in with their default values, or add them yourself."
+        )
+    if unknown:
+        parts.append(
+            f"dvc.yaml's stages read {_listed(unknown)}, which this project has no setting "
+            f"for ({params} cannot hold it): take it out of the stage's params in dvc.yaml."
+        )
+    return " ".join(parts)

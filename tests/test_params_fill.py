@@ -17,6 +17,7 @@ from anime_face_id.params_fill import (
     dvc_param_keys,
     fill_text,
     missing_keys,
+    missing_message,
 )
 from tests.support.project import make_project
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
@@ -144,3 +145,64 @@ def test_the_readme_own_data_params_run_after_check_fill(tmp_path, prefect_api):
     assert "Still processing items" not in repro.stdout + repro.stderr  # Prefect's exit noise
     assert (project.root / "data" / "splits").is_dir()
     assert subprocess.run([tool, "check"], cwd=project.root, capture_output=True).returncode == 0
+
+
+def test_awkward_files_are_filled_or_refused_with_a_message_not_a_traceback(tmp_path):
+    ended = "characters:\n  - name: A\ncrop:\n  detector: none\n...\n"  # an explicit end
+    data = yaml.safe_load(fill_text(ended, DVC_KEYS).text)
+    assert missing_keys(data, DVC_KEYS) == [] and data["crop"]["detector"] == "none"
+    crlf = SHORT.replace("\n", "\r\n")
+    filled = fill_text(crlf, DVC_KEYS)
+    assert not filled.rewritten and "\n" not in filled.text.replace("\r\n", "")
+    with pytest.raises(ValueError, match="not a mapping"):
+        fill_text("characters: [{name: A}]\ncrop:\n", DVC_KEYS)  # a section set to nothing
+
+
+def test_dvc_yaml_of_any_shape_gives_the_keys_it_can_name(tmp_path):
+    dvc = tmp_path / "dvc.yaml"
+    dvc.write_text("stages:\n  - a\n")  # not DVC's shape: DVC reports it, not this
+    assert dvc_param_keys(dvc) == []
+    dvc.write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "many": {"foreach": [1, 2], "do": {"cmd": "x ${item}", "params": ["split"]}},
+                    "each": {"cmd": "y", "params": ["train.${item}", "crop.size"]},
+                }
+            },
+            sort_keys=False,
+        )
+    )
+    assert dvc_param_keys(dvc) == ["split", "crop.size"]
+
+
+def test_a_key_with_no_setting_is_named_as_dvc_yamls_to_fix(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump({"stages": {"a": {"cmd": "x", "params": ["crop.foo", "crop.margin"]}}})
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(SHORT)
+    missing = dvc_missing_keys(params)
+    assert missing == ["crop.foo", "crop.margin"]
+    message = missing_message(missing)
+    assert "lacks crop.margin," in message and "check --fill" in message
+    assert "read crop.foo, which this project has no setting for" in message
+    assert fill_text(SHORT, missing).added == ["crop.margin"]  # the unknown one is not made up
+
+
+def test_check_fill_edits_only_the_params_file_dvc_reads(tmp_path, capsys):
+    from anime_face_id.cli import main
+
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    other = tmp_path / "experiment.yaml"
+    other.write_text(SHORT)
+    assert main(["check", "--params", str(other), "--fill"]) == 2
+    assert "DVC reads params.yaml, not experiment.yaml" in capsys.readouterr().err
+    assert other.read_text() == SHORT
+    params = tmp_path / "params.yaml"
+    params.write_text(SHORT)
+    assert main(["check", "--params", str(params)]) == 2
+    assert "check --fill" in capsys.readouterr().err
+    assert main(["check", "--params", str(params), "--fill"]) == 0
+    assert "added crop.margin" in capsys.readouterr().out
+    assert dvc_missing_keys(params) == [] and "# the main one" in params.read_text()
