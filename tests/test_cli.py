@@ -34,6 +34,7 @@ from tests.test_identify import (
 pytestmark = pytest.mark.slow  # trains a small model once per session
 
 SCRIPT = Path(sys.executable).parent / "anime-face-id"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +154,16 @@ def test_the_console_script_answers_json(project):
     answer = json.loads(process.stdout)["pictures"][0]
     jsonschema.validate(answer, PICTURE_JSON_SCHEMA)
     assert len(answer["faces"][0]["candidates"]) == 1
+
+
+def test_the_console_script_keeps_its_exit_status_and_output_when_leaving_quickly(tmp_path):
+    """The script skips Python's last garbage collection on the way out (cli.run): every
+    line still arrives, and a failure still exits 2."""
+    good = subprocess.run([str(SCRIPT), "check"], cwd=REPO, capture_output=True, text=True)
+    assert good.returncode == 0 and good.stdout.count("(query: ") >= 2, good.stderr
+    (tmp_path / "params.yaml").write_text("characters: []\n")
+    bad = subprocess.run([str(SCRIPT), "check"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: params.yaml"), bad.stderr
 
 
 def test_gallery_rebuild_adds_a_character_without_training(project, capsys, tmp_path):
