@@ -349,8 +349,9 @@ def rebuild_gallery(
     # decoded to check it: the store holds the sha256 of the very file it embedded)
     vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, paths, loaded.embedding_dim)
     reused = len(vectors)
-    skipped = unreadable_images(root, [path for path in paths if path not in vectors])
-    todo = [path for path in paths if path not in vectors and path not in skipped]
+    unseen = [path for path in paths if path not in vectors]
+    skipped = unreadable_images(root, unseen)
+    todo = [path for path in unseen if path not in skipped]
     if todo:
         embed = embedder or local_embedder(
             loaded.model, root, loaded.image_size, torch_device, config.batch_size

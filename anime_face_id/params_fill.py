@@ -10,6 +10,7 @@ already says, its comments included.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -100,14 +101,14 @@ def default_value(dotted: str) -> object:
     return value
 
 
-def _merged(data: dict, missing: list[str]) -> dict:
+def _merged(data: dict, defaults: dict[str, object]) -> dict:
     merged = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
-    for dotted in missing:
+    for dotted, value in defaults.items():
         *parents, last = dotted.split(".")
         place = merged
         for part in parents:
             place = place.setdefault(part, {})
-        place[last] = default_value(dotted)
+        place[last] = value
     return merged
 
 
@@ -132,7 +133,7 @@ def _child_indent(lines: list[str], after: int) -> str:
     return "  "
 
 
-def _inserted(text: str, data: dict, missing: list[str]) -> str | None:
+def _inserted(text: str, data: dict, defaults: dict[str, object]) -> str | None:
     """``text`` with the missing keys written in: whole sections at the end, keys of a
     section under its heading. None where the file's layout is not the plain block style
     this can edit (a flow-style section, a deeper key)."""
@@ -141,19 +142,19 @@ def _inserted(text: str, data: dict, missing: list[str]) -> str | None:
         lines[-1] += "\n"
     if lines and lines[-1].strip() == "...":  # an explicit end of the document
         return None
-    sections: dict[str, dict] = {}
-    for dotted in missing:
+    sections: dict[str, dict] = {}  # section: the keys to add to it, or the whole of it
+    for dotted, value in defaults.items():
         section, *rest = dotted.split(".")
         if len(rest) > 1:
             return None
         if rest:
-            sections.setdefault(section, {})[rest[0]] = default_value(dotted)
+            sections.setdefault(section, {})[rest[0]] = value
         else:
-            sections[section] = {}
+            sections[section] = value
     appended = ""
     for section, keys in sections.items():
         if section not in data:
-            appended += _block({section: keys or default_value(section)}, "")
+            appended += _block({section: keys}, "")
             continue
         heading = _section_line(lines, section)
         if heading is None or not isinstance(data.get(section), dict):
@@ -183,14 +184,18 @@ def fill_text(text: str, keys: list[str]) -> Filled:
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict) or any(v is None for v in data.values()):
         raise ValueError(f"{PARAMS_FILE} is not a mapping of sections")
-    missing = [key for key in missing_keys(data, keys) if has_default(key)]
-    if not missing:
+    defaults = {}
+    for key in missing_keys(data, keys):
+        with contextlib.suppress(KeyError):  # a key no setting has: missing_message names it
+            defaults[key] = default_value(key)
+    if not defaults:
         return Filled(text, [], False)
-    expected = _merged(data, missing)
-    edited = _inserted(text, data, missing)
+    expected = _merged(data, defaults)
+    edited = _inserted(text, data, defaults)
+    added = list(defaults)
     if edited is not None and _parsed(edited) == expected:
-        return Filled(edited, missing, False)
-    return Filled(yaml.safe_dump(expected, sort_keys=False, allow_unicode=True), missing, True)
+        return Filled(edited, added, False)
+    return Filled(yaml.safe_dump(expected, sort_keys=False, allow_unicode=True), added, True)
 
 
 def _listed(keys: list[str]) -> str:

@@ -15,7 +15,6 @@ traceback, so two logging filters handle them:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -221,13 +220,15 @@ def _reported(stage: str, root: Path, run, heartbeats: bool = True):
 
     url = None if configured_api_url() else running_project_server(root)
     pipeline = os.environ.get(PIPELINE_TAG)  # set by tasks.dvc for flows.pipeline
-    with contextlib.ExitStack() as stack:
-        if url is not None:
-            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
-        if not heartbeats:
-            updates = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-            stack.enter_context(temporary_settings(updates=updates))
-        stack.enter_context(tags(f"stage:{stage}", *([pipeline] if pipeline else [])))
+    updates = {}
+    if url is not None:
+        updates[PREFECT_API_URL] = url
+    if not heartbeats:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with (
+        temporary_settings(updates=updates),
+        tags(f"stage:{stage}", *([pipeline] if pipeline else [])),
+    ):
         return run()
 
 
