@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import unicodedata
 from pathlib import Path
 
@@ -131,6 +132,11 @@ def test_collects_folder_images_into_manifest_and_rejects(tmp_path: Path, source
     assert not list((root / RAW_DIR).rglob(f"{TMP_PREFIX}*"))
 
 
+def without_times(text: str) -> str:
+    """The two runs fetch a second apart at times: the fetch times are not what is compared."""
+    return re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", "<time>", text)
+
+
 def test_characters_finishing_in_any_order_give_the_sequential_outputs(
     tmp_path: Path, source: Path
 ) -> None:
@@ -154,9 +160,9 @@ def test_characters_finishing_in_any_order_give_the_sequential_outputs(
     )
     assert results == sequential
     for name in (RAW_MANIFEST, RAW_REJECTS):
-        assert (root / name).read_text().replace("/b/", "/a/") == (
-            tmp_path / "a" / name
-        ).read_text()
+        assert without_times((root / name).read_text().replace("/b/", "/a/")) == without_times(
+            (tmp_path / "a" / name).read_text()
+        )
     assert calls == [(0, 2, None), (1, 2, "nishikino_maki"), (2, 2, "kuroko_tetsuya")]
     assert [
         (row["slug"], row["images"], row["candidates"], row["downloaded_now"]) for row in reported
