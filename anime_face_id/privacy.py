@@ -8,6 +8,7 @@ Variables already set (a user opting in) are left alone.
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 
 TELEMETRY_OFF = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -16,6 +17,6 @@ TELEMETRY_OFF = {
 }
 
 
-def disable_telemetry() -> None:
+def disable_telemetry(env: MutableMapping[str, str] = os.environ) -> None:
     for name, value in TELEMETRY_OFF.items():
-        os.environ.setdefault(name, value)
+        env.setdefault(name, value)

@@ -1,6 +1,7 @@
 """Adding a character and a no-op `dvc repro`, with a temporary Prefect server per stage
 (what a bare `dvc repro` does with no server) against the project's long-lived server
-(`make pipeline`, `python -m flows.server start`), measured in the same run.
+(`make pipeline`, `python -m flows.server start`), with stages started cold and with the
+warm stage runner that server starts (flows/warm.py), measured in the same run.
 
     .venv/bin/python benchmarks/incremental.py [--pictures 20] [--whole] [--epochs N]
 
@@ -9,7 +10,8 @@ to date through the data stages (`dvc repro split`: collect, crop, review, split
 fourth character is added and the same command run again, then once more with nothing to
 do. Prints seconds and the ratio of adding a character to the full build, per mode.
 
-`--whole` also measures the whole pipeline on the long-lived server, training included, at
+`--whole` also measures the whole pipeline on the long-lived server and warm stage runner
+(what `make pipeline` sets up), training included, at
 the repository's recipe (`--epochs` shortens it): a full `dvc repro` of the 3 characters,
 then a fourth added as the README does without retraining (`dvc repro split`, then
 `anime-face-id gallery rebuild`; the gallery must then name 4 characters), and the `dvc
@@ -34,6 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from flows import warm  # noqa: E402
 from tests.support.project import make_project  # noqa: E402
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder  # noqa: E402
 
@@ -54,11 +57,18 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - started
 
 
-def folder_project(where: Path, pictures: Path, api_url: str | None, epochs: int | None):
+def folder_project(
+    where: Path, pictures: Path, api_url: str | None, epochs: int | None, warm: bool = False
+):
     """A project of the first 3 characters, read from the picture folder; returns it with
-    its params (a dict to change and write back)."""
+    its params (a dict to change and write back). ``warm``: the project has the warm stage
+    runner that its server starts (flows/warm.py), ready before anything is timed."""
     project = make_project(where, {"ANIME_FACE_ID_PYTHON": sys.executable})
     project.env.pop("PREFECT_API_URL", None)  # no server: each stage starts a temporary one
+    if warm:
+        start_warm_runner(project.root, project.env)
+    else:
+        project.env["ANIME_FACE_ID_WARM"] = "0"
     if api_url:
         project.env["PREFECT_API_URL"] = api_url
     project.env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project.root / 'mlflow.db'}"
@@ -72,6 +82,19 @@ def folder_project(where: Path, pictures: Path, api_url: str | None, epochs: int
     return project, params
 
 
+def start_warm_runner(root: Path, env: dict[str, str], ready_s: float = 120) -> None:
+    subprocess.Popen(
+        [sys.executable, "-m", "flows.warm", "--root", str(root)],
+        cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + ready_s
+    while not warm.is_running(root):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the warm stage runner did not start in {ready_s:g} s")
+        time.sleep(0.2)
+
+
 def add_fourth_character(project, params: dict) -> None:
     params["characters"].append({"name": PIPELINE_NAMES[3]})
     project.params_path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -81,20 +104,32 @@ def tool(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def measure(where: Path, pictures: Path, api_url: str | None) -> dict[str, float]:
-    project, params = folder_project(where, pictures, api_url, None)
-    dvc = [tool("dvc"), "repro", "split"]
-    full = timed(dvc, project.root, project.env)
-    add_fourth_character(project, params)
-    added = timed(dvc, project.root, project.env)
-    nothing = timed(dvc, project.root, project.env)
+def measure(
+    where: Path, pictures: Path, api_url: str | None, warm_runner: bool = False
+) -> dict[str, float]:
+    project, params = folder_project(where, pictures, api_url, None, warm_runner)
+    try:
+        dvc = [tool("dvc"), "repro", "split"]
+        full = timed(dvc, project.root, project.env)
+        add_fourth_character(project, params)
+        added = timed(dvc, project.root, project.env)
+        nothing = timed(dvc, project.root, project.env)
+    finally:
+        warm.stop(project.root)
     return {"full": full, "add one": added, "no-op": nothing}
 
 
 def measure_whole(where: Path, pictures: Path, api_url: str, epochs: int | None) -> dict:
     """The whole pipeline: a full build, a character added without retraining (README:
     "Adding a character without retraining"), and the `dvc repro` that retrains."""
-    project, params = folder_project(where, pictures, api_url, epochs)
+    project, params = folder_project(where, pictures, api_url, epochs, warm=True)
+    try:
+        return _measure_whole(project, params)
+    finally:
+        warm.stop(project.root)
+
+
+def _measure_whole(project, params: dict) -> dict:
     full = timed([tool("dvc"), "repro"], project.root, project.env)
     add_fourth_character(project, params)
     data = timed([tool("dvc"), "repro", "split"], project.root, project.env)
@@ -170,6 +205,9 @@ def main() -> None:
         api_url = long_lived_server(server_root, base)
         try:
             results["one long-lived server"] = measure(where / "long-lived", pictures, api_url)
+            results["server + warm stage runner"] = measure(
+                where / "warm", pictures, api_url, warm_runner=True
+            )
             if args.whole:
                 whole = measure_whole(where / "whole", pictures, api_url, args.epochs)
         finally:

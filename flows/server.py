@@ -8,6 +8,8 @@ stages do not each start a temporary one (about 20 s apiece).
 A Prefect API the user configured (PREFECT_API_URL, in the environment or the Prefect
 profile) always wins: nothing is started then. `make pipeline`, `make prefect-ui` and
 `python -m flows.pipeline` use this module; `make prefect-stop` stops the server.
+Beside the server runs the warm stage runner (flows/warm.py), which starts stages with
+Prefect and torch already imported; it stops with the server.
 """
 
 from __future__ import annotations
@@ -95,9 +97,14 @@ def ensure_server(root: Path, port: int | None = None) -> str:
 
 
 def _remember(root: Path, url: str) -> None:
+    """Record the project server's API for stages run by a bare `dvc repro`, and have the
+    warm stage runner (flows/warm.py) beside it."""
+    from flows import warm
+
     path = root / API_URL_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, url + "\n")
+    warm.start(root)
 
 
 def running_project_server(root: Path) -> str | None:
@@ -111,8 +118,12 @@ def running_project_server(root: Path) -> str | None:
 
 
 def stop_server(root: Path) -> str:
+    """Stop the project's server and its warm stage runner."""
+    from flows import warm
+
     stopped = _prefect(root, "server", "stop")
     (root / API_URL_FILE).unlink(missing_ok=True)
+    warm.stop(root)
     return (stopped.stdout + stopped.stderr).strip() or "stopped"
 
 

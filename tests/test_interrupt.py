@@ -3,6 +3,7 @@ the next run fetches what was in flight, as if the interrupted run had never sta
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -20,7 +21,8 @@ from anime_face_id import interrupt
 from anime_face_id.config import CollectConfig
 from anime_face_id.download import Downloader
 from anime_face_id.fileio import TMP_PREFIX
-from tests.support.project import make_project
+from tests.support.project import Project, make_project
+from tests.support.warm import forked_stages, warm_runner
 from tests.support.webserver import Response, WebServer, web_server
 
 __all__ = ["web_server"]  # a fixture used below
@@ -164,13 +166,24 @@ def test_ctrl_c_stops_collect_in_seconds_and_the_next_run_fetches_everything(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("runner", ["cold", "warm"])
 def test_ctrl_c_stops_dvc_repro_in_seconds_and_dvc_records_nothing(
-    tmp_path: Path, web_server: WebServer, prefect_api: dict[str, str]
+    tmp_path: Path, web_server: WebServer, prefect_api: dict[str, str], runner: str
 ) -> None:
     """Ctrl-C in the terminal running `dvc repro` reaches DVC and the stage alike: both
     stop within seconds, dvc.lock records no collect, and the next `dvc repro` collects
-    everything."""
+    everything; also when the warm stage runner forked the stage (flows/run passes the
+    signal on)."""
     project = make_project(tmp_path, prefect_api)
+    with contextlib.ExitStack() as stack:
+        if runner == "warm":
+            log = stack.enter_context(warm_runner(project.root, project.env))
+        interrupt_dvc_repro(project, web_server)
+        if runner == "warm":
+            assert [stage for stage, _ in forked_stages(log)] == ["collect", "collect"]
+
+
+def interrupt_dvc_repro(project: Project, web_server: WebServer) -> None:
     (project.root / "urls.csv").write_text(slow_pictures(web_server, ("Alice", "Bob"), 6))
     params = project.params()
     params["characters"] = [{"name": "Alice"}, {"name": "Bob"}]

@@ -1,0 +1,381 @@
+"""The warm stage runner: a background process beside the project's Prefect server that has
+already imported Prefect, torch, numpy, OpenCV and Pillow, and forks a DVC stage from that
+state instead of a fresh interpreter importing them (~1-1.5 s per stage, several seconds on
+the few-second stages that adding a character runs).
+
+    .venv/bin/python -m flows.warm --root .     # started by flows.server; not by hand
+
+`sh flows/run <stage>` (every stage's cmd) hands the stage to the runner when its socket is
+in .prefect/ (flows/warm_client.py); the stage then runs exactly as `python -m
+flows.<stage>` would: the caller's working folder, environment, umask, terminal and exit
+status, Ctrl-C included, and the project's own code imported afresh for each stage, so an
+edit is always seen. The runner declines, and the stage runs cold, when what it imported
+could differ from what a fresh interpreter would import: another interpreter or virtual
+environment, a package installed or removed since it started, or an environment variable
+read at import time (Prefect's settings, thread counts, locale; see `import_sensitive`).
+ANIME_FACE_ID_WARM=0 turns it off. It stops with the server (`make prefect-stop`), after
+30 idle minutes, or when .prefect/ goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from anime_face_id.fileio import atomic_write_text
+from flows.warm_client import (
+    SOCKET_NAME,
+    connect,
+    interpreter,
+    receive_message,
+    send_message,
+)
+
+PID_NAME = "stages.pid"
+LOG_NAME = "stages.log"
+IDLE_EXIT_S = 30 * 60
+CHECK_EVERY_S = 5.0
+PRELOAD = (
+    "prefect",
+    "prefect.main",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.logging.handlers",
+    "numpy",
+    "PIL.Image",
+    "yaml",
+    "cv2",
+    "torch",
+)
+PROJECT_PACKAGES = ("flows", "anime_face_id", "tasks")
+# Variables read when the preloaded libraries are imported (so a fresh interpreter could
+# differ), except PREFECT_API_URL: the stage re-reads Prefect's settings, and `make
+# pipeline` sets it for DVC alone.
+SENSITIVE_PREFIXES = (
+    "PREFECT_", "PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOTO_", "NUMEXPR_", "TORCH",
+    "PYTORCH_", "CUDA_", "OPENCV_", "LD_", "MALLOC_", "LANG", "LC_", "TZ", "HOME",
+    "DO_NOT_TRACK", "TMPDIR",
+)  # fmt: skip
+PER_CALL = ("PREFECT_API_URL",)
+
+
+def import_sensitive(env: dict[str, str]) -> dict[str, str]:
+    """The part of an environment that decides what importing the preloaded libraries
+    does, after the defaults every stage process sets (flows/__init__.py)."""
+    from flows import stage_defaults
+
+    env = dict(env)
+    stage_defaults(env)
+    return {
+        name: value
+        for name, value in env.items()
+        if name.startswith(SENSITIVE_PREFIXES) and name not in PER_CALL
+    }
+
+
+def _project_files() -> list[str]:
+    files = []
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in PROJECT_PACKAGES and getattr(module, "__file__", None):
+            files.append(module.__file__)
+    return sorted(files)
+
+
+def fingerprint() -> tuple:
+    """What must not change under a running runner: its own code, and the installed
+    packages (installing or removing one changes the site-packages folder)."""
+    stamps = []
+    for path in [*_project_files(), *(p for p in sys.path if p.startswith(sys.prefix))]:
+        try:
+            stamps.append((path, os.stat(path).st_mtime_ns))
+        except OSError:
+            stamps.append((path, None))
+    return tuple(stamps)
+
+
+def decline_reason(request: dict, started_env: dict[str, str], started_print: tuple) -> str:
+    """Why this request must run cold, or "" when the runner can take it."""
+    if request.get("interpreter") != interpreter():
+        return "another interpreter or virtual environment"
+    if import_sensitive(request.get("env", {})) != started_env:
+        return "an import-time environment variable differs"
+    if fingerprint() != started_print:
+        return "the runner's code or the installed packages changed"
+    return ""
+
+
+def log(home: Path, message: str) -> None:
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}\n"
+    with open(home / LOG_NAME, "a") as out:
+        out.write(line)
+
+
+# --- the stage process ---------------------------------------------------------------
+
+
+def _forget_project_modules() -> None:
+    """The stage imports the project's code afresh from its folder: edits since the runner
+    started count, as in a new interpreter."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in PROJECT_PACKAGES:
+            del sys.modules[name]
+
+
+def _become_fresh_process(request: dict, fds: list[int]) -> None:
+    os.setpgid(0, 0)
+    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # as Python sets them up at start: stdout line by line on a terminal, stderr always
+    sys.stdout.reconfigure(line_buffering=os.isatty(1))
+    sys.stderr.reconfigure(line_buffering=True)
+    _forget_project_modules()
+    import tempfile
+
+    import numpy
+    from prefect.context import refresh_global_settings_context
+
+    tempfile.tempdir = None  # TMPDIR is the stage's
+    numpy.random.seed()  # not the runner's draw, shared by every stage it forks
+    refresh_global_settings_context()  # PREFECT_API_URL and any other setting, from env
+    sys.path[0] = request["cwd"]  # as `python -m` has it
+    sys.argv = ["", *request["args"]]
+
+
+def run_stage_here(request: dict, fds: list[int]) -> None:
+    """In the forked stage process: never returns; exits as `python -m flows.<stage>`."""
+    import runpy
+
+    _become_fresh_process(request, fds)
+    try:
+        runpy.run_module(f"flows.{request['stage']}", run_name="__main__", alter_sys=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:
+        traceback.print_exc()
+        raise SystemExit(1) from None
+    raise SystemExit(0)
+
+
+# --- one request ----------------------------------------------------------------------
+
+
+def _exit_status(status: int) -> dict:
+    if os.WIFSIGNALED(status):
+        return {"signal": os.WTERMSIG(status)}
+    return {"exit": os.waitstatus_to_exitcode(status)}
+
+
+def _watch(connection: socket.socket, pid: int) -> dict:
+    """Wait for the stage; a client that goes away (killed) takes the stage with it."""
+    pidfd = os.pidfd_open(pid)
+    watching = [connection, pidfd]
+    while True:
+        ready, _, _ = select.select(watching, [], [])
+        if pidfd in ready:
+            _, status = os.waitpid(pid, 0)
+            return _exit_status(status)
+        if not connection.recv(64):
+            watching.remove(connection)
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGTERM)
+
+
+def handle(connection: socket.socket, home: Path, started_env: dict, started_print: tuple):
+    """In a fork of the runner, per connection: check, fork the stage, report its end."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        request, fds = receive_message(connection, max_fds=3)
+    except (OSError, EOFError, ValueError):
+        os._exit(0)  # a liveness probe, or a client gone
+    why = decline_reason(request, started_env, started_print)
+    if why or len(fds) != 3:
+        log(home, f"declined {request.get('stage')}: {why or 'no terminal descriptors'}")
+        send_message(connection, {"accepted": False, "why": why})
+        if "changed" in why:
+            os.kill(os.getppid(), signal.SIGTERM)  # outdated: the next start begins afresh
+        os._exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        connection.close()
+        run_stage_here(request, fds)
+    with contextlib.suppress(OSError):  # the child already has (or has exited)
+        os.setpgid(pid, pid)
+    for fd in fds:
+        os.close(fd)
+    log(home, f"stage {request['stage']} runs as {pid}")
+    try:
+        send_message(connection, {"accepted": True, "pid": pid})
+        send_message(connection, _watch(connection, pid))
+    except OSError:
+        pass
+    os._exit(0)
+
+
+# --- the runner -----------------------------------------------------------------------
+
+
+def preload() -> None:
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    gc.collect()
+    gc.freeze()  # forked stages share these pages instead of copying them when gc runs
+
+
+def listen(home: Path) -> socket.socket:
+    """Bind the socket from inside its folder (the path length limit), owner only."""
+    here = os.getcwd()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mask = os.umask(0o077)
+    try:
+        os.chdir(home)
+        if os.path.exists(SOCKET_NAME):
+            os.unlink(SOCKET_NAME)  # a dead runner's: live ones answer, checked before
+        listener.bind(SOCKET_NAME)
+    finally:
+        os.umask(mask)
+        os.chdir(here)
+    listener.listen(16)
+    return listener
+
+
+def _same_socket(home: Path, inode: int) -> bool:
+    try:
+        return (home / SOCKET_NAME).stat().st_ino == inode
+    except OSError:
+        return False
+
+
+def serve(root: Path) -> None:
+    home = root.resolve() / ".prefect"
+    started_env = import_sensitive(dict(os.environ))
+    preload()
+    started_print = fingerprint()
+    listener = listen(home)
+    inode = (home / SOCKET_NAME).stat().st_ino
+    me = os.getpid()
+    atomic_write_text(home / PID_NAME, f"{me}\n")
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the system
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    log(home, f"ready (preloaded {', '.join(PRELOAD)})")
+    last_used = time.monotonic()
+    try:
+        while True:
+            ready, _, _ = select.select([listener], [], [], CHECK_EVERY_S)
+            if ready:
+                connection, _ = listener.accept()
+                last_used = time.monotonic()
+                if os.fork() == 0:
+                    listener.close()
+                    handle(connection, home, started_env, started_print)
+                connection.close()
+            elif time.monotonic() - last_used > IDLE_EXIT_S or not _same_socket(home, inode):
+                break
+    finally:
+        if os.getpid() == me:  # not in a stage leaving through here
+            listener.close()
+            if _same_socket(home, inode):
+                (home / SOCKET_NAME).unlink(missing_ok=True)
+                (home / PID_NAME).unlink(missing_ok=True)
+            log(home, "stopped")
+
+
+# --- starting and stopping it ---------------------------------------------------------
+
+
+def is_running(root: Path) -> bool:
+    connection = connect(str(root / ".prefect"))
+    if connection is None:
+        return False
+    connection.close()
+    return True
+
+
+def start(root: Path) -> None:
+    """Start the runner for the project at ``root`` in the background unless one answers;
+    it takes a few seconds to be ready, and stages run cold until then."""
+    home = root / ".prefect"
+    if os.environ.get("ANIME_FACE_ID_WARM") == "0" or not hasattr(os, "pidfd_open"):
+        return
+    if is_running(root):
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOG_NAME, "a") as errors:
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.warm", "--root", str(root.resolve())],
+            cwd=root,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+        )
+
+
+def _runner_pid(home: Path) -> int | None:
+    try:
+        pid = int((home / PID_NAME).read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"flows.warm" in command else None
+
+
+def stop(root: Path, wait_s: float = 10.0) -> bool:
+    """Stop the project's runner; stages it already started run to their end."""
+    home = root / ".prefect"
+    pid = _runner_pid(home)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Running (an exited runner not yet reaped by its parent counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.warm", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root")
+    args = parser.parse_args(argv)
+    serve(args.root)
+
+
+if __name__ == "__main__":
+    main()

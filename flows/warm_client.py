@@ -1,0 +1,156 @@
+"""flows/run's side of the warm stage runner (flows/warm.py): hand the stage to the runner,
+pass on the signals this process gets, and exit as the stage did; whenever the runner is
+absent or declines, run the stage cold, as `python -m flows.<stage>`.
+
+Run as `python -I flows/warm_client.py <socket folder> <stage> [flow options]`: the
+standard library only, so that it starts in milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+SOCKET_NAME = "stages.sock"
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_HEADER = struct.Struct(">I")
+
+
+def send_message(connection: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    body = json.dumps(message).encode()
+    header = _HEADER.pack(len(body))
+    if fds:
+        socket.send_fds(connection, [header], fds)
+    else:
+        connection.sendall(header)
+    connection.sendall(body)
+
+
+def _exactly(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the other side closed the connection")
+        data += chunk
+    return data
+
+
+def receive_message(connection: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
+    """One message, with the descriptors that came with it (at most ``max_fds``)."""
+    if max_fds:
+        header, fds, _, _ = socket.recv_fds(connection, _HEADER.size, max_fds)
+        if len(header) < _HEADER.size:
+            header += _exactly(connection, _HEADER.size - len(header))
+    else:
+        header, fds = _exactly(connection, _HEADER.size), []
+    if not header:
+        raise EOFError("the other side closed the connection")
+    (size,) = _HEADER.unpack(header)
+    return json.loads(_exactly(connection, size)), list(fds)
+
+
+def connect(folder: str) -> socket.socket | None:
+    """A connection to the runner listening in ``folder``, or None. The socket is reached
+    from inside its folder: a Unix socket's path is limited to ~107 bytes."""
+    here = os.getcwd()
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.chdir(folder)
+        connection.connect(SOCKET_NAME)
+        return connection
+    except OSError:
+        connection.close()
+        return None
+    finally:
+        os.chdir(here)
+
+
+def interpreter() -> dict[str, str]:
+    """What identifies this interpreter and its packages, for the runner to compare."""
+    return {"prefix": os.path.realpath(sys.prefix), "version": sys.version}
+
+
+def request(stage: str, args: list[str]) -> dict:
+    mask = os.umask(0)
+    os.umask(mask)
+    return {
+        "stage": stage,
+        "args": args,
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "umask": mask,
+        "interpreter": interpreter(),
+    }
+
+
+class _Forwarder:
+    """Passes the signals this process gets to the stage's process group (Ctrl-C reaches
+    flows/run, not the runner's child); a signal that arrives before the stage's pid is
+    known waits for it."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.pending: list[int] = []
+
+    def __call__(self, signum: int, _frame) -> None:
+        if self.pid is None:
+            self.pending.append(signum)
+        else:
+            self.send(signum)
+
+    def send(self, signum: int) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signum)
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+        for signum in self.pending:
+            self.send(signum)
+
+
+def exit_as(result: dict) -> None:
+    signum = result.get("signal")
+    if signum:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(result.get("exit", 1))
+
+
+def main(argv: list[str]) -> None:
+    folder, stage, *args = argv
+    cold = [sys.executable, "-m", f"flows.{stage}", *args]
+    connection = None if os.environ.get("ANIME_FACE_ID_WARM") == "0" else connect(folder)
+    if connection is None:
+        os.execv(sys.executable, cold)
+    forwarder = _Forwarder()
+    for signum in FORWARDED:
+        signal.signal(signum, forwarder)
+    try:
+        send_message(connection, request(stage, args), [0, 1, 2])
+        answer, _ = receive_message(connection)
+    except (OSError, EOFError, ValueError):
+        answer = {}
+    if not answer.get("accepted"):
+        connection.close()
+        for signum in FORWARDED:
+            signal.signal(signum, signal.SIG_DFL)
+        for signum in forwarder.pending:  # Ctrl-C before anything started: stop here
+            exit_as({"signal": signum})
+        os.execv(sys.executable, cold)
+    forwarder.started(answer["pid"])
+    try:
+        result, _ = receive_message(connection)
+    except (OSError, EOFError, ValueError):
+        print(f"flows/run: the warm stage runner went away while {stage} ran", file=sys.stderr)
+        sys.exit(1)
+    exit_as(result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

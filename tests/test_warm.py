@@ -1,0 +1,176 @@
+"""The warm stage runner (issue 12): a stage it forks behaves as `python -m flows.<stage>`
+would (outputs, console, exit status, the project's current code), and whenever what it
+imported could differ, or it is gone, the stage runs cold instead."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import warm
+from flows.warm_client import SOCKET_NAME
+from tests.support.project import Project, make_project
+from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
+from tests.support.warm import forked_stages, warm_runner
+
+pytestmark = pytest.mark.slow  # real runner processes importing Prefect and torch
+
+
+def times_out(text: str) -> str:
+    """What two runs of a stage print alike: without clock times, run names and ids."""
+    text = re.sub(r"\d\d:\d\d:\d\d\.\d+ \| \w+ +\| ", "", text)
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", "<time>", text)
+    text = re.sub(r"Flow run '[\w-]+'", "Flow run", text)
+    text = re.sub(r"(flow-run/|Task run ')[\w-]+", r"\1<id>", text)
+    return text
+
+
+@pytest.fixture
+def project(tmp_path: Path, prefect_api: dict[str, str]) -> Project:
+    """Two characters to collect from a picture folder."""
+    project = make_project(tmp_path, {**prefect_api, "ANIME_FACE_ID_PYTHON": sys.executable})
+    pictures = write_picture_folder(tmp_path / "pictures", PIPELINE_NAMES[:2], 3, 64)
+    project.set_params(
+        characters=[{"name": name} for name in PIPELINE_NAMES[:2]],
+        collect={"backend": "folder", "folder": str(pictures)},
+    )
+    return project
+
+
+def collect(project: Project, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", "flows/run", "collect"],
+        cwd=project.root,
+        env={**project.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_forked_stage_writes_and_prints_what_a_cold_one_does(project: Project) -> None:
+    with warm_runner(project.root, project.env) as log:
+        forked = collect(project)
+        assert forked.returncode == 0, forked.stdout + forked.stderr
+        assert [stage for stage, _ in forked_stages(log)] == ["collect"]
+        manifest = (project.root / "data/raw/manifest.csv").read_text()
+
+        for outputs in ("data/raw",):
+            subprocess.run(["rm", "-rf", outputs], cwd=project.root, check=True)
+        cold = collect(project, ANIME_FACE_ID_WARM="0")
+        assert cold.returncode == 0, cold.stdout + cold.stderr
+        assert len(forked_stages(log)) == 1  # this one was not handed to the runner
+
+    assert times_out(manifest) == times_out((project.root / "data/raw/manifest.csv").read_text())
+    assert times_out(forked.stdout) == times_out(cold.stdout)
+    assert "Images per character" in forked.stdout + forked.stderr
+
+
+def test_a_forked_stage_runs_the_code_as_edited_after_the_runner_started(
+    project: Project,
+) -> None:
+    with warm_runner(project.root, project.env) as log:
+        code = project.root / "anime_face_id" / "collect.py"
+        code.write_text(code.read_text() + '\nprint("edited after the runner started")\n')
+        forked = collect(project)
+        assert forked.returncode == 0, forked.stderr
+        assert "edited after the runner started" in forked.stdout
+        assert forked_stages(log), log.read_text()
+
+
+def test_a_failing_stage_exits_with_its_status_and_message(project: Project) -> None:
+    project.params_path.write_text(yaml.safe_dump({"characters": "Alice"}))
+    cold = collect(project, ANIME_FACE_ID_WARM="0")
+    with warm_runner(project.root, project.env) as log:
+        forked = collect(project)
+        assert forked_stages(log)
+    assert cold.returncode == 2
+    assert (forked.returncode, forked.stderr) == (cold.returncode, cold.stderr)
+    assert "error:" in forked.stderr and "Traceback" not in forked.stderr
+
+
+def test_a_variable_read_at_import_that_differs_runs_the_stage_cold(project: Project) -> None:
+    with warm_runner(project.root, project.env) as log:
+        cold = collect(project, OMP_NUM_THREADS="1")
+        assert cold.returncode == 0, cold.stderr
+        assert forked_stages(log) == []
+        assert "declined collect: an import-time environment variable differs" in log.read_text()
+
+
+def test_the_forked_stage_reports_to_the_prefect_api_of_its_own_environment(
+    project: Project,
+) -> None:
+    """`make pipeline` sets PREFECT_API_URL for DVC alone, not for the runner: the stage
+    re-reads Prefect's settings, so it reports there (not to a temporary server)."""
+    api_url = project.env["PREFECT_API_URL"]
+    runner_env = {name: value for name, value in project.env.items() if name != "PREFECT_API_URL"}
+    with warm_runner(project.root, runner_env) as log:
+        forked = collect(project)
+        assert forked.returncode == 0, forked.stderr
+        assert len(forked_stages(log)) == 1
+    output = forked.stdout + forked.stderr
+    assert f"View at {api_url.removesuffix('/api')}/runs/flow-run/" in output
+    assert "temporary server" not in output
+
+
+def test_a_socket_left_by_a_dead_runner_runs_the_stage_cold(project: Project) -> None:
+    home = project.root / ".prefect"
+    home.mkdir()
+    os.chdir(home)
+    try:
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(SOCKET_NAME)
+        stale.close()  # the file stays, nothing listens
+    finally:
+        os.chdir(project.root.parent)
+    result = collect(project)
+    assert result.returncode == 0, result.stderr
+    assert (project.root / "data/raw/manifest.csv").is_file()
+
+
+def test_ctrl_c_reaches_the_forked_stage_and_leaves_no_process(project: Project) -> None:
+    """flows/run, not the stage, is in the terminal's process group: the signal is passed
+    on, and the stage's exit status comes back."""
+    slow = project.root / "flows" / "collect.py"
+    slow.write_text(
+        "import time\nprint('sleeping', flush=True)\n"
+        "try:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n"
+        "    print('stopped by Ctrl-C', flush=True)\n    raise SystemExit(130)\n"
+    )
+    with warm_runner(project.root, project.env) as log:
+        process = subprocess.Popen(
+            ["sh", "flows/run", "collect"], cwd=project.root, env=project.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        assert process.stdout.readline().strip() == "sleeping"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        started = time.monotonic()
+        output, _ = process.communicate(timeout=30)
+        assert time.monotonic() - started < 10
+        assert process.returncode == 130
+        assert "stopped by Ctrl-C" in output
+        [(_, pid)] = forked_stages(log)
+        assert not warm._alive(pid)
+
+
+def test_the_server_stop_stops_the_runner(project: Project) -> None:
+    with warm_runner(project.root, project.env):
+        assert warm.is_running(project.root)
+        pid = int((project.root / ".prefect" / warm.PID_NAME).read_text())
+        subprocess.run(
+            [sys.executable, "-m", "flows.server", "stop", "--root", str(project.root)],
+            cwd=project.root, env=project.env, capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert not warm._alive(pid)
+        assert not warm.is_running(project.root)
+        assert not (project.root / ".prefect" / SOCKET_NAME).exists()
