@@ -85,7 +85,7 @@ prefect-ui: prefect-start ## the Prefect UI on http://127.0.0.1:$(PREFECT_PORT) 
 prefect-start: setup ## start the project's Prefect server in the background (data in .prefect/)
 	$(PY) -m flows.server start --port $(PREFECT_PORT)
 
-prefect-stop: setup ## stop the project's background Prefect server
+prefect-stop: setup ## stop the project's background Prefect server and its warm stage runner
 	$(PY) -m flows.server stop
 
 mlflow-ui: setup ## start the MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (runs in mlflow.db)

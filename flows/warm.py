@@ -274,15 +274,18 @@ def _same_socket(home: Path, inode: int) -> bool:
 
 def serve(root: Path) -> None:
     home = root.resolve() / ".prefect"
+    me = os.getpid()
+    # before the imports (seconds): a stop meanwhile finds it; again once it listens, as
+    # a runner started at the same moment may have written its own and lost the socket
+    atomic_write_text(home / PID_NAME, f"{me}\n")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     started_env = import_sensitive(dict(os.environ))
     preload()
     started_print = fingerprint()
     listener = listen(home)
     inode = (home / SOCKET_NAME).stat().st_ino
-    me = os.getpid()
     atomic_write_text(home / PID_NAME, f"{me}\n")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the system
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log(home, f"ready (preloaded {', '.join(PRELOAD)})")
     last_used = time.monotonic()
     try:

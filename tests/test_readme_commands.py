@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows import warm
 from tests.support.processes import answers, free_port
 from tests.support.project import Project, prefect_post
 from tests.support.readme import readme_commands
@@ -498,6 +499,7 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     finally:
         reader.run("make prefect-stop", **own)
     assert not answers(f"http://127.0.0.1:{port}/api/health")
+    assert not warm.is_running(root)  # the warm stage runner stopped with it
     deployment = '.venv/bin/python -m flows.pipeline --serve --cron "0 3 * * 1"'
     with reader.serving(deployment, "being served"):
         found = prefect_post(reader.env["PREFECT_API_URL"], "deployments/filter", {})
