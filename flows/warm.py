@@ -27,17 +27,20 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
-import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from anime_face_id.fileio import atomic_write_text
 from flows.warm_client import (
+    FORWARDED,
     SOCKET_NAME,
     connect,
     interpreter,
+    process_attributes,
     receive_message,
     send_message,
 )
@@ -63,9 +66,10 @@ PROJECT_PACKAGES = ("flows", "anime_face_id", "tasks")
 # differ), except PREFECT_API_URL: the stage re-reads Prefect's settings, and `make
 # pipeline` sets it for DVC alone.
 SENSITIVE_PREFIXES = (
-    "PREFECT_", "PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOTO_", "NUMEXPR_", "TORCH",
-    "PYTORCH_", "CUDA_", "OPENCV_", "LD_", "MALLOC_", "LANG", "LC_", "TZ", "HOME",
-    "DO_NOT_TRACK", "TMPDIR",
+    "PREFECT_", "PYTHON", "OMP_", "GOMP_", "MKL_", "OPENBLAS_", "KMP_", "GOTO_", "NUMEXPR_",
+    "NPY_", "NUMPY_", "TORCH", "PYTORCH_", "CUDA_", "OPENCV_", "PILLOW_", "PYDANTIC_", "LD_",
+    "MALLOC_", "GLIBC_", "LANG", "LC_", "TZ", "HOME", "DO_NOT_TRACK", "TMPDIR",
+    "TERM", "COLORTERM", "NO_COLOR", "FORCE_COLOR", "TTY_", "COLUMNS", "LINES",
 )  # fmt: skip
 PER_CALL = ("PREFECT_API_URL",)
 
@@ -85,9 +89,12 @@ def import_sensitive(env: dict[str, str]) -> dict[str, str]:
 
 
 def _project_files() -> list[str]:
+    """The project's code this process runs: its packages' modules, and the runner itself
+    (run as __main__)."""
     files = []
     for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in PROJECT_PACKAGES and getattr(module, "__file__", None):
+        ours = name == "__main__" or name.split(".")[0] in PROJECT_PACKAGES
+        if ours and getattr(module, "__file__", None):
             files.append(module.__file__)
     return sorted(files)
 
@@ -104,13 +111,26 @@ def fingerprint() -> tuple:
     return tuple(stamps)
 
 
-def decline_reason(request: dict, started_env: dict[str, str], started_print: tuple) -> str:
+@dataclass(frozen=True)
+class Started:
+    """What the runner was started with, for each request to be compared against."""
+
+    home: Path
+    pid: int
+    env: dict[str, str]
+    process: dict
+    code: tuple
+
+
+def decline_reason(request: dict, started: Started) -> str:
     """Why this request must run cold, or "" when the runner can take it."""
     if request.get("interpreter") != interpreter():
         return "another interpreter or virtual environment"
-    if import_sensitive(request.get("env", {})) != started_env:
+    if import_sensitive(request.get("env", {})) != started.env:
         return "an import-time environment variable differs"
-    if fingerprint() != started_print:
+    if request.get("process") != started.process:
+        return "CPU affinity, priority, groups, cgroup or limits differ"
+    if fingerprint() != started.code:
         return "the runner's code or the installed packages changed"
     return ""
 
@@ -130,13 +150,22 @@ def _forget_project_modules() -> None:
     for name in list(sys.modules):
         if name.split(".")[0] in PROJECT_PACKAGES:
             del sys.modules[name]
+    importlib.invalidate_caches()
 
 
-def _become_fresh_process(request: dict, fds: list[int]) -> None:
+def _take_signals(ignored: list[int]) -> None:
+    """A fresh interpreter's signal handling, with what the caller ignores ignored."""
+    for signum in FORWARDED:
+        signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if signal.SIGINT not in ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _become_fresh_process(request: dict, fds: list[int], blocked: set) -> None:
     os.setpgid(0, 0)
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _take_signals(request["ignored"])
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # what came meanwhile arrives now
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -152,30 +181,23 @@ def _become_fresh_process(request: dict, fds: list[int]) -> None:
 
     import numpy
     from prefect.context import refresh_global_settings_context
+    from prefect.logging.configuration import setup_logging
 
     tempfile.tempdir = None  # TMPDIR is the stage's
     numpy.random.seed()  # not the runner's draw, shared by every stage it forks
     refresh_global_settings_context()  # PREFECT_API_URL and any other setting, from env
+    setup_logging(incremental=False)  # console handlers on this terminal, not the log file
     sys.path[0] = request["cwd"]  # as `python -m` has it
     sys.argv = ["", *request["args"]]
 
 
-def run_stage_here(request: dict, fds: list[int]) -> None:
-    """In the forked stage process: never returns; exits as `python -m flows.<stage>`."""
+def run_stage_here(request: dict, fds: list[int], blocked: set) -> None:
+    """In the forked stage process: runs the stage as `python -m flows.<stage>` does, and
+    leaves as it would: SystemExit, or an exception shown by Python's top level."""
     import runpy
 
-    _become_fresh_process(request, fds)
-    try:
-        runpy.run_module(f"flows.{request['stage']}", run_name="__main__", alter_sys=True)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        traceback.print_exc()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    except BaseException:
-        traceback.print_exc()
-        raise SystemExit(1) from None
+    _become_fresh_process(request, fds, blocked)
+    runpy.run_module(f"flows.{request['stage']}", run_name="__main__", alter_sys=True)
     raise SystemExit(0)
 
 
@@ -203,38 +225,64 @@ def _watch(connection: socket.socket, pid: int) -> dict:
                 os.killpg(pid, signal.SIGTERM)
 
 
-def handle(connection: socket.socket, home: Path, started_env: dict, started_print: tuple):
-    """In a fork of the runner, per connection: check, fork the stage, report its end."""
+def _same_user(connection: socket.socket) -> bool:
+    credentials = connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+    )
+    _, uid, _ = struct.unpack("3i", credentials)
+    return uid == os.getuid()
+
+
+def _request(connection: socket.socket, started: Started) -> tuple[dict, list[int], str]:
+    """The request, its descriptors and why it must run cold ("" when it need not)."""
+    connection.settimeout(10)  # a client that connects and sends nothing is let go
+    request, fds = receive_message(connection, max_fds=3)
+    connection.settimeout(None)
+    if not _same_user(connection):
+        return request, fds, "another user"
+    if len(fds) != 3:
+        return request, fds, "no terminal descriptors"
+    return request, fds, decline_reason(request, started)
+
+
+def handle(connection: socket.socket, started: Started) -> None:
+    """In a fork of the runner, per connection: check, fork the stage, report its end.
+    The client runs the stage cold only when told so, before anything was forked."""
+    me = os.getpid()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        request, fds = receive_message(connection, max_fds=3)
-    except (OSError, EOFError, ValueError):
-        os._exit(0)  # a liveness probe, or a client gone
-    why = decline_reason(request, started_env, started_print)
-    if why or len(fds) != 3:
-        log(home, f"declined {request.get('stage')}: {why or 'no terminal descriptors'}")
-        send_message(connection, {"accepted": False, "why": why})
-        if "changed" in why:
-            os.kill(os.getppid(), signal.SIGTERM)  # outdated: the next start begins afresh
-        os._exit(0)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        connection.close()
-        run_stage_here(request, fds)
-    with contextlib.suppress(OSError):  # the child already has (or has exited)
-        os.setpgid(pid, pid)
-    for fd in fds:
-        os.close(fd)
-    log(home, f"stage {request['stage']} runs as {pid}")
-    try:
-        send_message(connection, {"accepted": True, "pid": pid})
-        send_message(connection, _watch(connection, pid))
-    except OSError:
-        pass
-    os._exit(0)
+        try:
+            request, fds, why = _request(connection, started)
+        except (OSError, EOFError, ValueError):
+            return  # a liveness probe, or a client gone
+        except Exception as error:  # a bug here must not cost the stage: it runs cold
+            request, fds, why = {}, [], f"{type(error).__name__}: {error}"
+        if why:
+            send_message(connection, {"accepted": False, "why": why})
+            log(started.home, f"declined {request.get('stage')}: {why}")
+            if "changed" in why and os.getppid() == started.pid:
+                os.kill(started.pid, signal.SIGTERM)  # outdated: the next start is afresh
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        pid = os.fork()
+        if pid == 0:
+            connection.close()
+            run_stage_here(request, fds, blocked)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        with contextlib.suppress(OSError):  # the child already has (or has exited)
+            os.setpgid(pid, pid)
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            send_message(connection, {"accepted": True, "pid": pid})
+            log(started.home, f"stage {request['stage']} runs as {pid}")
+            send_message(connection, _watch(connection, pid))
+    finally:
+        if os.getpid() == me:  # not the stage, leaving through here
+            os._exit(0)
 
 
 # --- the runner -----------------------------------------------------------------------
@@ -272,6 +320,15 @@ def _same_socket(home: Path, inode: int) -> bool:
         return False
 
 
+def _can_watch_processes() -> bool:
+    """pidfd_open (Linux 5.3) may be missing, or refused by a container's seccomp."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def serve(root: Path) -> None:
     home = root.resolve() / ".prefect"
     me = os.getpid()
@@ -279,9 +336,13 @@ def serve(root: Path) -> None:
     # a runner started at the same moment may have written its own and lost the socket
     atomic_write_text(home / PID_NAME, f"{me}\n")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    started_env = import_sensitive(dict(os.environ))
+    if not _can_watch_processes():
+        log(home, "not started: this system cannot watch processes (pidfd_open)")
+        return
+    home.chmod(0o700)  # the socket hands out the caller's terminal and environment
+    env = import_sensitive(dict(os.environ))
     preload()
-    started_print = fingerprint()
+    started = Started(home, me, env, process_attributes(), fingerprint())
     listener = listen(home)
     inode = (home / SOCKET_NAME).stat().st_ino
     atomic_write_text(home / PID_NAME, f"{me}\n")
@@ -289,16 +350,16 @@ def serve(root: Path) -> None:
     log(home, f"ready (preloaded {', '.join(PRELOAD)})")
     last_used = time.monotonic()
     try:
-        while True:
+        while _same_socket(home, inode):  # else another runner took over
             ready, _, _ = select.select([listener], [], [], CHECK_EVERY_S)
             if ready:
                 connection, _ = listener.accept()
                 last_used = time.monotonic()
                 if os.fork() == 0:
                     listener.close()
-                    handle(connection, home, started_env, started_print)
+                    handle(connection, started)
                 connection.close()
-            elif time.monotonic() - last_used > IDLE_EXIT_S or not _same_socket(home, inode):
+            elif time.monotonic() - last_used > IDLE_EXIT_S:
                 break
     finally:
         if os.getpid() == me:  # not in a stage leaving through here
@@ -355,7 +416,10 @@ def stop(root: Path, wait_s: float = 10.0) -> bool:
     pid = _runner_pid(home)
     if pid is None:
         return False
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
     deadline = time.monotonic() + wait_s
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)

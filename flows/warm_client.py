@@ -17,7 +17,10 @@ import struct
 import sys
 
 SOCKET_NAME = "stages.sock"
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+FORWARDED = (
+    signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGCONT,
+)  # fmt: skip
+ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _HEADER = struct.Struct(">I")
 
 
@@ -76,7 +79,33 @@ def interpreter() -> dict[str, str]:
     return {"prefix": os.path.realpath(sys.prefix), "version": sys.version}
 
 
-def request(stage: str, args: list[str]) -> dict:
+def process_attributes() -> dict:
+    """What a process inherits besides its environment and that libraries read as they load
+    (thread counts from the CPU affinity) or that bounds it (limits, groups, cgroup): a
+    stage forked by the runner has the runner's, so they must be the caller's too."""
+    import resource
+
+    limits = ("AS", "DATA", "NOFILE", "NPROC", "STACK", "CORE", "CPU", "RSS", "MEMLOCK", "FSIZE")
+    try:
+        with open("/proc/self/cgroup") as cgroup:
+            placement = cgroup.read()
+    except OSError:
+        placement = ""
+    return {
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "gid": os.getgid(),
+        "groups": sorted(os.getgroups()),
+        "cgroup": placement,
+        "limits": {
+            name: list(resource.getrlimit(getattr(resource, f"RLIMIT_{name}")))
+            for name in limits
+            if hasattr(resource, f"RLIMIT_{name}")
+        },
+    }
+
+
+def request(stage: str, args: list[str], ignored: list[int]) -> dict:
     mask = os.umask(0)
     os.umask(mask)
     return {
@@ -85,14 +114,16 @@ def request(stage: str, args: list[str]) -> dict:
         "cwd": os.getcwd(),
         "env": dict(os.environ),
         "umask": mask,
+        "ignored": ignored,
         "interpreter": interpreter(),
+        "process": process_attributes(),
     }
 
 
 class _Forwarder:
     """Passes the signals this process gets to the stage's process group (Ctrl-C reaches
     flows/run, not the runner's child); a signal that arrives before the stage's pid is
-    known waits for it."""
+    known waits for it. Ctrl-Z stops the stage, then this process; `fg` continues both."""
 
     def __init__(self) -> None:
         self.pid: int | None = None
@@ -107,6 +138,8 @@ class _Forwarder:
     def send(self, signum: int) -> None:
         with contextlib.suppress(OSError):
             os.killpg(self.pid, signum)
+        if signum == signal.SIGTSTP:
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def started(self, pid: int) -> None:
         self.pid = pid
@@ -115,38 +148,58 @@ class _Forwarder:
 
 
 def exit_as(result: dict) -> None:
+    """Exit with the stage's status, or die of the signal that ended it."""
     signum = result.get("signal")
     if signum:
-        signal.signal(signum, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's action cannot be set
+            signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+        sys.exit(128 + signum)
     sys.exit(result.get("exit", 1))
+
+
+def _std_streams_open() -> bool:
+    """With 0, 1 or 2 closed the socket could take its number and be handed over as one."""
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def main(argv: list[str]) -> None:
     folder, stage, *args = argv
     cold = [sys.executable, "-m", f"flows.{stage}", *args]
-    connection = None if os.environ.get("ANIME_FACE_ID_WARM") == "0" else connect(folder)
+    off = os.environ.get("ANIME_FACE_ID_WARM") == "0" or not _std_streams_open()
+    connection = None if off else connect(folder)
     if connection is None:
         os.execv(sys.executable, cold)
+    # a signal the caller ignores (`nohup`) stays ignored, here and in the stage
+    ignored = [s for s in FORWARDED if signal.getsignal(s) == signal.SIG_IGN]
     forwarder = _Forwarder()
     for signum in FORWARDED:
-        signal.signal(signum, forwarder)
+        if signum not in ignored:
+            signal.signal(signum, forwarder)
     try:
-        send_message(connection, request(stage, args), [0, 1, 2])
+        send_message(connection, request(stage, args, ignored), [0, 1, 2])
         answer, _ = receive_message(connection)
     except (OSError, EOFError, ValueError):
-        answer = {}
+        answer = {"accepted": False}  # the runner started nothing: it answers that first
     if not answer.get("accepted"):
         connection.close()
         for signum in FORWARDED:
-            signal.signal(signum, signal.SIG_DFL)
+            if signum not in ignored:
+                signal.signal(signum, signal.SIG_DFL)
         for signum in forwarder.pending:  # Ctrl-C before anything started: stop here
-            exit_as({"signal": signum})
+            if signum in ENDING:
+                exit_as({"signal": signum})
         os.execv(sys.executable, cold)
     forwarder.started(answer["pid"])
     try:
         result, _ = receive_message(connection)
     except (OSError, EOFError, ValueError):
+        forwarder.send(signal.SIGTERM)
         print(f"flows/run: the warm stage runner went away while {stage} ran", file=sys.stderr)
         sys.exit(1)
     exit_as(result)

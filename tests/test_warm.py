@@ -122,16 +122,16 @@ def test_the_forked_stage_reports_to_the_prefect_api_of_its_own_environment(
     assert "temporary server" not in output
 
 
-def test_a_socket_left_by_a_dead_runner_runs_the_stage_cold(project: Project) -> None:
+def test_a_socket_left_by_a_dead_runner_runs_the_stage_cold(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = project.root / ".prefect"
     home.mkdir()
-    os.chdir(home)
-    try:
+    with monkeypatch.context() as inside:
+        inside.chdir(home)  # a socket's path is limited to ~107 bytes
         stale = socket.socket(socket.AF_UNIX)
         stale.bind(SOCKET_NAME)
         stale.close()  # the file stays, nothing listens
-    finally:
-        os.chdir(project.root.parent)
     result = collect(project)
     assert result.returncode == 0, result.stderr
     assert (project.root / "data/raw/manifest.csv").is_file()
@@ -180,3 +180,54 @@ def test_the_server_stop_stops_the_runner(project: Project) -> None:
         assert not warm._alive(pid)
         assert not warm.is_running(project.root)
         assert not (project.root / ".prefect" / SOCKET_NAME).exists()
+
+
+def run_as_stage(project: Project, code: str, **popen) -> subprocess.CompletedProcess:
+    """``code`` as the collect stage's flow module, run through flows/run."""
+    (project.root / "flows" / "collect.py").write_text(code)
+    popen.setdefault("env", project.env)
+    return subprocess.run(
+        ["sh", "flows/run", "collect"], cwd=project.root,
+        capture_output=True, text=True, timeout=120, **popen,
+    )  # fmt: skip
+
+
+def test_a_stage_ends_as_a_cold_one_would_by_exception_or_by_signal(project: Project) -> None:
+    failing = "raise RuntimeError('boom')\n"
+    killed = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"  # as the OOM killer
+    cold = [run_as_stage(project, code, env={**project.env, "ANIME_FACE_ID_WARM": "0"})
+            for code in (failing, killed)]  # fmt: skip
+    with warm_runner(project.root, project.env) as log:
+        warm_runs = [run_as_stage(project, code) for code in (failing, killed)]
+        assert len(forked_stages(log)) == 2, log.read_text()
+    for forked, fresh in zip(warm_runs, cold, strict=True):
+        assert forked.returncode == fresh.returncode, forked.stderr
+    assert warm_runs[0].returncode == 1 and "RuntimeError: boom" in warm_runs[0].stderr
+    assert warm_runs[1].returncode == -signal.SIGKILL
+
+
+def test_a_signal_the_caller_ignores_stays_ignored_in_the_stage(project: Project) -> None:
+    """`nohup dvc repro`: a stage must survive the terminal closing, warm or cold."""
+    code = "import signal\nprint(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)\n"
+
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    with warm_runner(project.root, project.env) as log:
+        plain = run_as_stage(project, code)
+        ignoring = run_as_stage(project, code, preexec_fn=nohup)
+        assert len(forked_stages(log)) == 2, log.read_text()
+    assert (plain.stdout.strip(), ignoring.stdout.strip()) == ("False", "True")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to narrow to one")
+def test_a_stage_pinned_to_other_cpus_runs_cold(project: Project) -> None:
+    """Thread pools size themselves from the CPU affinity as they load: the runner's would
+    ignore `taskset`."""
+    code = "import os\nprint(len(os.sched_getaffinity(0)))\n"
+    one = min(os.sched_getaffinity(0))
+    with warm_runner(project.root, project.env) as log:
+        pinned = run_as_stage(project, code, preexec_fn=lambda: os.sched_setaffinity(0, {one}))
+        assert forked_stages(log) == []
+        assert "declined collect: CPU affinity" in log.read_text()
+    assert pinned.stdout.strip() == "1"
