@@ -6,15 +6,20 @@ the few-second stages that adding a character runs).
     .venv/bin/python -m flows.warm --root .     # started by flows.server; not by hand
 
 `sh flows/run <stage>` (every stage's cmd) hands the stage to the runner when its socket is
-in .prefect/ (flows/warm_client.py); the stage then runs exactly as `python -m
-flows.<stage>` would: the caller's working folder, environment, umask, terminal and exit
-status, Ctrl-C included, and the project's own code imported afresh for each stage, so an
-edit is always seen. The runner declines, and the stage runs cold, when what it imported
-could differ from what a fresh interpreter would import: another interpreter or virtual
-environment, a package installed or removed since it started, or an environment variable
-read at import time (Prefect's settings, thread counts, locale; see `import_sensitive`).
-ANIME_FACE_ID_WARM=0 turns it off. It stops with the server (`make prefect-stop`), after
-30 idle minutes, or when .prefect/ goes away.
+in .prefect/ (flows/warm_client.py); the stage then runs as `python -m flows.<stage>`
+would: the caller's working folder, environment, umask, terminal, signal dispositions and
+exit status (death by a signal included); Ctrl-C and Ctrl-Z are passed on; the project's
+own code is imported afresh for each stage, so an edit is always seen; Prefect's settings
+and console logging are set up again from the caller's environment. The runner declines,
+and the stage runs cold, when what it imported could differ from what a fresh interpreter
+would import: another interpreter or virtual environment, a package installed or removed
+since it started, an environment variable read at import time (Prefect's settings, thread
+counts, locale, terminal; see `import_sensitive`), or another CPU affinity, priority,
+group, cgroup or resource limit. What still differs: `ps` shows a forked stage as a
+`flows.warm` process, it has no controlling terminal (nothing in a stage opens /dev/tty),
+and it gets descriptors 0-2 only. ANIME_FACE_ID_WARM=0 turns it off. It stops with the
+server (`make prefect-stop`), after 30 idle minutes, or when its socket is removed (with
+.prefect/, say) or taken by another runner.
 """
 
 from __future__ import annotations
