@@ -167,10 +167,9 @@ def _take_signals(ignored: list[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def _become_fresh_process(request: dict, fds: list[int], blocked: set) -> None:
+def _become_fresh_process(request: dict, fds: list[int]) -> None:
     os.setpgid(0, 0)
     _take_signals(request["ignored"])
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # what came meanwhile arrives now
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -182,6 +181,8 @@ def _become_fresh_process(request: dict, fds: list[int], blocked: set) -> None:
     sys.stdout.reconfigure(line_buffering=os.isatty(1))
     sys.stderr.reconfigure(line_buffering=True)
     _forget_project_modules()
+    sys.path[0] = request["cwd"]  # as `python -m` has it
+    sys.argv = ["", *request["args"]]
     import tempfile
 
     import numpy
@@ -190,10 +191,9 @@ def _become_fresh_process(request: dict, fds: list[int], blocked: set) -> None:
 
     tempfile.tempdir = None  # TMPDIR is the stage's
     numpy.random.seed()  # not the runner's draw, shared by every stage it forks
+    importlib.import_module("flows")  # its process defaults, before Prefect reads settings
     refresh_global_settings_context()  # PREFECT_API_URL and any other setting, from env
     setup_logging(incremental=False)  # console handlers on this terminal, not the log file
-    sys.path[0] = request["cwd"]  # as `python -m` has it
-    sys.argv = ["", *request["args"]]
 
 
 def run_stage_here(request: dict, fds: list[int], blocked: set) -> None:
@@ -201,7 +201,8 @@ def run_stage_here(request: dict, fds: list[int], blocked: set) -> None:
     leaves as it would: SystemExit, or an exception shown by Python's top level."""
     import runpy
 
-    _become_fresh_process(request, fds, blocked)
+    _become_fresh_process(request, fds)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # what came meanwhile arrives now
     runpy.run_module(f"flows.{request['stage']}", run_name="__main__", alter_sys=True)
     raise SystemExit(0)
 
@@ -224,17 +225,22 @@ def _watch(connection: socket.socket, pid: int) -> dict:
         if pidfd in ready:
             _, status = os.waitpid(pid, 0)
             return _exit_status(status)
-        if not connection.recv(64):
+        try:
+            gone = not connection.recv(64)
+        except OSError:  # reset: the client died with a message unread
+            gone = True
+        if gone:
             watching.remove(connection)
             with contextlib.suppress(OSError):
                 os.killpg(pid, signal.SIGTERM)
+                os.killpg(pid, signal.SIGCONT)  # a stopped stage (Ctrl-Z) must see it
 
 
 def _same_user(connection: socket.socket) -> bool:
     credentials = connection.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII")
     )
-    _, uid, _ = struct.unpack("3i", credentials)
+    _, uid, _ = struct.unpack("iII", credentials)
     return uid == os.getuid()
 
 
@@ -269,6 +275,8 @@ def handle(connection: socket.socket, started: Started) -> None:
             if "changed" in why and os.getppid() == started.pid:
                 os.kill(started.pid, signal.SIGTERM)  # outdated: the next start is afresh
             return
+        # from here on the client never runs the stage itself
+        send_message(connection, {"accepted": True})
         sys.stdout.flush()
         sys.stderr.flush()
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
@@ -282,7 +290,7 @@ def handle(connection: socket.socket, started: Started) -> None:
         for fd in fds:
             os.close(fd)
         with contextlib.suppress(OSError):
-            send_message(connection, {"accepted": True, "pid": pid})
+            send_message(connection, {"pid": pid})
             log(started.home, f"stage {request['stage']} runs as {pid}")
             send_message(connection, _watch(connection, pid))
     finally:
@@ -318,11 +326,30 @@ def listen(home: Path) -> socket.socket:
     return listener
 
 
-def _same_socket(home: Path, inode: int) -> bool:
+def _socket_identity(home: Path) -> tuple | None:
     try:
-        return (home / SOCKET_NAME).stat().st_ino == inode
+        found = (home / SOCKET_NAME).stat()
     except OSError:
-        return False
+        return None
+    return found.st_dev, found.st_ino, found.st_ctime_ns
+
+
+def _same_socket(home: Path, identity: tuple) -> bool:
+    return _socket_identity(home) == identity
+
+
+def _started_at(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot): with the pid, it names one
+    process, not whichever later reuses the number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _pid_line(pid: int) -> str:
+    return f"{pid} {_started_at(pid)}\n"
 
 
 def _can_watch_processes() -> bool:
@@ -339,23 +366,23 @@ def serve(root: Path) -> None:
     me = os.getpid()
     # before the imports (seconds): a stop meanwhile finds it; again once it listens, as
     # a runner started at the same moment may have written its own and lost the socket
-    atomic_write_text(home / PID_NAME, f"{me}\n")
+    atomic_write_text(home / PID_NAME, _pid_line(me))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if not _can_watch_processes():
         log(home, "not started: this system cannot watch processes (pidfd_open)")
         return
     home.chmod(0o700)  # the socket hands out the caller's terminal and environment
-    env = import_sensitive(dict(os.environ))
-    preload()
-    started = Started(home, me, env, process_attributes(), fingerprint())
+    env, process = import_sensitive(dict(os.environ)), process_attributes()
+    preload()  # after reading what it could change (an OpenMP runtime pins threads, say)
+    started = Started(home, me, env, process, fingerprint())
     listener = listen(home)
-    inode = (home / SOCKET_NAME).stat().st_ino
-    atomic_write_text(home / PID_NAME, f"{me}\n")
+    ours = _socket_identity(home)
+    atomic_write_text(home / PID_NAME, _pid_line(me))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the system
     log(home, f"ready (preloaded {', '.join(PRELOAD)})")
     last_used = time.monotonic()
     try:
-        while _same_socket(home, inode):  # else another runner took over
+        while _same_socket(home, ours):  # else another runner took over
             ready, _, _ = select.select([listener], [], [], CHECK_EVERY_S)
             if ready:
                 connection, _ = listener.accept()
@@ -369,7 +396,7 @@ def serve(root: Path) -> None:
     finally:
         if os.getpid() == me:  # not in a stage leaving through here
             listener.close()
-            if _same_socket(home, inode):
+            if _same_socket(home, ours):
                 (home / SOCKET_NAME).unlink(missing_ok=True)
                 (home / PID_NAME).unlink(missing_ok=True)
             log(home, "stopped")
@@ -408,11 +435,10 @@ def start(root: Path) -> None:
 
 def _runner_pid(home: Path) -> int | None:
     try:
-        pid = int((home / PID_NAME).read_text())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        pid, started_at = (home / PID_NAME).read_text().split()
     except (OSError, ValueError):
         return None
-    return pid if b"flows.warm" in command else None
+    return int(pid) if pid.isdigit() and _started_at(int(pid)) == started_at else None
 
 
 def stop(root: Path, wait_s: float = 10.0) -> bool:

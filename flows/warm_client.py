@@ -125,9 +125,10 @@ class _Forwarder:
     flows/run, not the runner's child); a signal that arrives before the stage's pid is
     known waits for it. Ctrl-Z stops the stage, then this process; `fg` continues both."""
 
-    def __init__(self) -> None:
+    def __init__(self, stops: bool) -> None:
         self.pid: int | None = None
         self.pending: list[int] = []
+        self.stops = stops  # Ctrl-Z stops this process too (unless the caller ignores it)
 
     def __call__(self, signum: int, _frame) -> None:
         if self.pid is None:
@@ -138,8 +139,14 @@ class _Forwarder:
     def send(self, signum: int) -> None:
         with contextlib.suppress(OSError):
             os.killpg(self.pid, signum)
-        if signum == signal.SIGTSTP:
-            os.kill(os.getpid(), signal.SIGSTOP)
+        if (
+            signum == signal.SIGTSTP and self.stops
+        ):  # stop as a cold stage would (the shell sees it) ...
+            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTSTP)
+            signal.signal(signal.SIGTSTP, self)
+            with contextlib.suppress(OSError):  # ... and once continued, so is the stage
+                os.killpg(self.pid, signal.SIGCONT)
 
     def started(self, pid: int) -> None:
         self.pid = pid
@@ -175,12 +182,12 @@ def main(argv: list[str]) -> None:
     connection = None if off else connect(folder)
     if connection is None:
         os.execv(sys.executable, cold)
-    # a signal the caller ignores (`nohup`) stays ignored, here and in the stage
+    # A signal the caller ignores (`nohup`) starts ignored in the stage too; it is passed on
+    # all the same, as a cold stage would get it, and may have set its own handler since.
     ignored = [s for s in FORWARDED if signal.getsignal(s) == signal.SIG_IGN]
-    forwarder = _Forwarder()
+    forwarder = _Forwarder(stops=signal.SIGTSTP not in ignored)
     for signum in FORWARDED:
-        if signum not in ignored:
-            signal.signal(signum, forwarder)
+        signal.signal(signum, forwarder)
     try:
         send_message(connection, request(stage, args, ignored), [0, 1, 2])
         answer, _ = receive_message(connection)
@@ -189,18 +196,19 @@ def main(argv: list[str]) -> None:
     if not answer.get("accepted"):
         connection.close()
         for signum in FORWARDED:
-            if signum not in ignored:
-                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
         for signum in forwarder.pending:  # Ctrl-C before anything started: stop here
-            if signum in ENDING:
+            if signum in ENDING and signum not in ignored:
                 exit_as({"signal": signum})
         os.execv(sys.executable, cold)
-    forwarder.started(answer["pid"])
     try:
+        started, _ = receive_message(connection)
+        forwarder.started(started["pid"])
         result, _ = receive_message(connection)
-    except (OSError, EOFError, ValueError):
-        forwarder.send(signal.SIGTERM)
-        print(f"flows/run: the warm stage runner went away while {stage} ran", file=sys.stderr)
+    except (OSError, EOFError, ValueError, KeyError):
+        if forwarder.pid is not None:
+            forwarder.send(signal.SIGTERM)
+        print(f"flows/run: the warm stage runner failed while {stage} ran", file=sys.stderr)
         sys.exit(1)
     exit_as(result)
 

@@ -25,6 +25,13 @@ from tests.support.warm import forked_stages, warm_runner
 pytestmark = pytest.mark.slow  # real runner processes importing Prefect and torch
 
 
+def as_in_a_terminal() -> None:
+    """The signal dispositions of a command typed in a terminal: the test may run where
+    they are ignored (a background job ignores SIGINT, `nohup` SIGHUP)."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def times_out(text: str) -> str:
     """What two runs of a stage print alike: without clock times, run names and ids."""
     text = re.sub(r"\d\d:\d\d:\d\d\.\d+ \| \w+ +\| ", "", text)
@@ -137,20 +144,27 @@ def test_a_socket_left_by_a_dead_runner_runs_the_stage_cold(
     assert (project.root / "data/raw/manifest.csv").is_file()
 
 
-def test_ctrl_c_reaches_the_forked_stage_and_leaves_no_process(project: Project) -> None:
+def ignoring_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("caller", [as_in_a_terminal, ignoring_ctrl_c])
+def test_ctrl_c_reaches_the_forked_stage_and_leaves_no_process(project: Project, caller) -> None:
     """flows/run, not the stage, is in the terminal's process group: the signal is passed
-    on, and the stage's exit status comes back."""
+    on, and the stage's exit status comes back. A stage that handles Ctrl-C itself (as
+    every stage does) gets it even when started with it ignored, as a cold one would."""
     slow = project.root / "flows" / "collect.py"
     slow.write_text(
-        "import time\nprint('sleeping', flush=True)\n"
-        "try:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n"
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "try:\n    print('sleeping', flush=True)\n    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n"
         "    print('stopped by Ctrl-C', flush=True)\n    raise SystemExit(130)\n"
     )
     with warm_runner(project.root, project.env) as log:
         process = subprocess.Popen(
             ["sh", "flows/run", "collect"], cwd=project.root, env=project.env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=caller,
         )  # fmt: skip
         before = []
         while "sleeping" not in before[-1:]:
@@ -172,7 +186,7 @@ def test_ctrl_c_reaches_the_forked_stage_and_leaves_no_process(project: Project)
 def test_the_server_stop_stops_the_runner(project: Project) -> None:
     with warm_runner(project.root, project.env):
         assert warm.is_running(project.root)
-        pid = int((project.root / ".prefect" / warm.PID_NAME).read_text())
+        pid = int((project.root / ".prefect" / warm.PID_NAME).read_text().split()[0])
         subprocess.run(
             [sys.executable, "-m", "flows.server", "stop", "--root", str(project.root)],
             cwd=project.root, env=project.env, capture_output=True, timeout=120,
@@ -214,7 +228,7 @@ def test_a_signal_the_caller_ignores_stays_ignored_in_the_stage(project: Project
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     with warm_runner(project.root, project.env) as log:
-        plain = run_as_stage(project, code)
+        plain = run_as_stage(project, code, preexec_fn=as_in_a_terminal)
         ignoring = run_as_stage(project, code, preexec_fn=nohup)
         assert len(forked_stages(log)) == 2, log.read_text()
     assert (plain.stdout.strip(), ignoring.stdout.strip()) == ("False", "True")
