@@ -23,6 +23,7 @@ Targets (issue 12): adding one character < 10% of a full build; a no-op run < 3 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -36,9 +37,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows import warm  # noqa: E402
 from tests.support.project import make_project  # noqa: E402
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder  # noqa: E402
+from tests.support.warm import warm_runner  # noqa: E402
 
 
 def free_port() -> int:
@@ -61,13 +62,11 @@ def folder_project(
     where: Path, pictures: Path, api_url: str | None, epochs: int | None, warm: bool = False
 ):
     """A project of the first 3 characters, read from the picture folder; returns it with
-    its params (a dict to change and write back). ``warm``: the project has the warm stage
-    runner that its server starts (flows/warm.py), ready before anything is timed."""
+    its params (a dict to change and write back). ``warm``: its stages may go to a warm
+    stage runner (`runner`), else they always start cold."""
     project = make_project(where, {"ANIME_FACE_ID_PYTHON": sys.executable})
     project.env.pop("PREFECT_API_URL", None)  # no server: each stage starts a temporary one
-    if warm:
-        start_warm_runner(project.root, project.env)
-    else:
+    if not warm:
         project.env["ANIME_FACE_ID_WARM"] = "0"
     if api_url:
         project.env["PREFECT_API_URL"] = api_url
@@ -82,17 +81,10 @@ def folder_project(
     return project, params
 
 
-def start_warm_runner(root: Path, env: dict[str, str], ready_s: float = 120) -> None:
-    subprocess.Popen(
-        [sys.executable, "-m", "flows.warm", "--root", str(root)],
-        cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + ready_s
-    while not warm.is_running(root):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the warm stage runner did not start in {ready_s:g} s")
-        time.sleep(0.2)
+def runner(project, warm: bool):
+    """The warm stage runner that the project's server starts (flows/warm.py), ready before
+    anything is timed, or nothing."""
+    return warm_runner(project.root, project.env) if warm else contextlib.nullcontext()
 
 
 def add_fourth_character(project, params: dict) -> None:
@@ -105,17 +97,15 @@ def tool(name: str) -> str:
 
 
 def measure(
-    where: Path, pictures: Path, api_url: str | None, warm_runner: bool = False
+    where: Path, pictures: Path, api_url: str | None, warm: bool = False
 ) -> dict[str, float]:
-    project, params = folder_project(where, pictures, api_url, None, warm_runner)
-    try:
+    project, params = folder_project(where, pictures, api_url, None, warm)
+    with runner(project, warm):
         dvc = [tool("dvc"), "repro", "split"]
         full = timed(dvc, project.root, project.env)
         add_fourth_character(project, params)
         added = timed(dvc, project.root, project.env)
         nothing = timed(dvc, project.root, project.env)
-    finally:
-        warm.stop(project.root)
     return {"full": full, "add one": added, "no-op": nothing}
 
 
@@ -123,10 +113,8 @@ def measure_whole(where: Path, pictures: Path, api_url: str, epochs: int | None)
     """The whole pipeline: a full build, a character added without retraining (README:
     "Adding a character without retraining"), and the `dvc repro` that retrains."""
     project, params = folder_project(where, pictures, api_url, epochs, warm=True)
-    try:
+    with runner(project, warm=True):
         return _measure_whole(project, params)
-    finally:
-        warm.stop(project.root)
 
 
 def _measure_whole(project, params: dict) -> dict:
@@ -206,7 +194,7 @@ def main() -> None:
         try:
             results["one long-lived server"] = measure(where / "long-lived", pictures, api_url)
             results["server + warm stage runner"] = measure(
-                where / "warm", pictures, api_url, warm_runner=True
+                where / "warm", pictures, api_url, warm=True
             )
             if args.whole:
                 whole = measure_whole(where / "whole", pictures, api_url, args.epochs)

@@ -44,6 +44,7 @@ from flows.warm_client import (
     FORWARDED,
     SOCKET_NAME,
     connect,
+    inside,
     interpreter,
     process_attributes,
     receive_message,
@@ -310,18 +311,16 @@ def preload() -> None:
 
 
 def listen(home: Path) -> socket.socket:
-    """Bind the socket from inside its folder (the path length limit), owner only."""
-    here = os.getcwd()
+    """Bind the socket, owner only."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     mask = os.umask(0o077)
     try:
-        os.chdir(home)
-        if os.path.exists(SOCKET_NAME):
-            os.unlink(SOCKET_NAME)  # a dead runner's: live ones answer, checked before
-        listener.bind(SOCKET_NAME)
+        with inside(home):
+            if os.path.exists(SOCKET_NAME):
+                os.unlink(SOCKET_NAME)  # a dead runner's: live ones answer, checked before
+            listener.bind(SOCKET_NAME)
     finally:
         os.umask(mask)
-        os.chdir(here)
     listener.listen(16)
     return listener
 
@@ -338,14 +337,21 @@ def _same_socket(home: Path, identity: tuple) -> bool:
     return _socket_identity(home) == identity
 
 
-def _started_at(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot): with the pid, it names one
-    process, not whichever later reuses the number."""
+def _process_status(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat from the state on (the name before them may hold
+    spaces), or None when there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def _started_at(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot): with the pid, it names one
+    process, not whichever later reuses the number."""
+    fields = _process_status(pid)
+    return fields[19] if fields else None
 
 
 def _pid_line(pid: int) -> str:
@@ -459,11 +465,8 @@ def stop(root: Path, wait_s: float = 10.0) -> bool:
 
 def _alive(pid: int) -> bool:
     """Running (an exited runner not yet reaped by its parent counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    fields = _process_status(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def main(argv: list[str] | None = None) -> None:

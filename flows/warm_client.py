@@ -58,20 +58,28 @@ def receive_message(connection: socket.socket, max_fds: int = 0) -> tuple[dict, 
     return json.loads(_exactly(connection, size)), list(fds)
 
 
-def connect(folder: str) -> socket.socket | None:
-    """A connection to the runner listening in ``folder``, or None. The socket is reached
-    from inside its folder: a Unix socket's path is limited to ~107 bytes."""
+@contextlib.contextmanager
+def inside(folder: str | os.PathLike):
+    """Work from ``folder`` for a while: the socket is named from inside its folder, as a
+    Unix socket's path is limited to ~107 bytes."""
     here = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def connect(folder: str) -> socket.socket | None:
+    """A connection to the runner listening in ``folder``, or None."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        os.chdir(folder)
-        connection.connect(SOCKET_NAME)
-        return connection
+        with inside(folder):
+            connection.connect(SOCKET_NAME)
     except OSError:
         connection.close()
         return None
-    finally:
-        os.chdir(here)
+    return connection
 
 
 def interpreter() -> dict[str, str]:

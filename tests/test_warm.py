@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from flows import warm
-from flows.warm_client import SOCKET_NAME
+from flows.warm_client import SOCKET_NAME, inside
 from tests.support.project import Project, make_project
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
 from tests.support.warm import forked_stages, warm_runner
@@ -53,14 +53,18 @@ def project(tmp_path: Path, prefect_api: dict[str, str]) -> Project:
     return project
 
 
-def collect(project: Project, **env: str) -> subprocess.CompletedProcess:
+def collect(
+    project: Project, preexec_fn=None, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess:
+    """The collect stage through flows/run, with ``env`` over the project's environment."""
     return subprocess.run(
         ["sh", "flows/run", "collect"],
         cwd=project.root,
         env={**project.env, **env},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -129,13 +133,10 @@ def test_the_forked_stage_reports_to_the_prefect_api_of_its_own_environment(
     assert "temporary server" not in output
 
 
-def test_a_socket_left_by_a_dead_runner_runs_the_stage_cold(
-    project: Project, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_socket_left_by_a_dead_runner_runs_the_stage_cold(project: Project) -> None:
     home = project.root / ".prefect"
     home.mkdir()
-    with monkeypatch.context() as inside:
-        inside.chdir(home)  # a socket's path is limited to ~107 bytes
+    with inside(home):
         stale = socket.socket(socket.AF_UNIX)
         stale.bind(SOCKET_NAME)
         stale.close()  # the file stays, nothing listens
@@ -196,21 +197,16 @@ def test_the_server_stop_stops_the_runner(project: Project) -> None:
         assert not (project.root / ".prefect" / SOCKET_NAME).exists()
 
 
-def run_as_stage(project: Project, code: str, **popen) -> subprocess.CompletedProcess:
+def run_as_stage(project: Project, code: str, preexec_fn=None, **env: str):
     """``code`` as the collect stage's flow module, run through flows/run."""
     (project.root / "flows" / "collect.py").write_text(code)
-    popen.setdefault("env", project.env)
-    return subprocess.run(
-        ["sh", "flows/run", "collect"], cwd=project.root,
-        capture_output=True, text=True, timeout=120, **popen,
-    )  # fmt: skip
+    return collect(project, preexec_fn, timeout=120, **env)
 
 
 def test_a_stage_ends_as_a_cold_one_would_by_exception_or_by_signal(project: Project) -> None:
     failing = "raise RuntimeError('boom')\n"
     killed = "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"  # as the OOM killer
-    cold = [run_as_stage(project, code, env={**project.env, "ANIME_FACE_ID_WARM": "0"})
-            for code in (failing, killed)]  # fmt: skip
+    cold = [run_as_stage(project, code, ANIME_FACE_ID_WARM="0") for code in (failing, killed)]
     with warm_runner(project.root, project.env) as log:
         warm_runs = [run_as_stage(project, code) for code in (failing, killed)]
         assert len(forked_stages(log)) == 2, log.read_text()
