@@ -17,6 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from anime_face_id.config import TrainConfig
+from anime_face_id.device import place
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.model.embedder import Embedder, build_embedder
@@ -109,7 +110,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedChe
     except RuntimeError as error:
         raise StageError(f"{path}: weights do not fit the network: {error}") from None
     _require_finite_weights(payload["state_dict"], path)
-    model.to(device).eval()
+    place(model, device).eval()
     return LoadedCheckpoint(
         model=model,
         config=config,

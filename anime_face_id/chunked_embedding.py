@@ -31,13 +31,13 @@ CHUNK_BATCHES = 4
 def _loaded(network: str, stamp: tuple[int, int] | None, device: str, image_size: int | None):
     """The network once per worker process (and per version of its file): the model, its
     input size and the torch device."""
-    from anime_face_id.device import resolve_device
+    from anime_face_id.device import place, resolve_device
 
     torch_device = resolve_device(device)
     if network == IMAGENET:
         from anime_face_id.embed import ImageNetFeatures
 
-        return ImageNetFeatures().to(torch_device).eval(), image_size, torch_device
+        return place(ImageNetFeatures(), torch_device).eval(), image_size, torch_device
     from anime_face_id.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(Path(network), torch_device)

@@ -22,3 +22,17 @@ def resolve_device(name: str) -> torch.device:
             "(this torch build or its drivers do not see it): set device: auto or cpu"
         )
     return torch.device(name)
+
+
+def place(model: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``model`` moved to ``device``, its 4-d weights stored channels-last (NHWC) on a CPU
+    or a CUDA GPU. Its convolutions then take the NHWC kernels: on CPU a training step of
+    the embedder runs 1.8-1.9x faster, its embedding 1.5x, the detector's 1.1-1.7x
+    (benchmarks/memory_format.py), with the same outputs. Inputs need no change: an NCHW
+    batch leaves the first convolution NHWC. MPS keeps the default layout, where some
+    operations lack NHWC kernels."""
+    device = torch.device(device)
+    model.to(device)
+    if device.type in ("cpu", "cuda"):
+        model.to(memory_format=torch.channels_last)
+    return model

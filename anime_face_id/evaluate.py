@@ -28,7 +28,7 @@ import torch
 from anime_face_id import layout
 from anime_face_id.checkpoint import LoadedCheckpoint, load_checkpoint
 from anime_face_id.config import EvaluateConfig
-from anime_face_id.device import resolve_device
+from anime_face_id.device import place, resolve_device
 from anime_face_id.embed import ImageNetFeatures
 from anime_face_id.embedding_store import EMBEDDINGS, save_embeddings
 from anime_face_id.errors import StageError
@@ -141,7 +141,7 @@ def baseline_reports(
     numbers for the untrained backbone's pooled ImageNet features (``embedder`` computes
     them elsewhere; by default here)."""
     if embedder is None:
-        features = ImageNetFeatures().to(device)
+        features = place(ImageNetFeatures(), device)
         embedder = local_embedder(features, root, image_size, device, config.batch_size)
 
     def embed(split_rows):

@@ -36,7 +36,7 @@ from anime_face_id.config import TrainConfig
 from anime_face_id.dataset import (
     NumberedBatches,
 )
-from anime_face_id.device import resolve_device
+from anime_face_id.device import place, resolve_device
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import sweep_temporaries
 from anime_face_id.identity_loss import identity_loss, make_classifier
@@ -139,7 +139,7 @@ def train(
         sweep_temporaries(root / EMBEDDER.parent)  # left by a run killed while saving
     data = load_training_data(root, config)
     try:
-        model = build_embedder(config).to(device)
+        model = place(build_embedder(config), device)
     except PretrainedWeightsMissing as error:
         raise StageError(str(error)) from None
     loss_fn = make_loss(config)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from anime_face_id.device import resolve_device
+from anime_face_id.device import place, resolve_device
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import recall_precision
 from anime_face_id.faces.centernet import (
@@ -398,7 +398,7 @@ def restore(payload: dict, config: DetectorTrainConfig, device: torch.device) ->
     """The run as its state file left it (the recipe was checked to be ``config``)."""
     model = FaceCenterNet(config.neck_channels, config.head_convs)
     model.load_state_dict(payload["model"], strict=True)
-    model.to(device)  # before the optimiser's state, which follows its parameters
+    place(model, device)  # before the optimiser's state, which follows its parameters
     _freeze_stem(model, config.frozen_blocks)
     optimizer = make_optimizer(model, config)
     optimizer.load_state_dict(payload["optimizer"])
@@ -441,7 +441,7 @@ def initial_model(
         model = FaceCenterNet(**wanted)
         if pretrained:
             load_trunk_imagenet_weights(model)
-        return model.to(device), {}
+        return place(model, device), {}
     model, metadata = load_weights(config.init_weights)
     if model.architecture != wanted:
         have = model.architecture
@@ -449,7 +449,7 @@ def initial_model(
             f"{config.init_weights} has --neck-channels {have['neck_channels']} and "
             f"--head-convs {have['head_convs']}; give the same to continue from it"
         )
-    return model.to(device), metadata
+    return place(model, device), metadata
 
 
 def labeller(
@@ -457,7 +457,7 @@ def labeller(
 ) -> FaceCenterNet | None:
     """The detector that labels the identity crops' faces, if any."""
     if config.pseudo_labels_from is not None:
-        return load_weights(config.pseudo_labels_from)[0].to(device)
+        return place(load_weights(config.pseudo_labels_from)[0], device)
     return model if config.init_weights is not None else None
 
 

@@ -191,6 +191,7 @@ class CenterNetDetector:
         self._model = self._load()
 
     def _load(self):
+        from anime_face_id.device import place
         from anime_face_id.faces.centernet import load_weights
 
         try:
@@ -215,7 +216,7 @@ class CenterNetDetector:
                 f"cannot load detector weights {self.weights}: not a PyTorch weights file "
                 f"that this version can read ({type(error).__name__}: {error})"
             ) from None
-        return model
+        return place(model, "cpu")
 
     @property
     def settings(self) -> Mapping[str, object]:
