@@ -15,6 +15,7 @@ traceback, so two logging filters handle them:
 from __future__ import annotations
 
 import argparse
+import contextvars
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ from anime_face_id.errors import SearchError, StageError
 from anime_face_id.interrupt import stop_on_ctrl_c
 from anime_face_id.params_fill import dvc_missing_keys, missing_message
 from anime_face_id.process_exit import skip_final_collection
+from flows.heartbeats import sending_heartbeats
 from tasks.reporting import PIPELINE_TAG
 
 # Errors that stop a stage: the runner's last line is their message.
@@ -41,6 +43,10 @@ RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 # Messages of errors that stopped a run in this process, for the console filter.
 _stopped_with: set[str] = set()
+# Seconds between the running stage's heartbeats (flows.heartbeats); None: it sends none.
+_heartbeat_every: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "heartbeat_every", default=None
+)
 
 
 def parse_args(stage: str) -> argparse.Namespace:
@@ -137,7 +143,7 @@ def fail_on_stage_error(action: Callable[[], object]) -> object:
     after the crop of a new character, for instance)."""
     quiet_expected_errors()
     try:
-        with TagsContext(current_tags=set()):
+        with sending_heartbeats(_heartbeat_every.get()), TagsContext(current_tags=set()):
             return action()
     except STOPPING_ERRORS as error:
         _stopped_with.add(str(error))
@@ -184,8 +190,7 @@ def on_compute(flow, compute: ComputeConfig):
 def run_stage(stage: str, flow, distributes: bool = False, brief: bool = False) -> None:
     """The stage's command line; ``distributes``: the flow's tasks may run on the runner
     that params.compute names; ``brief``: the stage takes about a second, so its flow run
-    sends no heartbeats (they tell a crashed long run from a live one, and stopping their
-    thread costs up to a second at the end of every run)."""
+    sends no heartbeats (they tell a crashed long run from a live one)."""
     args = parse_args(stage)
     params = check_params(Path(args.root) / args.params)
     if distributes:
@@ -209,10 +214,13 @@ def run_stage(stage: str, flow, distributes: bool = False, brief: bool = False) 
 def _reported(stage: str, root: Path, run, heartbeats: bool = True):
     """``run()`` reporting to the project's running Prefect server when no other is
     configured (else Prefect starts a temporary one for this process alone), its flow run
-    tagged ``stage:<stage>``, and with the pipeline's tag when flows.pipeline started it."""
+    tagged ``stage:<stage>``, and with the pipeline's tag when flows.pipeline started it.
+    ``heartbeats``: at Prefect's heartbeat frequency, sent by flows.heartbeats (Prefect's
+    own, which cost up to a second at the end of a run, are off)."""
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
         temporary_settings,
     )
 
@@ -220,16 +228,19 @@ def _reported(stage: str, root: Path, run, heartbeats: bool = True):
 
     url = None if configured_api_url() else running_project_server(root)
     pipeline = os.environ.get(PIPELINE_TAG)  # set by tasks.dvc for flows.pipeline
-    updates = {}
+    every = get_current_settings().flows.heartbeat_frequency if heartbeats else None
+    updates: dict = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     if url is not None:
         updates[PREFECT_API_URL] = url
-    if not heartbeats:
-        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
-    with (
-        temporary_settings(updates=updates),
-        tags(f"stage:{stage}", *([pipeline] if pipeline else [])),
-    ):
-        return run()
+    token = _heartbeat_every.set(every)
+    try:
+        with (
+            temporary_settings(updates=updates),
+            tags(f"stage:{stage}", *([pipeline] if pipeline else [])),
+        ):
+            return run()
+    finally:
+        _heartbeat_every.reset(token)
 
 
 def load(root: str, params_path: str) -> tuple[Path, Params]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 
 import pytest
 
@@ -12,6 +14,7 @@ from anime_face_id.config import ConfigError
 from anime_face_id.errors import BadTable, StageError
 from anime_face_id.sources import SearchError
 from flows import _stage
+from flows.heartbeats import HEARTBEAT_EVENT, THREAD_NAME
 
 
 def record_with(error: BaseException, logger: str = "prefect.task_runs", message: str = "x"):
@@ -120,7 +123,9 @@ def test_finish_prints_one_line_and_exits_1_when_the_run_failed(capsys):
 
 def test_stage_tags_name_the_flow_run_and_its_task_runs_carry_none(prefect_harness, tmp_path):
     """Every tagged task run asks the server for a tag concurrency slot first (seconds
-    behind a busy server), so the stage's tags stay on its flow run."""
+    behind a busy server), so the stage's tags stay on its flow run. A long stage's run sends
+    heartbeats from flows.heartbeats, whose thread is gone when the run ends, and Prefect's
+    own (which make the run wait for a sleeping thread) are off; a brief stage sends none."""
     from prefect import flow, task
     from prefect.client.orchestration import get_client
     from prefect.context import get_run_context
@@ -132,20 +137,64 @@ def test_stage_tags_name_the_flow_run_and_its_task_runs_carry_none(prefect_harne
 
     @flow
     def stage_flow(params_path: str = "", root: str = "") -> dict:
-        heartbeat = get_current_settings().flows.heartbeat_frequency
-        return {"task": _stage.fail_on_stage_error(step), "heartbeat": heartbeat}
+        prefects_own = get_current_settings().flows.heartbeat_frequency
+        return {"task": _stage.fail_on_stage_error(step), "prefects_own": prefects_own}
 
-    for brief in (False, True):
+    runs = {}
+    for brief in (True, False):
         state = _stage._reported(
             "split", tmp_path, lambda: stage_flow(return_state=True), heartbeats=not brief
         )
         answer = state.result()
+        assert THREAD_NAME not in [thread.name for thread in threading.enumerate()]
         with get_client(sync_client=True) as client:
-            flow_run = client.read_flow_run(state.state_details.flow_run_id)
-            task_run = client.read_task_run(answer["task"])
-        assert "stage:split" in flow_run.tags
+            runs[brief] = client.read_flow_run(state.state_details.flow_run_id)
+        task_run = stored_task_run(answer["task"])
+        assert "stage:split" in runs[brief].tags
         assert task_run.tags == []
-        assert (answer["heartbeat"] is None) is brief
+        assert answer["prefects_own"] is None
+    # one heartbeat as the long stage's run began (the next would be minutes later) ...
+    (beat,) = heartbeat_events(runs[False].id, wait_s=30)
+    assert beat.resource.get("prefect.resource.name") == runs[False].name
+    assert "prefect.tag.stage:split" in [related.id for related in beat.related]
+    # ... and none from the brief one, sent before it
+    assert heartbeat_events(runs[True].id, wait_s=0) == []
+
+
+def stored_task_run(task_run_id: str, wait_s: float = 30):
+    """The task run as the server has it, once stored (it stores them from events, in
+    batches)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with get_client(sync_client=True) as client:
+                return client.read_task_run(task_run_id)
+        except ObjectNotFound:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.2)
+
+
+def heartbeat_events(flow_run_id, wait_s: float) -> list:
+    """The heartbeat events the server holds for the flow run, waiting up to ``wait_s`` for
+    the first (the server stores events in batches)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    wanted = EventFilter(
+        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+    deadline = time.monotonic() + wait_s
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=wanted, limit=50).events  # the server's most
+        if events or time.monotonic() >= deadline:
+            return events
+        time.sleep(0.5)
 
 
 def test_prefects_exit_countdown_is_not_shown(caplog):
