@@ -14,7 +14,7 @@ from anime_face_id.config import ConfigError
 from anime_face_id.errors import BadTable, StageError
 from anime_face_id.sources import SearchError
 from flows import _stage
-from flows.heartbeats import HEARTBEAT_EVENT, THREAD_NAME
+from flows.heartbeats import HEARTBEAT_EVENT, THREAD_NAME, sending_heartbeats
 
 
 def record_with(error: BaseException, logger: str = "prefect.task_runs", message: str = "x"):
@@ -159,6 +159,33 @@ def test_stage_tags_name_the_flow_run_and_its_task_runs_carry_none(prefect_harne
     assert "prefect.tag.stage:split" in [related.id for related in beat.related]
     # ... and none from the brief one, sent before it
     assert heartbeat_events(runs[True].id, wait_s=0) == []
+
+
+def test_heartbeats_come_at_their_interval_and_stop_with_the_block(prefect_harness):
+    """Inside a real flow run: a beat at once and one per interval after; at the end the
+    thread is gone even when the next beat is an hour away (a thread that slept out its
+    interval would outlive the block's 10 s wait for it)."""
+    from prefect import flow
+    from prefect.context import get_run_context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    @flow
+    def beating() -> str:
+        with sending_heartbeats(1):
+            time.sleep(2.5)
+        with sending_heartbeats(3600):
+            pass
+        assert THREAD_NAME not in [thread.name for thread in threading.enumerate()]
+        return str(get_run_context().flow_run.id)
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        flow_run_id = beating()  # with only these heartbeats, not Prefect's own too
+    deadline = time.monotonic() + 30
+    while len(beats := heartbeat_events(flow_run_id, wait_s=30)) < 3:
+        assert time.monotonic() < deadline, beats
+        time.sleep(0.5)
+    # at 0, 1 and (unless the machine lags) 2 s, then the hour-long block's first
+    assert 3 <= len(beats) <= 4, beats
 
 
 def stored_task_run(task_run_id: str, wait_s: float = 30):
