@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from anime_face_id.config import load_params  # noqa: E402
+from anime_face_id.crop import _one_thread_per_image  # noqa: E402
 from anime_face_id.device import place, resolve_device  # noqa: E402
 from anime_face_id.faces.centernet import FaceCenterNet  # noqa: E402
 from anime_face_id.model import build_embedder  # noqa: E402
@@ -75,13 +76,11 @@ def detector_training_step(images: torch.Tensor) -> Case:
 
 
 def one_thread(case: Case) -> Case:
+    """As the crop stage runs the detector: one torch thread per picture."""
+
     def run(model: torch.nn.Module) -> object:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with _one_thread_per_image():
             return case(model)
-        finally:
-            torch.set_num_threads(before)
 
     return run
 
