@@ -10,7 +10,10 @@ in .prefect/ (flows/warm_client.py); the stage then runs as `python -m flows.<st
 would: the caller's working folder, environment, umask, terminal, signal dispositions and
 exit status (death by a signal included); Ctrl-C and Ctrl-Z are passed on; the project's
 own code is imported afresh for each stage, so an edit is always seen; Prefect's settings
-and console logging are set up again from the caller's environment. The runner declines,
+and console logging are set up again from the caller's environment. The `anime-face-id`
+console script (flows/console.py) hands its commands over the same way, and they run as
+its `anime_face_id.cli.run` would, logging as a process that never imported Prefect. The
+runner declines,
 and the stage runs cold, when what it imported could differ from what a fresh interpreter
 would import: another interpreter or virtual environment, a package installed or removed
 since it started, an environment variable read at import time (Prefect's settings, thread
@@ -184,19 +187,35 @@ def _become_fresh_process(request: dict, fds: list[int]) -> None:
     sys.stdout.reconfigure(line_buffering=os.isatty(1))
     sys.stderr.reconfigure(line_buffering=True)
     _forget_project_modules()
-    sys.path[0] = request["cwd"]  # as `python -m` has it
-    sys.argv = ["", *request["args"]]
+    if request.get("console"):  # as the console script has them
+        sys.path[0], sys.argv = request["path0"], [request["argv0"], *request["args"]]
+    else:  # as `python -m` has them
+        sys.path[0], sys.argv = request["cwd"], ["", *request["args"]]
     import tempfile
 
     import numpy
     from prefect.context import refresh_global_settings_context
     from prefect.logging.configuration import setup_logging
 
-    tempfile.tempdir = None  # TMPDIR is the stage's
-    numpy.random.seed()  # not the runner's draw, shared by every stage it forks
+    tempfile.tempdir = None  # TMPDIR is the caller's
+    numpy.random.seed()  # not the runner's draw, shared by every process it forks
     importlib.import_module("flows")  # its process defaults, before Prefect reads settings
     refresh_global_settings_context()  # PREFECT_API_URL and any other setting, from env
-    setup_logging(incremental=False)  # console handlers on this terminal, not the log file
+    if request.get("console"):
+        _logging_as_at_start()
+    else:
+        setup_logging(incremental=False)  # console handlers on this terminal, not the log file
+
+
+def _logging_as_at_start() -> None:
+    """The console script never imports Prefect, whose import gave the root logger its
+    handler: a warning is printed bare, by Python's last-resort handler."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
 
 
 def run_stage_here(request: dict, fds: list[int], blocked: set) -> None:
@@ -208,6 +227,20 @@ def run_stage_here(request: dict, fds: list[int], blocked: set) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # what came meanwhile arrives now
     runpy.run_module(f"flows.{request['stage']}", run_name="__main__", alter_sys=True)
     raise SystemExit(0)
+
+
+def run_command_here(request: dict, fds: list[int], blocked: set) -> None:
+    """In the forked process: runs an `anime-face-id` command as its console script does."""
+    _become_fresh_process(request, fds)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    from anime_face_id.cli import run
+
+    raise SystemExit(run())
+
+
+def what(request: dict) -> str:
+    """The stage's name, or the console script's, for the log."""
+    return "anime-face-id" if request.get("console") else str(request.get("stage"))
 
 
 # --- one request ----------------------------------------------------------------------
@@ -274,7 +307,7 @@ def handle(connection: socket.socket, started: Started) -> None:
             request, fds, why = {}, [], f"{type(error).__name__}: {error}"
         if why:
             send_message(connection, {"accepted": False, "why": why})
-            log(started.home, f"declined {request.get('stage')}: {why}")
+            log(started.home, f"declined {what(request)}: {why}")
             if "changed" in why and os.getppid() == started.pid:
                 os.kill(started.pid, signal.SIGTERM)  # outdated: the next start is afresh
             return
@@ -286,7 +319,8 @@ def handle(connection: socket.socket, started: Started) -> None:
         pid = os.fork()
         if pid == 0:
             connection.close()
-            run_stage_here(request, fds, blocked)
+            run_here = run_command_here if request.get("console") else run_stage_here
+            run_here(request, fds, blocked)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         with contextlib.suppress(OSError):  # the child already has (or has exited)
             os.setpgid(pid, pid)
@@ -294,7 +328,8 @@ def handle(connection: socket.socket, started: Started) -> None:
             os.close(fd)
         with contextlib.suppress(OSError):
             send_message(connection, {"pid": pid})
-            log(started.home, f"stage {request['stage']} runs as {pid}")
+            kind = "command" if request.get("console") else "stage"
+            log(started.home, f"{kind} {what(request)} runs as {pid}")
             send_message(connection, _watch(connection, pid))
     finally:
         if os.getpid() == me:  # not the stage, leaving through here

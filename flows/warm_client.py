@@ -1,6 +1,8 @@
-"""flows/run's side of the warm stage runner (flows/warm.py): hand the stage to the runner,
-pass on the signals this process gets, and exit as the stage did; whenever the runner is
-absent or declines, run the stage cold, as `python -m flows.<stage>`.
+"""The callers' side of the warm stage runner (flows/warm.py): hand a stage (flows/run) or
+an `anime-face-id` command (flows/console.py) to the runner, pass on the signals this
+process gets, and exit as the forked process did; whenever the runner is absent or
+declines, the caller runs it cold: the stage as `python -m flows.<stage>`, the command in
+its own process.
 
 Run as `python -I flows/warm_client.py <socket folder> <stage> [flow options]`: the
 standard library only, so that it starts in milliseconds.
@@ -113,11 +115,13 @@ def process_attributes() -> dict:
     }
 
 
-def request(stage: str, args: list[str], ignored: list[int]) -> dict:
+def request(target: dict, args: list[str], ignored: list[int]) -> dict:
+    """``target``: {"stage": name}, or {"console": True, "argv0": ..., "path0": ...} for
+    the console script (its sys.argv[0] and sys.path[0])."""
     mask = os.umask(0)
     os.umask(mask)
     return {
-        "stage": stage,
+        **target,
         "args": args,
         "cwd": os.getcwd(),
         "env": dict(os.environ),
@@ -183,32 +187,34 @@ def _std_streams_open() -> bool:
     return True
 
 
-def main(argv: list[str]) -> None:
-    folder, stage, *args = argv
-    cold = [sys.executable, "-m", f"flows.{stage}", *args]
+def hand_over(folder: str, target: dict, args: list[str], what: str) -> None:
+    """Have the runner listening in ``folder`` run ``target`` (see ``request``) and exit as
+    it ended. Returns, with this process's signal handling as it was, when the runner is
+    absent or declines: the caller then runs ``what`` itself."""
     off = os.environ.get("ANIME_FACE_ID_WARM") == "0" or not _std_streams_open()
     connection = None if off else connect(folder)
     if connection is None:
-        os.execv(sys.executable, cold)
-    # A signal the caller ignores (`nohup`) starts ignored in the stage too; it is passed on
-    # all the same, as a cold stage would get it, and may have set its own handler since.
-    ignored = [s for s in FORWARDED if signal.getsignal(s) == signal.SIG_IGN]
+        return
+    # A signal the caller ignores (`nohup`) starts ignored in the forked process too; it is
+    # passed on all the same, as a cold one would get it, and may have set its own handler.
+    previous = {signum: signal.getsignal(signum) for signum in FORWARDED}
+    ignored = [s for s in FORWARDED if previous[s] == signal.SIG_IGN]
     forwarder = _Forwarder(stops=signal.SIGTSTP not in ignored)
     for signum in FORWARDED:
         signal.signal(signum, forwarder)
     try:
-        send_message(connection, request(stage, args, ignored), [0, 1, 2])
+        send_message(connection, request(target, args, ignored), [0, 1, 2])
         answer, _ = receive_message(connection)
     except (OSError, EOFError, ValueError):
         answer = {"accepted": False}  # the runner started nothing: it answers that first
     if not answer.get("accepted"):
         connection.close()
-        for signum in FORWARDED:
-            signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         for signum in forwarder.pending:  # Ctrl-C before anything started: stop here
             if signum in ENDING and signum not in ignored:
                 exit_as({"signal": signum})
-        os.execv(sys.executable, cold)
+        return
     try:
         started, _ = receive_message(connection)
         forwarder.started(started["pid"])
@@ -216,9 +222,15 @@ def main(argv: list[str]) -> None:
     except (OSError, EOFError, ValueError, KeyError):
         if forwarder.pid is not None:
             forwarder.send(signal.SIGTERM)
-        print(f"flows/run: the warm stage runner failed while {stage} ran", file=sys.stderr)
+        print(f"the warm stage runner failed while {what} ran", file=sys.stderr)
         sys.exit(1)
     exit_as(result)
+
+
+def main(argv: list[str]) -> None:
+    folder, stage, *args = argv
+    hand_over(folder, {"stage": stage}, args, f"flows/run {stage}")
+    os.execv(sys.executable, [sys.executable, "-m", f"flows.{stage}", *args])
 
 
 if __name__ == "__main__":

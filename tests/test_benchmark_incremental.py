@@ -48,7 +48,7 @@ def test_incremental_benchmark_measures_both_modes(tmp_path: Path) -> None:
     assert re.search(rf"^full build +{seconds}$", process.stdout, re.M), process.stdout
     added = re.search(
         rf"^add one, no retraining +{seconds} \((\d\.\d\d) of full: `dvc repro split` "
-        rf"{seconds} \+ `gallery rebuild` {seconds}\)$",
+        rf"{seconds} \+ `gallery rebuild` {seconds}, forked by the warm runner\)$",
         process.stdout,
         re.M,
     )

@@ -19,6 +19,7 @@ import yaml
 
 from anime_face_id.cli import main
 from anime_face_id.identify_results import PICTURE_JSON_SCHEMA, SCHEMA
+from tests.support.warm import forked_commands, warm_runner
 from tests.test_gallery import add_character
 from tests.test_identify import (
     GROUP,
@@ -206,20 +207,75 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_not_a_crash(project, tmp_
 
 def test_gallery_rebuild_names_each_unreadable_image_once(project, tmp_path):
     copy = tmp_path / "project"
+    broken = with_a_broken_image(project, copy)
+    process = console(copy, "gallery", "rebuild")
+    assert process.returncode == 0, process.stderr
+    assert process.stderr.count(broken) == 1 and "empty file" in process.stderr
+    assert "1 images left out" in process.stderr
+
+
+def with_a_broken_image(project: Path, copy: Path) -> str:
+    """A copy of the project with one train image emptied; returns that image's path."""
     shutil.copytree(project, copy)
     with (copy / "data" / "splits" / "train.csv").open() as table:
         broken = next(csv.DictReader(table))["path"]
     (copy / broken).write_bytes(b"")
-    process = subprocess.run(
-        [str(SCRIPT), "gallery", "rebuild"],
-        cwd=copy,
+    return broken
+
+
+def console(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        cwd=root,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_a_command_forked_by_the_warm_runner_answers_as_in_its_own_process(project, tmp_path):
+    """With the project's warm runner listening, the console script hands its commands to
+    it (flows/console.py): the same output, log lines (printed bare, not in Prefect's
+    format), files and exit status as when it runs them itself, on a copy of the project."""
+    (_, picture), *_ = held_out_pictures(project)
+    commands = [
+        ("gallery", "rebuild"),
+        ("identify", "--json", str(picture)),
+        ("gallery", "info"),  # what the rebuild wrote
+        ("gallery", "info", "--gallery", "models/missing.npz"),  # exit status 2
+    ]
+    warm, cold = tmp_path / "warm", tmp_path / "cold"
+    broken = with_a_broken_image(project, warm)
+    assert with_a_broken_image(project, cold) == broken
+    with warm_runner(warm, dict(os.environ)) as log:
+        forked = [console(warm, *command) for command in commands]
+        assert len(forked_commands(log)) == len(commands), log.read_text()
+    alone = [console(cold, *command) for command in commands]  # no runner there
+
+    def answer(process: subprocess.CompletedProcess) -> tuple:
+        return (
+            process.returncode,
+            re.sub(r'"built_at": "[^"]*"', "", process.stdout),
+            process.stderr,
+        )
+
+    for command, one, other in zip(commands, forked, alone, strict=True):
+        assert answer(one) == answer(other), command
+    assert [process.returncode for process in forked] == [0, 0, 0, 2]
+    assert forked[0].stderr.count(broken) == 1 and "| WARNING |" not in forked[0].stderr
+    assert json.loads(forked[2].stdout)["embeddings"]["reused"] == 0
+
+
+def test_a_command_the_runner_declines_runs_in_the_console_scripts_own_process(project, tmp_path):
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy)
+    with warm_runner(copy, dict(os.environ)) as log:
+        process = console(copy, "gallery", "info", OMP_NUM_THREADS="3")
+        assert forked_commands(log) == []
+        assert "declined anime-face-id: an import-time environment variable" in log.read_text()
     assert process.returncode == 0, process.stderr
-    assert process.stderr.count(broken) == 1 and "empty file" in process.stderr
-    assert "1 images left out" in process.stderr
+    assert json.loads(process.stdout)["matches_model"] is True
 
 
 def test_gallery_info_flags_a_stale_gallery(project, capsys, tmp_path):

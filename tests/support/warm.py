@@ -42,3 +42,8 @@ def forked_stages(log: Path) -> list[tuple[str, int]]:
         (stage, int(pid))
         for stage, pid in re.findall(r"stage (\w+) runs as (\d+)", log.read_text())
     ]
+
+
+def forked_commands(log: Path) -> list[int]:
+    """The pid of every `anime-face-id` command the runner started, from its log."""
+    return [int(pid) for pid in re.findall(r"command anime-face-id runs as (\d+)", log.read_text())]
