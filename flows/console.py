@@ -1,9 +1,10 @@
 """The `anime-face-id` console script (pyproject.toml): the command runs in a process forked
-by the project's warm stage runner (flows/warm.py) when one listens in the working folder's
-.prefect/, so it starts with torch, OpenCV and NumPy already imported (~1.5 s of a
-`gallery rebuild` or `identify`); else, or when the runner declines, in this process, as
-`anime_face_id.cli` always does. Either way it prints, writes and exits alike
-(tests/test_cli.py). ANIME_FACE_ID_WARM=0 turns the runner off."""
+by the project's warm stage runner (flows/warm.py) when one of this user's listens in the
+working folder's .prefect/, so it starts with torch, OpenCV and NumPy already imported
+(about 1 s of a `gallery rebuild` or `identify`); else, or when the runner declines, in
+this process, as `anime_face_id.cli` always does. Either way it prints, writes and exits
+alike (tests/test_cli.py). ANIME_FACE_ID_WARM=0 turns the runner off. Importing `flows`
+sets, both ways, what every stage process sets (flows/__init__.py: telemetry off)."""
 
 from __future__ import annotations
 

@@ -18,9 +18,11 @@ and the stage runs cold, when what it imported could differ from what a fresh in
 would import: another interpreter or virtual environment, a package installed or removed
 since it started, an environment variable read at import time (Prefect's settings, thread
 counts, locale, terminal; see `import_sensitive`), or another CPU affinity, priority,
-group, cgroup or resource limit. What still differs: `ps` shows a forked stage as a
-`flows.warm` process, it has no controlling terminal (nothing in a stage opens /dev/tty),
-and it gets descriptors 0-2 only. ANIME_FACE_ID_WARM=0 turns it off. It stops with the
+group, cgroup or resource limit. What still differs: `ps` shows a forked stage or command
+as a `flows.warm` process, it has no controlling terminal (nothing in either opens
+/dev/tty), it gets descriptors 0-2 only, a traceback starts in runpy's and this module's
+frames, and a command finds Prefect and requests already imported (so their warning
+filters are in place; the command's own output does not depend on them). ANIME_FACE_ID_WARM=0 turns it off. It stops with the
 server (`make prefect-stop`), after 30 idle minutes, or when its socket is removed (with
 .prefect/, say) or taken by another runner.
 """
@@ -35,7 +37,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ from flows.warm_client import (
     connect,
     inside,
     interpreter,
+    peer_uid,
     process_attributes,
     receive_message,
     send_message,
@@ -272,20 +274,12 @@ def _watch(connection: socket.socket, pid: int) -> dict:
                 os.killpg(pid, signal.SIGCONT)  # a stopped stage (Ctrl-Z) must see it
 
 
-def _same_user(connection: socket.socket) -> bool:
-    credentials = connection.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII")
-    )
-    _, uid, _ = struct.unpack("iII", credentials)
-    return uid == os.getuid()
-
-
 def _request(connection: socket.socket, started: Started) -> tuple[dict, list[int], str]:
     """The request, its descriptors and why it must run cold ("" when it need not)."""
     connection.settimeout(10)  # a client that connects and sends nothing is let go
     request, fds = receive_message(connection, max_fds=3)
     connection.settimeout(None)
-    if not _same_user(connection):
+    if peer_uid(connection) != os.getuid():
         return request, fds, "another user"
     if len(fds) != 3:
         return request, fds, "no terminal descriptors"

@@ -23,6 +23,9 @@ FORWARDED = (
     signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP, signal.SIGCONT,
 )  # fmt: skip
 ENDING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# The runner answers in milliseconds; past this the caller runs cold (and the runner,
+# finding the connection closed, starts nothing or ends what it started).
+ANSWER_WITHIN_S = 30.0
 _HEADER = struct.Struct(">I")
 
 
@@ -72,12 +75,23 @@ def inside(folder: str | os.PathLike):
         os.chdir(here)
 
 
+def peer_uid(connection: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket."""
+    credentials = connection.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII")
+    )
+    return struct.unpack("iII", credentials)[1]
+
+
 def connect(folder: str) -> socket.socket | None:
-    """A connection to the runner listening in ``folder``, or None."""
+    """A connection to the runner listening in ``folder``, or None. A socket another user
+    listens on is not ours: it would get this process's environment and terminal."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with inside(folder):
             connection.connect(SOCKET_NAME)
+        if peer_uid(connection) != os.getuid():
+            raise PermissionError("the runner's socket belongs to another user")
     except OSError:
         connection.close()
         return None
@@ -203,8 +217,10 @@ def hand_over(folder: str, target: dict, args: list[str], what: str) -> None:
     for signum in FORWARDED:
         signal.signal(signum, forwarder)
     try:
+        connection.settimeout(ANSWER_WITHIN_S)  # a runner that hangs is not waited for
         send_message(connection, request(target, args, ignored), [0, 1, 2])
         answer, _ = receive_message(connection)
+        connection.settimeout(None)
     except (OSError, EOFError, ValueError):
         answer = {"accepted": False}  # the runner started nothing: it answers that first
     if not answer.get("accepted"):

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,14 @@ import pytest
 import yaml
 
 from flows import warm
-from flows.warm_client import SOCKET_NAME, inside
+from flows.warm_client import (
+    FORWARDED,
+    SOCKET_NAME,
+    hand_over,
+    inside,
+    receive_message,
+    send_message,
+)
 from tests.support.project import Project, make_project
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
 from tests.support.warm import forked_stages, warm_runner
@@ -241,3 +249,39 @@ def test_a_stage_pinned_to_other_cpus_runs_cold(project: Project) -> None:
         assert forked_stages(log) == []
         assert "declined collect: CPU affinity" in log.read_text()
     assert pinned.stdout.strip() == "1"
+
+
+def test_after_a_decline_the_caller_handles_signals_as_before(tmp_path: Path) -> None:
+    """The console script goes on in its own process when the runner declines: Ctrl-C must
+    still raise KeyboardInterrupt there, and each signal keep the handler it had."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with inside(tmp_path):
+        listener.bind(SOCKET_NAME)
+    listener.listen(1)
+    requests = []
+
+    def decline() -> None:
+        connection, _ = listener.accept()
+        request, fds = receive_message(connection, max_fds=3)
+        for fd in fds:
+            os.close(fd)
+        requests.append(request)
+        send_message(connection, {"accepted": False, "why": "a test"})
+        connection.close()
+
+    thread = threading.Thread(target=decline, daemon=True)
+    thread.start()
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)  # as at start
+    try:
+        before = {signum: signal.getsignal(signum) for signum in FORWARDED}
+        target = {"console": True, "argv0": "anime-face-id", "path0": "bin"}
+        hand_over(str(tmp_path), target, ["gallery", "info"], "anime-face-id")
+        thread.join(timeout=10)
+        assert [(r["console"], r["args"]) for r in requests] == [(True, ["gallery", "info"])]
+        assert {signum: signal.getsignal(signum) for signum in FORWARDED} == before
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler runs at the next bytecode
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+        listener.close()
