@@ -15,7 +15,8 @@ do. Prints seconds and the ratio of adding a character to the full build, per mo
 the repository's recipe (`--epochs` shortens it): a full `dvc repro` of the 3 characters,
 then a fourth added as the README does without retraining (`dvc repro split`, then
 `anime-face-id gallery rebuild`, which the warm runner forks too; the gallery must then
-name 4 characters), and the `dvc repro` that would retrain with it.
+name 4 characters), the `dvc repro` that would retrain with it, and one more with nothing
+left to do.
 
 Targets (issue 12): adding one character < 10% of a full build; a no-op run < 3 s.
 """
@@ -132,12 +133,14 @@ def _measure_whole(project, params: dict, log: Path) -> dict:
             f"gallery rebuild did not add the fourth character:\n{answer.stdout}{answer.stderr}"
         )
     retrain = timed([tool("dvc"), "repro"], project.root, project.env)
+    nothing = timed([tool("dvc"), "repro"], project.root, project.env)
     return {
         "full": full,
         "data stages": data,
         "gallery rebuild": gallery,
         "rebuild forked": len(forked_commands(log)) == 1,  # by the warm runner, or cold
         "retrain": retrain,
+        "no-op": nothing,
         "epochs": params["train"]["epochs"],
     }
 
@@ -174,6 +177,7 @@ def print_whole(seconds: dict, pictures: int) -> None:
         f"{'add one, retrained':36s} {retrained:7.1f} s ({retrained / full:.2f} of full: "
         f"`dvc repro split` {seconds['data stages']:.1f} s + `dvc repro` {seconds['retrain']:.1f} s)"
     )
+    print(f"{'no-op `dvc repro`':36s} {seconds['no-op']:7.1f} s")
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ def test_incremental_benchmark_measures_both_modes(tmp_path: Path) -> None:
         ), line
     seconds = r"\d+\.\d s"
     assert re.search(rf"^full build +{seconds}$", process.stdout, re.M), process.stdout
+    assert re.search(rf"^no-op `dvc repro` +{seconds}$", process.stdout, re.M), process.stdout
     added = re.search(
         rf"^add one, no retraining +{seconds} \((\d\.\d\d) of full: `dvc repro split` "
         rf"{seconds} \+ `gallery rebuild` {seconds}, forked by the warm runner\)$",

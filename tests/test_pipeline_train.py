@@ -5,6 +5,7 @@ temporary git repository, runs tracked in a real MLflow store (SQLite, and a rea
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     output = repro.stdout + repro.stderr
     # each training line once (it used to come twice: run logger and root logger)
     assert sum(line.count("epoch 1/") for line in output.splitlines()) == 1, output
+    # no library warning a user cannot act on (package used to print three of MLflow's)
+    assert not re.search(r"\b\w*Warning\b|WARNING mlflow", output), output
     report = json.loads((project.root / "metrics" / "eval.json").read_text())
     for split in ("val", "test", "open_set"):
         for name in ("precision_at_1", "r_precision", "map_at_r", "precision_at_5"):
