@@ -3,9 +3,11 @@ results page), folder, urls, and the duckduckgo adapter with an injected client.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -409,6 +411,51 @@ def test_the_preflight_goes_through_the_proxy_the_environment_names(monkeypatch)
     monkeypatch.delenv("no_proxy", raising=False)
     with pytest.raises(StageError, match=re.escape(f"through the proxy 127.0.0.1:{port}")):
         check_search_reachable(CollectConfig(backend="duckduckgo"))
+
+
+@contextlib.contextmanager
+def local_proxy(status: int):
+    """An HTTP proxy on 127.0.0.1 answering every CONNECT with ``status`` (then closing)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_CONNECT(self) -> None:
+            self.send_response(status)
+            self.end_headers()
+            self.close_connection = True
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_proxy_that_refuses_the_way_to_the_engine_is_one_clear_error(monkeypatch) -> None:
+    """A corporate proxy answers 403 to CONNECT: the connection to the proxy itself works,
+    so only asking it for the engine shows the block."""
+    from anime_face_id.errors import StageError
+    from anime_face_id.sources.reachability import check_search_reachable
+
+    for variable in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    config = CollectConfig(backend="google", search_url="https://search.example/{query}")
+    with local_proxy(403) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        with pytest.raises(StageError) as refused:
+            check_search_reachable(config)
+    message = str(refused.value)
+    assert f"through the proxy {proxy.removeprefix('http://')}" in message, message
+    assert "the proxy answered 403" in message and "\n" not in message
+    with local_proxy(200) as proxy:  # opens the way: what lies past it is not its answer
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        check_search_reachable(config)
 
 
 def test_a_listening_search_engine_and_offline_backends_pass(tmp_path: Path) -> None:
