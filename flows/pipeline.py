@@ -15,6 +15,7 @@ when needed; without any server to resume from, it stops at review like `dvc rep
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -170,9 +171,16 @@ def _run(args: argparse.Namespace) -> None:
         )
         return
     report_stops_once()
-    state = pipeline_flow(
-        params_path=args.params, root=args.root, until=args.until, return_state=True
-    )
+    try:
+        state = pipeline_flow(
+            params_path=args.params, root=args.root, until=args.until, return_state=True
+        )
+    except KeyboardInterrupt:  # the stage and DVC got it too, and stopped
+        print(
+            "pipeline: stopped by Ctrl-C; the next run goes on from the stage it stopped in",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     finish("pipeline", state)
 
 

@@ -9,8 +9,10 @@ publishes a link to it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -95,12 +97,34 @@ def _dvc_repro(root: Path, arguments: list[str], env: dict[str, str]) -> None:
     )
     tail: list[str] = []
     assert process.stdout is not None
-    for line in process.stdout:
-        line = line.rstrip()
-        if line:
-            logger.info("%s", line)
-            tail = [*tail[-19:], line]
+    try:
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                logger.info("%s", line)
+                tail = [*tail[-19:], line]
+    except BaseException:  # Ctrl-C: DVC must unlock and end before this process does
+        for line in _let_end(process).splitlines():  # the stage's last words, such as
+            if line.strip():  # "collect: stopped by Ctrl-C"
+                logger.info("%s", line.rstrip())
+        raise
     if process.wait() != 0:
         raise StageError(
             f"dvc repro {target} failed (exit {process.returncode}):\n" + "\n".join(tail)
         )
+
+
+def _let_end(process: subprocess.Popen) -> str:
+    """Wait for an interrupted `dvc repro`: a Ctrl-C in the terminal reached it too; else
+    it gets one now, and is terminated if it has not ended after that. Returns what it
+    wrote meanwhile."""
+    for stop in (None, signal.SIGINT, signal.SIGTERM):
+        if stop is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(stop)
+        try:
+            output, _ = process.communicate(timeout=10)
+            return output or ""
+        except subprocess.TimeoutExpired:
+            continue
+    return ""

@@ -183,7 +183,25 @@ def test_ctrl_c_stops_dvc_repro_in_seconds_and_dvc_records_nothing(
             assert [stage for stage, _ in forked_stages(log)] == ["collect", "collect"]
 
 
-def interrupt_dvc_repro(project: Project, web_server: WebServer) -> None:
+@pytest.mark.slow
+def test_ctrl_c_stops_the_pipeline_flow_in_seconds_and_dvc_records_nothing(
+    tmp_path: Path, web_server: WebServer, prefect_api: dict[str, str]
+) -> None:
+    """`python -m flows.pipeline` (README) runs `dvc repro` per stage as Prefect tasks:
+    Ctrl-C reaches the flow, DVC and the stage alike (issue 12: it used to take SIGTERM)."""
+    project = make_project(tmp_path, prefect_api)
+    pipeline = [sys.executable, "-m", "flows.pipeline", "--until", "collect"]
+    text = interrupt_dvc_repro(project, web_server, pipeline)
+    assert "collect: stopped by Ctrl-C" in text, text  # the stage's line, through DVC's
+    assert text.rstrip().endswith(
+        "pipeline: stopped by Ctrl-C; the next run goes on from the stage it stopped in"
+    ), text
+
+
+def interrupt_dvc_repro(
+    project: Project, web_server: WebServer, command: list[str] | None = None
+) -> str:
+    """Ctrl-C while ``command`` (`dvc repro collect`) downloads; returns what it printed."""
     (project.root / "urls.csv").write_text(slow_pictures(web_server, ("Alice", "Bob"), 6))
     params = project.params()
     params["characters"] = [{"name": "Alice"}, {"name": "Bob"}]
@@ -194,7 +212,7 @@ def interrupt_dvc_repro(project: Project, web_server: WebServer) -> None:
     dvc = [str(Path(sys.executable).parent / "dvc"), "repro", "collect"]
 
     returncode, seconds, text = ctrl_c_while_downloading(
-        dvc, project.root, project.env, web_server, 6
+        command or dvc, project.root, project.env, web_server, 6
     )
     assert returncode != 0, text
     assert seconds < 15, text
@@ -206,3 +224,4 @@ def interrupt_dvc_repro(project: Project, web_server: WebServer) -> None:
     project.dvc("repro", "collect")
     manifest = (project.root / "data" / "raw" / "manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 6
+    return text
