@@ -442,7 +442,8 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     assert_plots_draw_offline(root / "dvc_plots" / "index.html")
     reader.run(".venv/bin/dvc exp run -S train.lr=1e-4 -S train.margin=0.2")
     reader.run(".venv/bin/dvc exp run")
-    assert "metrics/" in reader.run(".venv/bin/dvc metrics diff")  # the experiment's numbers
+    diff = reader.run(".venv/bin/dvc metrics diff")  # the experiment's numbers
+    assert "metrics/headline.json" in diff and max(map(len, diff.splitlines())) <= 120, diff
     experiments = reader.run(".venv/bin/dvc exp show --only-changed --drop 'Created|.*/.*'")
     # a terminal of 120 columns shows every column (DVC cuts the ones that do not fit)
     assert max(map(len, experiments.splitlines())) <= 120, experiments
