@@ -151,12 +151,19 @@ def main() -> None:
         "--until", default="all", help="last stage to run, e.g. balance (default: all)"
     )
     args = parser.parse_args()
-    check_params(Path(args.root) / args.params)
-    # One long-lived server (the configured one, else the project's): the run and its
-    # stages stay in the UI, and the sign-off at review has somewhere to happen.
-    api_url = ensure_server(Path(args.root))
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        _run(args)
+    try:
+        check_params(Path(args.root) / args.params)
+        # One long-lived server (the configured one, else the project's): the run and its
+        # stages stay in the UI, and the sign-off at review has somewhere to happen.
+        api_url = ensure_server(Path(args.root))
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            _run(args)
+    except KeyboardInterrupt:  # a stage and DVC got it too, and stopped
+        print(
+            "pipeline: stopped by Ctrl-C; the next run goes on from the stage it stopped in",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -171,16 +178,9 @@ def _run(args: argparse.Namespace) -> None:
         )
         return
     report_stops_once()
-    try:
-        state = pipeline_flow(
-            params_path=args.params, root=args.root, until=args.until, return_state=True
-        )
-    except KeyboardInterrupt:  # the stage and DVC got it too, and stopped
-        print(
-            "pipeline: stopped by Ctrl-C; the next run goes on from the stage it stopped in",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
+    state = pipeline_flow(
+        params_path=args.params, root=args.root, until=args.until, return_state=True
+    )
     finish("pipeline", state)
 
 

@@ -9,12 +9,11 @@ publishes a link to it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -23,6 +22,8 @@ from prefect.settings import PREFECT_API_URL
 
 from anime_face_id.errors import StageError
 from tasks.reporting import PIPELINE_TAG
+
+STOPPING_S = 30.0  # for an interrupted `dvc repro` to stop; stages stop within seconds
 
 
 def dvc_executable() -> str:
@@ -94,6 +95,7 @@ def _dvc_repro(root: Path, arguments: list[str], env: dict[str, str]) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        errors="replace",  # a stage's odd byte must not end the reading
     )
     tail: list[str] = []
     assert process.stdout is not None
@@ -103,10 +105,9 @@ def _dvc_repro(root: Path, arguments: list[str], env: dict[str, str]) -> None:
             if line:
                 logger.info("%s", line)
                 tail = [*tail[-19:], line]
-    except BaseException:  # Ctrl-C: DVC must unlock and end before this process does
-        for line in _let_end(process).splitlines():  # the stage's last words, such as
-            if line.strip():  # "collect: stopped by Ctrl-C"
-                logger.info("%s", line.rstrip())
+    except KeyboardInterrupt:  # Ctrl-C in the terminal reached DVC and the stage too
+        for line in _last_words(process):  # such as "collect: stopped by Ctrl-C"
+            logger.info("%s", line)
         raise
     if process.wait() != 0:
         raise StageError(
@@ -114,17 +115,22 @@ def _dvc_repro(root: Path, arguments: list[str], env: dict[str, str]) -> None:
         )
 
 
-def _let_end(process: subprocess.Popen) -> str:
-    """Wait for an interrupted `dvc repro`: a Ctrl-C in the terminal reached it too; else
-    it gets one now, and is terminated if it has not ended after that. Returns what it
-    wrote meanwhile."""
-    for stop in (None, signal.SIGINT, signal.SIGTERM):
-        if stop is not None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(stop)
-        try:
-            output, _ = process.communicate(timeout=10)
-            return output or ""
-        except subprocess.TimeoutExpired:
-            continue
-    return ""
+def _last_words(process: subprocess.Popen, wait_s: float = STOPPING_S) -> list[str]:
+    """The lines an interrupted `dvc repro` writes while it stops; it is waited for (it
+    unlocks the repository on its way out), and terminated after ``wait_s``."""
+    lines: list[str] = []
+
+    def read_on() -> None:  # from where the interrupted loop left the stream
+        for line in process.stdout:
+            if line.strip():
+                lines.append(line.rstrip())
+
+    reader = threading.Thread(target=read_on, daemon=True)  # a stage left alive may
+    reader.start()  # keep the pipe open: this thread is not waited for past a moment
+    try:
+        process.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        process.wait()
+    reader.join(timeout=2)
+    return list(lines)

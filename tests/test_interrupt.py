@@ -191,7 +191,8 @@ def test_ctrl_c_stops_the_pipeline_flow_in_seconds_and_dvc_records_nothing(
     Ctrl-C reaches the flow, DVC and the stage alike (issue 12: it used to take SIGTERM)."""
     project = make_project(tmp_path, prefect_api)
     pipeline = [sys.executable, "-m", "flows.pipeline", "--until", "collect"]
-    text = interrupt_dvc_repro(project, web_server, pipeline)
+    returncode, text = interrupt_dvc_repro(project, web_server, pipeline)
+    assert returncode == 130, text
     assert "collect: stopped by Ctrl-C" in text, text  # the stage's line, through DVC's
     assert text.rstrip().endswith(
         "pipeline: stopped by Ctrl-C; the next run goes on from the stage it stopped in"
@@ -200,8 +201,9 @@ def test_ctrl_c_stops_the_pipeline_flow_in_seconds_and_dvc_records_nothing(
 
 def interrupt_dvc_repro(
     project: Project, web_server: WebServer, command: list[str] | None = None
-) -> str:
-    """Ctrl-C while ``command`` (`dvc repro collect`) downloads; returns what it printed."""
+) -> tuple[int, str]:
+    """Ctrl-C while ``command`` (`dvc repro collect`) downloads; returns its exit status
+    and what it printed."""
     (project.root / "urls.csv").write_text(slow_pictures(web_server, ("Alice", "Bob"), 6))
     params = project.params()
     params["characters"] = [{"name": "Alice"}, {"name": "Bob"}]
@@ -224,4 +226,4 @@ def interrupt_dvc_repro(
     project.dvc("repro", "collect")
     manifest = (project.root / "data" / "raw" / "manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 6
-    return text
+    return returncode, text

@@ -39,11 +39,8 @@ def _connect_to(url: str) -> tuple[str, int, str]:
     proxy = urllib.request.getproxies().get(parts.scheme)
     if proxy and not urllib.request.proxy_bypass(host):
         via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        return (
-            via.hostname or "",
-            via.port or 80,
-            f" through the proxy {via.hostname}:{via.port or 80}",
-        )
+        via_port = via.port or (443 if via.scheme == "https" else 80)
+        return via.hostname or "", via_port, f" through the proxy {via.hostname}:{via_port}"
     return host, port, ""
 
 
@@ -85,7 +82,8 @@ def _refused_by_proxy(url: str, timeout_s: float) -> str | None:
         requests.head(url, timeout=timeout_s, allow_redirects=False)
     except requests.exceptions.ProxyError as error:
         answer = re.search(r"Tunnel connection failed: ([^'\")]+)", str(error))
-        return f"the proxy answered {answer.group(1).strip()}" if answer else "the proxy refused"
+        # else a hiccup reaching the proxy, which the connection above just reached
+        return f"the proxy answered {answer.group(1).strip()}" if answer else None
     except requests.RequestException:
         return None
     return None
