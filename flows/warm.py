@@ -75,6 +75,7 @@ PRELOAD = (
     "torch",
 )
 PROJECT_PACKAGES = ("flows", "anime_face_id", "tasks")
+CONSOLE_MODULE = "anime_face_id.cli"  # what the console script runs (flows/console.py)
 # Variables read when the preloaded libraries are imported (so a fresh interpreter could
 # differ), except PREFECT_API_URL: the stage re-reads Prefect's settings, and `make
 # pipeline` sets it for DVC alone.
@@ -235,9 +236,9 @@ def run_command_here(request: dict, fds: list[int], blocked: set) -> None:
     """In the forked process: runs an `anime-face-id` command as its console script does."""
     _become_fresh_process(request, fds)
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    from anime_face_id.cli import run
-
-    raise SystemExit(run())
+    # by name, as runpy finds a stage's module: no stage imports (or depends on) the CLI
+    cli = importlib.import_module(CONSOLE_MODULE)
+    raise SystemExit(cli.run())
 
 
 def what(request: dict) -> str:

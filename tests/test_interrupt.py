@@ -99,6 +99,13 @@ def slow_pictures(web_server: WebServer, names: tuple[str, ...], count: int) -> 
     return "\n".join(rows) + "\n"
 
 
+def as_typed_in_a_terminal() -> None:
+    """Ctrl-C's default action, as a command typed in a terminal has it: the suite may run
+    as a background job, whose children start with SIGINT ignored (and Python then never
+    raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ctrl_c_while_downloading(
     command: list[str], cwd: Path, env: dict[str, str], web_server: WebServer, count: int
 ) -> tuple[int, float, str]:
@@ -108,7 +115,7 @@ def ctrl_c_while_downloading(
     with log.open("wb") as output:
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=as_typed_in_a_terminal,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while sum(web_server.counts().values()) < count:  # every download is trickling
