@@ -13,18 +13,18 @@ own code is imported afresh for each stage, so an edit is always seen; Prefect's
 and console logging are set up again from the caller's environment. The `anime-face-id`
 console script (flows/console.py) hands its commands over the same way, and they run as
 its `anime_face_id.cli.run` would, logging as a process that never imported Prefect. The
-runner declines,
-and the stage runs cold, when what it imported could differ from what a fresh interpreter
-would import: another interpreter or virtual environment, a package installed or removed
+runner declines, and the stage runs cold, when what it imported could differ from what a
+fresh interpreter would import: another interpreter or virtual environment, a package installed or removed
 since it started, an environment variable read at import time (Prefect's settings, thread
 counts, locale, terminal; see `import_sensitive`), or another CPU affinity, priority,
 group, cgroup or resource limit. What still differs: `ps` shows a forked stage or command
 as a `flows.warm` process, it has no controlling terminal (nothing in either opens
 /dev/tty), it gets descriptors 0-2 only, a traceback starts in runpy's and this module's
 frames, and a command finds Prefect and requests already imported (so their warning
-filters are in place; the command's own output does not depend on them). ANIME_FACE_ID_WARM=0 turns it off. It stops with the
-server (`make prefect-stop`), after 30 idle minutes, or when its socket is removed (with
-.prefect/, say) or taken by another runner.
+filters are in place; the command's own output does not depend on them).
+ANIME_FACE_ID_WARM=0 turns it off. It stops with the server (`make prefect-stop`), after 30
+idle minutes, or when its socket is removed (with .prefect/, say) or taken by another
+runner.
 """
 
 from __future__ import annotations
@@ -241,9 +241,11 @@ def run_command_here(request: dict, fds: list[int], blocked: set) -> None:
     raise SystemExit(cli.run())
 
 
-def what(request: dict) -> str:
-    """The stage's name, or the console script's, for the log."""
-    return "anime-face-id" if request.get("console") else str(request.get("stage"))
+def what(request: dict) -> tuple[str, str]:
+    """(kind, name) for the log: ("stage", its name) or ("command", "anime-face-id")."""
+    if request.get("console"):
+        return "command", "anime-face-id"
+    return "stage", str(request.get("stage"))
 
 
 # --- one request ----------------------------------------------------------------------
@@ -302,7 +304,7 @@ def handle(connection: socket.socket, started: Started) -> None:
             request, fds, why = {}, [], f"{type(error).__name__}: {error}"
         if why:
             send_message(connection, {"accepted": False, "why": why})
-            log(started.home, f"declined {what(request)}: {why}")
+            log(started.home, f"declined {what(request)[1]}: {why}")
             if "changed" in why and os.getppid() == started.pid:
                 os.kill(started.pid, signal.SIGTERM)  # outdated: the next start is afresh
             return
@@ -323,8 +325,8 @@ def handle(connection: socket.socket, started: Started) -> None:
             os.close(fd)
         with contextlib.suppress(OSError):
             send_message(connection, {"pid": pid})
-            kind = "command" if request.get("console") else "stage"
-            log(started.home, f"{kind} {what(request)} runs as {pid}")
+            kind, name = what(request)
+            log(started.home, f"{kind} {name} runs as {pid}")
             send_message(connection, _watch(connection, pid))
     finally:
         if os.getpid() == me:  # not the stage, leaving through here

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -100,11 +101,9 @@ def _dvc_repro(root: Path, arguments: list[str], env: dict[str, str]) -> None:
     tail: list[str] = []
     assert process.stdout is not None
     try:
-        for line in process.stdout:
-            line = line.rstrip()
-            if line:
-                logger.info("%s", line)
-                tail = [*tail[-19:], line]
+        for line in _lines(process.stdout):
+            logger.info("%s", line)
+            tail = [*tail[-19:], line]
     except KeyboardInterrupt:  # Ctrl-C in the terminal reached DVC and the stage too
         for line in _last_words(process):  # such as "collect: stopped by Ctrl-C"
             logger.info("%s", line)
@@ -115,15 +114,20 @@ def _dvc_repro(root: Path, arguments: list[str], env: dict[str, str]) -> None:
         )
 
 
+def _lines(stream) -> Iterator[str]:
+    """The lines of DVC's output worth logging: not blank, without trailing spaces."""
+    for line in stream:
+        if line := line.rstrip():
+            yield line
+
+
 def _last_words(process: subprocess.Popen, wait_s: float = STOPPING_S) -> list[str]:
     """The lines an interrupted `dvc repro` writes while it stops; it is waited for (it
     unlocks the repository on its way out), and terminated after ``wait_s``."""
     lines: list[str] = []
 
     def read_on() -> None:  # from where the interrupted loop left the stream
-        for line in process.stdout:
-            if line.strip():
-                lines.append(line.rstrip())
+        lines.extend(_lines(process.stdout))
 
     reader = threading.Thread(target=read_on, daemon=True)  # a stage left alive may
     reader.start()  # keep the pipe open: this thread is not waited for past a moment

@@ -21,6 +21,7 @@ from anime_face_id import interrupt
 from anime_face_id.config import CollectConfig
 from anime_face_id.download import Downloader
 from anime_face_id.fileio import TMP_PREFIX
+from tests.support.processes import as_in_a_terminal
 from tests.support.project import Project, make_project
 from tests.support.warm import forked_stages, warm_runner
 from tests.support.webserver import Response, WebServer, web_server
@@ -99,13 +100,6 @@ def slow_pictures(web_server: WebServer, names: tuple[str, ...], count: int) -> 
     return "\n".join(rows) + "\n"
 
 
-def as_typed_in_a_terminal() -> None:
-    """Ctrl-C's default action, as a command typed in a terminal has it: the suite may run
-    as a background job, whose children start with SIGINT ignored (and Python then never
-    raises KeyboardInterrupt)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def ctrl_c_while_downloading(
     command: list[str], cwd: Path, env: dict[str, str], web_server: WebServer, count: int
 ) -> tuple[int, float, str]:
@@ -115,7 +109,7 @@ def ctrl_c_while_downloading(
     with log.open("wb") as output:
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=as_typed_in_a_terminal,
+            start_new_session=True, preexec_fn=as_in_a_terminal,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while sum(web_server.counts().values()) < count:  # every download is trickling

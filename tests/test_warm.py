@@ -26,18 +26,12 @@ from flows.warm_client import (
     receive_message,
     send_message,
 )
+from tests.support.processes import as_in_a_terminal
 from tests.support.project import Project, make_project
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
 from tests.support.warm import forked_stages, warm_runner
 
 pytestmark = pytest.mark.slow  # real runner processes importing Prefect and torch
-
-
-def as_in_a_terminal() -> None:
-    """The signal dispositions of a command typed in a terminal: the test may run where
-    they are ignored (a background job ignores SIGINT, `nohup` SIGHUP)."""
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_DFL)
 
 
 def times_out(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -9,6 +10,14 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def as_in_a_terminal() -> None:
+    """The signal dispositions of a command typed in a terminal (a ``preexec_fn``): the
+    test may run where they are ignored (a background job ignores SIGINT, and Python then
+    never raises KeyboardInterrupt; `nohup` ignores SIGHUP)."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def free_port() -> int:
