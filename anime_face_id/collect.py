@@ -30,7 +30,7 @@ from anime_face_id.collect_records import (
     read_json_object,
 )
 from anime_face_id.config import Character, CollectConfig, Params
-from anime_face_id.errors import StageError
+from anime_face_id.errors import EngineRefused, StageError
 from anime_face_id.fileio import atomic_write_json, read_csv, sweep_temporaries, write_csv
 from anime_face_id.layout import (
     RAW_COLUMNS,
@@ -193,12 +193,20 @@ def collect_character(
 ) -> CharacterCollectResult:
     """Skip a character already collected with these settings; otherwise search (through
     ``search``, which an orchestrator may wrap with retries) and download. A failed search
-    is recorded as a reject, never raised."""
+    is recorded as a reject; an engine that refuses to search at all stops the stage
+    (StageError), since it would refuse every other character too."""
     collection = Collection(Path(root), character, slug, config)
     if collection.is_collected():
         return collection.skipped_result()
     try:
         candidates = search(character, slug, config, root=root)
+    except EngineRefused as error:
+        raise StageError(
+            f"{error}. Every other search would be refused the same way; "
+            "the characters collected so far are kept and not searched again. Wait (an hour "
+            "or more) and run again, or use another collect.backend (README: Your own data, "
+            "offline)."
+        ) from None
     except SearchError as error:
         return record_search_failure(collection, str(error))
     return fetch_candidates(collection, candidates, progress)

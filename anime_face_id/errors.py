@@ -40,6 +40,13 @@ class SearchError(RuntimeError):
         super().__init__(redact_credentials(str(message)))
 
 
+class EngineRefused(SearchError):
+    """The search engine answered and refused to search at all: a rate limit (HTTP 429),
+    a captcha page, a consent wall. It refuses the client, not the query, so every other
+    search of the run would be refused the same way: collect stops at the first one
+    instead of recording a reject per character, and the search is not retried."""
+
+
 def utf8_problem(data: bytes) -> str | None:
     """Where ``data`` stops being UTF-8 ('byte 0xff at offset 120, line 4'), or None when
     all of it decodes. Decoding the whole file here gives the offset in the file; a

@@ -27,15 +27,16 @@ from prefect.context import TagsContext
 from prefect.states import Failed, State
 
 from anime_face_id.config import ComputeConfig, ConfigError, Params, load_params
-from anime_face_id.errors import SearchError, StageError
+from anime_face_id.errors import EngineRefused, SearchError, StageError
 from anime_face_id.interrupt import stop_on_ctrl_c
 from anime_face_id.params_fill import dvc_missing_keys, missing_message
 from anime_face_id.process_exit import skip_final_collection
 from flows.heartbeats import sending_heartbeats
 from tasks.reporting import PIPELINE_TAG
 
-# Errors that stop a stage: the runner's last line is their message.
-STOPPING_ERRORS: tuple[type[Exception], ...] = (StageError, ConfigError)
+# Errors that stop a stage: the runner's last line is their message (a refusing search
+# engine's, inside collect's StageError).
+STOPPING_ERRORS: tuple[type[Exception], ...] = (StageError, ConfigError, EngineRefused)
 # Errors with a message for the user and no traceback: a failed search is one too, but it
 # is recorded as a reject and the stage goes on.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (*STOPPING_ERRORS, SearchError)
@@ -84,7 +85,11 @@ class _StopReportedOnce(logging.Filter):
         if record.name in RUN_LOGGERS and record.getMessage().startswith("Finished in state"):
             text = record.getMessage()
             # The state's message is shown as its repr, inside that of a longer message.
-            return not any(repr(stop)[1:-1] in text for stop in _stopped_with)
+            # A task not retried by its retry condition logs its error nowhere else, so
+            # its state is known by the error's kind alone ("...an exception EngineRefused:").
+            return not any(repr(stop)[1:-1] in text for stop in _stopped_with) and not any(
+                f"exception {kind.__name__}:" in text for kind in STOPPING_ERRORS
+            )
         return True
 
 

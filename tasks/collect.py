@@ -9,13 +9,25 @@ from prefect import get_run_logger, task
 
 from anime_face_id import collect
 from anime_face_id.config import Character, CollectConfig
+from anime_face_id.errors import EngineRefused
 from anime_face_id.sources import SearchError
 from tasks.reporting import log_progress
 
 WEB_BACKENDS = {"google", "duckduckgo", "booru"}
 
 
-@task(retries=2, retry_delay_seconds=[10, 60], task_run_name="search-{slug}")
+def _not_refused(task, task_run, state) -> bool:
+    """Retry a failed search unless the engine refused to search at all: asking again
+    within a minute does not lift a rate limit or a captcha."""
+    return not isinstance(state.result(raise_on_failure=False), EngineRefused)
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_not_refused,
+    task_run_name="search-{slug}",
+)
 def search(
     character: Character, slug: str, config: CollectConfig, root: Path | None = None
 ) -> collect.Found:
@@ -30,6 +42,8 @@ def _reported(attempt: Callable[..., collect.Found]) -> Callable[..., collect.Fo
     def reported(character: Character, slug: str, config: CollectConfig, root=None):
         try:
             return attempt(character, slug, config, root=root)
+        except EngineRefused:
+            raise  # it stops the stage, which says so once
         except SearchError as error:
             get_run_logger().warning("%s: recorded as a reject: %s", character.name, error)
             raise

@@ -14,6 +14,7 @@ import pytest
 from anime_face_id import layout
 from anime_face_id.collect import collect_all
 from anime_face_id.config import Character, CollectConfig, parse_params
+from anime_face_id.errors import EngineRefused
 from anime_face_id.sources import SearchError, get_backend
 from anime_face_id.sources.booru import search
 from tests.support.booru import FakeBooru
@@ -113,6 +114,14 @@ def test_a_429_waits_for_retry_after_then_goes_on(board):
     assert len(found.candidates) == 3
     first, second = board.searches()
     assert second.time - first.time >= 0.95
+
+
+def test_a_board_that_keeps_answering_429_refuses_the_collection(board):
+    board.add_post("kuroko_tetsuya")
+    board.rate_limit_always("/posts.json")
+    with pytest.raises(EngineRefused, match=r"still answered HTTP 429 Too Many Requests"):
+        search(KUROKO, "kuroko_tetsuya", config(board))
+    assert len(board.searches()) == 3  # the first try and the downloader's 2 retries
 
 
 def test_an_unknown_tag_is_a_clear_error_with_near_tags(board):

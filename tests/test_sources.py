@@ -18,6 +18,7 @@ from PIL import Image
 
 from anime_face_id.collect import Collection, fetch_candidates
 from anime_face_id.config import Character, CollectConfig
+from anime_face_id.errors import EngineRefused
 from anime_face_id.fileio import write_csv
 from anime_face_id.sources import SearchError, duckduckgo, folder, get_backend, google, urls
 from anime_face_id.sources.base import wanted_count
@@ -109,6 +110,42 @@ def test_google_backend_scrapes_local_results_page_and_images_download_over_http
     result = fetch_candidates(Collection(tmp_path, KUROKO, "kuroko_tetsuya", config), found)
     assert (result.kept, result.rejected) == (4, 0)
     assert [https_server.count(path) for path in image_paths] == [1, 1, 1, 1, 0, 0, 0, 0]
+
+
+SORRY_PAGE = (
+    b"<html><head><title>https://www.google.com/search?q=x</title></head><body>"
+    b"<form id='captcha-form' action='index' method='post'><div id='recaptcha' "
+    b"class='g-recaptcha'></div></form><div>Our systems have detected unusual traffic from "
+    b"your computer network. This page checks to see if it's really you sending the "
+    b"requests, and not a robot.</div></body></html>"
+)
+
+
+def test_pages_by_which_google_refuses_are_told_from_results_pages() -> None:
+    assert "unusual traffic" in google.refusal_in(SORRY_PAGE.decode())
+    consent = "<form action='https://consent.google.com/save'>Before you continue to Google</form>"
+    assert "consent" in google.refusal_in(consent)
+    assert google.refusal_in(search_results_page(["https://a.example/1.jpg"])) is None
+    assert google.refusal_in("<html><body>No results</body></html>") is None
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_google_refusing_to_search_is_an_engine_refusal(web_server: WebServer) -> None:
+    web_server.add("/search", Response(status=429, body=SORRY_PAGE, content_type="text/html"))
+    config = CollectConfig(
+        backend="google",
+        limit=2,
+        search_url=web_server.url("/search?q={query}"),
+        chromedriver=CHROMEDRIVER,
+        search_timeout_s=120,
+    )
+    with pytest.raises(EngineRefused) as error:
+        get_backend(config)(KUROKO, "kuroko_tetsuya", config)
+    assert str(error.value).startswith(
+        "google search for 'Kuroko Tetsuya Kuroko no Basket' refused: Google answered with "
+        "its 'unusual traffic' page"
+    )
 
 
 @pytest.mark.slow
@@ -296,6 +333,15 @@ class FakeImageSearch:
         return self.results  # type: ignore[return-value]
 
 
+@pytest.fixture
+def duckduckgo_start_page(web_server: WebServer, monkeypatch: pytest.MonkeyPatch) -> WebServer:
+    """A local stand-in for the page ddgs starts from, which the adapter asks for again
+    when a search finds nothing (answering 200 unless a test says otherwise)."""
+    web_server.serve("/", b'<html>vqd="4-1"</html>', "text/html")
+    monkeypatch.setattr(duckduckgo, "START_PAGE", web_server.url("/"))
+    return web_server
+
+
 def test_duckduckgo_adapter_keeps_image_urls_in_order() -> None:
     client = FakeImageSearch(
         [
@@ -317,7 +363,7 @@ def test_duckduckgo_adapter_keeps_image_urls_in_order() -> None:
     assert client.calls == [("Kuroko Tetsuya Kuroko no Basket", {"max_results": 2})]
 
 
-def test_duckduckgo_failure_becomes_search_error() -> None:
+def test_duckduckgo_failure_becomes_search_error(duckduckgo_start_page: WebServer) -> None:
     search = duckduckgo.make_search(lambda config: FakeImageSearch(TimeoutError("ratelimited")))
     config = CollectConfig(backend="duckduckgo", limit=3)
     with pytest.raises(
@@ -326,6 +372,37 @@ def test_duckduckgo_failure_becomes_search_error() -> None:
     ):
         search(KUROKO, "kuroko_tetsuya", config)
     assert wanted_count(config) == 5
+
+
+@pytest.mark.parametrize("status", [403, 429])
+@pytest.mark.parametrize("outcome", ["no results", "an error"])
+def test_duckduckgo_refusing_this_client_is_told_from_no_results(
+    duckduckgo_start_page: WebServer, status: int, outcome: str
+) -> None:
+    # ddgs reports a refusal as "No results found.": the adapter asks the start page itself
+    from ddgs.exceptions import DDGSException
+
+    nothing = [] if outcome == "no results" else DDGSException("No results found.")
+    search = duckduckgo.make_search(lambda config: FakeImageSearch(nothing))
+    config = CollectConfig(backend="duckduckgo", limit=3)
+    duckduckgo_start_page.add("/", Response(status=status, body=b"", content_type="text/html"))
+    with pytest.raises(EngineRefused, match=rf"refused: DuckDuckGo answered HTTP {status} "):
+        search(KUROKO, "kuroko_tetsuya", config)
+    assert duckduckgo_start_page.count("/") == 1  # asked once, after the search
+
+
+def test_duckduckgo_with_no_results_and_a_willing_engine_is_an_ordinary_failure(
+    duckduckgo_start_page: WebServer,
+) -> None:
+    from ddgs.exceptions import DDGSException
+
+    empty = duckduckgo.make_search(lambda config: FakeImageSearch([]))
+    config = CollectConfig(backend="duckduckgo", limit=3)
+    assert empty(KUROKO, "kuroko_tetsuya", config) == []
+    failing = duckduckgo.make_search(lambda c: FakeImageSearch(DDGSException("No results found.")))
+    with pytest.raises(SearchError, match="No results found") as error:
+        failing(KUROKO, "kuroko_tetsuya", config)
+    assert not isinstance(error.value, EngineRefused)
 
 
 def test_default_duckduckgo_client_is_the_real_ddgs() -> None:
@@ -493,6 +570,37 @@ def test_collect_stage_offline_fails_in_one_line_and_records_nothing(
     assert output.count("cannot reach its search engine") == 1, output  # one line, once
     assert "search-" not in output  # no search task ran, so none was retried
     assert not list((tmp_path / "data" / "raw").glob("*/_done.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_collect_stage_stops_at_the_first_refused_search_in_one_line(
+    tmp_path: Path, prefect_api: dict[str, str], web_server: WebServer
+) -> None:
+    import yaml
+
+    web_server.add("/search", Response(status=429, body=SORRY_PAGE, content_type="text/html"))
+    params = {
+        "characters": [{"name": f"Character {index}"} for index in range(6)],
+        "collect": {
+            "backend": "google",
+            "search_url": web_server.url("/search?q={query}"),
+            "chromedriver": CHROMEDRIVER,
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    process = run_stage_flow("collect", tmp_path, prefect_api)
+    output = process.stdout + process.stderr
+    assert process.returncode != 0, output
+    assert "Traceback" not in output
+    assert output.count("unusual traffic") == 1, output  # said once, as the last word
+    assert output.rstrip().splitlines()[-1].startswith("collect stopped: google search for")
+    assert "recorded as a reject" not in output
+    # not retried, and not asked for every character: the two searches in flight when the
+    # first was refused, and perhaps one started as it ended
+    assert 1 <= web_server.count("/search") <= 3, web_server.counts()
+    assert not list((tmp_path / "data" / "raw").glob("*/_done.json"))
+    assert not (tmp_path / "data" / "raw" / "manifest.csv").exists()
 
 
 @pytest.mark.slow

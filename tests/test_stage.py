@@ -96,6 +96,12 @@ def test_the_console_leaves_out_lines_that_repeat_a_stopping_error(seen_by_run_l
     search_failed = record_with(SearchError("no dir"))
     assert _stage._NoTracebackForExpectedErrors().filter(search_failed)
     assert console.filter(search_failed)  # a failed search does not stop the stage
+    # A task its retry condition did not retry logs no error line, only its state: known
+    # by the kind of its error, which stops the stage.
+    refused = "Task run encountered an exception EngineRefused: google search for 'x' refused"
+    assert not console.filter(line("prefect.task_runs", f"Finished in state Failed({refused!r})"))
+    failed = "Task run encountered an exception SearchError: no dir"
+    assert console.filter(line("prefect.task_runs", f"Finished in state Failed({failed!r})"))
 
 
 def test_fail_on_stage_error_turns_stopping_errors_into_a_failed_state():

@@ -26,6 +26,7 @@ from urllib.parse import urlencode
 from anime_face_id import __version__
 from anime_face_id.config import Character, CollectConfig
 from anime_face_id.download import Downloader, FetchRejected
+from anime_face_id.errors import EngineRefused
 from anime_face_id.sources.base import Found, SearchError, wanted_count
 
 API_USER_AGENT = (
@@ -77,6 +78,11 @@ class BooruClient:
             try:
                 body = self.downloader.fetch(url)
             except FetchRejected as rejected:
+                if rejected.reason.startswith("http 429"):  # after the downloader's retries
+                    raise EngineRefused(
+                        f"booru: {url} refused: the board still answered HTTP 429 Too Many "
+                        "Requests after waiting as asked (collect.booru_requests_per_s?)"
+                    ) from None
                 raise BoardRefused(f"booru: {url}: {rejected.reason}", rejected.reason) from None
             finally:
                 self._last = self._clock()

@@ -2,6 +2,12 @@
 
 The client is injectable so the adapter logic (result shapes, limits, error wrapping) can
 be tested without the network; by default a real ``ddgs.DDGS`` is created per search.
+
+ddgs turns every answer but 200 into "No results found." (its engines return None for
+any other status), so a DuckDuckGo that refuses this client (it answers 202, 403, 418 or
+429 when it takes the searches for a robot's) looks like a character with no pictures.
+When a search finds nothing, the page ddgs starts from is asked for once more, as ddgs
+asks for it, and a refusing status stops the collection (EngineRefused).
 """
 
 from __future__ import annotations
@@ -11,7 +17,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from anime_face_id.config import Character, CollectConfig
+from anime_face_id.errors import EngineRefused
 from anime_face_id.sources.base import SearchError, is_web_url, unique, wanted_count
+
+# The page ddgs' image search reads its token from, before the search itself.
+START_PAGE = "https://duckduckgo.com/"
+REFUSING_STATUSES = {
+    202: "Accepted",
+    403: "Forbidden",
+    418: "I'm a teapot",
+    429: "Too Many Requests",
+}
 
 
 class ImageSearchClient(Protocol):
@@ -36,13 +52,37 @@ def make_search(
         try:
             results = client_factory(config).images(query, max_results=wanted)
         except Exception as error:  # ddgs raises its own types plus network errors
+            refuse_if_refused(query, config)
             raise SearchError(
                 f"duckduckgo search for {query!r} failed: {type(error).__name__}: {error}"
             ) from None
         urls = [str(item.get("image") or "") for item in results or [] if isinstance(item, dict)]
-        return unique(url for url in urls if is_web_url(url))[:wanted]
+        found = unique(url for url in urls if is_web_url(url))[:wanted]
+        if not found:
+            refuse_if_refused(query, config)
+        return found
 
     return search
+
+
+def refuse_if_refused(query: str, config: CollectConfig) -> None:
+    """Raise EngineRefused when DuckDuckGo answers its start page for ``query`` with a
+    refusing status; anything else (200, no answer) leaves the search's own outcome."""
+    from ddgs.exceptions import DDGSException
+    from ddgs.http_client import HttpClient  # the client ddgs uses: same browser disguise
+
+    try:
+        answer = HttpClient(timeout=max(1, round(config.timeout_s))).get(
+            START_PAGE, params={"q": query}
+        )
+    except DDGSException:
+        return
+    if answer.status_code in REFUSING_STATUSES:
+        raise EngineRefused(
+            f"duckduckgo search for {query!r} refused: DuckDuckGo answered HTTP "
+            f"{answer.status_code} {REFUSING_STATUSES[answer.status_code]}, as it does when "
+            "it takes searches from this network for a robot's"
+        )
 
 
 search = make_search()

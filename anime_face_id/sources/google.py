@@ -21,11 +21,26 @@ from urllib.parse import quote
 
 import anime_face_id
 from anime_face_id.config import Character, CollectConfig
+from anime_face_id.errors import EngineRefused
 from anime_face_id.sources.base import SearchError, is_web_url, unique, wanted_count
 
 WORKER_MODULE = "anime_face_id.sources.google_worker"
 RESULT_PREFIX = "ANIME_FACE_ID_RESULT "
 OUTPUT_LINES_IN_ERRORS = 6
+# What Google shows instead of results when it will not search for this client, as the
+# browser sees it (lower case): its "unusual traffic" page (at /sorry/, HTTP 429, with a
+# reCAPTCHA), and the cookie consent wall it puts before the first search in some countries.
+REFUSAL_PAGES = (
+    (
+        ("unusual traffic", 'id="captcha-form"', "/sorry/index"),
+        "its 'unusual traffic' page, which asks for a captcha: searches from this network "
+        "look automated to Google",
+    ),
+    (
+        ("consent.google.com", "before you continue to google"),
+        "its cookie consent page ('Before you continue'), which a headless browser cannot answer",
+    ),
+)
 
 
 def library_arguments(character: Character, config: CollectConfig, chromedriver: str) -> dict:
@@ -125,6 +140,15 @@ def _without_stacktrace(message: str) -> str:
     return message.split("\nStacktrace:", 1)[0].strip()
 
 
+def refusal_in(page: str) -> str | None:
+    """Why Google showed ``page`` instead of results (see REFUSAL_PAGES), or None."""
+    text = page.lower()
+    for markers, why in REFUSAL_PAGES:
+        if any(marker in text for marker in markers):
+            return why
+    return None
+
+
 def _parse_result(stdout: str, stderr: str, returncode: int | None, what: str) -> list[str]:
     lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if not lines:
@@ -132,6 +156,8 @@ def _parse_result(stdout: str, stderr: str, returncode: int | None, what: str) -
             f"{what} failed: worker exited with status {returncode}; last output: {_tail(stderr)}"
         )
     result = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    if result.get("refused"):
+        raise EngineRefused(f"{what} refused: Google answered with {result['refused']}")
     if not result.get("ok"):
         error = _without_stacktrace(str(result.get("error")))
         raise SearchError(f"{what} failed: {error}; last output: {_tail(stderr)}")

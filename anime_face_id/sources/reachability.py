@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 
 from anime_face_id.config import CollectConfig
 from anime_face_id.errors import StageError
+from anime_face_id.sources.duckduckgo import START_PAGE as DUCKDUCKGO
 
 GOOGLE = "https://www.google.com/"
-DUCKDUCKGO = "https://duckduckgo.com/"
 PREFLIGHT_TIMEOUT_S = 5.0
 
 

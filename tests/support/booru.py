@@ -47,6 +47,7 @@ class FakeBooru:
         self.max_limit = max_limit
         self.tag_limit = tag_limit  # Danbooru's for a visitor without an account
         self._rate_limited: dict[str, str] = {}  # endpoint -> Retry-After
+        self._refusing: set[str] = set()  # endpoints answering 429 to every request
         self.hostile: bytes | None = None  # when set, every posts.json answer is this
         self.hostile_tags: bytes | None = None  # and every tags.json answer this
         self._lock = threading.Lock()
@@ -107,6 +108,9 @@ class FakeBooru:
     def rate_limit_once(self, endpoint: str, retry_after: str = "1") -> None:
         self._rate_limited[endpoint] = retry_after
 
+    def rate_limit_always(self, endpoint: str) -> None:
+        self._refusing.add(endpoint)
+
     def searches(self, tag: str | None = None) -> list[Request]:
         return [
             r
@@ -126,6 +130,8 @@ class FakeBooru:
                 Request(time.monotonic(), parts.path, query, handler.headers.get("User-Agent", ""))
             )
             retry_after = self._rate_limited.pop(parts.path, None)
+            if parts.path in self._refusing:
+                retry_after = "0"
         if retry_after is not None:
             self._send(handler, 429, b'{"message": "slow down"}', {"Retry-After": retry_after})
         elif parts.path == "/posts.json" and self.hostile is not None:
