@@ -347,6 +347,73 @@ def test_many_pictures_are_named_a_few_at_a_time_with_the_same_answers(untrained
     assert [r.to_json() for r in together] == [identifier.identify_file(p).to_json() for p in paths]
 
 
+@pytest.fixture
+def detecting(untrained):
+    """The untrained project's identifier with the packaged CenterNet detector, its
+    pictures the shared illustrations (several sizes, a face or more each), and the sizes
+    of the groups its detector was given."""
+    from anime_face_id.faces.detectors import CenterNetDetector
+
+    identifier = load_identifier(untrained, params_for(NAMES))
+    identifier.detector = CenterNetDetector()
+    groups: list[list[tuple[int, int]]] = []
+    detect_many = identifier.detector.detect_many
+
+    def counted(rgbs):
+        groups.append([rgb.shape[:2] for rgb in rgbs])
+        return detect_many(rgbs)
+
+    identifier.detector.detect_many = counted
+    return identifier, groups
+
+
+def test_pictures_are_detected_together_with_the_answers_they_get_alone(
+    detecting, shared_dir, monkeypatch
+):
+    from anime_face_id import identify
+
+    identifier, groups = detecting
+    paths = sorted((shared_dir / "testdata" / "raw").glob("*/*.jpg"))[:7]
+    alone = [identifier.identify_file(path).to_json() for path in paths]
+    assert sum(len(answer["faces"]) for answer in alone) >= 5
+    groups.clear()
+    assert [r.to_json() for r in identifier.identify_files(paths)] == alone
+    assert [len(group) for group in groups] == [7]  # one call for all seven
+    # Pictures held for detection stay within the budget: a group ends at the picture
+    # that reaches it.
+    budget = 2 * max(h * w for h, w in (load_rgb(p).size[::-1] for p in paths))
+    monkeypatch.setattr(identify, "DETECTION_PIXELS_PER_PASS", budget)
+    groups.clear()
+    assert [r.to_json() for r in identifier.identify_files(paths)] == alone
+    assert len(groups) > 1 and sum(map(len, groups)) == 7
+    for group in groups[:-1]:
+        pixels = [h * w for h, w in group]
+        assert sum(pixels[:-1]) < budget <= sum(pixels)
+
+
+def test_a_picture_that_fails_detection_is_the_only_error_of_its_group(
+    detecting, shared_dir, tmp_path
+):
+    identifier, _groups = detecting
+    paths = sorted((shared_dir / "testdata" / "raw").glob("*/*.jpg"))[:4]
+    culprit = tmp_path / "culprit.png"
+    load_rgb(paths[0]).resize((321, 333)).save(culprit)
+    paths.insert(2, culprit)
+    detect_many = identifier.detector.detect_many
+
+    def failing(rgbs):
+        if any(rgb.shape[:2] == (333, 321) for rgb in rgbs):
+            raise RuntimeError("the detector broke")
+        return detect_many(rgbs)
+
+    identifier.detector.detect_many = failing
+    results = identifier.identify_files(paths)
+    assert [r.status for r in results] == ["ok", "ok", "error", "ok", "ok"]
+    assert results[2].error == "identification failed: the detector broke"
+    others = [identifier.identify_file(path).to_json() for path in paths[:2] + paths[3:]]
+    assert [r.to_json() for r in results[:2] + results[3:]] == others
+
+
 def test_a_served_request_over_max_pictures_gets_an_error_row_for_each(untrained):
     identifier = load_identifier(untrained, params_for(NAMES, max_pictures=3))
     picture = base64.b64encode((untrained / "data/faces/ao_blue/train_2.png").read_bytes()).decode()
