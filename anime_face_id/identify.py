@@ -48,9 +48,6 @@ from anime_face_id.picture_input import base64_bytes, decode_picture
 # --------------------------------------------------------------------- the identifier
 
 PICTURES_PER_PASS = 16  # pictures whose faces share forward passes, and are held at once
-# Decoded pictures held at once for one batched detection (RGB pixels): web pictures of a
-# megapixel or two all fit; a few huge ones are detected in smaller groups.
-DETECTION_PIXELS_PER_PASS = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -101,31 +98,11 @@ class Identifier:
 
     def _detect(self, rgb: np.ndarray) -> _Found:
         """The faces of an upright H x W x 3 uint8 RGB picture and their crops."""
-        return self._cut(rgb, self.detector.detect(rgb))
-
-    def _cut(self, rgb: np.ndarray, detections: list) -> _Found:
         height, width = rgb.shape[:2]
+        detections = self.detector.detect(rgb)
         squares = [square_crop_box(d.box, width, height, self.crop.margin) for d in detections]
         crops = [crop_square(rgb, x, y, side, self.crop.size) for x, y, side in squares]
         return _Found(width, height, detections, squares, crops)
-
-    def _detect_together(
-        self, pictures: list[tuple[int, np.ndarray]], found: dict, results: dict, names
-    ) -> None:
-        """Detect ``pictures`` ((number, RGB array)) in shared forward passes into
-        ``found``; when that fails, each alone, so only the culprit is an error result."""
-        try:
-            detections = self.detector.detect_many([rgb for _, rgb in pictures])
-            for (number, rgb), faces in zip(pictures, detections, strict=True):
-                found[number] = self._cut(rgb, faces)
-        except Exception as error:
-            if len(pictures) == 1:
-                results[pictures[0][0]] = failed(
-                    names[pictures[0][0]], f"identification failed: {error}"
-                )
-                return
-            for picture in pictures:
-                self._detect_together([picture], found, results, names)
 
     def _named(
         self, found: Sequence[_Found], top: int | None = None, neighbours: int | None = None
@@ -219,29 +196,23 @@ class Identifier:
     def _identify_together(
         self, sources: Sequence[tuple[str, Callable[[], Image.Image]]], **options
     ) -> list[PictureResult]:
-        """The pictures are loaded a few at a time, up to DETECTION_PIXELS_PER_PASS, their
-        faces detected in shared forward passes and cut out, and the pictures let go (only
-        the crops are kept, so memory does not grow with the pictures' sizes); then every
-        face is embedded in shared batches and named. A picture that cannot be read or
-        fails is an error result, never an exception: one bad picture must never stop a
-        batch or a server."""
-        names = [picture for picture, _load in sources]
+        """Each picture is loaded and its faces detected and cut out in turn (only the
+        crops are kept, so memory does not grow with the pictures' sizes), then every face
+        is embedded in shared batches (fewer, fuller forward passes) and named. A picture
+        that cannot be read or fails is an error result, never an exception: one bad
+        picture must never stop a batch or a server."""
         found: dict[int, _Found] = {}
         results: dict[int, PictureResult] = {}
-        held: list[tuple[int, np.ndarray]] = []
         for number, (picture, load) in enumerate(sources):
             try:
                 image = load()
-                held.append((number, np.asarray(image.convert("RGB"))))
             except ImageRejected as error:
                 results[number] = failed(picture, error.reason)
+                continue
+            try:
+                found[number] = self._detect(np.asarray(image.convert("RGB")))
             except Exception as error:
                 results[number] = failed(picture, f"identification failed: {error}")
-            if sum(rgb.shape[0] * rgb.shape[1] for _, rgb in held) >= DETECTION_PIXELS_PER_PASS:
-                self._detect_together(held, found, results, names)
-                held = []
-        if held:
-            self._detect_together(held, found, results, names)
         try:
             faces = dict(zip(found, self._named(list(found.values()), **options), strict=True))
         except Exception as error:

@@ -16,7 +16,7 @@ import torch
 from anime_face_id.config import CropConfig
 from anime_face_id.crop import crop_all
 from anime_face_id.faces.boxes import matched
-from anime_face_id.faces.centernet import WEIGHTS_FORMAT, FaceCenterNet, prepare_input
+from anime_face_id.faces.centernet import WEIGHTS_FORMAT, FaceCenterNet
 from anime_face_id.faces.detector_data import read_yolo_folder
 from anime_face_id.faces.detectors import (
     PACKAGED_WEIGHTS,
@@ -116,32 +116,6 @@ def test_detections_are_deterministic_across_threads_and_pickling(detector, shar
         assert list(pool.map(detector.detect, pictures)) == sequential
     copy = pickle.loads(pickle.dumps(detector))
     assert copy.settings == detector.settings and copy.detect(pictures[0]) == sequential[0]
-
-
-def test_pictures_of_one_input_shape_share_a_forward_pass_and_keep_their_faces(
-    detector, shared_dir: Path
-) -> None:
-    import cv2
-
-    raw = [load_rgb_array(p) for p in sorted((shared_dir / "testdata" / "raw").glob("*/*.jpg"))]
-    # three pictures of one shape (one of them twice) and two of shapes of their own
-    pictures = [cv2.resize(rgb, (400, 300)) for rgb in raw[:3]] + [raw[0], raw[3], raw[4]]
-    shapes = {prepare_input(rgb, detector.input_size)[0].shape for rgb in pictures}
-    alone = [detector.detect(rgb) for rgb in pictures]
-    assert sum(map(len, alone)) >= 4
-    passes = []
-    hook = detector._model.register_forward_hook(lambda m, i, o: passes.append(len(i[0])))
-    try:
-        together = detector.detect_many(pictures)
-    finally:
-        hook.remove()
-    assert len(passes) == len(shapes) < len(pictures) and sum(passes) == len(pictures)
-    assert [len(faces) for faces in together] == [len(faces) for faces in alone]
-    for faces, faces_alone in zip(together, alone, strict=True):
-        for face, face_alone in zip(faces, faces_alone, strict=True):
-            assert np.abs(np.subtract(face.box, face_alone.box)).max() <= 1
-            assert face.score == pytest.approx(face_alone.score, abs=1e-4)
-    assert detector.detect_many([]) == []
 
 
 def test_missing_or_foreign_weights_are_clear_errors(tmp_path: Path) -> None:

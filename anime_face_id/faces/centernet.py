@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -233,49 +232,19 @@ def detect_boxes(
 ) -> list[tuple[float, float, float, float, float]]:
     """Faces in an H x W x 3 uint8 RGB array: ``(x, y, w, h, score)`` in its pixels, best
     first, clipped to the picture."""
-    options = {"input_size": input_size, "min_score": min_score, "nms_iou": nms_iou}
-    return detect_boxes_many(model, [rgb], **options, top_k=top_k)[0]
-
-
-@torch.inference_mode()
-def detect_boxes_many(
-    model: FaceCenterNet,
-    rgbs: Sequence,
-    *,
-    input_size: int,
-    min_score: float,
-    nms_iou: float,
-    top_k: int = 100,
-) -> list[list[tuple[float, float, float, float, float]]]:
-    """``detect_boxes`` of each picture. Pictures whose inputs have the same shape go
-    through the network in one batch: the same shape, so no picture is padded more than
-    alone and each gets the boxes it gets alone."""
-    prepared = [prepare_input(rgb, input_size) for rgb in rgbs]
-    same_shape: dict[tuple[int, ...], list[int]] = {}
-    for index, (batch, _scale) in enumerate(prepared):
-        same_shape.setdefault(tuple(batch.shape), []).append(index)
-    device = next(model.parameters()).device  # the pictures go where the model is
-    found: list[list] = [[] for _ in rgbs]
-    for indices in same_shape.values():
-        batch = torch.cat([prepared[index][0] for index in indices]).to(device)
-        decoded = decode(*model(batch), top_k=top_k, min_score=min_score)
-        for index, (boxes, scores) in zip(indices, decoded, strict=True):
-            height, width = rgbs[index].shape[:2]
-            keep = nms(boxes, scores, nms_iou)
-            scale = prepared[index][1]
-            found[index] = _inside(boxes[keep] / scale, scores[keep], width, height)
-    return found
-
-
-def _inside(boxes: torch.Tensor, scores: torch.Tensor, width: int, height: int) -> list:
-    """Boxes clipped to a ``width`` x ``height`` picture; those left under a pixel go."""
-    inside = []
+    height, width = rgb.shape[:2]
+    batch, scale = prepare_input(rgb, input_size)
+    device = next(model.parameters()).device  # the picture goes where the model is
+    boxes, scores = decode(*model(batch.to(device)), top_k=top_k, min_score=min_score)[0]
+    keep = nms(boxes, scores, nms_iou)
+    boxes, scores = boxes[keep] / scale, scores[keep]
+    found = []
     for (x, y, w, h), score in zip(boxes.tolist(), scores.tolist(), strict=True):
         left, top = max(0.0, x), max(0.0, y)
         right, bottom = min(float(width), x + w), min(float(height), y + h)
         if right - left >= 1 and bottom - top >= 1:
-            inside.append((left, top, right - left, bottom - top, score))
-    return inside
+            found.append((left, top, right - left, bottom - top, score))
+    return found
 
 
 WEIGHTS_FORMAT = "anime-face-id/centernet-lite0/1"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import pickle
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -50,16 +50,6 @@ class Detector(Protocol):
 
     def detect(self, rgb: np.ndarray) -> list[Detection]: ...
 
-    def detect_many(self, rgbs: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """``detect`` of each picture, in order; the same detections, in fewer passes
-        where the detector can batch."""
-        ...
-
-
-def one_at_a_time(detector: Detector, rgbs: Sequence[np.ndarray]) -> list[list[Detection]]:
-    """``detect_many`` for a detector that gains nothing from batches."""
-    return [detector.detect(rgb) for rgb in rgbs]
-
 
 def _check_rgb(rgb: np.ndarray) -> None:
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -79,9 +69,6 @@ class WholeImageDetector:
         _check_rgb(rgb)
         height, width = rgb.shape[:2]
         return [Detection(0, 0, width, height, 1.0)]
-
-    def detect_many(self, rgbs: Sequence[np.ndarray]) -> list[list[Detection]]:
-        return one_at_a_time(self, rgbs)
 
 
 def load_cascade(path: Path) -> cv2.CascadeClassifier:
@@ -171,9 +158,6 @@ class LbpCascadeDetector:
         # between runs; a fixed order keeps crop file names stable.
         return sorted(found, key=lambda d: (-d.score, d.y, d.x, d.w, d.h))
 
-    def detect_many(self, rgbs: Sequence[np.ndarray]) -> list[list[Detection]]:
-        return one_at_a_time(self, rgbs)
-
 
 class DetectorWeightsError(CascadeError):
     """The detector's weights file is missing or is not one."""
@@ -253,37 +237,26 @@ class CenterNetDetector:
         self._model = self._load()
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        return self.detect_many([rgb])[0]
+        from anime_face_id.faces.centernet import detect_boxes
 
-    def detect_many(self, rgbs: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """Pictures whose scaled and padded inputs have the same shape share a forward
-        pass (web pictures come in few aspect ratios); each keeps its own detections."""
-        from anime_face_id.faces.centernet import detect_boxes_many
-
-        for rgb in rgbs:
-            _check_rgb(rgb)
-        found = detect_boxes_many(
+        _check_rgb(rgb)
+        found = detect_boxes(
             self._model,
-            rgbs,
+            rgb,
             input_size=self.input_size,
             min_score=self.min_score,
             nms_iou=self.nms_iou,
         )
-        return [_as_detections(boxes, rgb) for boxes, rgb in zip(found, rgbs, strict=True)]
-
-
-def _as_detections(found, rgb: np.ndarray) -> list[Detection]:
-    """``(x, y, w, h, score)`` boxes as whole-pixel Detections inside the picture, best first."""
-    detections = []
-    for x, y, w, h, score in found:
-        left, top = round(x), round(y)
-        right = min(rgb.shape[1], round(x + w))
-        bottom = min(rgb.shape[0], round(y + h))
-        if right > left and bottom > top:
-            detections.append(
-                Detection(left, top, right - left, bottom - top, round(float(score), 6))
-            )
-    return sorted(detections, key=lambda d: (-d.score, d.y, d.x, d.w, d.h))
+        detections = []
+        for x, y, w, h, score in found:
+            left, top = round(x), round(y)
+            right = min(rgb.shape[1], round(x + w))
+            bottom = min(rgb.shape[0], round(y + h))
+            if right > left and bottom > top:
+                detections.append(
+                    Detection(left, top, right - left, bottom - top, round(float(score), 6))
+                )
+        return sorted(detections, key=lambda d: (-d.score, d.y, d.x, d.w, d.h))
 
 
 # ---------------------------------------------------------------- the configured detector
