@@ -14,6 +14,11 @@ Prints:
 - throughput: pictures per second through ``Identifier.identify_file`` one picture at a
   time (the baseline: what identify did before it batched) and ``identify_files`` with the
   CLI's batch of 16, on the same pictures in the same process.
+- the detector alone, pictures per second through the packaged CenterNet's network when
+  the pictures (resized to one input shape, so that they can share a pass) go through it
+  one at a time and in batches of 2, 4 and 16: why identify detects one picture per pass
+  and batches only the faces' embeddings (on this 2-core CPU batches were slower, 0.35x
+  at 16; an accelerator would differ).
 Target (issue 12): identify starts in under 2 s.
 """
 
@@ -76,6 +81,35 @@ def wall(command: list[str], cwd: Path, repeats: int) -> float:
     return statistics.median(times)
 
 
+@torch.inference_mode()
+def detector_passes(paths: list[Path], batch_sizes: tuple[int, ...], repeats: int) -> dict:
+    """Pictures per second through the packaged detector's network (decoding left out),
+    ``paths`` resized to one square input, for each batch size; best of ``repeats``."""
+    import cv2
+
+    from anime_face_id.faces.centernet import prepare_input
+    from anime_face_id.faces.detectors import CenterNetDetector
+    from anime_face_id.imaging import load_rgb_array
+
+    detector = CenterNetDetector()
+    size = detector.input_size
+    inputs = torch.cat(
+        [prepare_input(cv2.resize(load_rgb_array(p), (size, size)), size)[0] for p in paths]
+    )
+    network = detector._model
+    network(inputs[:1])  # warm
+    speeds = {}
+    for batch in batch_sizes:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for first in range(0, len(inputs), batch):
+                network(inputs[first : first + batch])
+            best = min(best, time.perf_counter() - start)
+        speeds[batch] = len(inputs) / best
+    return speeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pictures", type=int, default=16)
@@ -109,6 +143,15 @@ def main() -> None:
             f"{in_batches:.1f} pictures/s ({in_batches / one_at_a_time:.2f}x); "
             f"same answers: {same}"
         )
+    sizes = tuple(size for size in (1, 2, 4, 16) if size <= len(chosen))
+    speeds = detector_passes(chosen, sizes, args.repeats)
+    print(
+        f"detector network, {len(chosen)} pictures of {params.crop.input_size} px: "
+        + ", ".join(
+            f"batches of {size} {speed:.1f} pictures/s ({speed / speeds[1]:.2f}x)"
+            for size, speed in speeds.items()
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,3 +41,8 @@ def test_identify_speed_benchmark_times_start_up_and_both_ways_of_naming():
         r"16 \d+\.\d pictures/s \(\d+\.\d\dx\); same answers: True",
         process.stdout,
     )
+    assert re.search(
+        r"detector network, 2 pictures of \d+ px: batches of 1 \d+\.\d pictures/s \(1\.00x\), "
+        r"batches of 2 \d+\.\d pictures/s \(\d+\.\d\dx\)",
+        process.stdout,
+    )

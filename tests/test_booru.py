@@ -119,7 +119,9 @@ def test_a_429_waits_for_retry_after_then_goes_on(board):
 def test_a_board_that_keeps_answering_429_refuses_the_collection(board):
     board.add_post("kuroko_tetsuya")
     board.rate_limit_always("/posts.json")
-    with pytest.raises(EngineRefused, match=r"still answered HTTP 429 Too Many Requests"):
+    with pytest.raises(
+        EngineRefused, match=r"kept answering HTTP 429 Too Many Requests \(http 429 after 2 retries"
+    ):
         search(KUROKO, "kuroko_tetsuya", config(board))
     assert len(board.searches()) == 3  # the first try and the downloader's 2 retries
 

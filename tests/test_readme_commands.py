@@ -58,6 +58,7 @@ RUN = [
     ".venv/bin/anime-face-id gallery rebuild",
     ".venv/bin/anime-face-id gallery info",
     ".venv/bin/dvc repro review",
+    ".venv/bin/anime-face-id gallery rebuild --source curated",
     ".venv/bin/dvc repro --single-item package",
     "make lint",
     "make prefect-ui",
@@ -68,6 +69,8 @@ RUN = [
 SERVE = [
     "make serve",
     "make serve MODEL=models:/anime-face-id/3 SERVE_PORT=5002",
+    'PATH="$PWD/.venv/bin:$PATH" .venv/bin/mlflow models serve -m models:/anime-face-id@champion '
+    "--env-manager local -h 127.0.0.1 -p 5001",
     "make review",
     "make app",
     "make mlflow-ui",
@@ -235,6 +238,7 @@ def test_comments_and_continuations_are_read_as_a_reader_copies_them() -> None:
         "# a whole comment line\n"
         "```\n"
         "Then `make b` or `.venv/bin/c --x`, not `other`.\n"
+        'With `PATH="$PWD/x:$PATH" .venv/bin/d`, not `A=1 other` or `PATH=x`.\n'
         "```\n"
         "make not-bash\n"
         "```\n"
@@ -245,6 +249,7 @@ def test_comments_and_continuations_are_read_as_a_reader_copies_them() -> None:
         ("echo '# not a comment' \"x # y\" |\n  cat \\\n   -n", 3, False),
         ("make b", 8, True),
         (".venv/bin/c --x", 8, True),
+        ('PATH="$PWD/x:$PATH" .venv/bin/d', 9, True),
     ]
 
 
@@ -376,9 +381,11 @@ def stop_group(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def reader(tmp_path_factory, prefect_api) -> Shell:
+def reader(tmp_path_factory) -> Iterator[Shell]:
     """A copy of the checkout with `.venv` from `make setup`, configured for generated data
-    (the README's own-data path), and a fresh shell in it."""
+    (the README's own-data path), and a fresh shell in it. No Prefect server is configured,
+    as on a newcomer's machine: `make pipeline` starts the project's own (on a free port,
+    PREFECT_PORT, and no analytics), and it is stopped at the end whatever happens."""
     venv = installed_venv()
     where = tmp_path_factory.mktemp("readme")
     root = copy_checkout(where / "anime-face-id")
@@ -407,11 +414,15 @@ def reader(tmp_path_factory, prefect_api) -> Shell:
 
     home = where / "home"
     home.mkdir()
-    shell = Shell(root, home, prefect_api)
+    own_server = {"PREFECT_PORT": str(free_port()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    shell = Shell(root, home, own_server)
     for command in ("git init -q", "git add -A", "git commit -qm 'a fresh clone'"):
         shell.run(command)
     shell.ran.clear()
-    return shell
+    try:
+        yield shell
+    finally:
+        subprocess.run(["make", "prefect-stop"], cwd=root, env=shell.env, capture_output=True)
 
 
 @pytest.mark.slow
@@ -422,7 +433,10 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
 
     # Quick start and own data
     assert "akane_red" in reader.run(".venv/bin/anime-face-id check")  # each slug listed
-    reader.run("make pipeline")
+    prefect_port = reader.env["PREFECT_PORT"]
+    assert f"starting the project's Prefect server on http://127.0.0.1:{prefect_port}" in (
+        reader.run("make pipeline")
+    )
     assert json.loads((root / "metrics" / "eval.json").read_text())["val"]["map_at_r"] >= 0
     reader.run("git add -A && git commit -qm 'first model'")
     again = reader.run(".venv/bin/dvc repro")
@@ -464,6 +478,8 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     reader.run(".venv/bin/anime-face-id gallery rebuild")
     assert new_character in reader.run(".venv/bin/anime-face-id gallery info")
     reader.run(".venv/bin/dvc repro review")
+    reader.run(".venv/bin/anime-face-id gallery rebuild --source curated")
+    assert new_character in reader.run(".venv/bin/anime-face-id gallery info")
     reader.run(".venv/bin/dvc repro --single-item package")
 
     # Serving: the champion, then version 3 (pipeline, experiment, re-package)
@@ -476,6 +492,12 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     other = "make serve MODEL=models:/anime-face-id/3 SERVE_PORT=5002"
     with reader.serving(other.replace("5002", str(port)), f"http://127.0.0.1:{port}/ping"):
         reader.ran[-1] = other
+    bare = SERVE[2]  # mlflow itself, .venv/bin first on PATH for it alone
+    port = free_port()
+    with reader.serving(bare.replace("5001", str(port)), f"http://127.0.0.1:{port}/ping"):
+        served = json.loads(reader.run(CURL.replace("5001", str(port))))
+        assert served["predictions"][0]["status"] in ("ok", "no_face")
+        reader.ran[-2:] = [bare, CURL]
 
     # The web apps and the UIs
     for command, variable, health in (
@@ -486,25 +508,23 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
         port = free_port()
         with reader.serving(command, f"http://127.0.0.1:{port}{health}", **{variable: str(port)}):
             pass
-    # The project's own Prefect server, as a reader without one configured starts it: in the
-    # background, its data under the project, the UI on; started once, then stopped.
-    port = free_port()
-    own = {"PREFECT_API_URL": "", "PREFECT_PORT": str(port), "PREFECT_SERVER_UI_ENABLED": "true"}
-    try:
-        assert f"http://127.0.0.1:{port}" in reader.run("make prefect-ui", **own)
-        assert answers(f"http://127.0.0.1:{port}/api/health") and answers(
-            f"http://127.0.0.1:{port}/"
-        )
-        assert (root / ".prefect" / "prefect.db").is_file()
-        assert "starting" not in reader.run("make prefect-start", **own)  # already running
-    finally:
-        reader.run("make prefect-stop", **own)
-    assert not answers(f"http://127.0.0.1:{port}/api/health")
-    assert not warm.is_running(root)  # the warm stage runner stopped with it
+    # The project's own Prefect server, which `make pipeline` started in the background
+    # (its data under the project, the UI on), still up for the UI and the deployment.
+    api = f"http://127.0.0.1:{prefect_port}/api"
+    assert f"http://127.0.0.1:{prefect_port}" in reader.run("make prefect-ui")
+    assert answers(f"{api}/health") and answers(f"http://127.0.0.1:{prefect_port}/")
+    assert (root / ".prefect" / "prefect.db").is_file()
+    assert "starting" not in reader.run("make prefect-start")  # already running
+    # every stage's runs, from make, dvc and flows.pipeline alike, are kept there
+    flows = {flow["name"] for flow in prefect_post(api, "flows/filter", {})}
+    assert {"collect", "crop", "train", "evaluate", "package", "pipeline"} <= flows, flows
     deployment = '.venv/bin/python -m flows.pipeline --serve --cron "0 3 * * 1"'
     with reader.serving(deployment, "being served"):
-        found = prefect_post(reader.env["PREFECT_API_URL"], "deployments/filter", {})
+        found = prefect_post(api, "deployments/filter", {})
         assert any(d["name"] == "anime-face-id" for d in found), found
+    reader.run("make prefect-stop")
+    assert not answers(f"{api}/health")
+    assert not warm.is_running(root)  # the warm stage runner stopped with it
 
     reader.run("make lint")
     assert set(RUN) | set(SERVE) | {CURL} <= set(reader.ran)

@@ -80,8 +80,8 @@ class BooruClient:
             except FetchRejected as rejected:
                 if rejected.reason.startswith("http 429"):  # after the downloader's retries
                     raise EngineRefused(
-                        f"booru: {url} refused: the board still answered HTTP 429 Too Many "
-                        "Requests after waiting as asked (collect.booru_requests_per_s?)"
+                        f"booru: {url} refused: the board kept answering HTTP 429 Too Many "
+                        f"Requests ({rejected.reason}; collect.booru_requests_per_s?)"
                     ) from None
                 raise BoardRefused(f"booru: {url}: {rejected.reason}", rejected.reason) from None
             finally:

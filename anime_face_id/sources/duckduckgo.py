@@ -6,15 +6,19 @@ be tested without the network; by default a real ``ddgs.DDGS`` is created per se
 ddgs turns every answer but 200 into "No results found." (its engines return None for
 any other status), so a DuckDuckGo that refuses this client (it answers 202, 403, 418 or
 429 when it takes the searches for a robot's) looks like a character with no pictures.
-When a search finds nothing, the page ddgs starts from is asked for once more, as ddgs
-asks for it, and a refusing status stops the collection (EngineRefused).
+When a search finds nothing, its two requests (the start page, then the results) are
+made once more, as ddgs makes them, and a refusing status stops the collection
+(EngineRefused).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urljoin
 
 from anime_face_id.config import Character, CollectConfig
 from anime_face_id.errors import EngineRefused
@@ -66,15 +70,26 @@ def make_search(
 
 
 def refuse_if_refused(query: str, config: CollectConfig) -> None:
-    """Raise EngineRefused when DuckDuckGo answers its start page for ``query`` with a
-    refusing status; anything else (200, no answer) leaves the search's own outcome."""
+    """Raise EngineRefused when DuckDuckGo answers the two requests of ddgs' image search
+    for ``query`` (its start page, then ``i.js`` with the page's token) with a refusing
+    status; anything else (200, no answer, no token) leaves the search's own outcome."""
     from ddgs.exceptions import DDGSException
     from ddgs.http_client import HttpClient  # the client ddgs uses: same browser disguise
 
+    # the route ddgs takes: its own proxy setting (DDGS_PROXY), as DDGS reads it
+    client = HttpClient(proxy=os.environ.get("DDGS_PROXY"), timeout=max(1, round(config.timeout_s)))
     try:
-        answer = HttpClient(timeout=max(1, round(config.timeout_s))).get(
-            START_PAGE, params={"q": query}
-        )
+        answer = client.get(START_PAGE, params={"q": query})
+        token = re.search(rb"vqd=[\"']?([\d-]+)", answer.content)
+        if answer.status_code not in REFUSING_STATUSES and token:
+            search = {
+                "o": "json",
+                "q": query,
+                "l": "us-en",
+                "vqd": token.group(1).decode(),
+                "p": "1",
+            }
+            answer = client.get(urljoin(START_PAGE, "i.js"), params=search)
     except DDGSException:
         return
     if answer.status_code in REFUSING_STATUSES:
@@ -83,6 +98,3 @@ def refuse_if_refused(query: str, config: CollectConfig) -> None:
             f"{answer.status_code} {REFUSING_STATUSES[answer.status_code]}, as it does when "
             "it takes searches from this network for a robot's"
         )
-
-
-search = make_search()

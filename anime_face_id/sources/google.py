@@ -37,7 +37,7 @@ REFUSAL_PAGES = (
         "look automated to Google",
     ),
     (
-        ("consent.google.com", "before you continue to google"),
+        ('action="https://consent.google.com/save"', "before you continue to google"),
         "its cookie consent page ('Before you continue'), which a headless browser cannot answer",
     ),
 )

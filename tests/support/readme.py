@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-INLINE_COMMAND = re.compile(r"`((?:make |\.venv/bin/|sh flows/run|source )[^`]*)`")
+INLINE_COMMAND = re.compile(
+    r"`((?:make |\.venv/bin/|sh flows/run|source |[A-Z_]+=\S+ \.venv/bin/)[^`]*)`"
+)
 
 
 @dataclass(frozen=True)
