@@ -98,3 +98,6 @@ def refuse_if_refused(query: str, config: CollectConfig) -> None:
             f"{answer.status_code} {REFUSING_STATUSES[answer.status_code]}, as it does when "
             "it takes searches from this network for a robot's"
         )
+
+
+search = make_search()
