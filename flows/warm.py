@@ -14,10 +14,10 @@ and console logging are set up again from the caller's environment. The `anime-f
 console script (flows/console.py) hands its commands over the same way, and they run as
 its `anime_face_id.cli.run` would, logging as a process that never imported Prefect. The
 runner declines, and the stage runs cold, when what it imported could differ from what a
-fresh interpreter would import: another interpreter or virtual environment, a package installed or removed
-since it started, an environment variable read at import time (Prefect's settings, thread
-counts, locale, terminal; see `import_sensitive`), or another CPU affinity, priority,
-group, cgroup or resource limit. What still differs: `ps` shows a forked stage or command
+fresh interpreter would import: another interpreter or virtual environment, a package
+installed or removed since it started, an environment variable read at import time
+(Prefect's settings, thread counts, locale, terminal; see `import_sensitive`), or another
+CPU affinity, priority, group, cgroup or resource limit. What still differs: `ps` shows a forked stage or command
 as a `flows.warm` process, it has no controlling terminal (nothing in either opens
 /dev/tty), it gets descriptors 0-2 only, a traceback starts in runpy's and this module's
 frames, and a command finds Prefect and requests already imported (so their warning

@@ -82,6 +82,19 @@ def test_driver_failure_becomes_search_error_not_an_exit(tmp_path: Path) -> None
     assert "sys.exit" in message and "chromedriver" in message  # the library's own last words
 
 
+def local_google(web_server: WebServer, **settings: Any) -> CollectConfig:
+    """The google backend searching the local server's /search page with the real Chromium."""
+    return CollectConfig(
+        **{
+            "backend": "google",
+            "limit": 2,
+            "search_url": web_server.url("/search?q={query}"),
+            "chromedriver": CHROMEDRIVER,
+            **settings,
+        }
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.browser
 def test_google_backend_scrapes_local_results_page_and_images_download_over_https(
@@ -92,12 +105,10 @@ def test_google_backend_scrapes_local_results_page_and_images_download_over_http
         https_server.serve(path, jpeg(index), "image/jpeg")
     page = search_results_page([https_server.url(path) for path in image_paths])
     web_server.serve("/search", page, "text/html; charset=utf-8")
-    config = CollectConfig(
-        backend="google",
+    config = local_google(
+        web_server,
         limit=4,
         search_factor=1.5,
-        search_url=web_server.url("/search?q={query}"),
-        chromedriver=CHROMEDRIVER,
         search_timeout_s=120,
         allow_networks=["127.0.0.0/8"],
     )
@@ -136,13 +147,7 @@ def test_pages_by_which_google_refuses_are_told_from_results_pages() -> None:
 @pytest.mark.browser
 def test_google_refusing_to_search_is_an_engine_refusal(web_server: WebServer) -> None:
     web_server.add("/search", Response(status=429, body=SORRY_PAGE, content_type="text/html"))
-    config = CollectConfig(
-        backend="google",
-        limit=2,
-        search_url=web_server.url("/search?q={query}"),
-        chromedriver=CHROMEDRIVER,
-        search_timeout_s=120,
-    )
+    config = local_google(web_server, search_timeout_s=120)
     with pytest.raises(EngineRefused) as error:
         get_backend(config)(KUROKO, "kuroko_tetsuya", config)
     assert str(error.value).startswith(
@@ -155,13 +160,7 @@ def test_google_refusing_to_search_is_an_engine_refusal(web_server: WebServer) -
 @pytest.mark.browser
 def test_google_search_that_hangs_is_killed_at_the_timeout(web_server: WebServer) -> None:
     web_server.add("/search", Response(body=b"<html></html>", content_type="text/html", delay=60))
-    config = CollectConfig(
-        backend="google",
-        limit=2,
-        search_url=web_server.url("/search?q={query}"),
-        chromedriver=CHROMEDRIVER,
-        search_timeout_s=6,
-    )
+    config = local_google(web_server, search_timeout_s=6)
     started = time.monotonic()
     with pytest.raises(SearchError, match=r"timed out after 6 s"):
         get_backend(config)(KUROKO, "kuroko_tetsuya", config)

@@ -82,14 +82,15 @@ def refuse_if_refused(query: str, config: CollectConfig) -> None:
         answer = client.get(START_PAGE, params={"q": query})
         token = re.search(rb"vqd=[\"']?([\d-]+)", answer.content)
         if answer.status_code not in REFUSING_STATUSES and token:
-            search = {
+            # the results request as ddgs' DuckduckgoImages.build_payload makes it
+            results = {
                 "o": "json",
                 "q": query,
                 "l": "us-en",
                 "vqd": token.group(1).decode(),
                 "p": "1",
             }
-            answer = client.get(urljoin(START_PAGE, "i.js"), params=search)
+            answer = client.get(urljoin(START_PAGE, "i.js"), params=results)
     except DDGSException:
         return
     if answer.status_code in REFUSING_STATUSES:

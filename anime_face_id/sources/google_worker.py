@@ -3,8 +3,9 @@
 Protocol: one JSON object ``{"arguments": {...}}`` on stdin; one line on stdout starting
 with ``RESULT_PREFIX`` and holding ``{"ok": true, "urls": [...]}``,
 ``{"ok": false, "error": "..."}``, or ``{"ok": false, "refused": "why"}`` when no URL
-was found on a page by which Google refuses to search (``google.refusal_in``). Everything the library prints goes to stderr, so the
-parent can quote its last lines in an error message.
+was found on a page by which Google refuses to search (``google.refusal_in``). Everything
+the library prints goes to stderr, so the parent can quote its last lines in an error
+message.
 """
 
 from __future__ import annotations
