@@ -8,6 +8,7 @@ Prints, for each detector:
 - recall and precision at IoU 0.5 on the validation frames of
   ``testdata/detection-train`` (the share the detector's training held out, chosen by file
   name: the same pictures whatever the weights);
+- the same recall by band of labelled face width (faces), to see which faces are missed;
 - recall at IoU 0.5 and 0.3 on the 30 frames of ``testdata/detection`` (their labels are
   incomplete, so no precision);
 - the share of the illustrations in ``testdata/raw`` with at least one face (no box labels;
@@ -29,13 +30,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anime_face_id.faces.boxes import crop_square, recall_precision, square_crop_box
+from anime_face_id.faces.boxes import (
+    crop_square,
+    recall_by_width,
+    recall_precision,
+    square_crop_box,
+)
 from anime_face_id.faces.detector_data import IMAGE_SUFFIXES, read_yolo_folder, split_validation
 from anime_face_id.faces.detectors import PACKAGED_WEIGHTS, CenterNetDetector, LbpCascadeDetector
 from anime_face_id.imaging import load_rgb_array
 
 REPO = Path(__file__).resolve().parents[1]
 VALIDATION_FRACTION = 0.1  # DetectorTrainConfig.val_fraction's default
+# Bands of labelled face width (px, in the frame as stored) for the recall breakdown.
+WIDTH_EDGES = (30, 45, 60, 90, 150)
 
 
 def labelled(folder: Path, validation_only: bool) -> list[tuple[np.ndarray, list]]:
@@ -46,8 +54,24 @@ def labelled(folder: Path, validation_only: bool) -> list[tuple[np.ndarray, list
 
 
 def detector_recall_precision(detector, pictures, threshold: float) -> tuple[float, float]:
-    return recall_precision(
-        ((boxes, [d.box for d in detector.detect(rgb)]) for rgb, boxes in pictures), threshold
+    return recall_precision(truths_and_found(detector, pictures), threshold)
+
+
+def truths_and_found(detector, pictures) -> list[tuple[list, list]]:
+    return [(boxes, [d.box for d in detector.detect(rgb)]) for rgb, boxes in pictures]
+
+
+def width_bands(edges=WIDTH_EDGES) -> list[str]:
+    bounds = [0, *edges]
+    return [f"{low}-{high}" for low, high in zip(bounds, edges, strict=False)] + [f"{edges[-1]}+"]
+
+
+def by_width_line(pairs) -> str:
+    """Where the misses are: recall at IoU 0.5 per band of labelled face width."""
+    counts = recall_by_width(pairs, WIDTH_EDGES, 0.5)
+    return " | ".join(
+        f"{band} px {hits / total if total else 0:.2f} ({total})"
+        for band, (hits, total) in zip(width_bands(), counts, strict=True)
     )
 
 
@@ -157,7 +181,8 @@ def main() -> None:
     )
     speeds = {}
     for name, detector in detectors.items():
-        recall, precision = detector_recall_precision(detector, validation, 0.5)
+        validation_found = truths_and_found(detector, validation)
+        recall, precision = recall_precision(validation_found, 0.5)
         small_05, _ = detector_recall_precision(detector, small_set, 0.5)
         small_03, _ = detector_recall_precision(detector, small_set, 0.3)
         with_face, found = share_with_a_face(detector, illustrations)
@@ -174,6 +199,7 @@ def main() -> None:
             f"{close_found / max(len(portraits), 1):.3f} | "
             f"{speeds[name]:.1f} images/s"
         )
+        print(f"  frames recall by labelled face width: {by_width_line(validation_found)}")
         if args.sheet is not None and name == "centernet":
             contact_sheet(illustrations, found, args.sheet)
             print(f"  drawn: {args.sheet}")

@@ -58,6 +58,11 @@ def small_shared(tmp_path: Path, shared_dir: Path) -> Path:
     return small
 
 
+def small_validation_faces(small_shared: Path) -> int:
+    frames = read_yolo_folder(small_shared / "testdata" / "detection-train")
+    return sum(len(item.boxes) for item in split_validation(frames, 0.1)[1])
+
+
 def run_benchmark(shared: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "benchmarks/detection.py", "--shared", str(shared), *extra]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -108,6 +113,20 @@ def test_detection_benchmark_compares_both_detectors(small_shared: Path, tmp_pat
         assert 0 <= recall <= 1 and 0 <= precision <= 1
         assert re.search(r"illustrations with a face \d/6", line)
         assert re.search(r"close-ups recall \d\.\d{3} \(IoU 0\.5\), with a face \d\.\d{3}", line)
+    widths = re.findall(r"frames recall by labelled face width: (.*)", out)
+    assert len(widths) == 2  # one line per detector
+    for line in widths:
+        bands = re.findall(r"(\S+) px (\d\.\d\d) \((\d+)\)", line)
+        assert [band for band, _, _ in bands] == [
+            "0-30",
+            "30-45",
+            "45-60",
+            "60-90",
+            "90-150",
+            "150+",
+        ]
+        # every labelled face of the 4 validation frames is in exactly one band
+        assert sum(int(count) for _, _, count in bands) == small_validation_faces(small_shared)
     assert len(re.findall(r"min_score 0\.\d: recall", out)) == 6
     assert re.search(r"speed of centernet against the cascade: \d+\.\d\dx", out)
     assert sheet.stat().st_size > 0

@@ -13,6 +13,8 @@ from anime_face_id.faces.boxes import (
     from_yolo,
     iou,
     matched,
+    matched_truths,
+    recall_by_width,
     square_crop_box,
 )
 
@@ -237,3 +239,39 @@ def test_one_detection_matches_one_face_only() -> None:
     assert matched(truths, [(0, 0, 10, 10)]) == 1
     assert matched(truths, [(0, 0, 10, 10), (1, 0, 10, 10)]) == 2
     assert matched(truths, [(50, 50, 10, 10)]) == 0
+
+
+small_boxes = st.tuples(
+    st.integers(0, 80), st.integers(0, 80), st.integers(1, 60), st.integers(1, 60)
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.lists(small_boxes, max_size=5), st.lists(small_boxes, max_size=5)),
+        max_size=4,
+    )
+)
+def test_recall_by_width_counts_every_face_once_in_its_band(pictures) -> None:
+    """Against a brute-force count: each labelled face falls in exactly one band by its
+    width, and a band's hits are the faces ``matched`` counts, band by band."""
+    edges = (10, 25, 40)
+    bands = recall_by_width(pictures, edges)
+    assert len(bands) == len(edges) + 1
+    assert sum(total for _, total in bands) == sum(len(truths) for truths, _ in pictures)
+    assert sum(hits for hits, _ in bands) == sum(matched(t, f) for t, f in pictures)
+    bounds = [0, *edges, float("inf")]
+    for band, (hits, total) in enumerate(bands):
+        inside = [
+            (truth, index in matched_truths(truths, found))
+            for truths, found in pictures
+            for index, truth in enumerate(truths)
+            if bounds[band] <= truth[2] < bounds[band + 1]
+        ]
+        assert total == len(inside)
+        assert hits == sum(hit for _, hit in inside)
+
+
+def test_recall_by_width_puts_a_missed_small_face_in_the_first_band() -> None:
+    truths = [(0, 0, 8, 8), (50, 50, 50, 50)]
+    assert recall_by_width([(truths, [(50, 50, 50, 50)])], (30,)) == [(0, 1), (1, 1)]

@@ -112,6 +112,11 @@ def matched(truths: Sequence[Box], found: Sequence[Box], threshold: float = 0.5)
     Greedy one-to-one matching, best pairs first, so one detection cannot count for two
     faces.
     """
+    return len(matched_truths(truths, found, threshold))
+
+
+def matched_truths(truths: Sequence[Box], found: Sequence[Box], threshold: float = 0.5) -> set[int]:
+    """The indices of the ground-truth boxes ``matched`` counts."""
     pairs = sorted(
         ((iou(t, f), ti, fi) for ti, t in enumerate(truths) for fi, f in enumerate(found)),
         reverse=True,
@@ -124,7 +129,7 @@ def matched(truths: Sequence[Box], found: Sequence[Box], threshold: float = 0.5)
         if ti not in used_truths and fi not in used_found:
             used_truths.add(ti)
             used_found.add(fi)
-    return len(used_truths)
+    return used_truths
 
 
 def recall_precision(
@@ -138,3 +143,20 @@ def recall_precision(
         truths += len(picture_truths)
         found += len(picture_found)
     return hits / max(truths, 1), hits / max(found, 1)
+
+
+def recall_by_width(
+    pictures: Iterable[tuple[Sequence[Box], Sequence[Box]]],
+    edges: Sequence[float],
+    threshold: float = 0.5,
+) -> list[tuple[int, int]]:
+    """(faces found, faces) per band of labelled width: below ``edges[0]``, between each
+    pair of edges, and from the last edge up (matching as ``matched``)."""
+    bands = [[0, 0] for _ in range(len(edges) + 1)]
+    for truths, found in pictures:
+        hits = matched_truths(truths, found, threshold)
+        for index, truth in enumerate(truths):
+            band = bands[sum(truth[2] >= edge for edge in edges)]
+            band[1] += 1
+            band[0] += index in hits
+    return [(hits, total) for hits, total in bands]
