@@ -299,19 +299,37 @@ def unranked_val(report: dict) -> str | None:
     )
 
 
+# What "below the baseline" is judged on: the headline (a val face named against the
+# training gallery, as identify names it) and the ranking of every val face.
+BASELINE_CHECKS = (
+    ("val identification P@1", ("identification", "precision_at_1")),
+    ("val MAP@R", ("map_at_r",)),
+)
+
+
+def _number(part: dict, keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        part = part.get(key) if isinstance(part, dict) else None
+    return part if isinstance(part, int | float) else None
+
+
 def below_baseline(report: dict) -> str | None:
-    """A warning when the trained embedder retrieves worse than the ImageNet features it
-    started from (val MAP@R): training then made the model worse, and a user should know
-    before serving it."""
-    trained = report.get("val", {}).get("map_at_r")
-    untrained = report.get("baseline_val", {}).get("map_at_r")
-    # NaN (no val faces to rank) is no verdict either: it compares False both ways
-    if trained is None or untrained is None or not trained < untrained:
+    """A warning when the trained embedder names or ranks the val faces worse than the
+    ImageNet features it started from: training then made the model worse, and a user
+    should know before serving it."""
+    worse = []
+    for label, keys in BASELINE_CHECKS:
+        trained = _number(report.get("val", {}), keys)
+        untrained = _number(report.get("baseline_val", {}), keys)
+        # NaN (no val faces to rank) is no verdict either: it compares False both ways
+        if trained is not None and untrained is not None and trained < untrained:
+            worse.append(f"{label} {trained:.3f} < {untrained:.3f}")
+    if not worse:
         return None
     return (
-        f"the trained embedder is below the untrained ImageNet baseline: val MAP@R "
-        f"{trained:.3f} < {untrained:.3f}. Look at plots/loss_curves.png; more epochs, more "
-        "crops per character or a lower train.lr usually help."
+        f"the trained embedder is below the untrained ImageNet baseline: {', '.join(worse)}. "
+        "Look at plots/loss_curves.png; more epochs, more crops per character or a lower "
+        "train.lr usually help."
     )
 
 

@@ -228,3 +228,93 @@ def interrupt_dvc_repro(
     manifest = (project.root / "data" / "raw" / "manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 6
     return returncode, text
+
+
+def chromium_under(pid: int) -> set[int]:
+    """The Chromium and chromedriver processes descended from ``pid`` (they may start
+    process groups of their own, so they are followed by parent)."""
+    listing = subprocess.run(
+        ["ps", "-o", "pid=,ppid=,comm=", "-e"], capture_output=True, text=True, check=True
+    ).stdout
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in listing.splitlines():
+        child, parent, name = line.split(maxsplit=2)
+        children.setdefault(int(parent), []).append((int(child), name))
+    found, stack = set(), [pid]
+    while stack:
+        for child, name in children.get(stack.pop(), []):
+            stack.append(child)
+            if "chrom" in name:
+                found.add(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    living = set()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 0)
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if stat.rsplit(")", 1)[1].split()[0] != "Z":  # a zombie has exited
+                living.add(pid)
+    return living
+
+
+@pytest.mark.slow  # a Prefect server for the session, a stage process and Chromium
+@pytest.mark.browser
+def test_ctrl_c_stops_a_google_search_in_seconds_with_its_browser(
+    tmp_path: Path, web_server: WebServer, prefect_api: dict[str, str]
+) -> None:
+    """The google backend searches in Chromium, in a worker process of its own (issue 12:
+    Ctrl-C did not stop such a run). Pressed while the results page is still loading, the
+    stage exits within seconds, its browser with it, and nothing is recorded."""
+    page = b"<html><body>" + b"<p>results are coming</p>" * 400 + b"</body></html>"
+    web_server.add(
+        "/search", Response(body=page, content_type="text/html", chunk_size=100, chunk_delay=1.0)
+    )
+    params = {
+        "characters": [{"name": "Alice"}, {"name": "Bob"}],
+        "collect": {
+            "backend": "google",
+            "search_url": web_server.url("/search?q={query}"),
+            "chromedriver": "/usr/bin/chromedriver",
+            "search_timeout_s": 300,
+            "retries": 0,
+        },
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {
+        **os.environ,
+        **prefect_api,
+        "PYTHONPATH": str(REPO),
+        "ANIME_FACE_ID_PYTHON": sys.executable,
+    }
+    log = tmp_path / "interrupted.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["sh", str(REPO / "flows" / "run"), "collect"], cwd=tmp_path, env=env,
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=as_in_a_terminal,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while web_server.count("/search") < 1:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        time.sleep(2)  # the page is trickling into the browser
+        browsers = chromium_under(process.pid)
+        assert browsers, "no Chromium was searching"
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        started = time.monotonic()
+        process.wait(timeout=60)
+    seconds, text = time.monotonic() - started, log.read_text()
+    assert process.returncode == 130, text
+    assert seconds < 15, text
+    assert "Traceback" not in text, text
+    deadline = time.monotonic() + 10  # the browser's last processes have exited by now
+    while alive(browsers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive(browsers) == set()
+    raw = tmp_path / "data" / "raw"
+    assert not list(raw.glob("*/_done.json"))
+    assert not (raw / "manifest.csv").exists()

@@ -52,6 +52,7 @@ RUN = [
     ".venv/bin/dvc exp run",
     ".venv/bin/dvc metrics diff",
     ".venv/bin/dvc exp show --only-changed --drop 'Created|.*/.*'",
+    ".venv/bin/dvc exp show --drop '.*' --keep 'Experiment|train\\.lr|identification_p1|open_p1'",
     ".venv/bin/anime-face-id identify picture.jpg other.png",
     ".venv/bin/anime-face-id identify --json --top 5 picture.jpg",
     ".venv/bin/dvc repro split",
@@ -456,12 +457,24 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     assert_plots_draw_offline(root / "dvc_plots" / "index.html")
     reader.run(".venv/bin/dvc exp run -S train.lr=1e-4 -S train.margin=0.2")
     reader.run(".venv/bin/dvc exp run")
-    diff = reader.run(".venv/bin/dvc metrics diff")  # the experiment's numbers
+    # In a terminal of 120 columns (DVC squeezes a table to the terminal's width and cuts
+    # what does not fit with an ellipsis): every column whole.
+    terminal = {"COLUMNS": "120"}
+    diff = reader.run(".venv/bin/dvc metrics diff", **terminal)  # the experiment's numbers
     assert "metrics/headline.json" in diff and max(map(len, diff.splitlines())) <= 120, diff
-    experiments = reader.run(".venv/bin/dvc exp show --only-changed --drop 'Created|.*/.*'")
-    # a terminal of 120 columns shows every column (DVC cuts the ones that do not fit)
+    assert "…" not in diff, diff
+    experiments = reader.run(
+        ".venv/bin/dvc exp show --only-changed --drop 'Created|.*/.*'", **terminal
+    )
     assert max(map(len, experiments.splitlines())) <= 120, experiments
+    assert "…" not in experiments, experiments
     assert "train.lr" in experiments and "identification_p1" in experiments
+    chosen = reader.run(
+        ".venv/bin/dvc exp show --drop '.*' --keep 'Experiment|train\\.lr|identification_p1|open_p1'",
+        **terminal,
+    )
+    header = next(line for line in chosen.splitlines() if "Experiment" in line)
+    assert header.split() == ["Experiment", "identification_p1", "open_p1", "train.lr"], chosen
 
     # Identifying characters in new pictures
     text = reader.run(".venv/bin/anime-face-id identify picture.jpg other.png")

@@ -134,11 +134,14 @@ def run_score(run_id: str) -> float:
 
 
 # What a model version's page in the MLflow UI shows first: (run metric, label).
-VERSION_METRICS = (
-    ("val_map_at_r", "val MAP@R"),
+VERSION_METRICS = (  # the headline first, as dvc metrics show prints it
     ("val_identification_precision_at_1", "val identification P@1"),
+    ("baseline_val_identification_precision_at_1", "untrained identification P@1"),
+    ("val_map_at_r", "val MAP@R"),
     ("test_map_at_r", "test MAP@R"),
     ("open_set_precision_at_1", "open-set P@1"),
+    ("open_set_map_at_r", "open-set MAP@R"),
+    ("val_eer", "val EER"),
     ("baseline_val_map_at_r", "untrained baseline val MAP@R"),
     ("unknown_threshold", "unknown-face threshold"),
     ("gallery_characters", "characters"),
@@ -146,15 +149,28 @@ VERSION_METRICS = (
 )
 
 
-def describe_version(client, version: str, run_data) -> None:
-    """A registered version carries its headline numbers (description and tags) and the
-    detector that crops for it, so the Models page compares versions without opening runs."""
-    metrics, tags = run_data.metrics, run_data.tags
+def version_description(metrics: dict[str, float], tags: dict[str, str]) -> str:
+    """What the Models page shows for a version: a warning first when evaluate found the
+    model below its untrained baseline, then its headline numbers and its detector."""
     parts = [f"{label} {metrics[name]:.4g}" for name, label in VERSION_METRICS if name in metrics]
     detector = tags.get("crop.detector")  # set by the package stage
     if detector:
         parts.append(f"detector {detector}")
-    client.update_model_version(MODEL_NAME, version, description="; ".join(parts))
+    text = "; ".join(parts)
+    if tags.get("below_untrained_baseline") == "True":  # set by the evaluate stage
+        text = (
+            "WARNING: below the untrained ImageNet baseline (see the run's evaluate "
+            f"warnings). {text}"
+        )
+    return text
+
+
+def describe_version(client, version: str, run_data) -> None:
+    """A registered version carries its headline numbers (description and tags) and the
+    detector that crops for it, so the Models page compares versions without opening runs."""
+    metrics = run_data.metrics
+    description = version_description(metrics, run_data.tags)
+    client.update_model_version(MODEL_NAME, version, description=description)
     for name, _label in VERSION_METRICS:
         if name in metrics:
             client.set_model_version_tag(MODEL_NAME, version, name, f"{metrics[name]:.6g}")

@@ -3,7 +3,8 @@
 The library drives Chromium through Selenium and calls ``sys.exit()`` when the driver
 cannot start, so it runs in a child process (``google_worker``) in a session of its own:
 whatever it does (exit, hang, crash, leave a browser behind) the caller gets either a list
-of URLs or a SearchError, and the whole process group is killed afterwards.
+of URLs or a SearchError, and the whole process group is killed afterwards, or at once
+when the run is stopped (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import anime_face_id
+from anime_face_id import interrupt
 from anime_face_id.config import Character, CollectConfig
 from anime_face_id.errors import EngineRefused
 from anime_face_id.sources.base import SearchError, is_web_url, unique, wanted_count
@@ -123,7 +125,11 @@ def run_worker(arguments: dict, timeout_s: float, what: str) -> list[str]:
             text=True,
         )
         try:
-            stdout, stderr = process.communicate(request, timeout=timeout_s)
+            # The worker's session does not get the terminal's Ctrl-C, and the stage may
+            # leave before this thread wakes: a stop kills the browser at once.
+            with interrupt.on_stop(lambda: _kill_group(process)):
+                stdout, stderr = process.communicate(request, timeout=timeout_s)
+            interrupt.raise_if_stopping()  # a search cut short is no result
         except subprocess.TimeoutExpired:
             _kill_group(process)
             stdout, stderr = _drain(process)
