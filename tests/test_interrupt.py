@@ -318,3 +318,66 @@ def test_ctrl_c_stops_a_google_search_in_seconds_with_its_browser(
     raw = tmp_path / "data" / "raw"
     assert not list(raw.glob("*/_done.json"))
     assert not (raw / "manifest.csv").exists()
+
+
+def noise_pictures(folder: Path, count: int, seed: int) -> None:
+    """Pictures with no face in them: every one is a 'no face' reject, quick to judge."""
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        pixels = rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.jpg", quality=80)
+
+
+@pytest.mark.slow  # a Prefect server for the session, three stage processes
+def test_ctrl_c_stops_crop_in_seconds_and_the_next_run_finishes_the_rest(
+    tmp_path: Path, prefect_api: dict[str, str]
+) -> None:
+    from tests.support.processes import run_stage_flow
+
+    names, pictures = ("Alice", "Bob"), 150
+    for seed, name in enumerate(names):
+        noise_pictures(tmp_path / "import" / name.lower(), pictures, seed)
+    params = {
+        "characters": [{"name": name} for name in names],
+        "collect": {"backend": "folder", "folder": "import", "limit": pictures},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    collected = run_stage_flow("collect", tmp_path, prefect_api)
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    env = {
+        **os.environ,
+        **prefect_api,
+        "PYTHONPATH": str(REPO),
+        "ANIME_FACE_ID_PYTHON": sys.executable,
+    }
+    faces = tmp_path / "data" / "faces"
+    log = tmp_path / "interrupted.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["sh", str(REPO / "flows" / "run"), "crop"], cwd=tmp_path, env=env,
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=as_in_a_terminal,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while not list(faces.glob("*/_index.json")):  # a character's first checkpoint
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        started = time.monotonic()
+        process.wait(timeout=60)
+    seconds, text = time.monotonic() - started, log.read_text()
+    assert process.returncode == 130, text
+    assert seconds < 15, text
+    assert "Traceback" not in text, text
+    assert [p for p in tmp_path.rglob("*") if p.name.startswith(TMP_PREFIX)] == []
+    assert not (faces / "manifest.csv").exists()  # the stage's outputs are not written
+
+    again = run_stage_flow("crop", tmp_path, prefect_api)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rejects = (faces / "rejects.csv").read_text().splitlines()[1:]
+    assert len(rejects) == len(names) * pictures  # every picture judged once: no face
+    assert all("no face" in row for row in rejects)
