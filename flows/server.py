@@ -29,6 +29,10 @@ from anime_face_id.privacy import TELEMETRY_OFF
 
 PROJECT_HOME = Path(".prefect")  # under the project root; ignored by git
 API_URL_FILE = PROJECT_HOME / "api_url"  # where the running project server answers
+# What the server writes (its start, its services' errors), appended across starts.
+SERVER_LOG = PROJECT_HOME / "server.log"
+# Where `prefect server stop` looks for the server's process (PREFECT_HOME/server.pid).
+SERVER_PID = PROJECT_HOME / "server.pid"
 DEFAULT_PORT = 4200
 START_TIMEOUT_S = 180.0
 
@@ -80,20 +84,43 @@ def ensure_server(root: Path, port: int | None = None) -> str:
         return url
     print(f"starting the project's Prefect server on http://127.0.0.1:{port} (data in {PROJECT_HOME}/)",
           file=sys.stderr)  # fmt: skip
-    started = _prefect(
-        root, "server", "start", "--background", "--host", "127.0.0.1", "--port", str(port)
-    )
+    server = start_in_background(root, port)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not answers(url):
-        if time.monotonic() > deadline:
-            detail = (started.stdout + started.stderr).strip().splitlines()[-5:]
+        if server.poll() is not None or time.monotonic() > deadline:
+            log = (root / SERVER_LOG).read_text(errors="replace").strip().splitlines()[-5:]
+            why = (
+                "exited"
+                if server.poll() is not None
+                else f"did not answer in {START_TIMEOUT_S:g} s"
+            )
             raise SystemExit(
-                f"error: the Prefect server did not answer on {url} in {START_TIMEOUT_S:g} s"
-                + ("".join(f"\n  {line}" for line in detail) if detail else "")
+                f"error: the Prefect server on {url} {why} (its log: {SERVER_LOG})"
+                + "".join(f"\n  {line}" for line in log)
             )
         time.sleep(0.5)
     _remember(root, url)
     return url
+
+
+def start_in_background(root: Path, port: int) -> subprocess.Popen:
+    """`prefect server start` in a session of its own, writing to SERVER_LOG.
+
+    Not `prefect server start --background`: that leaves the server's output on pipes
+    nobody reads once the command returns, and the server dies at the first error its
+    services log (or hangs once 64 KB of output fill the pipe). The pid file is the one
+    `prefect server stop` reads."""
+    home = root / PROJECT_HOME
+    home.mkdir(parents=True, exist_ok=True)
+    with (root / SERVER_LOG).open("ab") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start",
+             "--host", "127.0.0.1", "--port", str(port)],
+            cwd=root, env=_server_env(root), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    atomic_write_text(root / SERVER_PID, str(server.pid))
+    return server
 
 
 def _remember(root: Path, url: str) -> None:

@@ -65,6 +65,13 @@ def test_the_project_server_is_started_once_kept_and_stopped(tmp_path: Path) -> 
         assert answers(f"{url}/health")
         assert (root / ".prefect" / "prefect.db").is_file()  # its data under the project
         pid = (root / ".prefect" / "server.pid").read_text()
+        # What the server writes goes to a file, not to a pipe nobody reads (`prefect
+        # server start --background` leaves it so, and the server died at its first
+        # logged error): its output, and the file its stdout and stderr are open on.
+        log = root / ".prefect" / "server.log"
+        assert "View the API reference documentation" in log.read_text()
+        for descriptor in (1, 2):
+            assert Path(f"/proc/{pid}/fd/{descriptor}").resolve() == log.resolve()
 
         again = server_command(root, env, "url")
         assert again.stdout.strip() == url and "starting" not in again.stderr
