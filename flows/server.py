@@ -15,11 +15,14 @@ Prefect and torch already imported; it stops with the server.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL
@@ -82,6 +85,28 @@ def ensure_server(root: Path, port: int | None = None) -> str:
     if answers(url):
         _remember(root, url)
         return url
+    # One starter at a time (make prefect-ui and make pipeline may race): the second
+    # waits here and then finds the first one's server answering.
+    with _start_lock(root):
+        if not answers(url):
+            _start_and_wait(root, port, url)
+    _remember(root, url)
+    return url
+
+
+@contextmanager
+def _start_lock(root: Path) -> Iterator[None]:
+    home = root / PROJECT_HOME
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "server.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _start_and_wait(root: Path, port: int, url: str) -> None:
     print(f"starting the project's Prefect server on http://127.0.0.1:{port} (data in {PROJECT_HOME}/)",
           file=sys.stderr)  # fmt: skip
     server = start_in_background(root, port)
@@ -99,8 +124,8 @@ def ensure_server(root: Path, port: int | None = None) -> str:
                 + "".join(f"\n  {line}" for line in log)
             )
         time.sleep(0.5)
-    _remember(root, url)
-    return url
+    # written once it answers, so a server that never came up leaves no pid behind
+    atomic_write_text(root / SERVER_PID, str(server.pid))
 
 
 def start_in_background(root: Path, port: int) -> subprocess.Popen:
@@ -108,19 +133,17 @@ def start_in_background(root: Path, port: int) -> subprocess.Popen:
 
     Not `prefect server start --background`: that leaves the server's output on pipes
     nobody reads once the command returns, and the server dies at the first error its
-    services log (or hangs once 64 KB of output fill the pipe). The pid file is the one
-    `prefect server stop` reads."""
+    services log (or hangs once 64 KB of output fill the pipe). The caller writes the pid
+    file `prefect server stop` reads once the server answers."""
     home = root / PROJECT_HOME
     home.mkdir(parents=True, exist_ok=True)
     with (root / SERVER_LOG).open("ab") as log:
-        server = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start",
              "--host", "127.0.0.1", "--port", str(port)],
             cwd=root, env=_server_env(root), stdin=subprocess.DEVNULL, stdout=log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    atomic_write_text(root / SERVER_PID, str(server.pid))
-    return server
 
 
 def _remember(root: Path, url: str) -> None:

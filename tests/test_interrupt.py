@@ -252,7 +252,7 @@ def chromium_under(pid: int) -> set[int]:
 def alive(pids: set[int]) -> set[int]:
     living = set()
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # gone meanwhile
             os.kill(pid, 0)
             stat = Path(f"/proc/{pid}/stat").read_text()
             if stat.rsplit(")", 1)[1].split()[0] != "Z":  # a zombie has exited

@@ -546,7 +546,8 @@ def test_readme_commands_work_when_pasted_into_a_fresh_shell(reader: Shell) -> N
     deployment = '.venv/bin/python -m flows.pipeline --serve --cron "0 3 * * 1"'
     with reader.serving(deployment, "being served"):
         found = prefect_post(api, "deployments/filter", {})
-        served = next(d for d in found if d["name"] == "anime-face-id")
+        served = next((d for d in found if d["name"] == "anime-face-id"), None)
+        assert served is not None, found
         # and its cron makes runs: Mondays at 03:00 (the server's scheduler failed to
         # insert any under SQLAlchemy 2.1, and its logged error killed a server started
         # with `prefect server start --background`)

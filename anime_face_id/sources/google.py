@@ -113,7 +113,12 @@ def _tail(text: str) -> str:
 
 def run_worker(arguments: dict, timeout_s: float, what: str) -> list[str]:
     request = json.dumps({"arguments": arguments})
-    with tempfile.TemporaryDirectory(prefix="anime-face-id-google-") as scratch:
+    interrupt.raise_if_stopping()  # no browser started for a run already stopping
+    # a browser killed mid-write may leave files behind: no cleanup error replaces the
+    # search's own outcome
+    with tempfile.TemporaryDirectory(
+        prefix="anime-face-id-google-", ignore_cleanup_errors=True
+    ) as scratch:
         process = subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE],
             stdin=subprocess.PIPE,
