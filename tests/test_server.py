@@ -104,3 +104,38 @@ def test_the_project_server_is_started_once_kept_and_stopped(tmp_path: Path) -> 
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not answers(f"{url}/health")
     assert not (root / ".prefect" / "api_url").exists()
+
+
+@pytest.mark.slow  # a real Prefect server
+def test_two_commands_starting_the_server_at_once_share_one(tmp_path: Path) -> None:
+    """`make prefect-ui` beside `make pipeline`: both ask for the project's server before
+    it answers. One starts it, the other waits for it; neither fails on the taken port."""
+    root = tmp_path / "project"
+    root.mkdir()
+    port = free_port()
+    env = {**unconfigured_env(tmp_path / "home"), "PREFECT_PORT": str(port)}
+    url = f"http://127.0.0.1:{port}/api"
+    command = [sys.executable, "-m", "flows.server", "url", "--root", str(root)]
+    try:
+        both = [
+            subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [process.communicate(timeout=300) for process in both]
+        for process, (stdout, stderr) in zip(both, outputs, strict=True):
+            assert process.returncode == 0, stdout + stderr
+            assert stdout.strip() == url
+        assert sum("starting" in stderr for _, stderr in outputs) == 1, outputs
+        pid = int((root / ".prefect" / "server.pid").read_text())
+        os.kill(pid, 0)  # the pid file names the server that answers
+    finally:
+        stopped = server_command(root, env, "stop")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not answers(f"{url}/health")
