@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,14 +22,12 @@ from anime_face_id import interrupt
 from anime_face_id.config import CollectConfig
 from anime_face_id.download import Downloader
 from anime_face_id.fileio import TMP_PREFIX
-from tests.support.processes import as_in_a_terminal
+from tests.support.processes import as_in_a_terminal, run_stage_flow, stage_command, stage_env
 from tests.support.project import Project, make_project
 from tests.support.warm import forked_stages, warm_runner
 from tests.support.webserver import Response, WebServer, web_server
 
 __all__ = ["web_server"]  # a fixture used below
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def jpeg(seed: int) -> bytes:
@@ -105,17 +104,34 @@ def ctrl_c_while_downloading(
 ) -> tuple[int, float, str]:
     """Start ``command``, press Ctrl-C once ``count`` downloads trickle; (exit status,
     seconds from Ctrl-C to exit, output)."""
+    return ctrl_c_when(
+        command, cwd, env, lambda: sum(web_server.counts().values()) >= count, timeout_s=120
+    )
+
+
+def ctrl_c_when(
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    ready: Callable[[], bool],
+    timeout_s: float = 180,
+    before: Callable[[int], None] | None = None,
+) -> tuple[int, float, str]:
+    """Start ``command`` as from a terminal, press Ctrl-C once ``ready()`` (``before(pid)``
+    just before); (exit status, seconds from Ctrl-C to exit, output)."""
     log = cwd / "interrupted.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=as_in_a_terminal,
         )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while sum(web_server.counts().values()) < count:  # every download is trickling
+        deadline = time.monotonic() + timeout_s
+        while not ready():
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+            time.sleep(0.1)
+        if before is not None:
+            before(process.pid)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
         started = time.monotonic()
         process.wait(timeout=60)
@@ -145,22 +161,15 @@ def test_ctrl_c_stops_collect_in_seconds_and_the_next_run_fetches_everything(
         },
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {
-        **os.environ,
-        **prefect_api,
-        "PYTHONPATH": str(REPO),
-        "ANIME_FACE_ID_PYTHON": sys.executable,
-    }
-    command = ["sh", str(REPO / "flows" / "run"), "collect"]
+    env = stage_env(prefect_api)
+    command = stage_command("collect")
     returncode, seconds, text = ctrl_c_while_downloading(command, tmp_path, env, web_server, 8)
     assert returncode == 130, text
     assert seconds < 15, text
     assert "collect: stopped by Ctrl-C" in text or "stopped" in text
     assert_nothing_collected(tmp_path / "data" / "raw")
 
-    again = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    again = run_stage_flow("collect", tmp_path, prefect_api)
     assert again.returncode == 0, again.stdout + again.stderr
     manifest = (tmp_path / "data" / "raw" / "manifest.csv").read_text().splitlines()
     assert len(manifest) == 1 + 8  # every picture, none taken for a failure
@@ -283,32 +292,21 @@ def test_ctrl_c_stops_a_google_search_in_seconds_with_its_browser(
         },
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {
-        **os.environ,
-        **prefect_api,
-        "PYTHONPATH": str(REPO),
-        "ANIME_FACE_ID_PYTHON": sys.executable,
-    }
-    log = tmp_path / "interrupted.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            ["sh", str(REPO / "flows" / "run"), "collect"], cwd=tmp_path, env=env,
-            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=as_in_a_terminal,
-        )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while web_server.count("/search") < 1:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    browsers: set[int] = set()
+
+    def browsers_searching(pid: int) -> None:
         time.sleep(2)  # the page is trickling into the browser
-        browsers = chromium_under(process.pid)
+        browsers.update(chromium_under(pid))
         assert browsers, "no Chromium was searching"
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        started = time.monotonic()
-        process.wait(timeout=60)
-    seconds, text = time.monotonic() - started, log.read_text()
-    assert process.returncode == 130, text
+
+    returncode, seconds, text = ctrl_c_when(
+        stage_command("collect"),
+        tmp_path,
+        stage_env(prefect_api),
+        lambda: web_server.count("/search") >= 1,
+        before=browsers_searching,
+    )
+    assert returncode == 130, text
     assert seconds < 15, text
     assert "Traceback" not in text, text
     deadline = time.monotonic() + 10  # the browser's last processes have exited by now
@@ -335,8 +333,6 @@ def noise_pictures(folder: Path, count: int, seed: int) -> None:
 def test_ctrl_c_stops_crop_in_seconds_and_the_next_run_finishes_the_rest(
     tmp_path: Path, prefect_api: dict[str, str]
 ) -> None:
-    from tests.support.processes import run_stage_flow
-
     names, pictures = ("Alice", "Bob"), 150
     for seed, name in enumerate(names):
         noise_pictures(tmp_path / "import" / name.lower(), pictures, seed)
@@ -347,30 +343,14 @@ def test_ctrl_c_stops_crop_in_seconds_and_the_next_run_finishes_the_rest(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     collected = run_stage_flow("collect", tmp_path, prefect_api)
     assert collected.returncode == 0, collected.stdout + collected.stderr
-    env = {
-        **os.environ,
-        **prefect_api,
-        "PYTHONPATH": str(REPO),
-        "ANIME_FACE_ID_PYTHON": sys.executable,
-    }
     faces = tmp_path / "data" / "faces"
-    log = tmp_path / "interrupted.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            ["sh", str(REPO / "flows" / "run"), "crop"], cwd=tmp_path, env=env,
-            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=as_in_a_terminal,
-        )  # fmt: skip
-        deadline = time.monotonic() + 180
-        while not list(faces.glob("*/_index.json")):  # a character's first checkpoint
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        started = time.monotonic()
-        process.wait(timeout=60)
-    seconds, text = time.monotonic() - started, log.read_text()
-    assert process.returncode == 130, text
+    returncode, seconds, text = ctrl_c_when(
+        stage_command("crop"),
+        tmp_path,
+        stage_env(prefect_api),
+        lambda: bool(list(faces.glob("*/_index.json"))),  # a character's first checkpoint
+    )
+    assert returncode == 130, text
     assert seconds < 15, text
     assert "Traceback" not in text, text
     assert [p for p in tmp_path.rglob("*") if p.name.startswith(TMP_PREFIX)] == []

@@ -72,25 +72,38 @@ def running_server(
         log.close()
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def stage_command(stage: str) -> list[str]:
+    """`sh flows/run <stage>`: the command a DVC stage's cmd runs."""
+    return ["sh", str(REPO / "flows" / "run"), stage]
+
+
+def stage_env(env: dict[str, str]) -> dict[str, str]:
+    """A stage's environment: this one with ``env``, the repository importable and this
+    interpreter as the project's (`flows/run` picks it)."""
+    import os
+    import sys
+
+    return {
+        **os.environ,
+        **env,
+        "PYTHONPATH": str(REPO),
+        "ANIME_FACE_ID_PYTHON": sys.executable,
+    }
+
+
 def run_stage_flow(
     stage: str, project: Path, env: dict[str, str], timeout_s: float = 300
 ) -> subprocess.CompletedProcess:
     """`sh flows/run <stage>` (`python -m flows.<stage>` with this interpreter) in
     ``project``, as a DVC stage's cmd runs it, with the repository importable; stdout and
     stderr captured as text."""
-    import os
-    import sys
-
-    repo = Path(__file__).resolve().parents[2]
     return subprocess.run(
-        ["sh", str(repo / "flows" / "run"), stage],
+        stage_command(stage),
         cwd=project,
-        env={
-            **os.environ,
-            **env,
-            "PYTHONPATH": str(repo),
-            "ANIME_FACE_ID_PYTHON": sys.executable,
-        },
+        env=stage_env(env),
         capture_output=True,
         text=True,
         timeout=timeout_s,
