@@ -243,6 +243,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="separable 3x3 convolutions in each head (default 1)",
     )
     parser.add_argument(
+        "--stride",
+        type=int,
+        choices=(4, 8),
+        default=None,
+        help="output stride in pixels (default 8, the shipped weights'; 4: finer cells for "
+        "small faces, at more time per step; may start from 8's weights with --init)",
+    )
+    parser.add_argument(
         "--frozen-blocks",
         type=int,
         default=None,
@@ -295,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             ("neck_channels", args.neck_channels),
             ("head_convs", args.head_convs),
+            ("stride", args.stride),
             ("frozen_blocks", args.frozen_blocks),
         )
         if value is not None

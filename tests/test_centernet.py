@@ -15,6 +15,7 @@ from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import iou
 from anime_face_id.faces.centernet import (
     STRIDE,
+    STRIDES,
     WEIGHTS_FORMAT,
     FaceCenterNet,
     box_iou,
@@ -45,6 +46,7 @@ from anime_face_id.faces.detector_train import (
     focal_loss,
     generalised_iou,
     giou_loss,
+    grow_to_finer_stride,
     resume_state_path,
     saved_state,
     train_detector,
@@ -99,7 +101,7 @@ def test_nms_of_nothing_is_nothing() -> None:
     assert nms(torch.zeros(0, 4), torch.zeros(0), 0.5).numel() == 0
 
 
-def reference_decode(heat, size, offset, top_k, min_score):
+def reference_decode(heat, size, offset, top_k, min_score, stride=STRIDE):
     """Loop over every cell: a peak is >= each of its 3 x 3 neighbours."""
     scores = 1 / (1 + np.exp(-heat))
     rows, cols = scores.shape
@@ -108,17 +110,18 @@ def reference_decode(heat, size, offset, top_k, min_score):
         for c in range(cols):
             window = scores[max(0, r - 1) : r + 2, max(0, c - 1) : c + 2]
             if scores[r, c] >= window.max() and scores[r, c] >= min_score:
-                w = math.exp(size[0, r, c]) * STRIDE
-                h = math.exp(size[1, r, c]) * STRIDE
-                cx = (c + offset[0, r, c]) * STRIDE
-                cy = (r + offset[1, r, c]) * STRIDE
+                w = math.exp(size[0, r, c]) * stride
+                h = math.exp(size[1, r, c]) * stride
+                cx = (c + offset[0, r, c]) * stride
+                cy = (r + offset[1, r, c]) * stride
                 found.append((scores[r, c], (cx - w / 2, cy - h / 2, w, h)))
     found.sort(key=lambda item: -item[0])
     return found[:top_k]
 
 
+@pytest.mark.parametrize("stride", STRIDES)
 @pytest.mark.parametrize("seed", range(5))
-def test_decode_matches_a_brute_force_reference(seed: int) -> None:
+def test_decode_matches_a_brute_force_reference(seed: int, stride: int) -> None:
     rng = np.random.default_rng(seed)
     heat = rng.normal(-1, 2, (2, 1, 9, 11)).astype(np.float32)
     size = rng.normal(0, 1, (2, 2, 9, 11)).astype(np.float32)
@@ -129,17 +132,20 @@ def test_decode_matches_a_brute_force_reference(seed: int) -> None:
         torch.from_numpy(offset),
         top_k=12,
         min_score=0.4,
+        stride=stride,
     )
     for index, (boxes, scores) in enumerate(results):
-        expected = reference_decode(heat[index, 0], size[index], offset[index], 12, 0.4)
+        expected = reference_decode(heat[index, 0], size[index], offset[index], 12, 0.4, stride)
         assert len(boxes) == len(expected)
         np.testing.assert_allclose(scores.numpy(), [s for s, _ in expected], rtol=1e-5)
         np.testing.assert_allclose(boxes.numpy(), [b for _, b in expected], rtol=1e-4, atol=1e-3)
 
 
-def test_targets_decode_back_to_their_boxes() -> None:
+@pytest.mark.parametrize("stride", STRIDES)
+def test_targets_decode_back_to_their_boxes(stride: int) -> None:
     boxes = np.array([[10.5, 20.25, 40, 30], [120, 64, 90, 120], [200, 200, 17, 23]], np.float32)
-    targets = encode_targets(boxes, 256)
+    targets = encode_targets(boxes, 256, stride)
+    assert targets["heatmap"].shape == (1, 256 // stride, 256 // stride)
     assert targets["mask"].sum() == 3 and targets["heatmap"].max() == 1.0
     logits = torch.from_numpy(
         np.log(targets["heatmap"] + 1e-9) - np.log1p(-targets["heatmap"] + 1e-6)
@@ -149,30 +155,32 @@ def test_targets_decode_back_to_their_boxes() -> None:
         torch.from_numpy(targets["log_size"])[None],
         torch.from_numpy(targets["offset"])[None],
         min_score=0.99,
+        stride=stride,
     )
     assert len(found) == 3
     for box in boxes:
         assert max(iou(box.tolist(), f.tolist()) for f in found) > 0.99
 
 
-def test_every_central_cell_sees_its_face_box() -> None:
+@pytest.mark.parametrize("stride", STRIDES)
+def test_every_central_cell_sees_its_face_box(stride: int) -> None:
     boxes = np.array([[10.5, 20.25, 40, 30], [120, 64, 90, 120], [200, 200, 17, 23]], np.float32)
-    targets = encode_targets(boxes, 256)
+    targets = encode_targets(boxes, 256, stride)
     weight = targets["box_weight"]
     assert weight.sum() == pytest.approx(3.0)  # each face's weights sum to 1
     assert (weight[targets["mask"] == 1] > 0).all()  # the centre cell is always among them
     cells_per_face = [0, 0, 0]
     for row, col in zip(*np.nonzero(weight), strict=True):
         dx, dy = targets["box_offset"][:, row, col]
-        w, h = np.exp(targets["box_log_size"][:, row, col]) * STRIDE
-        seen = [(col + dx) * STRIDE - w / 2, (row + dy) * STRIDE - h / 2, w, h]
+        w, h = np.exp(targets["box_log_size"][:, row, col]) * stride
+        seen = [(col + dx) * stride - w / 2, (row + dy) * stride - h / 2, w, h]
         face = max(range(3), key=lambda i: iou(boxes[i].tolist(), seen))
         assert iou(boxes[face].tolist(), seen) > 0.999
         cells_per_face[face] += 1
         x, y, fw, fh = boxes[face]
         centre = targets["mask"][row, col] == 1
-        assert centre or abs((col + 0.5) * STRIDE - x - fw / 2) <= BOX_AREA_SHARE * fw / 2
-        assert centre or abs((row + 0.5) * STRIDE - y - fh / 2) <= BOX_AREA_SHARE * fh / 2
+        assert centre or abs((col + 0.5) * stride - x - fw / 2) <= BOX_AREA_SHARE * fw / 2
+        assert centre or abs((row + 0.5) * stride - y - fh / 2) <= BOX_AREA_SHARE * fh / 2
     assert cells_per_face[1] > cells_per_face[0] > cells_per_face[2] >= 1
 
 
@@ -715,12 +723,66 @@ def test_a_wider_detector_round_trips_and_continues_only_as_itself(tmp_path: Pat
     mismatched = DetectorTrainConfig(init_weights=str(path), max_steps=1)
     with pytest.raises(StageError, match="--neck-channels 32 and --head-convs 2"):
         train_detector(mismatched, frames, tmp_path / "out.pt")
-    hostile = ({"layers": 3}, {"neck_channels": "64"}, [64], {"neck_channels": 4096})
+    hostile = (
+        {"layers": 3},
+        {"neck_channels": "64"},
+        [64],
+        {"neck_channels": 4096},
+        {"stride": 16},
+        {"stride": 4.0},
+    )
     for architecture in (*hostile, {"head_convs": True}):
         bad = tmp_path / "bad.pt"
         torch.save({"format": WEIGHTS_FORMAT, "state_dict": {}, "architecture": architecture}, bad)
         with pytest.raises(ValueError, match="detector architecture"):
             load_weights(bad)
+
+
+def test_a_stride_4_detector_round_trips_and_outputs_twice_the_cells(tmp_path: Path) -> None:
+    fine = FaceCenterNet(stride=4)
+    path = tmp_path / "fine.pt"
+    save_weights(fine, path, {})
+    loaded, _ = load_weights(path)
+    assert loaded.stride == 4 and loaded.architecture["stride"] == 4
+    assert loaded.state_dict().keys() == fine.state_dict().keys()
+    heat, size, offset = loaded(torch.zeros(1, 3, 64, 96))
+    assert heat.shape == (1, 1, 16, 24) and size.shape == offset.shape == (1, 2, 16, 24)
+    shipped, _ = load_weights(PACKAGED_WEIGHTS)  # files that do not say are stride 8
+    assert shipped.stride == 8 and "stride" not in shipped.architecture
+
+
+def test_a_stride_8_detector_grows_to_stride_4_predicting_the_same_boxes() -> None:
+    torch.manual_seed(0)
+    coarse = FaceCenterNet().eval()
+    grown = FaceCenterNet(stride=4)
+    grow_to_finer_stride(coarse, grown)
+    grown.eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        # the new lateral starts silent: the finer map is the coarser one upsampled
+        assert not grown.fine(grown.trunk(x, fine=True)[0]).any()
+        _, size8, _ = coarse(x)
+        _, size4, _ = grown(x)
+    # sizes are in cells: the same boxes need log 2 more at stride 4 (the heads see the
+    # upsampled features through their 3 x 3 filters, so only roughly the same values)
+    width8 = size8.exp().mul(8).median()
+    width4 = size4.exp().mul(4).median()
+    assert width4 == pytest.approx(float(width8), rel=0.1)
+
+
+def test_a_stride_4_run_starts_from_stride_8_weights_but_not_the_other_way(
+    tmp_path: Path,
+) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 16)
+    coarse = tmp_path / "coarse.pt"
+    train_detector(DetectorTrainConfig(**TINY), frames, coarse)
+    fine = tmp_path / "fine.pt"
+    train_detector(DetectorTrainConfig(**TINY, stride=4, init_weights=str(coarse)), frames, fine)
+    model, metadata = load_weights(fine)
+    assert model.stride == 4 and metadata["continued_from"] == load_weights(coarse)[1]
+    back = DetectorTrainConfig(**TINY, init_weights=str(fine))
+    with pytest.raises(StageError, match="output stride 4.*--stride 4"):
+        train_detector(back, frames, tmp_path / "back.pt")
 
 
 def test_weights_of_another_kind_are_refused(tmp_path: Path) -> None:

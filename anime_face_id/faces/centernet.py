@@ -1,9 +1,10 @@
 """A small CenterNet face detector on the ImageNet-pretrained EfficientNet-Lite0.
 
-One class (face), one output scale (stride 8), three heads, as in Zhou et al. 2019,
-"Objects as Points": a centre heatmap, the box size and the sub-cell offset of the centre.
-The backbone's stride-8, 16 and 32 features are merged top-down (a three-level FPN, 64
-channels in the shipped weights) so that a stride-8 cell still sees the whole head around it.
+One class (face), one output scale (stride 8 in the shipped weights, or 4), three heads, as
+in Zhou et al. 2019, "Objects as Points": a centre heatmap, the box size and the sub-cell
+offset of the centre. The backbone's stride-8, 16 and 32 features (and its stride-4 ones for
+a stride-4 output) are merged top-down (an FPN, 64 channels in the shipped weights) so that
+an output cell still sees the whole head around it.
 
 Everything here is plain torch: decoding and non-maximum suppression included (torchvision
 cannot load beside the CPU torch build, see DESIGN.md).
@@ -30,7 +31,8 @@ from anime_face_id.model.efficientnet_lite import (
 )
 from anime_face_id.transforms import FILL_VALUE, normalise
 
-STRIDE = 8
+STRIDE = 8  # the output stride of the shipped weights, and of files that do not say
+STRIDES = (4, 8)  # CenterNet's own output stride is 4: finer cells for small faces
 NECK_CHANNELS = 64
 # What a weights file or a training config may ask for (a hostile file must not make the
 # loader build a network of gigabytes before its keys are checked).
@@ -39,6 +41,8 @@ HEAD_CONV_RANGE = (1, 4)
 # Last block of each tapped stage: stride 8 (40 ch), 16 (112 ch), 32 (320 ch).
 TAPS = (4, 10, 15)
 TAP_CHANNELS = (40, 112, 320)
+# A stride-4 output also taps the last block at stride 4 (24 ch).
+FINE_TAP, FINE_TAP_CHANNELS = 2, 24
 # The heatmap's initial prior (focal-loss papers start rare classes near 0.1 so the
 # first steps are not swamped by the background).
 HEATMAP_PRIOR = 0.1
@@ -56,12 +60,15 @@ class Lite0Trunk(nn.Module):
         self._bn0 = _batch_norm(LITE0_STAGES[0].in_channels)
         self._blocks = _build_blocks(LITE0_STAGES)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, fine: bool = False) -> list[torch.Tensor]:
+        """The tapped features, finest first: stride 8, 16, 32 (and 4 before them if
+        ``fine``)."""
+        tapped = (FINE_TAP, *TAPS) if fine else TAPS
         x = F.relu6(self._bn0(self._conv_stem(x)))
         taps = []
         for index, block in enumerate(self._blocks):
             x = block(x)
-            if index in TAPS:
+            if index in tapped:
                 taps.append(x)
         return taps
 
@@ -93,23 +100,30 @@ def _head(channels: int, convs: int, out_channels: int, bias: float = 0.0) -> nn
 class FaceCenterNet(nn.Module):
     """``forward(x)`` -> (heatmap logits (B,1,h,w), log size (B,2,h,w), offset (B,2,h,w)).
 
-    Size is ``log(w / STRIDE), log(h / STRIDE)``; offset is the centre's position from the
+    Size is ``log(w / stride), log(h / stride)``; offset is the centre's position from the
     cell's corner in cells: 0..1 at the centre's own cell, which decoding reads (trained with
     a ``giou_weight``, the cells around it predict the same box, offsets beyond 0..1).
     Input: (B, 3, H, W) normalised as the embedder's, H and W multiples of 32.
 
     ``neck_channels`` (the FPN's width) and ``head_convs`` (separable 3x3 convolutions per
-    head) size what is trained from scratch on top of the ImageNet trunk; the weights file
-    records them (``architecture``).
+    head) size what is trained from scratch on top of the ImageNet trunk, ``stride`` (8 or
+    4) the output grid; the weights file records them (``architecture``). A stride-4 model
+    is a stride-8 one plus one lateral (``fine``), so it can start from stride-8 weights.
     """
 
-    def __init__(self, neck_channels: int = NECK_CHANNELS, head_convs: int = 1):
+    def __init__(self, neck_channels: int = NECK_CHANNELS, head_convs: int = 1, stride: int = 8):
         super().__init__()
+        if stride not in STRIDES:
+            raise ValueError(f"output stride must be one of {STRIDES}, not {stride}")
         self.architecture = {"neck_channels": neck_channels, "head_convs": head_convs}
+        if stride != STRIDE:  # files of stride 8 say nothing, as before strides were chosen
+            self.architecture["stride"] = stride
+        self.stride = stride
         self.trunk = Lite0Trunk()
         self.laterals = nn.ModuleList(
             _conv_bn_relu(channels, neck_channels, 1) for channels in TAP_CHANNELS
         )
+        self.fine = _conv_bn_relu(FINE_TAP_CHANNELS, neck_channels, 1) if stride == 4 else None
         self.smooth = _separable(neck_channels)
         prior = -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR)
         self.heatmap = _head(neck_channels, head_convs, 1, bias=prior)
@@ -117,9 +131,10 @@ class FaceCenterNet(nn.Module):
         self.offset = _head(neck_channels, head_convs, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        taps = self.trunk(x)
-        merged = self.laterals[-1](taps[-1])
-        for tap, lateral in zip(reversed(taps[:-1]), reversed(self.laterals[:-1]), strict=True):
+        taps = self.trunk(x, fine=self.fine is not None)
+        laterals = [*([self.fine] if self.fine is not None else []), *self.laterals]
+        merged = laterals[-1](taps[-1])
+        for tap, lateral in zip(reversed(taps[:-1]), reversed(laterals[:-1]), strict=True):
             merged = lateral(tap) + F.interpolate(merged, size=tap.shape[-2:], mode="nearest")
         features = self.smooth(merged)
         return self.heatmap(features), self.size(features), self.offset(features)
@@ -144,11 +159,13 @@ def decode(
     *,
     top_k: int = 100,
     min_score: float = 0.3,
+    stride: int = STRIDE,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image: boxes (N, 4) as ``x, y, w, h`` in input pixels, and their scores (N,).
 
     A peak is a cell whose score is the maximum of its 3 x 3 neighbourhood; the best
-    ``top_k`` peaks at or above ``min_score`` become boxes.
+    ``top_k`` peaks at or above ``min_score`` become boxes. ``stride``: the maps' cell in
+    input pixels.
     """
     scores = torch.sigmoid(heatmap_logits)
     peaks = scores == F.max_pool2d(scores, 3, stride=1, padding=1)
@@ -165,10 +182,10 @@ def decode(
         cols = cells % width
         dx = offset[index, 0, rows, cols]
         dy = offset[index, 1, rows, cols]
-        w = log_size[index, 0, rows, cols].clamp(max=10).exp() * STRIDE
-        h = log_size[index, 1, rows, cols].clamp(max=10).exp() * STRIDE
-        cx = (cols.to(w.dtype) + dx) * STRIDE
-        cy = (rows.to(h.dtype) + dy) * STRIDE
+        w = log_size[index, 0, rows, cols].clamp(max=10).exp() * stride
+        h = log_size[index, 1, rows, cols].clamp(max=10).exp() * stride
+        cx = (cols.to(w.dtype) + dx) * stride
+        cy = (rows.to(h.dtype) + dy) * stride
         boxes = torch.stack([cx - w / 2, cy - h / 2, w, h], dim=1)
         results.append((boxes, best))
     return results
@@ -235,7 +252,8 @@ def detect_boxes(
     height, width = rgb.shape[:2]
     batch, scale = prepare_input(rgb, input_size)
     device = next(model.parameters()).device  # the picture goes where the model is
-    boxes, scores = decode(*model(batch.to(device)), top_k=top_k, min_score=min_score)[0]
+    outputs = model(batch.to(device))
+    boxes, scores = decode(*outputs, top_k=top_k, min_score=min_score, stride=model.stride)[0]
     keep = nms(boxes, scores, nms_iou)
     boxes, scores = boxes[keep] / scale, scores[keep]
     found = []
@@ -273,12 +291,15 @@ def save_weights(model: FaceCenterNet, path, metadata: dict) -> str:
 
 def checked_architecture(architecture: object, where) -> dict[str, int]:
     """``architecture`` as FaceCenterNet's keyword arguments, or a ValueError."""
-    bounds = {"neck_channels": NECK_CHANNEL_RANGE, "head_convs": HEAD_CONV_RANGE}
-    if not isinstance(architecture, dict) or not set(architecture) <= set(bounds):
+    allowed = {
+        "neck_channels": range(NECK_CHANNEL_RANGE[0], NECK_CHANNEL_RANGE[1] + 1),
+        "head_convs": range(HEAD_CONV_RANGE[0], HEAD_CONV_RANGE[1] + 1),
+        "stride": STRIDES,
+    }
+    if not isinstance(architecture, dict) or not set(architecture) <= set(allowed):
         raise ValueError(f"{where}: unknown detector architecture {architecture!r}")
     for key, value in architecture.items():
-        low, high = bounds[key]
-        if type(value) is not int or not low <= value <= high:
+        if type(value) is not int or value not in allowed[key]:
             raise ValueError(f"{where}: unusable detector architecture {architecture!r}")
     return architecture
 

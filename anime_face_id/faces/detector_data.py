@@ -310,8 +310,8 @@ def _drop_covered(boxes: np.ndarray, patch: tuple[int, int, int, int]) -> np.nda
     return boxes[covered < 0.3]
 
 
-def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    """CenterNet targets on the stride-8 grid of a ``size`` x ``size`` view.
+def encode_targets(boxes: np.ndarray, size: int, stride: int = STRIDE) -> dict[str, np.ndarray]:
+    """CenterNet targets on the ``stride`` grid of a ``size`` x ``size`` view.
 
     heatmap (1, S, S): per cell the highest Gaussian of any face; size (2, S, S) and offset
     (2, S, S) are set at each face's centre cell, where mask (S, S) is 1. The ``box_*``
@@ -320,7 +320,7 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
     to 1. Where faces overlap, the smaller face takes the shared cells (the larger then
     sums to less), except another face's centre cell, whose box targets stay its own.
     """
-    cells = size // STRIDE
+    cells = size // stride
     heatmap = np.zeros((1, cells, cells), dtype=np.float32)
     log_size = np.zeros((2, cells, cells), dtype=np.float32)
     offset = np.zeros((2, cells, cells), dtype=np.float32)
@@ -331,19 +331,19 @@ def encode_targets(boxes: np.ndarray, size: int) -> dict[str, np.ndarray]:
     ys, xs = np.mgrid[0:cells, 0:cells].astype(np.float32)
     # Larger faces first, so a smaller face's cells keep its own box when two collide.
     for x, y, w, h in sorted(boxes.tolist(), key=lambda b: -b[2] * b[3]):
-        cx, cy = (x + w / 2) / STRIDE, (y + h / 2) / STRIDE
+        cx, cy = (x + w / 2) / stride, (y + h / 2) / stride
         col, row = min(int(cx), cells - 1), min(int(cy), cells - 1)
-        sigma_x = max(GAUSSIAN_ALPHA * w / STRIDE / 6, 0.5)
-        sigma_y = max(GAUSSIAN_ALPHA * h / STRIDE / 6, 0.5)
+        sigma_x = max(GAUSSIAN_ALPHA * w / stride / 6, 0.5)
+        sigma_y = max(GAUSSIAN_ALPHA * h / stride / 6, 0.5)
         gaussian = np.exp(
             -((xs - col) ** 2) / (2 * sigma_x**2) - ((ys - row) ** 2) / (2 * sigma_y**2)
         )
         np.maximum(heatmap[0], gaussian, out=heatmap[0])
-        face_log_size = (math.log(w / STRIDE), math.log(h / STRIDE))
+        face_log_size = (math.log(w / stride), math.log(h / stride))
         # Another face's centre cell keeps that face's box: its L1 and GIoU targets agree.
         area = (
-            (np.abs(xs + 0.5 - cx) <= BOX_AREA_SHARE * w / STRIDE / 2)
-            & (np.abs(ys + 0.5 - cy) <= BOX_AREA_SHARE * h / STRIDE / 2)
+            (np.abs(xs + 0.5 - cx) <= BOX_AREA_SHARE * w / stride / 2)
+            & (np.abs(ys + 0.5 - cy) <= BOX_AREA_SHARE * h / stride / 2)
             & (mask == 0)
         )
         area[row, col] = True
@@ -372,13 +372,15 @@ def training_sample(
     size: int,
     paste_probability: float,
     close_up_probability: float = 0.0,
+    stride: int = STRIDE,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One augmented view (normalised, 3 x size x size) and its targets: a frame (with
-    pasted faces now and then) or, with ``close_up_probability``, one identity crop."""
+    """One augmented view (normalised, 3 x size x size) and its targets on the ``stride``
+    grid: a frame (with pasted faces now and then) or, with ``close_up_probability``, one
+    identity crop."""
     if crops and rng.random() < close_up_probability:
         canvas, boxes = close_up_view(crops[int(rng.integers(len(crops)))], rng, size)
         canvas = random_colour(canvas, rng, COLOUR)
-        return normalise(canvas).numpy(), encode_targets(boxes, size)
+        return normalise(canvas).numpy(), encode_targets(boxes, size, stride)
     canvas, boxes = random_view(
         load_rgb_array(item.path), item.boxes, rng, size, (size * 2 / 3, size * 5 / 3)
     )
@@ -386,4 +388,4 @@ def training_sample(
         count = int(rng.integers(1, 3))
         canvas, boxes = paste_faces(canvas, boxes, crops, rng, count, (40, size * 0.6))
     canvas = random_colour(canvas, rng, COLOUR)
-    return normalise(canvas).numpy(), encode_targets(boxes, size)
+    return normalise(canvas).numpy(), encode_targets(boxes, size, stride)

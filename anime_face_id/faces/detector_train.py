@@ -32,6 +32,7 @@ from anime_face_id.faces.centernet import (
     HEAD_CONV_RANGE,
     NECK_CHANNEL_RANGE,
     NECK_CHANNELS,
+    STRIDE,
     FaceCenterNet,
     detect_boxes,
     load_trunk_imagenet_weights,
@@ -61,6 +62,9 @@ class DetectorTrainConfig(BaseModel):
     # convolutions of each head (the shipped weights: 64 and 1).
     neck_channels: int = Field(NECK_CHANNELS, ge=NECK_CHANNEL_RANGE[0], le=NECK_CHANNEL_RANGE[1])
     head_convs: int = Field(1, ge=HEAD_CONV_RANGE[0], le=HEAD_CONV_RANGE[1])
+    # The output grid: 8 (the shipped weights) or 4, CenterNet's own, with four times the
+    # cells for faces of a few dozen pixels. A stride-4 run may start from stride-8 weights.
+    stride: Literal[4, 8] = STRIDE
     view_size: int = Field(320, ge=64, multiple_of=32)  # square training views
     input_size: int = Field(512, ge=64, multiple_of=32)  # longest side at detection time
     lr: float = Field(2e-3, gt=0)
@@ -396,7 +400,7 @@ def _holds_the_runs_weights(out: Path, payload: dict, fingerprint: str) -> bool:
 
 def restore(payload: dict, config: DetectorTrainConfig, device: torch.device) -> RunState:
     """The run as its state file left it (the recipe was checked to be ``config``)."""
-    model = FaceCenterNet(config.neck_channels, config.head_convs)
+    model = FaceCenterNet(config.neck_channels, config.head_convs, config.stride)
     model.load_state_dict(payload["model"], strict=True)
     place(model, device)  # before the optimiser's state, which follows its parameters
     _freeze_stem(model, config.frozen_blocks)
@@ -435,21 +439,43 @@ def make_optimizer(model: FaceCenterNet, config: DetectorTrainConfig) -> torch.o
 def initial_model(
     config: DetectorTrainConfig, device: torch.device, pretrained: bool
 ) -> tuple[FaceCenterNet, dict]:
-    """The ImageNet trunk with fresh heads, or the ``init_weights`` run's detector."""
-    wanted = {"neck_channels": config.neck_channels, "head_convs": config.head_convs}
+    """The ImageNet trunk with fresh heads, or the ``init_weights`` run's detector (a
+    stride-8 one grown to stride 4 if the config asks for it)."""
+    model = FaceCenterNet(config.neck_channels, config.head_convs, config.stride)
     if config.init_weights is None:
-        model = FaceCenterNet(**wanted)
         if pretrained:
             load_trunk_imagenet_weights(model)
         return place(model, device), {}
-    model, metadata = load_weights(config.init_weights)
-    if model.architecture != wanted:
-        have = model.architecture
+    earlier, metadata = load_weights(config.init_weights)
+    have, want = earlier.architecture, model.architecture
+    if {k: v for k, v in have.items() if k != "stride"} != {
+        k: v for k, v in want.items() if k != "stride"
+    }:
         raise StageError(
             f"{config.init_weights} has --neck-channels {have['neck_channels']} and "
             f"--head-convs {have['head_convs']}; give the same to continue from it"
         )
+    if earlier.stride == model.stride:
+        return place(earlier, device), metadata
+    if earlier.stride < model.stride:
+        raise StageError(
+            f"{config.init_weights} has output stride {earlier.stride}; a stride-"
+            f"{model.stride} run cannot start from it (give --stride {earlier.stride})"
+        )
+    grow_to_finer_stride(earlier, model)
     return place(model, device), metadata
+
+
+def grow_to_finer_stride(earlier: FaceCenterNet, model: FaceCenterNet) -> None:
+    """``model`` (stride 4) takes every weight of ``earlier`` (stride 8) and starts as it:
+    its new lateral's BatchNorm scale is 0, so the finer map begins as the coarser one
+    upsampled, and sizes are in cells, so the size head's bias gains log 2."""
+    missing, unexpected = model.load_state_dict(earlier.state_dict(), strict=False)
+    if unexpected or not all(key.startswith("fine.") for key in missing):
+        raise StageError(f"cannot grow the detector: keys {unexpected or missing} do not match")
+    with torch.no_grad():
+        model.fine[1].weight.zero_()
+        model.size[-1].bias += math.log(earlier.stride / model.stride)
 
 
 def labeller(
@@ -512,6 +538,7 @@ def train_epoch(
                 config.view_size,
                 config.paste_probability,
                 config.close_up_probability,
+                config.stride,
             )
             for i in order[first : first + config.batch_size]
         ]
