@@ -781,7 +781,7 @@ def test_a_stride_4_run_starts_from_stride_8_weights_but_not_the_other_way(
     model, metadata = load_weights(fine)
     assert model.stride == 4 and metadata["continued_from"] == load_weights(coarse)[1]
     back = DetectorTrainConfig(**TINY, init_weights=str(fine))
-    with pytest.raises(StageError, match="output stride 4.*--stride 4"):
+    with pytest.raises(StageError, match=r"output stride 4.*--stride 4"):
         train_detector(back, frames, tmp_path / "back.pt")
 
 
