@@ -2,6 +2,7 @@
 per character, some characters never trained on), against ImageNet features.
 
     python benchmarks/quality.py [FOLDER] [-S train.epochs=16 ...] [--seeds 0 1 2]
+                                 [--split-seeds 0 1 2]
                                  [--per-character 30] [--sample-seed N] [--holdout 4]
                                  [--hard-case NAME ...] [--params params.yaml]
                                  [--workdir DIR] [--json FILE] [--check]
@@ -31,6 +32,11 @@ The users' regime, by default:
   (``--hard-case`` with no names: no such rule). The held-out characters are printed and
   are the same for every seed (every sample keeps each character eligible for the split
   unless ``--per-character`` is below ``split.min_per_character``).
+* ``--split-seeds 0 1 2``: which characters are held out moves the figures as much as the
+  seed does, so a recipe can be measured on several held-out sets in one run: every seed
+  on each set (split seed), each set's table, then the headline pooled over every set and
+  seed. Two split seeds that end at the same held-out set (the search above moved one
+  onto the other) are refused before any training.
 
 Headline, next to the untrained backbone's pooled ImageNet features, with the mean, the
 spread between seeds (std, min-max) and the targets:
@@ -190,6 +196,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help="train once per seed (default: train.seed)",
+    )
+    parser.add_argument(
+        "--split-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="measure on several held-out sets, one per split seed, each with every seed, "
+        "and pool them (default: split.seed alone)",
     )
     parser.add_argument("--workdir", type=Path, help="keep the projects here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the comparison here")
@@ -588,13 +603,22 @@ def make_project(
 
 
 def run_seeds(
-    root: Path, folder: Path, names: list[str], seeds: list[int], args, recipe: dict
+    root: Path,
+    folder: Path,
+    names: list[str],
+    seeds: list[int],
+    args,
+    recipe: dict,
+    projects: dict[str, Project] | None = None,
 ) -> tuple[list[dict], dict[str, Project]]:
     """Train and evaluate once per seed, each on its sample's project (made when first
-    needed). Later samples start the split-seed search where the first one ended, so
-    they hold out the same characters whenever the same characters are eligible."""
-    projects: dict[str, Project] = {}
+    needed, unless given). Later samples start the split-seed search where the first one
+    ended, so they hold out the same characters whenever the same characters are
+    eligible."""
+    projects = dict(projects or {})
     split_seed = int(recipe["split"].get("seed", 0))
+    for project in projects.values():
+        split_seed = project.split_seed
     reports = []
     for seed in seeds:
         sample_seed = seed if args.sample_seed is None else args.sample_seed
@@ -618,6 +642,106 @@ def run_seeds(
     return reports, projects
 
 
+@dataclass
+class HeldOutSet:
+    """One held-out set: the split seed asked for, its recipe, its seeds' reports."""
+
+    requested: int
+    recipe: dict
+    root: Path
+    projects: dict[str, Project]
+    reports: list[dict] | None = None
+
+    @property
+    def split_seed(self) -> int:
+        return next(iter(self.projects.values())).split_seed
+
+    @property
+    def held_out(self) -> list[str]:
+        return next(iter(self.projects.values())).held_out
+
+
+def with_split_seed(recipe: dict, split_seed: int) -> dict:
+    changed = copy.deepcopy(recipe)
+    changed["split"]["seed"] = split_seed
+    return changed
+
+
+def repeated_set(sets: Sequence[tuple[int, int, list[str]]]) -> str | None:
+    """Why two requested split seeds measure one held-out set twice, if they do: each
+    item is (requested split seed, the split seed the search accepted, held out)."""
+    first_asking: dict[int, int] = {}
+    for requested, accepted, held_out in sets:
+        if accepted in first_asking:
+            return (
+                f"--split-seeds {first_asking[accepted]} and {requested} both hold out "
+                f"{', '.join(held_out) or 'nobody'} (split seed {accepted}; the others hold "
+                "out too much of the hard case): give other split seeds"
+            )
+        first_asking[accepted] = requested
+    return None
+
+
+def prepare_sets(
+    root: Path, folder: Path, names: list[str], seeds: list[int], args, recipe: dict
+) -> list[HeldOutSet]:
+    """Each requested held-out set with its first seed's project (data stages only, which
+    take seconds), so that a set asked for twice is refused before any training."""
+    sets = []
+    for requested in args.split_seeds:
+        set_recipe = with_split_seed(recipe, requested)
+        home = root / f"split-{requested}"
+        sample_seed = seeds[0] if args.sample_seed is None else args.sample_seed
+        key = sample_key(args.per_character, sample_seed)
+        sample = sample_crops(folder, names, args.per_character, sample_seed)
+        project = make_project(home, key, folder, sample, args, set_recipe, names, requested)
+        sets.append(HeldOutSet(requested, set_recipe, home, {key: project}))
+    problem = repeated_set([(s.requested, s.split_seed, s.held_out) for s in sets])
+    if problem:
+        raise StageError(problem)
+    return sets
+
+
+def measure_sets(
+    root: Path, folder: Path, names: list[str], seeds: list[int], args, recipe: dict
+) -> list[HeldOutSet]:
+    sets = prepare_sets(root, folder, names, seeds, args, recipe)
+    for index, held_out_set in enumerate(sets, start=1):
+        print(
+            f"=== held-out set {index} of {len(sets)} (split seed {held_out_set.split_seed}): "
+            f"{', '.join(held_out_set.held_out)}",
+            flush=True,
+        )
+        held_out_set.reports, held_out_set.projects = run_seeds(
+            held_out_set.root,
+            folder,
+            names,
+            seeds,
+            args,
+            held_out_set.recipe,
+            held_out_set.projects,
+        )
+    return sets
+
+
+def print_pooled(sets: list[HeldOutSet], params: Params) -> list[dict]:
+    """Each set's summary, then every set and seed pooled: the rows to judge a recipe by."""
+    for index, held_out_set in enumerate(sets, start=1):
+        reports = held_out_set.reports
+        print(f"\n=== held-out set {index} of {len(sets)} (split seed {held_out_set.split_seed})")
+        print_summary(reports, comparison(reports), [r["seed"] for r in reports], params)
+    everything = [report for held_out_set in sets for report in held_out_set.reports]
+    rows = comparison(everything)
+    print()
+    print(
+        f"pooled over {len(sets)} held-out sets (split seeds "
+        f"{', '.join(str(s.split_seed) for s in sets)}) x {len(sets[0].reports)} seeds: "
+        f"{len(everything)} runs; spread and min-max are between runs"
+    )
+    print_table(rows, len(everything))
+    return rows
+
+
 def json_document(args, recipe, changes, seeds, rows, reports, projects) -> dict:
     held_out = {tuple(project.held_out) for project in projects.values()}
     per_epoch = [report["seconds_per_epoch"] for report in reports]
@@ -639,6 +763,24 @@ def json_document(args, recipe, changes, seeds, rows, reports, projects) -> dict
     }
 
 
+def sets_json_document(args, recipe, changes, seeds, rows, sets: list[HeldOutSet]) -> dict:
+    """The pooled rows at the top, then each held-out set as the one-set document has it."""
+    return {
+        "recipe": recipe,
+        "changes": changes,
+        "seeds": seeds,
+        "split_seeds": [s.split_seed for s in sets],
+        "rows": rows,
+        "sets": [
+            {"requested_split_seed": s.requested}
+            | json_document(
+                args, s.recipe, changes, seeds, comparison(s.reports), s.reports, s.projects
+            )
+            for s in sets
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -647,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = recipe_from(args.params, args.overrides)
         seeds = args.seeds or [int(recipe["train"].get("seed", 0))]
+        check_split_seeds(args)
         # every seed's params built once before any work, so a bad recipe is refused early
         runs = [build_params(recipe, folder, names, args.holdout, seed) for seed in seeds]
         check_holdout_possible(names, args.holdout, args.hard_case)
@@ -661,24 +804,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train: {runs[0].train.model_dump(exclude={'seed'})}; seeds {seeds}")
     print(f"sample: {describe_sampling(args.per_character, args.sample_seed)}", flush=True)
     try:
-        reports, projects = run_seeds(root, folder, names, seeds, args, recipe)
+        if args.split_seeds:
+            sets = measure_sets(root, folder, names, seeds, args, recipe)
+        else:
+            reports, projects = run_seeds(root, folder, names, seeds, args, recipe)
     except StageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
-    rows = comparison(reports)
-    print_summary(reports, rows, seeds, runs[0])
+    if args.split_seeds:
+        rows = print_pooled(sets, runs[0])
+        document = sets_json_document(args, recipe, changes, seeds, rows, sets)
+    else:
+        rows = comparison(reports)
+        print_summary(reports, rows, seeds, runs[0])
+        document = json_document(args, recipe, changes, seeds, rows, reports, projects)
     if args.json:
-        atomic_write_json(
-            args.json, json_document(args, recipe, changes, seeds, rows, reports, projects)
-        )
+        atomic_write_json(args.json, document)
     missed = [row["metric"] for row in rows if row["passed"] is False]
     if args.check and missed:
         print(f"\ntargets missed: {', '.join(missed)}")
         return 1
     return 0
+
+
+def check_split_seeds(args) -> None:
+    if not args.split_seeds:
+        return
+    if len(set(args.split_seeds)) != len(args.split_seeds):
+        raise ConfigError(f"--split-seeds {' '.join(map(str, args.split_seeds))}: a seed twice")
+    if any(o.partition("=")[0].strip() == "split.seed" for o in args.overrides):
+        raise ConfigError("--split-seeds and -S split.seed=...: give one of them")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,8 @@ def test_bad_override_is_refused_before_any_work(tmp_path, override, message):
         (["--per-character", "-1"], "must be 0 or more"),
         # all five hard: at most two may go, so three would leave only hard ones to hold out
         (["--holdout", "3", "--hard-case", *PIPELINE_NAMES], "--holdout 3"),
+        (["--split-seeds", "0", "1", "0"], "a seed twice"),
+        (["--split-seeds", "0", "1", "-S", "split.seed=3"], "give one of them"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, arguments, message):
@@ -262,6 +264,55 @@ def test_split_seed_search_takes_the_first_acceptable_seed(quality):
     assert tried == [5, 6, 7]  # stops at once: the accepted split is the last one written
     with pytest.raises(StageError, match=r"no split seed in 0\.\.2"):
         quality.first_acceptable_split_seed(0, held_out_for, acceptable, attempts=3)
+
+
+def test_two_split_seeds_ending_at_one_held_out_set_are_refused(quality):
+    sets = [(0, 0, ["a"]), (1, 3, ["b"]), (2, 3, ["b"])]  # 2 was refused and moved to 3
+    assert "--split-seeds 1 and 2 both hold out b (split seed 3" in quality.repeated_set(sets)
+    assert quality.repeated_set(sets[:2]) is None
+
+
+@pytest.mark.slow
+def test_several_held_out_sets_are_measured_and_pooled(tmp_path):
+    folder = write_picture_folder(tmp_path / "faces", PIPELINE_NAMES, count=8)
+    result = run_benchmark(
+        str(folder),
+        "--holdout", "1",
+        "--hard-case",
+        "--seeds", "0", "1",
+        "--split-seeds", "0", "1",
+        "--json", str(tmp_path / "quality.json"),
+        "-S", "train.image_size=64",
+        "-S", "train.embedding_dim=16",
+        "-S", "train.p=4",
+        "-S", "train.epochs=1",
+        "-S", "train.batches_per_epoch=1",
+        "-S", "train.device=cpu",
+        "-S", "evaluate.device=cpu",
+        "-S", "balance.min_per_class=8",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "quality.json").read_text())
+    sets = report["sets"]
+    assert [s["requested_split_seed"] for s in sets] == [0, 1]
+    assert report["split_seeds"] == [0, 1]
+    assert sets[0]["held_out"] != sets[1]["held_out"]  # two held-out sets, not one twice
+    for held_out_set in sets:
+        assert [r["seed"] for r in held_out_set["reports"]] == [0, 1]
+        assert all(r["held_out"] == held_out_set["held_out"] for r in held_out_set["reports"])
+    # the headline pools every set and seed: four runs
+    headline = report["rows"][0]
+    assert headline["metric"] == "identification precision@1"
+    runs = [r for s in sets for r in s["reports"]]
+    assert headline["per_seed"] == [r["val"]["identification"]["precision_at_1"] for r in runs]
+    assert headline["model"] == pytest.approx(sum(headline["per_seed"]) / 4)
+    each = [s["rows"][0]["model"] for s in sets]
+    assert headline["model"] == pytest.approx(sum(each) / 2)
+    assert "pooled over 2 held-out sets (split seeds 0, 1) x 2 seeds: 4 runs" in result.stdout
+    headlines = [
+        line for line in result.stdout.splitlines() if line.startswith("identification precision")
+    ]
+    assert len(headlines) == 3  # each set's table, then the pooled one
 
 
 # --------------------------------------------------------------------- the comparison
