@@ -101,6 +101,10 @@ ELSEWHERE = {
         "tests/test_benchmark_quality.py::test_benchmark_trains_each_seed_and_compares_with_imagenet",
         "my_crops/ is the reader's folder; the test passes a folder, seeds, -S and --json",
     ),
+    ".venv/bin/python benchmarks/quality.py --split-seeds 0 1 2 --seeds 0 1": (
+        "tests/test_benchmark_quality.py::test_several_held_out_sets_are_measured_and_pooled",
+        "six trainings of about 10 minutes; the test measures two sets of two seeds, tiny",
+    ),
     ".venv/bin/python benchmarks/rescoring.py DIR/seed-*/project": (
         "tests/test_benchmark_rescoring.py::test_script_counts_each_rule_on_stored_embeddings",
         "DIR is a quality.py --workdir; the test writes two such projects and runs the script",
