@@ -171,10 +171,41 @@ def stop_server(root: Path) -> str:
     """Stop the project's server and its warm stage runner."""
     from flows import warm
 
+    stale = _forget_a_stale_pid(root)
     stopped = _prefect(root, "server", "stop")
     (root / API_URL_FILE).unlink(missing_ok=True)
     warm.stop(root)
-    return (stopped.stdout + stopped.stderr).strip() or "stopped"
+    said = (stopped.stdout + stopped.stderr).strip() or "stopped"
+    return f"{stale}\n{said}" if stale else said
+
+
+def _forget_a_stale_pid(root: Path) -> str | None:
+    """`prefect server stop` signals whatever process has the recorded pid. After a crash
+    or a reboot that pid can belong to another program: then the file goes, unsignalled."""
+    try:
+        pid = int((root / SERVER_PID).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    command = _command_line(pid)
+    if command is not None and "prefect" in command and "server" in command:
+        return None
+    (root / SERVER_PID).unlink(missing_ok=True)
+    now = "no process" if command is None else f"another program ({command[:80]})"
+    return f"the recorded server (pid {pid}) is gone and the pid is {now}: left alone"
+
+
+def _command_line(pid: int) -> str | None:
+    """The command line of a running process, or None when there is none."""
+    if Path("/proc/self/cmdline").exists():  # Linux
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return raw.replace(b"\0", b" ").decode(errors="replace").strip() or None
+    found = subprocess.run(  # elsewhere (macOS)
+        ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
+    return found.stdout.strip() or None if found.returncode == 0 else None
 
 
 def main(argv: list[str] | None = None) -> None:

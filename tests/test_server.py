@@ -139,3 +139,27 @@ def test_two_commands_starting_the_server_at_once_share_one(tmp_path: Path) -> N
         stopped = server_command(root, env, "stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not answers(f"{url}/health")
+
+
+def test_stop_leaves_alone_a_program_that_took_a_dead_servers_pid(tmp_path: Path) -> None:
+    # A server that died (a crash, a reboot) leaves its pid file; the pid may now be
+    # another program's, which `prefect server stop` would signal.
+    root = tmp_path / "project"
+    (root / ".prefect").mkdir(parents=True)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        (root / ".prefect" / "server.pid").write_text(str(bystander.pid))
+        stopped = server_command(root, unconfigured_env(tmp_path / "home"), "stop")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert bystander.poll() is None  # still running
+        assert f"pid {bystander.pid}) is gone and the pid is another program (sleep 60)" in (
+            stopped.stdout
+        )
+        assert not (root / ".prefect" / "server.pid").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+    # a pid of no process at all: the same, said so
+    (root / ".prefect" / "server.pid").write_text(str(bystander.pid))
+    stopped = server_command(root, unconfigured_env(tmp_path / "home"), "stop")
+    assert stopped.returncode == 0 and "is no process: left alone" in stopped.stdout
