@@ -630,6 +630,13 @@ def test_a_run_starts_over_when_the_interrupted_one_cannot_be_continued(tmp_path
     state.write_bytes(saved[: len(saved) // 2])  # torn
     assert "unreadable" in why()
     state.write_bytes(saved)
+    # written before a setting existed (e.g. stride): it ran at the setting's default
+    older = torch.load(state, weights_only=True)
+    del older["config"]["stride"]
+    torch.save(older, state)
+    assert why().startswith("continuing")
+    assert "another recipe (stride)" in why(config.model_copy(update={"stride": 4}))
+    state.write_bytes(saved)
 
     notices = []
     other = config.model_copy(update={"epochs": 2})

@@ -356,11 +356,13 @@ def saved_state(
         return None, f"{path} is unreadable ({type(error).__name__}): starting over"
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         return None, f"{path} is not this version's detector training state: starting over"
-    now = config.model_dump(mode="json")
+    now, then = config.model_dump(mode="json"), payload["config"]
+    # a setting added since the state was written was then at its default
+    defaults = DetectorTrainConfig().model_dump(mode="json")
     changed = sorted(
         key
-        for key in set(now) | set(payload["config"])
-        if key not in RESUMABLE_DIFFERENCES and now.get(key) != payload["config"].get(key)
+        for key in set(now) | set(then)
+        if key not in RESUMABLE_DIFFERENCES and now.get(key) != then.get(key, defaults.get(key))
     )
     if changed:
         return None, f"the interrupted run had another recipe ({', '.join(changed)}): starting over"
