@@ -248,7 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=(4, 8),
         default=None,
         help="output stride in pixels (default 8, the shipped weights'; 4: finer cells for "
-        "small faces, at more time per step; may start from 8's weights with --init)",
+        "small faces; may start from 8's weights with --init)",
     )
     parser.add_argument(
         "--frozen-blocks",

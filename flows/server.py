@@ -205,7 +205,7 @@ def _command_line(pid: int) -> str | None:
     found = subprocess.run(  # elsewhere (macOS)
         ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
     )
-    return found.stdout.strip() or None if found.returncode == 0 else None
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
 
 
 def main(argv: list[str] | None = None) -> None:

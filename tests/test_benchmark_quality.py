@@ -50,6 +50,21 @@ def table_lines(stdout: str) -> list[str]:
     return lines[start + 2 :]
 
 
+def tiny_recipe(batches_per_epoch: int) -> list[str]:
+    """-S overrides for a smoke run on generated pictures: a tiny network, one short epoch."""
+    overrides = {
+        "train.image_size": 64,
+        "train.embedding_dim": 16,
+        "train.p": 4,
+        "train.epochs": 1,
+        "train.batches_per_epoch": batches_per_epoch,
+        "train.device": "cpu",
+        "evaluate.device": "cpu",
+        "balance.min_per_class": 8,
+    }
+    return [arg for key, value in overrides.items() for arg in ("-S", f"{key}={value}")]
+
+
 @pytest.mark.slow
 def test_benchmark_trains_each_seed_and_compares_with_imagenet(tmp_path, quality):
     folder = write_picture_folder(tmp_path / "faces", PIPELINE_NAMES, count=12)
@@ -63,14 +78,7 @@ def test_benchmark_trains_each_seed_and_compares_with_imagenet(tmp_path, quality
         "--hard-case", "Akane Red",
         "-S", "split.seed=1",
         "--json", str(tmp_path / "quality.json"),
-        "-S", "train.image_size=64",
-        "-S", "train.embedding_dim=16",
-        "-S", "train.p=4",
-        "-S", "train.epochs=1",
-        "-S", "train.batches_per_epoch=2",
-        "-S", "train.device=cpu",
-        "-S", "evaluate.device=cpu",
-        "-S", "balance.min_per_class=8",
+        *tiny_recipe(batches_per_epoch=2),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "quality.json").read_text())
@@ -282,14 +290,7 @@ def test_several_held_out_sets_are_measured_and_pooled(tmp_path):
         "--seeds", "0", "1",
         "--split-seeds", "0", "1",
         "--json", str(tmp_path / "quality.json"),
-        "-S", "train.image_size=64",
-        "-S", "train.embedding_dim=16",
-        "-S", "train.p=4",
-        "-S", "train.epochs=1",
-        "-S", "train.batches_per_epoch=1",
-        "-S", "train.device=cpu",
-        "-S", "evaluate.device=cpu",
-        "-S", "balance.min_per_class=8",
+        *tiny_recipe(batches_per_epoch=1),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "quality.json").read_text())

@@ -449,10 +449,8 @@ def initial_model(
             load_trunk_imagenet_weights(model)
         return place(model, device), {}
     earlier, metadata = load_weights(config.init_weights)
-    have, want = earlier.architecture, model.architecture
-    if {k: v for k, v in have.items() if k != "stride"} != {
-        k: v for k, v in want.items() if k != "stride"
-    }:
+    have = earlier.architecture
+    if (have["neck_channels"], have["head_convs"]) != (config.neck_channels, config.head_convs):
         raise StageError(
             f"{config.init_weights} has --neck-channels {have['neck_channels']} and "
             f"--head-convs {have['head_convs']}; give the same to continue from it"
