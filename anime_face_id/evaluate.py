@@ -7,7 +7,9 @@ For ``val`` and ``test``:
     (what identifying a new picture does): identification.precision_at_1, .top_k_accuracy
   verification: equal error rate over all pairs, and its cosine-similarity threshold
 ``open_set`` (when characters were held out): retrieval and verification among the held-out
-characters only, which the network never saw. ``baseline_val`` (and ``baseline_open_set``):
+characters only, which the network never saw. ``naming``: what `identify` answers, with
+the unknown-face threshold calibrated on val, for test faces (named right, called unknown,
+named wrong) and held-out characters' faces (naming_outcomes.py). ``baseline_val`` (and ``baseline_open_set``):
 the same numbers for the pooled ImageNet features of the untrained backbone, so users see
 what training bought.
 
@@ -53,6 +55,7 @@ from anime_face_id.metrics import (
     verification_eer,
 )
 from anime_face_id.model import PretrainedWeightsMissing
+from anime_face_id.naming_outcomes import naming_report
 
 logger = logging.getLogger("anime_face_id.evaluate")
 
@@ -221,6 +224,7 @@ def evaluate(
     }
     if len(holdout):
         report["open_set"] = retrieval_report(holdout, config.k)
+    report["naming"] = naming_report(gallery, val, test, holdout, loaded.sha256)
     pairs = confused_pair_rows(val, gallery, config.confused_pairs)
     report["confused_pairs"] = pairs
     warnings = []

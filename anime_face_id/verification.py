@@ -22,13 +22,18 @@ ROW_CHUNK = 1024  # rows compared with all the others at once: CHUNK x N similar
 def eer_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, float, float]:
     """(threshold, false accept rate, false reject rate) where the two rates are closest.
 
-    Candidate thresholds are the observed scores."""
+    The rates change only at observed scores: every threshold above the next lower score
+    and up to the chosen one gives the same two rates. The threshold is the middle of that
+    interval, not its top: with well separated val scores the top is the lowest genuine
+    score seen, and a new face of a known character scoring a hair below it would be
+    called unknown."""
     genuine, impostor = np.sort(genuine), np.sort(impostor)
     thresholds = np.unique(np.concatenate([genuine, impostor]))
     false_reject = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
     false_accept = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
     best = int(np.argmin(np.abs(false_accept - false_reject)))
-    return float(thresholds[best]), float(false_accept[best]), float(false_reject[best])
+    threshold = thresholds[best] if best == 0 else (thresholds[best - 1] + thresholds[best]) / 2
+    return float(threshold), float(false_accept[best]), float(false_reject[best])
 
 
 def pair_scores(unit: np.ndarray, labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -71,5 +76,9 @@ def _binned_eer(chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[float,
     false_reject = (np.cumsum(genuine) - genuine) / genuine.sum()
     false_accept = 1.0 - (np.cumsum(impostor) - impostor) / impostor.sum()
     observed = np.flatnonzero(genuine + impostor)
-    best = observed[int(np.argmin(np.abs(false_accept[observed] - false_reject[observed])))]
-    return float((false_accept[best] + false_reject[best]) / 2), float(edges[best])
+    chosen = int(np.argmin(np.abs(false_accept[observed] - false_reject[observed])))
+    best = observed[chosen]
+    # as eer_threshold: the middle of the gap down to the next lower bin holding scores
+    below = edges[observed[chosen - 1] + 1] if chosen else edges[best]
+    threshold = (below + edges[best]) / 2
+    return float((false_accept[best] + false_reject[best]) / 2), float(threshold)

@@ -48,8 +48,9 @@ spread between seeds (std, min-max) and the targets:
     open-set MAP@R                                                         >= 0.60
     val verification EER        (lower is better)
 
-then secondary rows (within-val precision@1, R-precision, test, ...) and the seconds per
-epoch (CPU time matters). ``--check`` exits with status 1 when a mean misses a target.
+then secondary rows (within-val precision@1, R-precision, test, what ``identify`` answers
+with its unknown-face threshold: test faces named right or called unknown, held-out
+characters' faces called unknown) and the seconds per epoch (CPU time matters). ``--check`` exits with status 1 when a mean misses a target.
 ``--json FILE`` keeps every seed's evaluate report, the sample (file names per character
 per sample seed), the held-out characters, the split seed and the seconds per epoch.
 
@@ -131,6 +132,10 @@ ROWS = (
     Row("test", ("identification", "precision_at_1"), "test identification precision@1"),
     Row("test", ("map_at_r",), "test MAP@R"),
     Row("open_set", ("eer",), "open-set verification EER (lower is better)", None, True),
+    # identify's answers with its unknown-face threshold (calibrated on val): naming_outcomes.py
+    Row("naming", ("test", "named_right"), "test faces named right (with the threshold)"),
+    Row("naming", ("test", "called_unknown"), "test faces called unknown", None, True),
+    Row("naming", ("open_set", "called_unknown"), "held-out characters' faces called unknown"),
 )
 BASELINE_OF = {"val": "baseline_val", "open_set": "baseline_open_set"}
 

@@ -145,6 +145,15 @@ def test_benchmark_trains_each_seed_and_compares_with_imagenet(tmp_path, quality
     p_at_1 = rows["val precision@1 (within val)"]
     assert len(p_at_1["per_seed"]) == 2 and 0.0 <= p_at_1["baseline"] <= 1.0
     assert "ImageNet" in result.stdout and "min-max" in result.stdout
+    # identify's answers with its unknown-face threshold, each seed's from its report
+    named = rows["test faces named right (with the threshold)"]["per_seed"]
+    assert named == [r["naming"]["test"]["named_right"] for r in report["reports"]]
+    for r in report["reports"]:
+        outcomes = r["naming"]["test"]
+        assert outcomes["named_right"] + outcomes["called_unknown"] + outcomes["named_wrong"] == (
+            pytest.approx(1.0)
+        )
+    assert len(rows["held-out characters' faces called unknown"]["per_seed"]) == 2
 
     # seconds per epoch, per seed and on average
     per_epoch = report["seconds_per_epoch"]

@@ -110,6 +110,37 @@ def test_identification_queries_the_training_gallery(report, project):
     assert report["val"]["map_at_r"] == pytest.approx(within["map_at_r"])
 
 
+def test_naming_is_what_identify_answers_with_a_threshold_calibrated_on_val(report, project):
+    from anime_face_id.evaluation_data import EmbeddedSplit
+    from anime_face_id.naming_outcomes import naming_report
+
+    loaded = load_checkpoint(project / EMBEDDER)
+
+    def embedded(split):
+        rows = read_split(project, split)
+        paths = [project / row["path"] for row in rows]
+        vectors = embed_paths(loaded.model, paths, loaded.image_size, "cpu").numpy()
+        return EmbeddedSplit(
+            [row["path"] for row in rows],
+            np.array([row["character"] for row in rows], dtype=object),
+            vectors,
+        )
+
+    splits = [embedded(name) for name in ("train", "val", "test", "holdout")]
+    expected = naming_report(*splits, embedder=loaded.sha256)
+    naming = report["naming"]
+    assert naming["calibration"]["method"] == "val_eer"
+    assert naming["calibration"]["threshold"] == pytest.approx(
+        expected["calibration"]["threshold"], abs=1e-5
+    )
+    assert naming["test"] == pytest.approx(expected["test"])
+    assert naming["test"]["faces"] == 12 and naming["open_set"]["faces"] == 30
+    outcomes = naming["test"]
+    assert outcomes["named_right"] + outcomes["called_unknown"] + outcomes["named_wrong"] == (
+        pytest.approx(1.0)
+    )
+
+
 def test_open_set_scores_only_the_held_out_characters(report):
     open_set = report["open_set"]
     assert open_set["num_characters"] == 2 and open_set["num_images"] == 30

@@ -138,10 +138,14 @@ def test_eer_threshold_sits_between_genuine_and_impostor_scores():
     genuine = np.array([0.9, 0.85, 0.8, 0.75, 0.4])
     impostor = np.array([0.3, 0.35, 0.5, 0.6, 0.78])
     threshold, far, frr = eer_threshold(genuine, impostor)
-    assert threshold == pytest.approx(0.75)
+    # 0.75 is the lowest score with equal rates, 0.6 the next lower: any threshold in
+    # (0.6, 0.75] gives them, and the middle is taken
+    assert threshold == pytest.approx(0.675)
     assert far == pytest.approx(0.2) and frr == pytest.approx(0.2)
+    assert (impostor >= threshold).mean() == pytest.approx(far)
+    assert (genuine < threshold).mean() == pytest.approx(frr)
     separable, far, frr = eer_threshold(np.array([0.9, 0.8]), np.array([0.1, 0.2]))
-    assert 0.2 < separable <= 0.8 and far == frr == 0.0
+    assert separable == pytest.approx(0.5) and far == frr == 0.0  # halfway across the gap
 
 
 def test_calibration_scores_are_own_character_versus_best_other_and_held_out():

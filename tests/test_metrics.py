@@ -213,17 +213,21 @@ def test_confused_pairs_counts_nearest_neighbour_mistakes():
 
 
 def brute_force_eer(embeddings, labels):
-    """Every observed similarity as threshold; FAR/FRR counted pair by pair."""
+    """Every observed similarity as threshold; FAR/FRR counted pair by pair. The rates
+    hold from just above the next lower similarity up to the chosen one: the threshold
+    reported is the middle of that interval."""
     pairs = [(i, j) for i in range(len(labels)) for j in range(i + 1, len(labels))]
     similarity = {pair: float(np.dot(embeddings[pair[0]], embeddings[pair[1]])) for pair in pairs}
     genuine = [similarity[p] for p in pairs if labels[p[0]] == labels[p[1]]]
     impostor = [similarity[p] for p in pairs if labels[p[0]] != labels[p[1]]]
-    best = None
+    best, below = None, None
     for threshold in sorted(set(similarity.values())):
         far = sum(s >= threshold for s in impostor) / len(impostor)
         frr = sum(s < threshold for s in genuine) / len(genuine)
         if best is None or abs(far - frr) < best[0]:
-            best = (abs(far - frr), (far + frr) / 2, threshold)
+            middle = threshold if below is None else (below + threshold) / 2
+            best = (abs(far - frr), (far + frr) / 2, middle)
+        below = threshold
     return best[1], best[2]
 
 

@@ -1,0 +1,99 @@
+"""What `identify` would answer for faces whose character is known: named right, called
+unknown, or named wrong, with the unknown-face threshold in place.
+
+Identification precision@1 ranks the gallery and ignores the threshold; a user sees the
+threshold's cost too (a known face below it is answered "unknown"). Here the gallery is the
+training split and the threshold is calibrated on val alone, as the package stage does with
+the default ``split.holdout_characters: 0``: test faces are then faces of trained characters
+that neither training nor calibration saw, and held-out characters' faces are unknown faces
+the threshold was not fitted to.
+"""
+
+from __future__ import annotations
+
+from anime_face_id.calibration import Calibration
+from anime_face_id.evaluation_data import EmbeddedSplit
+from anime_face_id.gallery import Gallery, GalleryRows, build_gallery
+from anime_face_id.naming import name_exactly
+
+
+def _rows(split: EmbeddedSplit) -> list[dict[str, str]]:
+    return [
+        {"path": path, "character": str(label)}
+        for path, label in zip(split.paths, split.labels, strict=True)
+    ]
+
+
+def gallery_calibrated_on_val(train: EmbeddedSplit, val: EmbeddedSplit, embedder: str) -> Gallery:
+    vectors = {
+        path: vector
+        for split in (train, val)
+        for path, vector in zip(split.paths, split.embeddings, strict=True)
+    }
+    rows = GalleryRows(
+        gallery=_rows(train), calibration_gallery=_rows(train), val=_rows(val), holdout=[]
+    )
+    return build_gallery(rows, vectors, embedder)
+
+
+def verdicts(gallery: Gallery, faces: EmbeddedSplit) -> list[str | None]:
+    """The character identify names for each face, None for "unknown"."""
+    if not len(faces):
+        return []
+    return [naming.character for naming in name_exactly(gallery, faces.embeddings, 1, 0)]
+
+
+def _share(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def known_face_outcomes(gallery: Gallery, faces: EmbeddedSplit) -> dict:
+    named = verdicts(gallery, faces)
+    right = sum(name == label for name, label in zip(named, faces.labels, strict=True))
+    unknown = sum(name is None for name in named)
+    total = len(named)
+    return {
+        "named_right": _share(right, total),
+        "called_unknown": _share(unknown, total),
+        "named_wrong": _share(total - right - unknown, total),
+        "faces": total,
+    }
+
+
+def unknown_face_outcomes(gallery: Gallery, faces: EmbeddedSplit) -> dict:
+    named = verdicts(gallery, faces)
+    unknown = sum(name is None for name in named)
+    total = len(named)
+    return {
+        "called_unknown": _share(unknown, total),
+        "named": _share(total - unknown, total),
+        "faces": total,
+    }
+
+
+def _calibration_summary(calibration: Calibration) -> dict:
+    return {
+        "threshold": calibration.threshold,
+        "method": calibration.method,
+        "val_false_reject": calibration.false_reject,
+        "val_false_accept": calibration.false_accept,
+    }
+
+
+def naming_report(
+    train: EmbeddedSplit,
+    val: EmbeddedSplit,
+    test: EmbeddedSplit,
+    holdout: EmbeddedSplit,
+    embedder: str,
+) -> dict:
+    """``test``: outcomes for faces of trained characters; ``open_set``: for faces of
+    characters never trained on (absent without held-out characters)."""
+    gallery = gallery_calibrated_on_val(train, val, embedder)
+    report = {
+        "calibration": _calibration_summary(gallery.calibration),
+        "test": known_face_outcomes(gallery, test),
+    }
+    if len(holdout):
+        report["open_set"] = unknown_face_outcomes(gallery, holdout)
+    return report
