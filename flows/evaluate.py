@@ -32,6 +32,14 @@ def flat_metrics(report: dict) -> dict[str, float]:
         ident = report.get(split, {}).get("identification", {})
         if ident.get("precision_at_1") is not None:
             metrics[f"{split}_identification_precision_at_1"] = float(ident["precision_at_1"])
+    naming = report.get("naming", {})
+    for split, outcomes in (
+        ("test", naming.get("test", {})),
+        ("open_set", naming.get("open_set", {})),
+    ):
+        for name in ("named_right", "called_unknown"):
+            if outcomes.get(name) is not None:
+                metrics[f"{split}_{name}"] = float(outcomes[name])
     return metrics
 
 

@@ -78,6 +78,8 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3]
     assert run.data.metrics["val_map_at_r"] == pytest.approx(report["val"]["map_at_r"])
+    named = report["naming"]["test"]["named_right"]
+    assert run.data.metrics["test_named_right"] == pytest.approx(named)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics", "plots", "model"} <= artifacts or {"metrics", "plots"} <= artifacts
     champion = client.get_model_version_by_alias("anime-face-id", "champion")
