@@ -47,6 +47,7 @@ from anime_face_id.fileio import (
     json_safe,
     sweep_temporaries,
 )
+from anime_face_id.gallery import GalleryError
 from anime_face_id.layout import EMBEDDER
 from anime_face_id.metrics import (
     confused_pairs,
@@ -224,10 +225,14 @@ def evaluate(
     }
     if len(holdout):
         report["open_set"] = retrieval_report(holdout, config.k)
-    report["naming"] = naming_report(gallery, val, test, holdout, loaded.sha256)
+    warnings = []
+    try:
+        report["naming"] = naming_report(gallery, val, test, holdout, loaded.sha256)
+    except GalleryError as error:  # NaN embeddings of a diverged model: the rest still reports
+        warnings.append(f"naming not measured: {error}")
+        logger.warning(warnings[-1])
     pairs = confused_pair_rows(val, gallery, config.confused_pairs)
     report["confused_pairs"] = pairs
-    warnings = []
     if config.baseline:
         try:
             elsewhere = baseline_embedder(loaded.image_size) if baseline_embedder else None
