@@ -203,7 +203,8 @@ def _checked_calibration(values: dict) -> Calibration:
     threshold = calibration.threshold
     if isinstance(threshold, bool) or not isinstance(threshold, int | float):
         raise ValueError(f"its threshold is {threshold!r}, not a number")
-    # float32 similarities of unit rows reach 1.0000002: the threshold is one of them
+    # float32 similarities of unit rows reach 1.0000002, and a calibrated threshold lies
+    # between two of them
     if not -1.001 <= threshold <= 1.001:  # also false for NaN
         raise ValueError(f"its threshold {threshold} is not a similarity in [-1, 1]")
     return calibration

@@ -6,14 +6,19 @@ threshold's cost too (a known face below it is answered "unknown"). Here the gal
 training split and the threshold is calibrated on val alone, as the package stage does with
 the default ``split.holdout_characters: 0``: test faces are then faces of trained characters
 that neither training nor calibration saw, and held-out characters' faces are unknown faces
-the threshold was not fitted to.
+the threshold was not fitted to. Whatever ``split.holdout_characters``, ``package.threshold``
+and ``identify.index`` say, it is this val-only threshold and exact search: the packaged
+identifier may differ on those settings.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from anime_face_id.calibration import Calibration
 from anime_face_id.evaluation_data import EmbeddedSplit
-from anime_face_id.gallery import Gallery, GalleryRows, build_gallery
+from anime_face_id.gallery import Gallery, GalleryError, GalleryRows, build_gallery
+from anime_face_id.metrics import QUERY_CHUNK
 from anime_face_id.naming import name_exactly
 
 
@@ -37,10 +42,15 @@ def gallery_calibrated_on_val(train: EmbeddedSplit, val: EmbeddedSplit, embedder
 
 
 def verdicts(gallery: Gallery, faces: EmbeddedSplit) -> list[str | None]:
-    """The character identify names for each face, None for "unknown"."""
-    if not len(faces):
-        return []
-    return [naming.character for naming in name_exactly(gallery, faces.embeddings, 1, 0)]
+    """The character identify names for each face, None for "unknown" (a chunk of faces
+    at a time: memory grows with the chunk times the gallery, not with every face)."""
+    if not np.isfinite(faces.embeddings).all():
+        raise GalleryError("non-finite embeddings (NaN or inf): the faces cannot be named")
+    return [
+        naming.character
+        for start in range(0, len(faces), QUERY_CHUNK)
+        for naming in name_exactly(gallery, faces.embeddings[start : start + QUERY_CHUNK], 1, 0)
+    ]
 
 
 def _share(count: int, total: int) -> float | None:

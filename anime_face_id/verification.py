@@ -32,7 +32,9 @@ def eer_threshold(genuine: np.ndarray, impostor: np.ndarray) -> tuple[float, flo
     false_reject = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
     false_accept = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
     best = int(np.argmin(np.abs(false_accept - false_reject)))
-    threshold = thresholds[best] if best == 0 else (thresholds[best - 1] + thresholds[best]) / 2
+    # in float64: the middle of two neighbouring float32 scores would round onto one of them
+    top = float(thresholds[best])
+    threshold = top if best == 0 else (float(thresholds[best - 1]) + top) / 2
     return float(threshold), float(false_accept[best]), float(false_reject[best])
 
 
@@ -80,5 +82,5 @@ def _binned_eer(chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[float,
     best = observed[chosen]
     # as eer_threshold: the middle of the gap down to the next lower bin holding scores
     below = edges[observed[chosen - 1] + 1] if chosen else edges[best]
-    threshold = (below + edges[best]) / 2
+    threshold = (float(below) + float(edges[best])) / 2
     return float((false_accept[best] + false_reject[best]) / 2), float(threshold)

@@ -134,6 +134,7 @@ def test_naming_is_what_identify_answers_with_a_threshold_calibrated_on_val(repo
         expected["calibration"]["threshold"], abs=1e-5
     )
     assert naming["test"] == pytest.approx(expected["test"])
+    assert naming["open_set"] == pytest.approx(expected["open_set"])
     assert naming["test"]["faces"] == 12 and naming["open_set"]["faces"] == 30
     outcomes = naming["test"]
     assert outcomes["named_right"] + outcomes["called_unknown"] + outcomes["named_wrong"] == (
