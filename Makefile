@@ -56,13 +56,16 @@ pipeline: setup ## run the whole pipeline with params.yaml (dvc repro), runs kep
 	  echo "Prefect runs: $${api%/api}" && \
 	  PREFECT_API_URL="$$api" PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-# The recipe of the shipped weights: frames with pasted crops from ImageNet features, then a
-# refinement in which that model labels the identity crops (pseudo-labels) for close-up views.
+# The recipe of the shipped weights: frames with pasted crops from ImageNet features; a
+# refinement in which that model labels the identity crops (pseudo-labels) for close-up views;
+# then one long run from the ImageNet trunk again, with the refined model's pseudo-labels.
 DETECTOR_DATA = --frames $(SHARED)/testdata/detection-train --crops $(SHARED)/testdata/identities
 detector: setup ## retrain the face detector on $(SHARED)/testdata (writes the packaged weights)
 	$(PY) -m flows.detector $(DETECTOR_DATA) --out models/detector/centernet_first.pt
 	$(PY) -m flows.detector $(DETECTOR_DATA) --init models/detector/centernet_first.pt \
-	  --out anime_face_id/faces/weights/centernet_lite0.pt --epochs 12 --lr 1e-3 --backbone-lr 2.5e-4 --close-up-probability 0.2
+	  --out models/detector/centernet_second.pt --epochs 12 --lr 1e-3 --backbone-lr 2.5e-4 --close-up-probability 0.2
+	$(PY) -m flows.detector $(DETECTOR_DATA) --pseudo-labels-from models/detector/centernet_second.pt \
+	  --out anime_face_id/faces/weights/centernet_lite0.pt --epochs 40 --close-up-probability 0.2
 
 # Much of the suite waits on server starts and fresh processes importing torch; two
 # workers overlap those waits (a test file stays on one worker, its fixtures with it).
