@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.project import make_project  # noqa: E402
-from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder  # noqa: E402
+from tests.support.synthetic import DETECTED_NAMES, write_picture_folder  # noqa: E402
 from tests.support.warm import forked_commands, warm_runner  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def folder_project(
         project.env["PREFECT_API_URL"] = api_url
     project.env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project.root / 'mlflow.db'}"
     params = project.params()
-    params["characters"] = [{"name": name} for name in PIPELINE_NAMES[:3]]
+    params["characters"] = [{"name": name} for name in DETECTED_NAMES[:3]]
     params["collect"].update(backend="folder", folder=str(pictures))
     params["review"]["require_complete"] = False
     if epochs is not None:
@@ -89,7 +89,7 @@ def runner(project, warm: bool):
 
 
 def add_fourth_character(project, params: dict) -> None:
-    params["characters"].append({"name": PIPELINE_NAMES[3]})
+    params["characters"].append({"name": DETECTED_NAMES[3]})
     project.params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -192,7 +192,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         where = Path(scratch)
-        pictures = write_picture_folder(where / "pictures", PIPELINE_NAMES[:4], args.pictures, 256)
+        pictures = write_picture_folder(where / "pictures", DETECTED_NAMES[:4], args.pictures, 256)
         base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         results = {"temporary server per stage": measure(where / "temporary", pictures, None)}
         server_root = where / "server"

@@ -26,6 +26,7 @@ from anime_face_id.faces.detectors import (
     load_detector,
 )
 from anime_face_id.imaging import load_rgb_array
+from tests.support.synthetic import DESIGNS, DETECTED_NAMES, DETECTED_SIZE, drawn_face
 
 # Floors well under what benchmarks/detection.py measured with the shipped weights (the
 # model card has the figures), so a broken decoder, preprocessing or weights file fails.
@@ -92,6 +93,18 @@ def test_a_known_face_is_found_where_it_was_put(detector, shared_dir: Path, char
     assert inside > 0.9, inside
     assert 0.3 * side < (best.w * best.h) ** 0.5 < 1.05 * side
     assert all(d.score >= detector.min_score for d in found)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_generated_designs_that_fixtures_crop_are_found(detector, seed) -> None:
+    """Pipeline tests crop generated pictures of DETECTED_NAMES with these weights; new
+    weights that stop finding them fail here, by name, not in a distant pipeline test."""
+    rng = np.random.default_rng(seed)
+    for name in DETECTED_NAMES:
+        found = [
+            len(detector.detect(drawn_face(rng, DESIGNS[name], DETECTED_SIZE))) for _ in range(8)
+        ]
+        assert sum(count >= 1 for count in found) >= 7, (name, found)
 
 
 def test_nothing_is_found_in_a_flat_picture(detector) -> None:

@@ -20,7 +20,7 @@ from anime_face_id.params_fill import (
     missing_message,
 )
 from tests.support.project import make_project
-from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
+from tests.support.synthetic import DETECTED_NAMES, DETECTED_SIZE, write_picture_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DVC_KEYS = dvc_param_keys(REPO / "dvc.yaml")
@@ -123,8 +123,8 @@ def test_the_readme_own_data_params_run_after_check_fill(tmp_path, prefect_api):
     project = make_project(tmp_path, prefect_api)
     readme = readme_own_data_params()
     names = [c["name"] for c in yaml.safe_load(readme)["characters"]]
-    designs = PIPELINE_NAMES[0::2][: len(names)]  # two the detector finds every face of
-    pictures = write_picture_folder(tmp_path / "generated", designs, 4)
+    designs = DETECTED_NAMES[: len(names)]  # the crop stage runs the packaged detector
+    pictures = write_picture_folder(tmp_path / "generated", designs, 4, DETECTED_SIZE)
     for design, name in zip(designs, names, strict=True):
         (pictures / design).rename(pictures / name)
     params = project.root / "params.yaml"
