@@ -185,10 +185,13 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def project_splits(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (unit embeddings, character labels)} of train, val and test, from the
-    embeddings evaluate stored for this project's checkpoint."""
-    rows = {name: read_split(root, name) for name in ("train", *QUERY_SPLITS)}
+def project_splits(
+    root: Path, with_holdout: bool = False
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (unit embeddings, character labels)} of train, val and test (and holdout),
+    from the embeddings evaluate stored for this project's checkpoint."""
+    names = ("train", *QUERY_SPLITS, *(("holdout",) if with_holdout else ()))
+    rows = {name: read_split(root, name) for name in names}
     wanted = [row["path"] for split in rows.values() for row in split]
     vectors = stored_embeddings(
         root / EMBEDDINGS, embedder_fingerprint(root / EMBEDDER), root, wanted
@@ -201,7 +204,9 @@ def project_splits(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         )
     return {
         name: (
-            unit_rows(np.stack([vectors[row["path"]] for row in split])),
+            unit_rows(np.stack([vectors[row["path"]] for row in split]))
+            if split
+            else np.zeros((0, 0)),
             np.array([row["character"] for row in split]),
         )
         for name, split in rows.items()

@@ -120,9 +120,19 @@ def test_gallery_dba_pulls_an_outlier_towards_its_character(rescoring):
 
 def write_project(root: Path, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Splits of crops with stored embeddings for a checkpoint file, as evaluate leaves them."""
-    vectors, splits = {}, {}
-    for name, per_character in (("train", 5), ("val", 2), ("test", 2)):
-        embeddings, labels = clustered(rng, 4, per_character, spread=1.0)
+    splits = {
+        name: clustered(rng, 4, per_character, spread=1.0)
+        for name, per_character in (("train", 5), ("val", 2), ("test", 2))
+    }
+    write_splits(root, splits, rng)
+    return splits
+
+
+def write_splits(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], rng) -> None:
+    """{split: (embeddings, labels)} as crops, split CSVs and the embeddings evaluate stores
+    for a checkpoint file."""
+    vectors = {}
+    for name, (embeddings, labels) in splits.items():
         rows = []
         for i, (vector, label) in enumerate(zip(embeddings, labels, strict=True)):
             path = f"data/faces/{label}/{name}-{i}.png"
@@ -139,11 +149,9 @@ def write_project(root: Path, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             writer = csv.DictWriter(f, fieldnames=SPLIT_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        splits[name] = (embeddings, labels)
     (root / EMBEDDER).parent.mkdir(parents=True, exist_ok=True)
     (root / EMBEDDER).write_bytes(b"a checkpoint")
     save_embeddings(root / EMBEDDINGS, embedder_fingerprint(root / EMBEDDER), root, vectors)
-    return splits
 
 
 def test_script_counts_each_rule_on_stored_embeddings(tmp_path, rescoring):
