@@ -114,6 +114,10 @@ ELSEWHERE = {
         "test_the_plain_view_names_what_the_pipeline_embedding_names",
         "DIR is a quality.py --workdir; the test runs the script on a generated project",
     ),
+    ".venv/bin/python benchmarks/unknown_faces.py DIR/split-*/seed-*/project": (
+        "tests/test_benchmark_unknown_faces.py::test_script_counts_every_face_once_per_rule",
+        "DIR is a quality.py --workdir; the test writes two such projects and runs the script",
+    ),
     ".venv/bin/python benchmarks/web_pictures.py --seeds 0 1 2": (
         "tests/test_benchmark_web_pictures.py::"
         "test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones",
