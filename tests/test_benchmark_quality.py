@@ -6,7 +6,6 @@ the sample, the choice of held-out characters, the comparison."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from anime_face_id.config import ConfigError
 from anime_face_id.errors import StageError
+from tests.support.scripts import script_module
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,12 +35,8 @@ def run_benchmark(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def quality():
     """The benchmark script as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with script_module(SCRIPT, "quality_benchmark") as module:
+        yield module
 
 
 def table_lines(stdout: str) -> list[str]:

@@ -6,7 +6,6 @@ of a checkpoint, whose plain view is the stages' own embedding."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from anime_face_id.embedding_store import EMBEDDINGS, embedder_fingerprint, save
 from anime_face_id.layout import EMBEDDER, SPLIT_COLUMNS, split_csv
 from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.transforms import FILL_VALUE
+from tests.support.scripts import script_module
 from tests.test_identify import save_untrained_checkpoint
 from tests.test_train import make_synthetic_project
 
@@ -33,10 +33,8 @@ VIEWS_SCRIPT = REPO / "benchmarks" / "input_views.py"
 
 @pytest.fixture(scope="module")
 def rescoring():
-    spec = importlib.util.spec_from_file_location("rescoring_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with script_module(SCRIPT, "rescoring_benchmark") as module:
+        yield module
 
 
 def clustered(rng, characters: int, per_character: int, spread: float):
@@ -188,10 +186,8 @@ def test_a_crop_without_a_stored_embedding_is_named(tmp_path):
 
 @pytest.fixture(scope="module")
 def views():
-    spec = importlib.util.spec_from_file_location("views_benchmark", VIEWS_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with script_module(VIEWS_SCRIPT, "views_benchmark") as module:
+        yield module
 
 
 def test_zoom_in_keeps_the_centre_and_zoom_out_pads_with_the_fill_grey(views):

@@ -4,7 +4,6 @@ and the script end to end on projects written here (with held-out characters).""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from anime_face_id.calibration import calibration_scores
 from anime_face_id.verification import eer_threshold
+from tests.support.scripts import script_module
 from tests.test_benchmark_rescoring import run_script, write_splits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,10 +21,8 @@ SCRIPT = REPO / "benchmarks" / "unknown_faces.py"
 
 @pytest.fixture(scope="module")
 def unknown():
-    spec = importlib.util.spec_from_file_location("unknown_faces_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with script_module(SCRIPT, "unknown_faces_benchmark") as module:
+        yield module
 
 
 def faces(rng, centres: np.ndarray, per_character: int, spread: float, first_label: int = 0):

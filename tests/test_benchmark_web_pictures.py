@@ -5,7 +5,6 @@ which pictures are scraped and which are named later, and how a picture's answer
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import yaml
 from PIL import Image
 
 from anime_face_id.identify_results import FaceResult, PictureResult
+from tests.support.scripts import script_module
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +25,8 @@ SCRIPT = REPO / "benchmarks" / "web_pictures.py"
 
 @pytest.fixture(scope="module")
 def web():
-    spec = importlib.util.spec_from_file_location("web_pictures_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    with script_module(SCRIPT, "web_pictures_benchmark") as module:
+        yield module
 
 
 def picture(*characters: str | None, status: str = "ok") -> PictureResult:
