@@ -40,6 +40,9 @@ class Calibration:
     false_accept: float | None  # unknown faces given a name, at the threshold
     false_reject: float | None  # known faces called unknown, at the threshold
     note: str = ""
+    # impostor scores from held-out characters' faces; 0: every impostor was a trained
+    # character's face, and false_accept flatters characters never trained on
+    held_out_impostors: int = 0
 
 
 def calibration_scores(
@@ -74,8 +77,11 @@ def calibration_scores(
     return genuine_all[np.isfinite(genuine_all)], impostor_all[np.isfinite(impostor_all)]
 
 
-def calibrate(genuine: np.ndarray, impostor: np.ndarray, configured: float | None) -> Calibration:
-    counts = {"genuine": len(genuine), "impostor": len(impostor)}
+def calibrate(
+    genuine: np.ndarray, impostor: np.ndarray, configured: float | None, held_out: int = 0
+) -> Calibration:
+    """``held_out``: how many of the impostor scores are held-out characters' faces."""
+    counts = {"genuine": len(genuine), "impostor": len(impostor), "held_out_impostors": held_out}
     rates: dict = {"false_accept": None, "false_reject": None}
     threshold, note = None, ""
     if len(genuine) and len(impostor):
@@ -99,6 +105,18 @@ def calibrate(genuine: np.ndarray, impostor: np.ndarray, configured: float | Non
             "gets its best match (set package.threshold to choose one)",
         )
     return Calibration(threshold, "val_eer", **counts, **rates, note=note)
+
+
+def unseen_caveat(calibration: Calibration) -> str:
+    """What false_accept does not say, when no held-out character was an impostor."""
+    if calibration.false_accept is None or calibration.held_out_impostors:
+        return ""
+    return (
+        f"false_accept ({calibration.false_accept:.3f}) was measured on faces of trained "
+        "characters only; faces of characters never trained on are given a name far more "
+        "often (README: Identifying characters in new pictures; split.holdout_characters "
+        "calibrates on unseen ones)"
+    )
 
 
 def _separation_warning(false_accept: float, false_reject: float) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from anime_face_id import layout
-from anime_face_id.calibration import Calibration, calibrate, calibration_scores
+from anime_face_id.calibration import Calibration, calibrate, calibration_scores, unseen_caveat
 from anime_face_id.config import IdentifyConfig, Params
 from anime_face_id.embedding_store import (
     EMBEDDINGS,
@@ -207,6 +207,9 @@ def _checked_calibration(values: dict) -> Calibration:
     # between two of them
     if not -1.001 <= threshold <= 1.001:  # also false for NaN
         raise ValueError(f"its threshold {threshold} is not a similarity in [-1, 1]")
+    held_out = calibration.held_out_impostors
+    if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
+        raise ValueError(f"its held_out_impostors is {held_out!r}, not a count")
     return calibration
 
 
@@ -296,7 +299,7 @@ def build_gallery(
         class_names=class_names,
         paths=[row["path"] for row in keep],
         embedder=embedder,
-        calibration=calibrate(genuine, impostor, threshold),
+        calibration=calibrate(genuine, impostor, threshold, held_out=len(holdout)),
         meta={
             **(meta or {}),
             "items": len(keep),
@@ -390,6 +393,7 @@ def describe(gallery: Gallery) -> dict:
         "not_trained_on": sorted(set(gallery.class_names) - trained) if trained else [],
         "threshold": gallery.threshold,
         "calibration": asdict(gallery.calibration),
+        "unseen_characters": unseen_caveat(gallery.calibration) or None,
         "source": gallery.meta.get("source"),
         "embedder_sha256": gallery.embedder,
         "built_at": gallery.meta.get("built_at"),

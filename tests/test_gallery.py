@@ -192,6 +192,43 @@ def test_a_calibration_that_separates_nothing_keeps_its_threshold_but_warns():
     assert calibrate(np.array([0.9, 0.8]), np.array([0.1, 0.2]), None).note == ""
 
 
+def test_gallery_info_says_when_false_accept_was_measured_on_trained_characters_only(tmp_path):
+    """Without held-out characters every impostor is a trained character's face, and
+    ``gallery info`` says that unseen characters are named more often than false_accept
+    says; with them it counts their faces and says nothing more."""
+    from anime_face_id.gallery import GalleryRows, describe
+
+    rng = np.random.default_rng(0)
+    centres = unit(rng, 4, 8)
+    rows_of = {
+        "gallery": [{"character": c, "path": f"g{c}{i}"} for c in "AB" for i in range(4)],
+        "val": [{"character": c, "path": f"v{c}{i}"} for c in "AB" for i in range(2)],
+        "holdout": [{"character": c, "path": f"h{c}{i}"} for c in "CD" for i in range(3)],
+    }
+    vectors = {
+        row["path"]: clustered(rng, centres["ABCD".index(row["character"])][None], 1, 0.3)[0]
+        for rows in rows_of.values()
+        for row in rows
+    }
+    trained_only = build_gallery(
+        GalleryRows(rows_of["gallery"], rows_of["gallery"], rows_of["val"], []), vectors, "f" * 64
+    )
+    assert trained_only.calibration.held_out_impostors == 0
+    caveat = describe(trained_only)["unseen_characters"]
+    assert f"false_accept ({trained_only.calibration.false_accept:.3f})" in caveat
+    assert "never trained on" in caveat and "split.holdout_characters" in caveat
+
+    rows = GalleryRows(rows_of["gallery"], rows_of["gallery"], rows_of["val"], rows_of["holdout"])
+    with_held_out = build_gallery(rows, vectors, "f" * 64)
+    assert with_held_out.calibration.held_out_impostors == 6
+    assert (
+        with_held_out.calibration.impostor == 4 + 6
+    )  # one best other per val face, and each held-out face
+    assert describe(with_held_out)["unseen_characters"] is None
+    save_gallery(with_held_out, tmp_path / "gallery.npz")
+    assert load_gallery(tmp_path / "gallery.npz").calibration.held_out_impostors == 6
+
+
 def test_calibration_refuses_non_finite_embeddings_instead_of_dropping_their_scores():
     gallery = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     val = np.array([[np.nan, 0.6], [0.6, 0.8]], np.float32)
@@ -283,6 +320,9 @@ DAMAGE = {
     "threshold NaN": _set_threshold(float("nan")),
     "threshold beyond 1": _set_threshold(3.0),
     "no calibration": lambda arrays, meta: meta.pop("calibration"),
+    "held-out impostors a word": lambda arrays, meta: meta["calibration"].update(
+        held_out_impostors="many"
+    ),
     "trained characters a number": lambda arrays, meta: meta.update(trained_characters=5),
     "metadata a list": lambda arrays, meta: arrays.update(meta=np.array("[]")),
 }
