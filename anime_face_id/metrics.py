@@ -224,8 +224,9 @@ def verification_eer(embeddings: ArrayLike, labels: ArrayLike) -> tuple[float, f
     similarity as a threshold, the one where the false accept rate (impostor pairs
     accepted) and false reject rate (genuine pairs rejected) are closest is chosen; the
     EER is their mean there, and the threshold reported is the middle between that
-    similarity and the next lower one (the same rates hold all the way down to it). (NaN, NaN) when there are no genuine or no impostor pairs.
-    Memory stays bounded however many pairs (see ``verification``).
+    similarity and the next lower one (the same rates hold all the way down to it).
+    (NaN, NaN) when there are no genuine or no impostor pairs. Memory stays bounded
+    however many pairs (see ``verification``).
     """
     unit = as_unit_array(embeddings)
     return pairwise_eer(unit, as_label_array(labels, len(unit)))
