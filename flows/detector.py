@@ -258,6 +258,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default 5; fewer: more of the trunk adapts to drawn faces, at more time per step)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that draw the training views ahead, each from its own seed (default "
+        "0: drawn in turn by the training process, as the shipped weights were; a GPU needs "
+        "several to be kept busy)",
+    )
+    parser.add_argument(
         "--start-over",
         action="store_true",
         help="ignore the state an interrupted run left beside --out (default: continue it)",
@@ -305,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             ("head_convs", args.head_convs),
             ("stride", args.stride),
             ("frozen_blocks", args.frozen_blocks),
+            ("workers", args.workers),
         )
         if value is not None
     }

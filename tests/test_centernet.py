@@ -29,6 +29,7 @@ from anime_face_id.faces.detector_data import (
     BOX_AREA_SHARE,
     DetectorDataError,
     FaceCrop,
+    centred_face,
     clip_boxes,
     close_up_view,
     encode_targets,
@@ -52,6 +53,7 @@ from anime_face_id.faces.detector_train import (
     train_detector,
 )
 from anime_face_id.faces.detectors import PACKAGED_WEIGHTS
+from anime_face_id.faces.view_pool import ViewPool, ViewSettings, seeded_view
 from anime_face_id.fileio import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -599,6 +601,83 @@ def test_an_interrupted_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path: P
     for key in ("model", "optimizer", "torch_rng", "best_f1", "best_sha256", "faces"):
         assert_same_tensors(a[key], b[key])
     assert file_sha256(out) == file_sha256(straight_out)
+
+
+def test_views_drawn_by_workers_are_each_views_own_seeded_draw(tmp_path: Path) -> None:
+    frames, crops = frames_and_crops(tmp_path, 3)
+    items = read_labelled_frames(frames).items
+    faces = [centred_face(path) for path in crops]
+    settings = ViewSettings(96, 0.5, 0.3, STRIDE)
+    tasks = [[(0, 11), (3, 12), (5, 13)], [(7, 14)], [(2, 15), (2, 16)]]
+    with ViewPool(2, items, faces, settings) as pool:
+        drawn = list(pool.batches(tasks))
+    assert [len(batch) for batch in drawn] == [3, 1, 2]  # in order, whole batches
+    for batch, batch_tasks in zip(drawn, tasks, strict=True):
+        for (view, targets), (index, seed) in zip(batch, batch_tasks, strict=True):
+            here_view, here_targets = seeded_view(items, faces, settings, index, seed)
+            assert np.array_equal(view, here_view)
+            assert all(np.array_equal(targets[k], here_targets[k]) for k in here_targets)
+    assert not np.array_equal(drawn[2][0][0], drawn[2][1][0])  # same frame, other seed
+
+
+def test_a_run_with_workers_trains_the_same_for_any_number_and_continues_with_another(
+    tmp_path: Path,
+) -> None:
+    frames = write_yolo_folder(tmp_path / "frames", 16)
+    crops = [
+        write_crop_with_a_face(tmp_path / f"crop{i}.png", 64, 64, (0.2, 0.25, 0.5, 0.5)).path
+        for i in range(3)
+    ]
+    recipe = RESUMABLE | {"epochs": 2}
+    one, two, serial = (tmp_path / name for name in ("one.pt", "two.pt", "serial.pt"))
+    by_one = train_detector(
+        DetectorTrainConfig(**recipe, workers=1), frames, one, crops, pretrained=False
+    )
+    with pytest.raises(Interrupted):
+        train_detector(
+            DetectorTrainConfig(**recipe, workers=2),
+            frames,
+            two,
+            crops,
+            on_epoch=interrupted_at(2),
+            pretrained=False,
+        )
+    notices = []
+    by_two = train_detector(
+        DetectorTrainConfig(**recipe, workers=3),
+        frames,
+        two,
+        crops,
+        on_notice=notices.append,
+        pretrained=False,
+    )
+    assert notices == ["continuing the interrupted run after epoch 1"]
+    assert numbers(by_two) == numbers(by_one)
+    # the same weights; the files differ only in the recorded worker count
+    assert_same_tensors(load_weights(two)[0].state_dict(), load_weights(one)[0].state_dict())
+    # views drawn in turn are other views: a seeded run does not continue as one
+    notices = []
+    by_none = train_detector(DetectorTrainConfig(**recipe), frames, serial, crops, pretrained=False)
+    assert numbers(by_none) != numbers(by_one)
+    with pytest.raises(Interrupted):
+        train_detector(
+            DetectorTrainConfig(**recipe, workers=1),
+            frames,
+            serial.with_name("seeded.pt"),
+            crops,
+            on_epoch=interrupted_at(2),
+            pretrained=False,
+        )
+    seeded = serial.with_name("seeded.pt")
+    train_detector(
+        DetectorTrainConfig(**recipe),
+        frames,
+        seeded,
+        crops,
+        on_notice=notices.append,
+        pretrained=False,
+    )
+    assert notices == ["the interrupted run had another recipe (workers): starting over"]
 
 
 def test_a_run_starts_over_when_the_interrupted_one_cannot_be_continued(tmp_path: Path) -> None:

@@ -10,12 +10,13 @@ with the same weights as an uninterrupted run; a finished run is not trained aga
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,6 +50,7 @@ from anime_face_id.faces.detector_data import (
     split_validation,
     training_sample,
 )
+from anime_face_id.faces.view_pool import SEED_BOUND, ViewPool, ViewSettings
 from anime_face_id.fileio import atomic_write_bytes, file_sha256, sweep_temporaries
 from anime_face_id.imaging import load_rgb_array
 
@@ -90,6 +92,10 @@ class DetectorTrainConfig(BaseModel):
     max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs and tests)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: a GPU when there is one
+    # 0: the main process draws the views from the run's generator (the shipped weights'
+    # runs); N: N processes draw them ahead, each view from its own seed, the same views for
+    # any N (a GPU waits for views otherwise; see view_pool).
+    workers: int = Field(0, ge=0, le=64)
     # Continue from an earlier weights file instead of the ImageNet trunk: on a CPU a long
     # recipe is run as several shorter runs, each recorded in the file it writes.
     init_weights: str | None = None
@@ -271,9 +277,10 @@ def label_crops(
 # ------------------------------------------------------------------ the run's state
 
 STATE_FORMAT = "anime-face-id/detector-train-state/2"
-# What a resumed run may change: where it runs. (A run continued on the device it started
-# on ends with the weights of an uninterrupted one; only the CPU's generator is kept.)
-RESUMABLE_DIFFERENCES = {"device"}
+# What a resumed run may change: where it runs, and how many processes draw its seeded
+# views (not whether they are seeded: see same_recipe). A run continued on the device it
+# started on ends with the weights of an uninterrupted one; only the CPU's generator is kept.
+RESUMABLE_DIFFERENCES = {"device", "workers"}
 STATE_READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
 
 
@@ -364,6 +371,8 @@ def saved_state(
         for key in set(now) | set(then)
         if key not in RESUMABLE_DIFFERENCES and now.get(key) != then.get(key, defaults.get(key))
     )
+    if seeded_views(now) != seeded_views(then):
+        changed.append("workers")
     if changed:
         return None, f"the interrupted run had another recipe ({', '.join(changed)}): starting over"
     if payload["data"] != fingerprint:
@@ -378,6 +387,11 @@ def saved_state(
             "(--start-over trains it again)"
         )
     return payload, f"continuing the interrupted run after epoch {len(payload['reports'])}"
+
+
+def seeded_views(config: dict) -> bool:
+    """Whether a run's views are seeded one by one (any workers) or drawn in turn (none)."""
+    return config.get("workers", 0) > 0
 
 
 def _holds_the_runs_weights(out: Path, payload: dict, fingerprint: str) -> bool:
@@ -512,6 +526,49 @@ def fresh_state(
 # ------------------------------------------------------------------ the loop
 
 
+def view_settings(config: DetectorTrainConfig) -> ViewSettings:
+    return ViewSettings(
+        config.view_size, config.paste_probability, config.close_up_probability, config.stride
+    )
+
+
+def epoch_views(
+    run: RunState,
+    config: DetectorTrainConfig,
+    train_items: list[LabelledImage],
+    steps: int,
+    pool: ViewPool | None,
+) -> Iterator[list]:
+    """The epoch's batches of views (at most ``steps``), in a fresh order of the frames:
+    drawn here from the run's generator, or by ``pool`` from seeds that generator draws."""
+    rng, settings, size = run.rng, view_settings(config), config.batch_size
+    order = rng.permutation(len(train_items))
+    batches = [order[first : first + size] for first in range(0, len(order), size)][:steps]
+    if pool is not None:
+        seeds = rng.integers(SEED_BOUND, size=len(order))
+        return pool.batches(
+            [
+                [(int(i), int(s)) for i, s in zip(batch, seeds[k * size :], strict=False)]
+                for k, batch in enumerate(batches)
+            ]
+        )
+    return (
+        [
+            training_sample(
+                train_items[i],
+                run.faces,
+                rng,
+                settings.size,
+                settings.paste_probability,
+                settings.close_up_probability,
+                settings.stride,
+            )
+            for i in batch
+        ]
+        for batch in batches
+    )
+
+
 def train_epoch(
     run: RunState,
     config: DetectorTrainConfig,
@@ -519,29 +576,16 @@ def train_epoch(
     total_steps: int,
     device: torch.device,
     on_step: Callable[[int, int, float], None] | None,
+    pool: ViewPool | None = None,
 ) -> dict[str, float]:
     """One pass over the training frames in a fresh order; the mean losses."""
-    model, optimizer, rng = run.model, run.optimizer, run.rng
+    model, optimizer = run.model, run.optimizer
     model.train()
     _trunk_batchnorm_eval(model)
     sums = {"loss": 0.0, "heatmap": 0.0, "size": 0.0, "offset": 0.0, "giou": 0.0}
     batches = 0
-    order = rng.permutation(len(train_items))
-    for first in range(0, len(order), config.batch_size):
-        if run.step >= total_steps:
-            break
-        samples = [
-            training_sample(
-                train_items[i],
-                run.faces,
-                rng,
-                config.view_size,
-                config.paste_probability,
-                config.close_up_probability,
-                config.stride,
-            )
-            for i in order[first : first + config.batch_size]
-        ]
+    steps_left = max(0, total_steps - run.step)
+    for samples in epoch_views(run, config, train_items, steps_left, pool):
         images, targets = _batch(samples, device)
         factor = _learning_rate(run.step, total_steps, config.warmup_steps)
         for group in optimizer.param_groups:
@@ -621,48 +665,54 @@ def train_detector(
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
 
-    for epoch in range(len(run.reports) + 1, config.epochs + 1):
-        if run.step >= total_steps:
-            break
-        started = time.perf_counter()
-        losses = train_epoch(run, config, train_items, total_steps, device, on_step)
-        recall, precision = evaluate_detector(
-            run.model, val_items, config.input_size, config.min_score, config.nms_iou
-        )
-        report = DetectorEpoch(
-            epoch,
-            losses["loss"],
-            losses["heatmap"],
-            losses["size"],
-            losses["offset"],
-            losses["giou"],
-            recall,
-            precision,
-            time.perf_counter() - started,
-        )
-        run.reports.append(report)
-        if on_epoch is not None:
-            on_epoch(report)
-        if report.f1 > run.best_f1:
-            run.best_f1 = report.f1
-            run.best_sha256 = save_weights(
-                run.model,
-                out,
-                {
-                    "config": config.model_dump(),
-                    "epoch": epoch,
-                    "val_recall": recall,
-                    "val_precision": precision,
-                    "val_pictures": len(val_items),
-                    "train_pictures": len(train_items),
-                    "pasted_crops": len(run.faces),
-                    # The run this one continued, so the whole recipe stays in the file.
-                    "continued_from": run.init_metadata or None,
-                    # lets a resumed run recognise these weights (see saved_state)
-                    "run_data": fingerprint,
-                },
+    drawers = (
+        ViewPool(config.workers, train_items, run.faces, view_settings(config))
+        if config.workers
+        else contextlib.nullcontext()
+    )
+    with drawers as pool:
+        for epoch in range(len(run.reports) + 1, config.epochs + 1):
+            if run.step >= total_steps:
+                break
+            started = time.perf_counter()
+            losses = train_epoch(run, config, train_items, total_steps, device, on_step, pool)
+            recall, precision = evaluate_detector(
+                run.model, val_items, config.input_size, config.min_score, config.nms_iou
             )
-        run.save(state_path, config, fingerprint)
+            report = DetectorEpoch(
+                epoch,
+                losses["loss"],
+                losses["heatmap"],
+                losses["size"],
+                losses["offset"],
+                losses["giou"],
+                recall,
+                precision,
+                time.perf_counter() - started,
+            )
+            run.reports.append(report)
+            if on_epoch is not None:
+                on_epoch(report)
+            if report.f1 > run.best_f1:
+                run.best_f1 = report.f1
+                run.best_sha256 = save_weights(
+                    run.model,
+                    out,
+                    {
+                        "config": config.model_dump(),
+                        "epoch": epoch,
+                        "val_recall": recall,
+                        "val_precision": precision,
+                        "val_pictures": len(val_items),
+                        "train_pictures": len(train_items),
+                        "pasted_crops": len(run.faces),
+                        # The run this one continued, so the whole recipe stays in the file.
+                        "continued_from": run.init_metadata or None,
+                        # lets a resumed run recognise these weights (see saved_state)
+                        "run_data": fingerprint,
+                    },
+                )
+            run.save(state_path, config, fingerprint)
     run.save(state_path, config, fingerprint, finished=True)
     return run.reports
 
