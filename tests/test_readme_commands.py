@@ -127,6 +127,11 @@ ELSEWHERE = {
         "tests/test_benchmark_detection.py::test_detection_benchmark_compares_both_detectors",
         "minutes on the whole of ../shared; the test runs the script on a few of its pictures",
     ),
+    ".venv/bin/python benchmarks/detector_views.py": (
+        "tests/test_benchmark_detector_views.py::"
+        "test_views_are_counted_in_turn_and_by_workers_with_the_ratio",
+        "a minute or two on the whole of ../shared; the test runs the script on six frames",
+    ),
     ".venv/bin/python benchmarks/incremental.py --whole": (
         "tests/test_benchmark_incremental.py::test_incremental_benchmark_measures_both_modes",
         "ten minutes; the test runs the script with --whole on 14 pictures per character and "

@@ -365,6 +365,32 @@ def encode_targets(boxes: np.ndarray, size: int, stride: int = STRIDE) -> dict[s
     }
 
 
+def training_view(
+    item: LabelledImage,
+    crops: list[FaceCrop],
+    rng: np.random.Generator,
+    size: int,
+    paste_probability: float,
+    close_up_probability: float = 0.0,
+    stride: int = STRIDE,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One augmented view (uint8, size x size x 3) and its targets on the ``stride`` grid: a
+    frame (with pasted faces now and then) or, with ``close_up_probability``, one identity
+    crop. Worker processes send these, a quarter of the bytes of the normalised view."""
+    if crops and rng.random() < close_up_probability:
+        canvas, boxes = close_up_view(crops[int(rng.integers(len(crops)))], rng, size)
+        canvas = random_colour(canvas, rng, COLOUR)
+        return canvas, encode_targets(boxes, size, stride)
+    canvas, boxes = random_view(
+        load_rgb_array(item.path), item.boxes, rng, size, (size * 2 / 3, size * 5 / 3)
+    )
+    if crops and rng.random() < paste_probability:
+        count = int(rng.integers(1, 3))
+        canvas, boxes = paste_faces(canvas, boxes, crops, rng, count, (40, size * 0.6))
+    canvas = random_colour(canvas, rng, COLOUR)
+    return canvas, encode_targets(boxes, size, stride)
+
+
 def training_sample(
     item: LabelledImage,
     crops: list[FaceCrop],
@@ -374,18 +400,8 @@ def training_sample(
     close_up_probability: float = 0.0,
     stride: int = STRIDE,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One augmented view (normalised, 3 x size x size) and its targets on the ``stride``
-    grid: a frame (with pasted faces now and then) or, with ``close_up_probability``, one
-    identity crop."""
-    if crops and rng.random() < close_up_probability:
-        canvas, boxes = close_up_view(crops[int(rng.integers(len(crops)))], rng, size)
-        canvas = random_colour(canvas, rng, COLOUR)
-        return normalise(canvas).numpy(), encode_targets(boxes, size, stride)
-    canvas, boxes = random_view(
-        load_rgb_array(item.path), item.boxes, rng, size, (size * 2 / 3, size * 5 / 3)
+    """``training_view`` normalised (float32, 3 x size x size), as the network takes it."""
+    canvas, targets = training_view(
+        item, crops, rng, size, paste_probability, close_up_probability, stride
     )
-    if crops and rng.random() < paste_probability:
-        count = int(rng.integers(1, 3))
-        canvas, boxes = paste_faces(canvas, boxes, crops, rng, count, (40, size * 0.6))
-    canvas = random_colour(canvas, rng, COLOUR)
-    return normalise(canvas).numpy(), encode_targets(boxes, size, stride)
+    return normalise(canvas).numpy(), targets
