@@ -25,20 +25,24 @@ help: ## list the targets
 	    -e 's/$$(REVIEW_PORT)/$(REVIEW_PORT)/g' -e 's/$$(APP_PORT)/$(APP_PORT)/g' \
 	    -e 's/$$(SERVE_PORT)/$(SERVE_PORT)/g' -e 's|$$(SHARED)|$(SHARED)|g' -e 's|$$(MODEL)|$(MODEL)|g'
 
+# Another apt (unattended upgrades, a second `make setup`) holding dpkg's lock is waited
+# for, up to ten minutes, instead of failing the set-up at once.
+APT_WAIT = -o DPkg::Lock::Timeout=600
+
 setup: system-packages $(STAMP) ## install everything: Debian chromium + chromedriver, the virtualenv, the package
 
 system-packages: ## Debian's chromium and chromium-driver (for the google backend and browser tests)
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  echo "installing chromium and chromium-driver (apt)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  $$SUDO apt-get update -qq $(APT_WAIT) && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_WAIT) chromium chromium-driver >/dev/null; \
 	fi
 
 postgres-server: ## Debian's PostgreSQL server, for Prefect and MLflow servers shared by a team
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing postgresql (apt)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	  $$SUDO apt-get update -qq $(APT_WAIT) && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_WAIT) postgresql >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml constraints.txt
