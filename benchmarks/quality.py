@@ -51,6 +51,10 @@ spread between seeds (std, min-max) and the targets:
 then secondary rows (within-val precision@1, R-precision, test, what ``identify`` answers
 with its unknown-face threshold: test faces named right or called unknown, held-out
 characters' faces called unknown) and the seconds per epoch (CPU time matters). ``--check`` exits with status 1 when a mean misses a target.
+``--label-noise 0.1`` misnames that share of the training faces (each to another trained
+character, drawn from the sample's seed) before balancing, as a picture's other characters
+would be named if review let them through; val, test and the held-out characters keep their
+true names, so the figures say what the noise costs.
 ``--json FILE`` keeps every seed's evaluate report, the sample (file names per character
 per sample seed), the held-out characters, the split seed and the seconds per epoch.
 
@@ -66,6 +70,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import random
 import shutil
 import statistics
 import sys
@@ -81,13 +86,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installing
 
+from anime_face_id import layout  # noqa: E402
 from anime_face_id.balance import balance_train  # noqa: E402
 from anime_face_id.collect import collect_all  # noqa: E402
 from anime_face_id.config import ConfigError, Params, parse_params  # noqa: E402
 from anime_face_id.crop import crop_all  # noqa: E402
 from anime_face_id.errors import StageError  # noqa: E402
 from anime_face_id.evaluate import evaluate  # noqa: E402
-from anime_face_id.fileio import atomic_write_json  # noqa: E402
+from anime_face_id.fileio import atomic_write_json, write_csv  # noqa: E402
 from anime_face_id.review import apply_review  # noqa: E402
 from anime_face_id.sources.folder import image_files  # noqa: E402
 from anime_face_id.split import SplitSummary, derived_rng, split_dataset  # noqa: E402
@@ -169,6 +175,13 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
 
 
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share from 0 up to (not) 1")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER)
@@ -210,6 +223,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="measure on several held-out sets, one per split seed, each with every seed, "
         "and pool them (default: split.seed alone)",
+    )
+    parser.add_argument(
+        "--label-noise",
+        type=share,
+        default=0.0,
+        metavar="RATE",
+        help="give this share of the training faces another trained character's name, as "
+        "faces of other characters in scraped pictures would be if review let them through "
+        "(val, test and held-out faces keep their own; default 0)",
     )
     parser.add_argument("--workdir", type=Path, help="keep the projects here (default: temporary)")
     parser.add_argument("--json", type=Path, help="also write the comparison here")
@@ -430,11 +452,39 @@ def split_with_acceptable_holdout(
     return seed, held_out
 
 
+def add_label_noise(root: Path, rate: float, seed: str) -> tuple[int, int]:
+    """Rename ``rate`` of the training split's faces (drawn from ``seed``) to another
+    trained character, drawn uniformly: symmetric label noise on the training side alone,
+    so that val, test and the held-out characters still measure against true names.
+    Returns (renamed, training faces)."""
+    relative = layout.split_csv("train")
+    rows = layout.read_table(root, relative, layout.SPLIT_COLUMNS, "split")
+    characters = sorted({(row["character"], row["slug"]) for row in rows})
+    if rate == 0 or len(characters) < 2:
+        return 0, len(rows)
+    rng = random.Random(seed)
+    chosen = rng.sample(range(len(rows)), round(rate * len(rows)))
+    for index in chosen:
+        own = (rows[index]["character"], rows[index]["slug"])
+        rows[index]["character"], rows[index]["slug"] = rng.choice(
+            [other for other in characters if other != own]
+        )
+    write_csv(root / relative, layout.SPLIT_COLUMNS, rows)
+    return len(chosen), len(rows)
+
+
 def prepare_project(
-    root: Path, params: Params, split_seed: int, hard_case: Sequence[str], names: list[str]
+    root: Path,
+    params: Params,
+    split_seed: int,
+    hard_case: Sequence[str],
+    names: list[str],
+    label_noise: float = 0.0,
+    noise_seed: str = "",
 ) -> tuple[int, list[str], dict[str, float]]:
     """The data stages; the split seed is the first from ``split_seed`` whose held-out
-    characters keep the hard case mostly trained."""
+    characters keep the hard case mostly trained. With ``label_noise``, that share of the
+    training faces is misnamed before balancing (drawn from ``noise_seed``)."""
     timer = Timer()
     timer("collect", lambda: collect_all(root, params))
     timer("crop", lambda: crop_all(root, params.crop))
@@ -442,6 +492,9 @@ def prepare_project(
     seed, held_out = timer(
         "split", lambda: split_with_acceptable_holdout(root, params, split_seed, hard_case, names)
     )
+    if label_noise:
+        renamed, faces = add_label_noise(root, label_noise, noise_seed)
+        print(f"label noise: {renamed} of {faces} training faces renamed", flush=True)
     timer("balance", lambda: balance_train(root, params.balance))
     return seed, held_out, timer.seconds
 
@@ -601,7 +654,13 @@ def make_project(
     print(f"--- sample {key}: {describe_sample(sample)}", flush=True)
     params = build_params(recipe, source, names, args.holdout, seed=0)  # data stages only
     split_seed, held_out, timings = prepare_project(
-        home / "project", params, start_split_seed, args.hard_case, names
+        home / "project",
+        params,
+        start_split_seed,
+        args.hard_case,
+        names,
+        args.label_noise,
+        noise_seed=key,
     )
     print(f"held out (split.seed={split_seed}): {', '.join(held_out) or 'none'}", flush=True)
     return Project(home / "project", source, key, sample, split_seed, held_out, timings)
@@ -756,6 +815,7 @@ def json_document(args, recipe, changes, seeds, rows, reports, projects) -> dict
         "seeds": seeds,
         "per_character": args.per_character,
         "sample_seed": args.sample_seed,
+        "label_noise": args.label_noise,
         "samples": {key: project.sample for key, project in projects.items()},
         "sample_of_seed": {str(r["seed"]): r["sample"] for r in reports},
         "hard_case": args.hard_case,

@@ -184,6 +184,7 @@ def test_bad_override_is_refused_before_any_work(tmp_path, override, message):
         (["--holdout", "3", "--hard-case", *PIPELINE_NAMES], "--holdout 3"),
         (["--split-seeds", "0", "1", "0"], "a seed twice"),
         (["--split-seeds", "0", "1", "-S", "split.seed=3"], "give one of them"),
+        (["--label-noise", "1"], "not a share from 0 up to (not) 1"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(tmp_path, arguments, message):
@@ -348,3 +349,55 @@ def test_comparison_puts_identification_first_with_mean_spread_and_baseline(qual
     assert headline["passed"] is True  # 0.95 >= 0.95
     eer = next(row for row in rows if row["metric"].startswith("val verification EER"))
     assert eer["worst"] == 0.20 and eer["lower_is_better"]
+
+
+# --------------------------------------------------------------------- label noise
+
+
+def write_train_split(root: Path, counts: dict[str, int]) -> list[dict[str, str]]:
+    from anime_face_id import layout
+    from anime_face_id.fileio import write_csv
+
+    rows = [
+        {
+            "character": name,
+            "slug": name.lower().replace(" ", "_"),
+            "path": f"data/curated/{name.lower().replace(' ', '_')}/{i}.jpg",
+            "source": f"s{i}",
+            "cluster": f"{name}-{i}",
+        }
+        for name, count in counts.items()
+        for i in range(count)
+    ]
+    for split in ("train", "val"):
+        write_csv(root / layout.split_csv(split), layout.SPLIT_COLUMNS, rows)
+    return rows
+
+
+def test_label_noise_renames_that_share_of_training_faces_to_other_trained_characters(
+    tmp_path, quality
+):
+    from anime_face_id import layout
+
+    counts = {"Aoi": 20, "Beni": 20, "Chiyo": 10}
+    clean = write_train_split(tmp_path, counts)
+    renamed, faces = quality.add_label_noise(tmp_path, 0.2, "sample-7")
+    assert (renamed, faces) == (10, 50)
+    noisy = layout.read_table(tmp_path, layout.split_csv("train"), layout.SPLIT_COLUMNS)
+    changed = [(a, b) for a, b in zip(clean, noisy, strict=True) if a != b]
+    assert len(changed) == 10  # each renamed face has another name than its own
+    pairs = {(row["character"], row["slug"]) for row in clean}
+    for before, after in changed:
+        assert (after["character"], after["slug"]) in pairs  # a trained character, whole
+        assert after["path"] == before["path"] and after["cluster"] == before["cluster"]
+    # val keeps the true names; the same seed renames the same faces the same way
+    assert layout.read_table(tmp_path, layout.split_csv("val"), layout.SPLIT_COLUMNS) == clean
+    again = tmp_path / "again"
+    write_train_split(again, counts)
+    quality.add_label_noise(again, 0.2, "sample-7")
+    assert layout.read_table(again, layout.split_csv("train"), layout.SPLIT_COLUMNS) == noisy
+    other = tmp_path / "other"
+    write_train_split(other, counts)
+    quality.add_label_noise(other, 0.2, "sample-8")
+    assert layout.read_table(other, layout.split_csv("train"), layout.SPLIT_COLUMNS) != noisy
+    assert quality.add_label_noise(other, 0.0, "sample-8")[0] == 0

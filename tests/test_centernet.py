@@ -921,6 +921,8 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
         "2",
         "--frozen-blocks",
         "3",
+        "--workers",
+        "1",  # a spawned process draws the views, under the flow's task
     ]
     env = {**os.environ, **prefect_api, "MLFLOW_TRACKING_URI": uri}
     process = subprocess.run(
@@ -940,6 +942,7 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
     assert run.data.params["detector.giou_weight"] == "2.0"
     assert run.data.params["detector.neck_channels"] == "32"
     assert run.data.params["detector.frozen_blocks"] == "3"
+    assert run.data.params["detector.workers"] == "1" and metadata["config"]["workers"] == 1
     assert metadata["config"]["frozen_blocks"] == 3
     assert _model.architecture == {"neck_channels": 32, "head_convs": 2}
     assert run.data.tags["resume"] == "no interrupted run to continue"
