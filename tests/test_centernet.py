@@ -993,3 +993,42 @@ def test_detector_command_names_the_options_it_refuses(tmp_path: Path, capsys) -
     with pytest.raises(SystemExit):
         main(["--frames", str(frames), "--pseudo-labels-from", str(tmp_path / "none.pt")])
     assert "--pseudo-labels-from" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_view_pool_without_a_traceback_from_each_worker(tmp_path: Path) -> None:
+    """Ctrl-C goes to the whole process group: the training process stops the pool, and
+    its workers ignore it rather than each printing a KeyboardInterrupt traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    frames = write_yolo_folder(tmp_path / "frames", 8)
+    script = f"""
+import sys
+from pathlib import Path
+from anime_face_id.faces.detector_data import read_labelled_frames
+from anime_face_id.faces.view_pool import ViewPool, ViewSettings
+items = read_labelled_frames(Path({str(frames)!r})).items
+with ViewPool(2, items, [], ViewSettings(96, 0.0, 0.0, 8)) as pool:
+    next(pool.batches([[(0, 1)]]))
+    print("drawing", flush=True)
+    while True:
+        for _ in pool.batches([[(i % len(items), i) for i in range(4)]] * 8):
+            pass
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches
+    )
+    assert process.stdout.readline().strip() == "drawing"
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and "KeyboardInterrupt" in stderr  # the training process
+    assert "PoolWorker" not in stderr  # and no worker's traceback
