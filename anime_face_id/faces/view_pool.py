@@ -10,7 +10,6 @@ device's arithmetic) are the same for any number of workers.
 from __future__ import annotations
 
 import multiprocessing
-import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,9 +39,6 @@ _WORKER: dict = {}
 
 
 def _start_worker(items: list[LabelledImage], crops: list[FaceCrop], settings: ViewSettings):
-    # Ctrl-C reaches the whole process group: the training process stops the pool itself
-    # (ViewPool.close), so a worker that also caught it would only print a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     _WORKER.update(items=items, crops=crops, settings=settings)
 
