@@ -278,7 +278,7 @@ def label_crops(
 
 STATE_FORMAT = "anime-face-id/detector-train-state/2"
 # What a resumed run may change: where it runs, and how many processes draw its seeded
-# views (not whether they are seeded: see same_recipe). A run continued on the device it
+# views (not whether they are seeded: see seeded_views). A run continued on the device it
 # started on ends with the weights of an uninterrupted one; only the CPU's generator is kept.
 RESUMABLE_DIFFERENCES = {"device", "workers"}
 STATE_READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError)
