@@ -993,3 +993,94 @@ def test_detector_command_names_the_options_it_refuses(tmp_path: Path, capsys) -
     with pytest.raises(SystemExit):
         main(["--frames", str(frames), "--pseudo-labels-from", str(tmp_path / "none.pt")])
     assert "--pseudo-labels-from" in capsys.readouterr().err
+
+
+def test_a_view_worker_that_dies_ends_the_run_with_an_error_not_a_wait(tmp_path: Path) -> None:
+    import multiprocessing
+    import os
+    import signal
+
+    frames = write_yolo_folder(tmp_path / "frames", 4)
+    items = read_labelled_frames(frames).items
+    before = {process.pid for process in multiprocessing.active_children()}
+    tasks = [[(i % len(items), i)] for i in range(12)]
+    with ViewPool(1, items, [], ViewSettings(64, 0.0, 0.0, STRIDE)) as pool:
+        batches = pool.batches(tasks)
+        next(batches)
+        workers = [p for p in multiprocessing.active_children() if p.pid not in before]
+        assert workers
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        with pytest.raises(StageError, match="drawing the training views died"):
+            list(batches)
+
+
+def running_in_group(group: int, patience_s: float = 10.0) -> list[str]:
+    """The processes of ``group`` still running (not zombies: an exited child whose parent
+    died waits for init to reap it), after up to ``patience_s`` for them to end."""
+    import subprocess
+    import time
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        listing = subprocess.run(
+            ["ps", "-o", "stat=,args=", "-g", str(group)], capture_output=True, text=True
+        ).stdout.splitlines()
+        running = [line for line in listing if line.strip() and not line.lstrip().startswith("Z")]
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_detector_run_with_workers_at_once_and_leaves_it_to_continue(
+    tmp_path: Path, prefect_api
+) -> None:
+    """Ctrl-C in a terminal goes to the whole process group: the training process stops,
+    its view workers never see it (no traceback from each), and none is left running."""
+    import contextlib
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    frames = write_yolo_folder(tmp_path / "frames", 16)
+    out = tmp_path / "weights" / "detector.pt"
+    command = [sys.executable, "-m", "flows.detector", "--frames", str(frames)]
+    command += ["--out", str(out), "--epochs", "200", "--device", "cpu", "--workers", "2"]
+    command += ["--neck-channels", "32", "--head-convs", "2", "--frozen-blocks", "3"]
+    env = {**os.environ, **prefect_api, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    ).start()
+    seen, deadline = [], time.monotonic() + 300
+    state_path = out.parent / "detector.pt.state"
+    while not state_path.exists():  # an epoch ended (the state is written atomically)
+        assert process.poll() is None and time.monotonic() < deadline, "".join(seen)
+        with contextlib.suppress(queue.Empty):
+            seen.append(lines.get(timeout=1))
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)  # GRACE_S ends it at the latest; a waiting run would not end
+    time.sleep(0.5)
+    while not lines.empty():
+        seen.append(lines.get())
+    output = "".join(seen)
+    assert process.returncode == 130, output
+    assert "stopped by Ctrl-C" in output
+    assert "SpawnProcess" not in output  # no worker's traceback
+    assert running_in_group(process.pid) == []  # no worker outlived the run
+    state = torch.load(state_path, weights_only=True)
+    assert not state["finished"] and len(state["reports"]) >= 1  # the next run continues

@@ -5,18 +5,28 @@ training step dwarfs that; on a GPU the card would wait for the views most of th
 ``workers`` processes draw them ahead. Each view gets its seed from the run's generator, in
 the order the main process asks, so the views (and the trained weights, up to the
 device's arithmetic) are the same for any number of workers.
+
+Ctrl-C in a terminal reaches every process of its group. The workers are started with it
+blocked, so they never see it: the training process alone stops, and stops them. A worker
+that dies anyway (killed, out of memory) ends the run with an error that says so, never
+with a run waiting for a batch no one will draw.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from anime_face_id.errors import StageError
 from anime_face_id.faces.detector_data import FaceCrop, LabelledImage, training_view
 from anime_face_id.transforms import normalise
 
@@ -63,9 +73,22 @@ def seeded_view(
     )
 
 
-def _draw(task: tuple[int, int]) -> Sample:
-    index, seed = task
-    return seeded_view(_WORKER["items"], _WORKER["crops"], _WORKER["settings"], index, seed)
+def _draw_batch(tasks: list[tuple[int, int]]) -> list[Sample]:
+    items, crops, settings = _WORKER["items"], _WORKER["crops"], _WORKER["settings"]
+    return [seeded_view(items, crops, settings, index, seed) for index, seed in tasks]
+
+
+@contextmanager
+def _ctrl_c_blocked() -> Iterator[None]:
+    """Hold back Ctrl-C in this thread for the block: a process started in it inherits
+    the mask, so is deaf to Ctrl-C from its first instruction (setting it in the worker
+    would leave the seconds of its start-up, importing torch, exposed). A Ctrl-C that
+    arrives meanwhile is only delayed to the block's end."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class ViewPool:
@@ -78,32 +101,48 @@ class ViewPool:
         crops: list[FaceCrop],
         settings: ViewSettings,
     ) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._pool = context.Pool(workers, _start_worker, (items, crops, settings))
+        self._executor = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(items, crops, settings),
+        )
         self._ahead = 2 * workers  # batches in flight: enough to keep every worker busy
+
+    def _submit(self, batch: list[tuple[int, int]]) -> Future:
+        with _ctrl_c_blocked():  # the executor starts its workers on demand, in submit
+            return self._executor.submit(_draw_batch, batch)
 
     def batches(self, tasks: Sequence[list[tuple[int, int]]]) -> Iterator[list[Sample]]:
         """Each batch of ``(frame index, seed)`` drawn, in order, and normalised here as
         ``training_sample`` normalises: the workers send uint8 views, a quarter of the
         bytes, since the pipe, not the drawing, limited them."""
         upcoming = iter(tasks)
-        pending: deque = deque()
+        pending: deque[Future] = deque()
 
         def submit() -> None:
             batch = next(upcoming, None)
             if batch is not None:
-                pending.append(self._pool.map_async(_draw, batch, chunksize=1))
+                pending.append(self._submit(batch))
 
-        for _ in range(self._ahead):
-            submit()
-        while pending:
-            drawn = pending.popleft().get()
-            submit()
-            yield [(normalise(view).numpy(), targets) for view, targets in drawn]
+        try:
+            for _ in range(self._ahead):
+                submit()
+            while pending:
+                drawn = pending.popleft().result()
+                submit()
+                yield [(normalise(view).numpy(), targets) for view, targets in drawn]
+        except BrokenProcessPool as error:
+            raise StageError(
+                "a process drawing the training views died (killed, or out of memory?): "
+                "run the same command again to continue from the last finished epoch, "
+                "with fewer --workers if memory ran out"
+            ) from error
 
     def close(self) -> None:
-        self._pool.terminate()
-        self._pool.join()
+        """Stop the workers: those drawing finish their batch (a fraction of a second),
+        batches not begun are dropped."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> ViewPool:
         return self
