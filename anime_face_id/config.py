@@ -228,6 +228,10 @@ class TrainConfig(Section):
     # every character at least once
     batches_per_epoch: int | None = Field(None, ge=1)
     loss: Literal["batch_hard", "batch_all"] = "batch_hard"
+    # per character in each P x K batch, leave this many faces out of the losses: those
+    # farthest from their batch-mates, as faces filed under the wrong character are
+    # (batch_outliers.py); a character keeps at least 2; 0 = train on every face
+    batch_outliers: int = Field(0, ge=0)
     margin: Literal["soft"] | float = "soft"
     lr: float = Field(3.0e-4, gt=0)
     # the pretrained backbone learns at lr x this, the new projection head at lr: below 1

@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from anime_face_id import distributed
+from anime_face_id.batch_outliers import kept_faces
 from anime_face_id.checkpoint import save_checkpoint
 from anime_face_id.config import TrainConfig
 from anime_face_id.dataset import (
@@ -41,7 +42,7 @@ from anime_face_id.errors import StageError
 from anime_face_id.fileio import sweep_temporaries
 from anime_face_id.identity_loss import identity_loss, make_classifier
 from anime_face_id.layout import EMBEDDER
-from anime_face_id.losses import make_loss
+from anime_face_id.losses import make_loss, pairwise_distances
 from anime_face_id.model import PretrainedWeightsMissing, build_embedder
 from anime_face_id.optimisation import lr_factor, make_optimizer
 from anime_face_id.sampler import PKSampler
@@ -244,6 +245,12 @@ def train(
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             embeddings, logits = net(images, labels)
+            if config.batch_outliers:
+                keep = kept_faces(
+                    pairwise_distances(embeddings.detach()), labels, config.batch_outliers
+                )
+                embeddings, labels = embeddings[keep], labels[keep]
+                logits = None if logits is None else logits[keep]
             stats = loss_fn(embeddings, labels)
             total = stats.loss
             if logits is not None:
@@ -269,7 +276,7 @@ def train(
                 actives.append(stats.active_fraction)
                 positives.append(stats.mean_positive_distance)
                 negatives.append(stats.mean_negative_distance)
-            images_seen += len(labels) * ranks.world
+            images_seen += len(images) * ranks.world
             if on_step and ranks.is_main:
                 on_step(step, total_steps, loss)
         train_seconds = time.perf_counter() - epoch_started

@@ -251,6 +251,19 @@ def test_identity_loss_on_a_batchnorm_neck_trains_and_saves_only_the_embedder(tm
         assert all(float(row["identity_loss"]) > 0 for row in csv.DictReader(handle))
 
 
+@pytest.mark.slow
+def test_leaving_each_characters_batch_outlier_out_still_trains_both_losses(tmp_path):
+    root = tmp_path / "project"
+    make_synthetic_project(root)
+    config = tiny_config(neck="batchnorm", id_loss_weight=1.0, batch_outliers=1)
+    result = train(root, config)
+    assert all(math.isfinite(report.loss) for report in result.history)
+    assert result.history[-1].identity_loss < chance_identity_loss(config, 4)
+    best = result.history[result.best_epoch - 1].val_map_at_r
+    assert best > result.untrained_val["map_at_r"] + 0.05
+    assert load_checkpoint(result.checkpoint).config.batch_outliers == 1
+
+
 def test_without_identity_loss_history_leaves_it_empty(trained):
     root, result, _, _, _ = trained
     assert all(math.isnan(report.identity_loss) for report in result.history)
