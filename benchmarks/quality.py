@@ -54,7 +54,10 @@ characters' faces called unknown) and the seconds per epoch (CPU time matters). 
 ``--label-noise 0.1`` misnames that share of the training faces (each to another trained
 character, drawn from the sample's seed) before balancing, as a picture's other characters
 would be named if review let them through; val, test and the held-out characters keep their
-true names, so the figures say what the noise costs.
+true names, so the figures say what the noise costs. A row then says how many of the
+misnamed faces review's suspicion order lists in the first (noise rate) of their
+character's faces, with the trained embedder and with the ImageNet features (at random:
+the noise rate), so what review can catch is measured too.
 ``--json FILE`` keeps every seed's evaluate report, the sample (file names per character
 per sample seed), the held-out characters, the split seed and the seconds per epoch.
 
@@ -77,16 +80,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installing
 
-from anime_face_id import layout  # noqa: E402
+from anime_face_id import layout, suspicion  # noqa: E402
 from anime_face_id.balance import balance_train  # noqa: E402
 from anime_face_id.collect import collect_all  # noqa: E402
 from anime_face_id.config import ConfigError, Params, parse_params  # noqa: E402
@@ -142,8 +146,15 @@ ROWS = (
     Row("naming", ("test", "named_right"), "test faces named right (with the threshold)"),
     Row("naming", ("test", "called_unknown"), "test faces called unknown", None, True),
     Row("naming", ("open_set", "called_unknown"), "held-out characters' faces called unknown"),
+    # --label-noise: of the misnamed training faces, those review lists in the first
+    # (noise rate) of their character's faces; at random, the noise rate
+    Row("misnamed", ("flagged_first",), "misnamed faces review lists first"),
 )
-BASELINE_OF = {"val": "baseline_val", "open_set": "baseline_open_set"}
+BASELINE_OF = {
+    "val": "baseline_val",
+    "open_set": "baseline_open_set",
+    "misnamed": "baseline_misnamed",
+}
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -433,6 +444,7 @@ class Project:
     split_seed: int
     held_out: list[str]
     timings_s: dict[str, float]
+    misnamed: list[str] = field(default_factory=list)  # training faces --label-noise renamed
 
 
 def split_with_acceptable_holdout(
@@ -452,16 +464,16 @@ def split_with_acceptable_holdout(
     return seed, held_out
 
 
-def add_label_noise(root: Path, rate: float, seed: str) -> tuple[int, int]:
+def add_label_noise(root: Path, rate: float, seed: str) -> tuple[list[str], int]:
     """Rename ``rate`` of the training split's faces (drawn from ``seed``) to another
     trained character, drawn uniformly: symmetric label noise on the training side alone,
     so that val, test and the held-out characters still measure against true names.
-    Returns (renamed, training faces)."""
+    Returns (the renamed faces' paths, training faces)."""
     relative = layout.split_csv("train")
     rows = layout.read_table(root, relative, layout.SPLIT_COLUMNS, "split")
     characters = sorted({(row["character"], row["slug"]) for row in rows})
     if rate == 0 or len(characters) < 2:
-        return 0, len(rows)
+        return [], len(rows)
     rng = random.Random(seed)
     chosen = rng.sample(range(len(rows)), round(rate * len(rows)))
     for index in chosen:
@@ -470,7 +482,7 @@ def add_label_noise(root: Path, rate: float, seed: str) -> tuple[int, int]:
             [other for other in characters if other != own]
         )
     write_csv(root / relative, layout.SPLIT_COLUMNS, rows)
-    return len(chosen), len(rows)
+    return [rows[index]["path"] for index in chosen], len(rows)
 
 
 def prepare_project(
@@ -481,10 +493,11 @@ def prepare_project(
     names: list[str],
     label_noise: float = 0.0,
     noise_seed: str = "",
-) -> tuple[int, list[str], dict[str, float]]:
+) -> tuple[int, list[str], dict[str, float], list[str]]:
     """The data stages; the split seed is the first from ``split_seed`` whose held-out
     characters keep the hard case mostly trained. With ``label_noise``, that share of the
-    training faces is misnamed before balancing (drawn from ``noise_seed``)."""
+    training faces is misnamed before balancing (drawn from ``noise_seed``); the last value
+    is their paths."""
     timer = Timer()
     timer("collect", lambda: collect_all(root, params))
     timer("crop", lambda: crop_all(root, params.crop))
@@ -492,11 +505,47 @@ def prepare_project(
     seed, held_out = timer(
         "split", lambda: split_with_acceptable_holdout(root, params, split_seed, hard_case, names)
     )
+    misnamed: list[str] = []
     if label_noise:
-        renamed, faces = add_label_noise(root, label_noise, noise_seed)
-        print(f"label noise: {renamed} of {faces} training faces renamed", flush=True)
+        misnamed, faces = add_label_noise(root, label_noise, noise_seed)
+        print(f"label noise: {len(misnamed)} of {faces} training faces renamed", flush=True)
     timer("balance", lambda: balance_train(root, params.balance))
-    return seed, held_out, timer.seconds
+    return seed, held_out, timer.seconds, misnamed
+
+
+def misnamed_flagged_first(
+    vectors: dict[str, np.ndarray], characters: dict[str, str], misnamed: set[str], share: float
+) -> float:
+    """Of the ``misnamed`` faces, the share that review's suspicion order puts in the first
+    ``share`` of their (wrong) character's faces: those farthest from the character's
+    trimmed centre, as the review app lists them. Flagging at random catches ``share``."""
+    by_character: dict[str, dict[str, np.ndarray]] = {}
+    for path, vector in vectors.items():
+        by_character.setdefault(characters[path], {})[path] = vector
+    caught = 0
+    for faces in by_character.values():
+        distances = suspicion.distances_by_path(faces)
+        first = sorted(distances, key=distances.__getitem__, reverse=True)
+        caught += len(misnamed.intersection(first[: round(share * len(first))]))
+    return caught / len(misnamed)
+
+
+def review_catches(root: Path, misnamed: list[str], share: float, image_size: int) -> dict:
+    """How well review's suspicion order finds the misnamed training faces, with the
+    trained embedder (as the review app once models/embedder.pt exists) and with the
+    ImageNet features it uses before the first training."""
+    rows = layout.read_table(root, layout.split_csv("train"), layout.SPLIT_COLUMNS, "split")
+    characters = {row["path"]: row["character"] for row in rows}
+    found = {}
+    for name, spec in (
+        ("misnamed", suspicion.trained_spec(root / layout.EMBEDDER)),
+        ("baseline_misnamed", suspicion.imagenet_spec(image_size)),
+    ):
+        vectors = suspicion.embed_files(root, list(characters), spec).vectors
+        found[name] = {
+            "flagged_first": misnamed_flagged_first(vectors, characters, set(misnamed), share)
+        }
+    return found
 
 
 def seconds_per_epoch(history) -> float:
@@ -653,7 +702,7 @@ def make_project(
     source = folder if args.per_character == 0 else write_sample(folder, sample, home / "crops")
     print(f"--- sample {key}: {describe_sample(sample)}", flush=True)
     params = build_params(recipe, source, names, args.holdout, seed=0)  # data stages only
-    split_seed, held_out, timings = prepare_project(
+    split_seed, held_out, timings, misnamed = prepare_project(
         home / "project",
         params,
         start_split_seed,
@@ -663,7 +712,7 @@ def make_project(
         noise_seed=key,
     )
     print(f"held out (split.seed={split_seed}): {', '.join(held_out) or 'none'}", flush=True)
-    return Project(home / "project", source, key, sample, split_seed, held_out, timings)
+    return Project(home / "project", source, key, sample, split_seed, held_out, timings, misnamed)
 
 
 def run_seeds(
@@ -695,6 +744,12 @@ def run_seeds(
         print(f"--- seed {seed} (sample {key})", flush=True)
         params = build_params(recipe, project.source, names, args.holdout, seed)
         report = train_and_evaluate(project.root, params)
+        if project.misnamed:
+            report.update(
+                review_catches(
+                    project.root, project.misnamed, args.label_noise, params.train.image_size
+                )
+            )
         report.update(
             seed=seed,
             sample=key,

@@ -295,6 +295,7 @@ def test_several_held_out_sets_are_measured_and_pooled(tmp_path):
         "--hard-case",
         "--seeds", "0", "1",
         "--split-seeds", "0", "1",
+        "--label-noise", "0.25",
         "--json", str(tmp_path / "quality.json"),
         *tiny_recipe(batches_per_epoch=1),
     )  # fmt: skip
@@ -320,6 +321,14 @@ def test_several_held_out_sets_are_measured_and_pooled(tmp_path):
         line for line in result.stdout.splitlines() if line.startswith("identification precision")
     ]
     assert len(headlines) == 3  # each set's table, then the pooled one
+    # with --label-noise, how many renamed faces review's order lists first, per run, with
+    # the trained embedder against the ImageNet features
+    flagged = next(
+        row for row in report["rows"] if row["metric"] == "misnamed faces review lists first"
+    )
+    assert flagged["per_seed"] == [r["misnamed"]["flagged_first"] for r in runs]
+    assert all(0.0 <= value <= 1.0 for value in flagged["per_seed"] + flagged["baseline_per_seed"])
+    assert len(flagged["baseline_per_seed"]) == 4
 
 
 # --------------------------------------------------------------------- the comparison
@@ -382,10 +391,11 @@ def test_label_noise_renames_that_share_of_training_faces_to_other_trained_chara
     counts = {"Aoi": 20, "Beni": 20, "Chiyo": 10}
     clean = write_train_split(tmp_path, counts)
     renamed, faces = quality.add_label_noise(tmp_path, 0.2, "sample-7")
-    assert (renamed, faces) == (10, 50)
+    assert (len(renamed), faces) == (10, 50)
     noisy = layout.read_table(tmp_path, layout.split_csv("train"), layout.SPLIT_COLUMNS)
     changed = [(a, b) for a, b in zip(clean, noisy, strict=True) if a != b]
     assert len(changed) == 10  # each renamed face has another name than its own
+    assert sorted(renamed) == sorted(after["path"] for _, after in changed)
     pairs = {(row["character"], row["slug"]) for row in clean}
     for before, after in changed:
         assert (after["character"], after["slug"]) in pairs  # a trained character, whole
@@ -400,4 +410,23 @@ def test_label_noise_renames_that_share_of_training_faces_to_other_trained_chara
     write_train_split(other, counts)
     quality.add_label_noise(other, 0.2, "sample-8")
     assert layout.read_table(other, layout.split_csv("train"), layout.SPLIT_COLUMNS) != noisy
-    assert quality.add_label_noise(other, 0.0, "sample-8")[0] == 0
+    assert quality.add_label_noise(other, 0.0, "sample-8")[0] == []
+
+
+def test_review_order_lists_the_misnamed_faces_far_from_their_character_first(quality):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    centres = {"Aoi": rng.normal(size=16) * 4, "Beni": rng.normal(size=16) * 4}
+    vectors, characters = {}, {}
+    for name in centres:
+        for i in range(10):
+            vectors[f"{name}/{i}.png"] = centres[name] + rng.normal(size=16)
+            characters[f"{name}/{i}.png"] = name
+    misnamed = {"Aoi/3.png", "Beni/7.png"}  # filed under one character, drawn as the other
+    vectors["Aoi/3.png"] = centres["Beni"] + rng.normal(size=16)
+    vectors["Beni/7.png"] = centres["Aoi"] + rng.normal(size=16)
+    assert quality.misnamed_flagged_first(vectors, characters, misnamed, 0.2) == 1.0
+    # faces like the rest of their character are not what review lists first
+    looks_right = {"Aoi/0.png", "Beni/0.png"}
+    assert quality.misnamed_flagged_first(vectors, characters, looks_right, 0.1) == 0.0
