@@ -29,6 +29,7 @@ from anime_face_id.chunked_embedding import IMAGENET
 from anime_face_id.embedding_store import PathEmbedder
 from anime_face_id.fileio import atomic_write_bytes
 from anime_face_id.imaging import ImageRejected, load_rgb
+from anime_face_id.misfiled import TRIM_FRACTION, trimmed_centre
 from anime_face_id.search_index import unit_rows
 from anime_face_id.transforms import preprocess
 
@@ -40,9 +41,6 @@ SAVE_EVERY = 64
 # Crops sent to a cluster at a time: several chunks of chunked_embedding, so that several
 # workers share each group.
 ELSEWHERE_GROUP = 8 * SAVE_EVERY
-# Crops farther than the rest are left out of the second centroid estimate, so one or two
-# outliers in a small character do not drag the centre towards themselves.
-TRIM_FRACTION = 0.2
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, H, W) -> (B, D)
 Progress = Callable[[int, int], None]
@@ -314,13 +312,7 @@ def centroid_distances(vectors: np.ndarray, trim: float = TRIM_FRACTION) -> np.n
     the mean direction of all rows, re-estimated without the farthest ``trim`` of them."""
     if len(vectors) == 0:
         return np.zeros(0, dtype=np.float32)
-    unit = unit_rows(vectors)
-    distances = 1.0 - unit @ unit_rows(unit.mean(axis=0, keepdims=True))[0]
-    keep = int(np.ceil(len(unit) * (1.0 - trim)))
-    if 0 < keep < len(unit):
-        core = unit[np.argsort(distances, kind="stable")[:keep]]
-        distances = 1.0 - unit @ unit_rows(core.mean(axis=0, keepdims=True))[0]
-    return distances.astype(np.float32)
+    return (1.0 - unit_rows(vectors) @ trimmed_centre(vectors, trim)).astype(np.float32)
 
 
 def _hash_value(text: str) -> int | None:

@@ -95,9 +95,16 @@ from anime_face_id.balance import balance_train  # noqa: E402
 from anime_face_id.collect import collect_all  # noqa: E402
 from anime_face_id.config import ConfigError, Params, parse_params  # noqa: E402
 from anime_face_id.crop import crop_all  # noqa: E402
+from anime_face_id.embedding_store import (  # noqa: E402
+    EMBEDDINGS,
+    embedder_fingerprint,
+    stored_embeddings,
+)
 from anime_face_id.errors import StageError  # noqa: E402
 from anime_face_id.evaluate import evaluate  # noqa: E402
 from anime_face_id.fileio import atomic_write_json, write_csv  # noqa: E402
+from anime_face_id.metrics import retrieval_metrics  # noqa: E402
+from anime_face_id.misfiled import misfiled  # noqa: E402
 from anime_face_id.review import apply_review  # noqa: E402
 from anime_face_id.sources.folder import image_files  # noqa: E402
 from anime_face_id.split import SplitSummary, derived_rng, split_dataset  # noqa: E402
@@ -146,6 +153,11 @@ ROWS = (
     Row("naming", ("test", "named_right"), "test faces named right (with the threshold)"),
     Row("naming", ("test", "called_unknown"), "test faces called unknown", None, True),
     Row("naming", ("open_set", "called_unknown"), "held-out characters' faces called unknown"),
+    # the same against a gallery without the faces the trained embedding calls misfiled
+    # (nearer another character's centre than their own): misfiled.py
+    Row("without_misfiled", ("val",), "identification P@1, misfiled gallery faces left out"),
+    Row("without_misfiled", ("test",), "test identification P@1, misfiled left out"),
+    Row("without_misfiled", ("left_out",), "gallery faces left out as misfiled"),
     # --label-noise: of the misnamed training faces, those review lists in the first
     # (noise rate) of their character's faces; at random, the noise rate
     Row("misnamed", ("flagged_first",), "misnamed faces review lists first"),
@@ -548,6 +560,35 @@ def review_catches(root: Path, misnamed: list[str], share: float, image_size: in
     return found
 
 
+def identification_without_misfiled(root: Path) -> dict:
+    """Identification P@1 of val and test against the training gallery with the faces the
+    trained embedding calls misfiled (anime_face_id/misfiled.py) left out, from the
+    embeddings evaluate stored; and the share of the gallery left out."""
+    rows = {
+        split: layout.read_table(root, layout.split_csv(split), layout.SPLIT_COLUMNS, "split")
+        for split in ("train", "val", "test")
+    }
+    wanted = [row["path"] for split_rows in rows.values() for row in split_rows]
+    fingerprint = embedder_fingerprint(root / layout.EMBEDDER)
+    vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, wanted)
+
+    def embedded(split_rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        present = [row for row in split_rows if row["path"] in vectors]
+        return (
+            np.stack([vectors[row["path"]] for row in present]),
+            np.array([row["character"] for row in present]),
+        )
+
+    gallery, names = embedded(rows["train"])
+    kept = ~misfiled(gallery, names)
+    report = {"left_out": float(1.0 - kept.mean())}
+    for split in ("val", "test"):
+        queries, labels = embedded([r for r in rows[split] if r["character"] in set(names)])
+        scores = retrieval_metrics(queries, labels, gallery[kept], names[kept], ks=(1,))
+        report[split] = scores["precision_at_1"]
+    return report
+
+
 def seconds_per_epoch(history) -> float:
     """Mean wall time of an epoch (training plus the per-epoch val embedding)."""
     return statistics.fmean(report.seconds for report in history)
@@ -744,6 +785,7 @@ def run_seeds(
         print(f"--- seed {seed} (sample {key})", flush=True)
         params = build_params(recipe, project.source, names, args.holdout, seed)
         report = train_and_evaluate(project.root, params)
+        report["without_misfiled"] = identification_without_misfiled(project.root)
         if project.misnamed:
             report.update(
                 review_catches(

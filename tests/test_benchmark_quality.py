@@ -150,6 +150,11 @@ def test_benchmark_trains_each_seed_and_compares_with_imagenet(tmp_path, quality
             pytest.approx(1.0)
         )
     assert len(rows["held-out characters' faces called unknown"]["per_seed"]) == 2
+    # identification again, against the gallery without the faces the trained embedding
+    # calls misfiled
+    cleaned = rows["identification P@1, misfiled gallery faces left out"]
+    assert cleaned["per_seed"] == [r["without_misfiled"]["val"] for r in report["reports"]]
+    assert all(0.0 <= r["without_misfiled"]["left_out"] < 1.0 for r in report["reports"])
 
     # seconds per epoch, per seed and on average
     per_epoch = report["seconds_per_epoch"]
