@@ -15,7 +15,10 @@ with a run waiting for a batch no one will draw.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -48,9 +51,21 @@ Sample = tuple[np.ndarray, dict[str, np.ndarray]]
 _WORKER: dict = {}
 
 
-def _start_worker(items: list[LabelledImage], crops: list[FaceCrop], settings: ViewSettings):
+def _start_worker(
+    items: list[LabelledImage], crops: list[FaceCrop], settings: ViewSettings, parent: int
+):
     torch.set_num_threads(1)
     _WORKER.update(items=items, crops=crops, settings=settings)
+    threading.Thread(target=_leave_with, args=(parent,), daemon=True).start()
+
+
+def _leave_with(parent: int) -> None:
+    """End this worker once the training process is gone. A training process that leaves
+    hard (a second Ctrl-C, or its grace period running out) cannot stop its workers, and
+    a worker, deaf to Ctrl-C and holding both ends of its queues, would wait forever."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 def seeded_view(
@@ -82,8 +97,8 @@ def _draw_batch(tasks: list[tuple[int, int]]) -> list[Sample]:
 def _ctrl_c_blocked() -> Iterator[None]:
     """Hold back Ctrl-C in this thread for the block: a process started in it inherits
     the mask, so is deaf to Ctrl-C from its first instruction (setting it in the worker
-    would leave the seconds of its start-up, importing torch, exposed). A Ctrl-C that
-    arrives meanwhile is only delayed to the block's end."""
+    would leave the seconds of its start-up, importing torch, exposed). The process as a
+    whole still takes Ctrl-C, through its other threads."""
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
@@ -105,7 +120,7 @@ class ViewPool:
             workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(items, crops, settings),
+            initargs=(items, crops, settings, os.getpid()),
         )
         self._ahead = 2 * workers  # batches in flight: enough to keep every worker busy
 
@@ -138,10 +153,13 @@ class ViewPool:
                 "run the same command again to continue from the last finished epoch, "
                 "with fewer --workers if memory ran out"
             ) from error
+        finally:  # batches of an epoch cut short are not drawn for nothing
+            for future in pending:
+                future.cancel()
 
     def close(self) -> None:
-        """Stop the workers: those drawing finish their batch (a fraction of a second),
-        batches not begun are dropped."""
+        """Stop the workers: batches already handed to a worker are finished (about two
+        batches' time), the rest are dropped."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> ViewPool:
