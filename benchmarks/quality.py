@@ -103,9 +103,9 @@ from anime_face_id.embedding_store import (  # noqa: E402
 from anime_face_id.errors import StageError  # noqa: E402
 from anime_face_id.evaluate import evaluate  # noqa: E402
 from anime_face_id.fileio import atomic_write_json, write_csv  # noqa: E402
-from anime_face_id.metrics import retrieval_metrics  # noqa: E402
 from anime_face_id.misfiled import misfiled  # noqa: E402
 from anime_face_id.review import apply_review  # noqa: E402
+from anime_face_id.search_index import unit_rows  # noqa: E402
 from anime_face_id.sources.folder import image_files  # noqa: E402
 from anime_face_id.split import SplitSummary, derived_rng, split_dataset  # noqa: E402
 from anime_face_id.train import train  # noqa: E402
@@ -158,6 +158,7 @@ ROWS = (
     Row("without_misfiled", ("val",), "identification P@1, misfiled gallery faces left out"),
     Row("without_misfiled", ("test",), "test identification P@1, misfiled left out"),
     Row("without_misfiled", ("left_out",), "gallery faces left out as misfiled"),
+    Row("without_misfiled", ("left_out_misnamed",), "  misnamed faces among them (--label-noise)"),
     # --label-noise: of the misnamed training faces, those review lists in the first
     # (noise rate) of their character's faces; at random, the noise rate
     Row("misnamed", ("flagged_first",), "misnamed faces review lists first"),
@@ -560,10 +561,13 @@ def review_catches(root: Path, misnamed: list[str], share: float, image_size: in
     return found
 
 
-def identification_without_misfiled(root: Path) -> dict:
+def identification_without_misfiled(root: Path, misnamed: Sequence[str] = ()) -> dict:
     """Identification P@1 of val and test against the training gallery with the faces the
     trained embedding calls misfiled (anime_face_id/misfiled.py) left out, from the
-    embeddings evaluate stored; and the share of the gallery left out."""
+    embeddings evaluate stored; the share of the gallery left out and, with ``misnamed``
+    (the faces --label-noise renamed), how many of those and of the rest. A query whose
+    character lost every gallery face counts as a miss, so the P@1 compares with
+    evaluate's over the same queries."""
     rows = {
         split: layout.read_table(root, layout.split_csv(split), layout.SPLIT_COLUMNS, "split")
         for split in ("train", "val", "test")
@@ -571,21 +575,26 @@ def identification_without_misfiled(root: Path) -> dict:
     wanted = [row["path"] for split_rows in rows.values() for row in split_rows]
     fingerprint = embedder_fingerprint(root / layout.EMBEDDER)
     vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, wanted)
-
-    def embedded(split_rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-        present = [row for row in split_rows if row["path"] in vectors]
-        return (
-            np.stack([vectors[row["path"]] for row in present]),
-            np.array([row["character"] for row in present]),
-        )
-
-    gallery, names = embedded(rows["train"])
+    gallery_rows = [row for row in rows["train"] if row["path"] in vectors]
+    gallery = np.stack([vectors[row["path"]] for row in gallery_rows])
+    names = np.array([row["character"] for row in gallery_rows])
     kept = ~misfiled(gallery, names)
-    report = {"left_out": float(1.0 - kept.mean())}
+    report: dict = {"left_out": float(1.0 - kept.mean())}
+    if misnamed:  # known only when --label-noise made them
+        renamed = np.isin([row["path"] for row in gallery_rows], list(misnamed))
+        report["left_out_misnamed"] = int((~kept & renamed).sum())
+        report["left_out_named_right"] = int((~kept & ~renamed).sum())
+    trained = set(names)
     for split in ("val", "test"):
-        queries, labels = embedded([r for r in rows[split] if r["character"] in set(names)])
-        scores = retrieval_metrics(queries, labels, gallery[kept], names[kept], ks=(1,))
-        report[split] = scores["precision_at_1"]
+        queries = [r for r in rows[split] if r["character"] in trained and r["path"] in vectors]
+        if not queries:
+            report[split] = None
+            continue
+        similarity = unit_rows(np.stack([vectors[r["path"]] for r in queries])) @ (
+            unit_rows(gallery[kept]).T
+        )
+        nearest = names[kept][similarity.argmax(axis=1)]
+        report[split] = float(np.mean(nearest == np.array([r["character"] for r in queries])))
     return report
 
 
@@ -785,7 +794,7 @@ def run_seeds(
         print(f"--- seed {seed} (sample {key})", flush=True)
         params = build_params(recipe, project.source, names, args.holdout, seed)
         report = train_and_evaluate(project.root, params)
-        report["without_misfiled"] = identification_without_misfiled(project.root)
+        report["without_misfiled"] = identification_without_misfiled(project.root, project.misnamed)
         if project.misnamed:
             report.update(
                 review_catches(

@@ -334,6 +334,12 @@ def test_several_held_out_sets_are_measured_and_pooled(tmp_path):
     assert flagged["per_seed"] == [r["misnamed"]["flagged_first"] for r in runs]
     assert all(0.0 <= value <= 1.0 for value in flagged["per_seed"] + flagged["baseline_per_seed"])
     assert len(flagged["baseline_per_seed"]) == 4
+    for run in runs:  # the gallery without misfiled faces: how many misnamed among them
+        cleaned = run["without_misfiled"]
+        left_out = cleaned["left_out_misnamed"] + cleaned["left_out_named_right"]
+        assert left_out == round(
+            cleaned["left_out"] * run["val"]["identification"]["gallery_images"]
+        )
 
 
 # --------------------------------------------------------------------- the comparison
