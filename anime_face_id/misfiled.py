@@ -4,8 +4,9 @@ A face is misfiled when it is nearer (cosine) another character's centre than it
 a face of somebody else that review let through, as a picture's second character is. Each
 centre is trimmed (re-estimated without the farthest fifth of the character's faces), so
 a character's misfiled faces do not drag its centre towards themselves. Parameter-free on
-purpose: a right face this far from its own character is rare (1-2 of 288 in
-benchmarks/quality.py's noisy runs), and a reviewer would want to see it too.
+purpose: a right face this far from its own character is rare (benchmarks/quality.py:
+1-2 of 288 with a fifth of the faces misnamed, 4-8 of 360 without), and a reviewer would
+want to see it too.
 """
 
 from __future__ import annotations
