@@ -4,9 +4,14 @@ A face filed under the wrong character (one the reviewer let through) is, for ev
 its batch-mates, the farthest positive, so batch-hard mining trains on it above all; as an
 anchor, every positive it is pulled towards is a face of somebody else. Within the batch it
 is also the face farthest, on average, from the rest of its character's faces, which is
-how it is found here: each character's ``per_character`` faces with the largest mean
-distance to their batch-mates are left out. A character keeps at least two faces, so its
-faces still form a positive pair.
+how it is found here: each character's ``per_character`` pictures with the largest mean
+distance to their batch-mates are left out. A character keeps at least two pictures, so
+its faces still form a positive pair.
+
+A character with fewer pictures than K fills its places with repeats (two views of one
+file). Distances are therefore measured to the other *pictures* only, and a picture left
+out takes all its views with it: two views of a misnamed face are close to each other,
+and counting that closeness would hide it behind a clean face.
 """
 
 from __future__ import annotations
@@ -14,18 +19,40 @@ from __future__ import annotations
 import torch
 
 
-def kept_faces(distances: torch.Tensor, labels: torch.Tensor, per_character: int) -> torch.Tensor:
-    """(B,) bool: True for the faces to train on, given the batch's (B, B) distances."""
-    keep = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-    if per_character <= 0:
-        return keep
-    same = labels.unsqueeze(0) == labels.unsqueeze(1)
-    mates = same.sum(dim=1) - 1  # each face's batch-mates of its own character
-    mean_to_mates = (distances * same).sum(dim=1) / mates.clamp(min=1)
-    for label in labels.unique():
-        members = (labels == label).nonzero(as_tuple=True)[0]
-        drop = min(per_character, len(members) - 2)
-        if drop > 0:
-            farthest = mean_to_mates[members].topk(drop).indices
-            keep[members[farthest]] = False
-    return keep
+def kept_faces(
+    distances: torch.Tensor,
+    labels: torch.Tensor,
+    per_character: int,
+    pictures: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) bool: True for the faces to train on, given the batch's (B, B) distances.
+
+    ``pictures`` numbers each face's source file (equal numbers: views of one picture);
+    without it every face is its own picture."""
+    device = labels.device
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    if per_character > 0:
+        # small (B, B) work: one copy to the CPU instead of a sync per character
+        distances, labels = distances.detach().cpu(), labels.cpu()
+        pictures = torch.arange(len(labels)) if pictures is None else pictures.cpu()
+        for label in labels.unique():
+            members = (labels == label).nonzero(as_tuple=True)[0]
+            for picture in _farthest_pictures(distances, members, pictures, per_character):
+                keep[members[pictures[members] == picture]] = False
+    return keep.to(device)
+
+
+def _farthest_pictures(
+    distances: torch.Tensor, members: torch.Tensor, pictures: torch.Tensor, count: int
+) -> list[int]:
+    """Of one character's faces, the ``count`` pictures farthest from the others, keeping 2."""
+    own = pictures[members]
+    distinct = own.unique()
+    count = min(count, len(distinct) - 2)
+    if count <= 0:
+        return []
+    block = distances[members][:, members]
+    others = own.unsqueeze(0) != own.unsqueeze(1)  # pairs of two different pictures
+    per_face = (block * others).sum(dim=1) / others.sum(dim=1)
+    per_picture = torch.stack([per_face[own == picture].mean() for picture in distinct])
+    return distinct[per_picture.topk(count).indices].tolist()

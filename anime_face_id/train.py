@@ -46,7 +46,12 @@ from anime_face_id.losses import make_loss, pairwise_distances
 from anime_face_id.model import PretrainedWeightsMissing, build_embedder
 from anime_face_id.optimisation import lr_factor, make_optimizer
 from anime_face_id.sampler import PKSampler
-from anime_face_id.training_data import load_training_data, seed_worker, validate
+from anime_face_id.training_data import (
+    NumberedPictures,
+    load_training_data,
+    seed_worker,
+    validate,
+)
 from anime_face_id.training_report import (
     EpochReport,
     TrainResult,
@@ -174,7 +179,7 @@ def train(
             )
         batches = distributed.ShardedBatches(batches, ranks)
     loader = DataLoader(
-        data.train,
+        NumberedPictures(data.train),
         batch_sampler=batches,
         num_workers=config.workers,
         worker_init_fn=seed_worker,
@@ -240,15 +245,15 @@ def train(
         epoch_started = time.perf_counter()
         batches.set_epoch(epoch)
         net.train()
-        losses, id_losses, actives, positives, negatives = [], [], [], [], []
+        losses, id_losses, actives, positives, negatives, left_out = [], [], [], [], [], []
         images_seen, lr = 0, optimizer.param_groups[0]["lr"]
-        for images, labels in loader:
+        for images, labels, pictures in loader:
             images, labels = images.to(device), labels.to(device)
             embeddings, logits = net(images, labels)
             if config.batch_outliers:
-                keep = kept_faces(
-                    pairwise_distances(embeddings.detach()), labels, config.batch_outliers
-                )
+                distances = pairwise_distances(embeddings.detach())
+                keep = kept_faces(distances, labels, config.batch_outliers, pictures)
+                left_out.append(1 - keep.float().mean().item())
                 embeddings, labels = embeddings[keep], labels[keep]
                 logits = None if logits is None else logits[keep]
             stats = loss_fn(embeddings, labels)
@@ -292,6 +297,7 @@ def train(
             loss=_mean(losses),
             identity_loss=_mean(id_losses),
             active_fraction=_mean(actives),
+            left_out_fraction=_mean(left_out) if left_out else 0.0,
             mean_positive_distance=_mean(positives),
             mean_negative_distance=_mean(negatives),
             val_precision_at_1=val["precision_at_1"],

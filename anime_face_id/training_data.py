@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from anime_face_id.config import TrainConfig
 from anime_face_id.dataset import (
+    Draw,
     FaceDataset,
     class_names_of,
     examples_from_rows,
@@ -27,6 +29,22 @@ from anime_face_id.embed import embed_paths
 from anime_face_id.errors import StageError
 from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.transforms import DEFAULT_AUGMENT
+
+
+class NumberedPictures(Dataset):
+    """``FaceDataset`` for training: each draw also says which picture (file) it is a view
+    of, by number, so the batch's repeats of one file are known as one picture."""
+
+    def __init__(self, faces: FaceDataset):
+        self.faces = faces
+        numbers: dict[str, int] = {}
+        self.pictures = [numbers.setdefault(e.path, len(numbers)) for e in faces.examples]
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, draw: Draw) -> tuple[torch.Tensor, int, int]:
+        return (*self.faces[draw], self.pictures[draw.row])
 
 
 @dataclass

@@ -23,6 +23,7 @@ class EpochReport:
     loss: float
     identity_loss: float  # NaN when train.id_loss_weight is 0
     active_fraction: float
+    left_out_fraction: float  # faces the losses left out as outliers (train.batch_outliers)
     mean_positive_distance: float
     mean_negative_distance: float
     val_precision_at_1: float

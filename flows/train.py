@@ -36,6 +36,7 @@ def train_embedder(root: Path, params, run_id: str) -> training_report.TrainResu
             "loss": report.loss,
             "identity_loss": report.identity_loss,
             "active_fraction": report.active_fraction,
+            "left_out_fraction": report.left_out_fraction,
             "mean_positive_distance": report.mean_positive_distance,
             "mean_negative_distance": report.mean_negative_distance,
             # per-epoch validation; the final val_* numbers come from the evaluate stage

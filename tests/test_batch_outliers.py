@@ -12,20 +12,30 @@ from anime_face_id.config import TrainConfig
 from anime_face_id.losses import pairwise_distances
 
 
-def reference_kept(embeddings: np.ndarray, labels: list[int], per_character: int) -> list[bool]:
+def reference_kept(
+    embeddings: np.ndarray, labels: list[int], per_character: int, pictures: list[int]
+) -> list[bool]:
     keep = [True] * len(labels)
     for label in set(labels):
         members = [i for i, other in enumerate(labels) if other == label]
-        drop = min(per_character, len(members) - 2)
+        own_pictures = sorted({pictures[i] for i in members})
+        drop = min(per_character, len(own_pictures) - 2)
         if drop <= 0:
             continue
-        mean_distance = {
-            i: sum(float(np.linalg.norm(embeddings[i] - embeddings[j])) for j in members if j != i)
-            / (len(members) - 1)
-            for i in members
+        face_distance = {}
+        for i in members:
+            others = [j for j in members if pictures[j] != pictures[i]]
+            face_distance[i] = sum(
+                float(np.linalg.norm(embeddings[i] - embeddings[j])) for j in others
+            ) / len(others)
+        picture_distance = {
+            picture: np.mean([face_distance[i] for i in members if pictures[i] == picture])
+            for picture in own_pictures
         }
-        for i in sorted(members, key=lambda i: -mean_distance[i])[:drop]:
-            keep[i] = False
+        for picture in sorted(own_pictures, key=lambda p: -picture_distance[p])[:drop]:
+            for i in members:
+                if pictures[i] == picture:
+                    keep[i] = False
     return keep
 
 
@@ -36,10 +46,16 @@ def test_kept_faces_match_the_brute_force_reference(seed: int) -> None:
     labels = rng.integers(0, int(rng.integers(1, 6)), size=size).tolist()
     embeddings = rng.normal(size=(size, 4)).astype(np.float32)
     per_character = int(rng.integers(0, 4))
-    kept = kept_faces(
-        pairwise_distances(torch.from_numpy(embeddings)), torch.tensor(labels), per_character
+    # views of one picture share a number, always within one character
+    pictures = [label * 100 + int(rng.integers(0, 4)) for label in labels]
+    distances = pairwise_distances(torch.from_numpy(embeddings))
+    kept = kept_faces(distances, torch.tensor(labels), per_character, torch.tensor(pictures))
+    assert kept.tolist() == reference_kept(embeddings, labels, per_character, pictures)
+    without_numbers = kept_faces(distances, torch.tensor(labels), per_character)
+    every_face_its_own = list(range(size))
+    assert without_numbers.tolist() == reference_kept(
+        embeddings, labels, per_character, every_face_its_own
     )
-    assert kept.tolist() == reference_kept(embeddings, labels, per_character)
 
 
 def test_a_face_filed_under_the_wrong_character_is_the_one_left_out() -> None:
@@ -53,6 +69,23 @@ def test_a_face_filed_under_the_wrong_character_is_the_one_left_out() -> None:
     )
     assert not kept[5]
     assert kept.sum() == 12 - 3  # one per character, the farthest of a clean one too
+
+
+def test_two_views_of_a_misnamed_picture_are_both_left_out_not_a_clean_face() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(2, 8)) * 5
+    # character 0 has three pictures in the batch, the third a face of character 1 drawn
+    # twice (two views, close together); character 1 has four clean pictures
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    pictures = [0, 1, 2, 2, 3, 4, 5, 6]
+    embeddings = np.stack([centres[c] + rng.normal(size=8) * 0.3 for c in labels])
+    embeddings[2] = centres[1] + rng.normal(size=8) * 0.3
+    embeddings[3] = embeddings[2] + rng.normal(size=8) * 0.05
+    distances = pairwise_distances(torch.from_numpy(embeddings))
+    kept = kept_faces(distances, torch.tensor(labels), 1, torch.tensor(pictures))
+    assert kept[:4].tolist() == [True, True, False, False]
+    # counted as four pictures, the two views hide each other and a clean face goes
+    assert kept_faces(distances, torch.tensor(labels), 1)[:4].tolist() != [True, True, False, False]
 
 
 def test_a_character_keeps_two_faces_and_zero_keeps_every_face() -> None:

@@ -163,6 +163,7 @@ def test_run_reports_every_epoch_and_step_and_writes_metrics_and_history(trained
     for report in result.history:
         assert report.epochs == 2 and report.images_per_s > 0 and report.lr == pytest.approx(3e-3)
         assert 0 <= report.active_fraction <= 1 and report.loss > 0
+        assert report.left_out_fraction == 0  # train.batch_outliers is 0
     assert result.history[-1].eta_s == 0
     epoch_lines = [m for m in messages if m.startswith("epoch ")]
     assert len(epoch_lines) == 2
@@ -262,6 +263,8 @@ def test_leaving_each_characters_batch_outlier_out_still_trains_both_losses(tmp_
     best = result.history[result.best_epoch - 1].val_map_at_r
     assert best > result.untrained_val["map_at_r"] + 0.05
     assert load_checkpoint(result.checkpoint).config.batch_outliers == 1
+    # each of the batch's characters gives up one face of its K
+    assert all(report.left_out_fraction > 0 for report in result.history)
 
 
 def test_without_identity_loss_history_leaves_it_empty(trained):
