@@ -280,6 +280,17 @@ class TrainConfig(Section):
             raise ValueError("train.margin must be 'soft' or a positive number")
         return value
 
+    @model_validator(mode="after")
+    def _outliers_leave_a_pair(self) -> TrainConfig:
+        # a character keeps 2 of its K pictures, so a larger count would silently be K - 2
+        if self.batch_outliers > self.k - 2:
+            raise ValueError(
+                f"train.batch_outliers ({self.batch_outliers}) must be at most k - 2 "
+                f"({self.k - 2}): each character keeps 2 of its k = {self.k} faces in a "
+                "batch as a positive pair; raise train.k or lower train.batch_outliers"
+            )
+        return self
+
 
 class TrainParams(TrainConfig):
     """``train:`` in params.yaml. Its defaults are the recipe the repository's params.yaml

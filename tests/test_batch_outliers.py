@@ -101,3 +101,6 @@ def test_the_recipe_takes_batch_outliers_and_refuses_a_negative_count() -> None:
     assert TrainConfig(batch_outliers=1).batch_outliers == 1
     with pytest.raises(ValueError, match="batch_outliers"):
         TrainConfig(batch_outliers=-1)
+    assert TrainConfig(k=4, batch_outliers=2).batch_outliers == 2
+    with pytest.raises(ValueError, match=r"at most k - 2 \(2\).*raise train.k"):
+        TrainConfig(k=4, batch_outliers=3)
