@@ -200,20 +200,30 @@ def run_stage(stage: str, flow, distributes: bool = False, brief: bool = False) 
     params = check_params(Path(args.root) / args.params)
     if distributes:
         flow = on_compute(flow, params.compute)
-    report_stops_once()
-    stop_on_ctrl_c()
-    try:
-        state: State = _reported(
+    state = run_from_command_line(
+        stage,
+        lambda: _reported(
             stage,
             Path(args.root),
             lambda: flow(params_path=args.params, root=args.root, return_state=True),
             heartbeats=not brief,
-        )
-    except KeyboardInterrupt:
-        print(f"{stage}: stopped by Ctrl-C; the next run goes on from here", file=sys.stderr)
-        raise SystemExit(130) from None
+        ),
+        after_ctrl_c="the next run goes on from here",
+    )
     skip_final_collection()
     finish(stage, state)
+
+
+def run_from_command_line(name: str, run: Callable[[], State], after_ctrl_c: str) -> State:
+    """``run()``'s final state, its console showing a stopping error once; Ctrl-C ends the
+    process with status 130 and one line: ``<name>: stopped by Ctrl-C; <after_ctrl_c>``."""
+    report_stops_once()
+    stop_on_ctrl_c()
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"{name}: stopped by Ctrl-C; {after_ctrl_c}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _reported(stage: str, root: Path, run, heartbeats: bool = True):

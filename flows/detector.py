@@ -27,8 +27,7 @@ from pydantic import ValidationError
 from anime_face_id.faces.detector_data import IMAGE_SUFFIXES, LeftOut
 from anime_face_id.faces.detector_train import DetectorEpoch, DetectorTrainConfig, train_detector
 from anime_face_id.faces.detectors import PACKAGED_WEIGHTS
-from anime_face_id.interrupt import stop_on_ctrl_c
-from flows._stage import fail_on_stage_error, finish, report_stops_once
+from flows._stage import fail_on_stage_error, finish, run_from_command_line
 from tasks.reporting import StageProgress
 from tracking import runs
 
@@ -325,24 +324,18 @@ def main(argv: list[str] | None = None) -> None:
             option = "--" + "-".join(str(part) for part in problem["loc"]).replace("_", "-")
             print(f"error: {option}: {problem['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
-    report_stops_once()
-    stop_on_ctrl_c()
-    try:
-        state = detector_flow(
+    state = run_from_command_line(
+        "detector-train",
+        lambda: detector_flow(
             frames=str(args.frames),
             crops=str(args.crops) if args.crops else None,
             out=str(args.out),
             config=overrides,
             resume=not args.start_over,
             return_state=True,
-        )
-    except KeyboardInterrupt:
-        print(
-            "detector-train: stopped by Ctrl-C; the same command continues after the last "
-            "finished epoch",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
+        ),
+        after_ctrl_c="the same command continues after the last finished epoch",
+    )
     finish("detector-train", state)
 
 
