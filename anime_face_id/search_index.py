@@ -168,8 +168,9 @@ class CharacterGroups:
 
     def maxima(self, grouped_similarity: np.ndarray, classes: int) -> np.ndarray:
         """(Q, classes) from a (Q, N) table whose columns follow ``order`` (-inf for a
-        character without items)."""
-        scores = np.full((grouped_similarity.shape[0], classes), -np.inf, np.float32)
+        character without items), in the table's precision (float32 at least)."""
+        dtype = np.result_type(grouped_similarity.dtype, np.float32)
+        scores = np.full((grouped_similarity.shape[0], classes), -np.inf, dtype)
         if len(self.starts):
             scores[:, self.present] = np.maximum.reduceat(grouped_similarity, self.starts, axis=1)
         return scores

@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from anime_face_id.fileio import atomic_write_json  # noqa: E402
+from anime_face_id.search_index import CharacterGroups  # noqa: E402
 from anime_face_id.verification import eer_threshold  # noqa: E402
 from benchmarks.rescoring import project_splits  # noqa: E402
 
@@ -57,12 +58,8 @@ VAL_REJECTED = 0.10  # the fixed cost to known faces at which the rules are comp
 
 def character_scores(similarity: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
     """(Q, C): each character's best gallery similarity; -inf for a character with none."""
-    scores = np.full((len(similarity), classes), -np.inf)
-    for c in range(classes):
-        columns = labels == c
-        if columns.any():
-            scores[:, c] = similarity[:, columns].max(axis=1)
-    return scores
+    groups = CharacterGroups.of(labels)
+    return groups.maxima(similarity[:, groups.order], classes)
 
 
 def _named_and_others(scores: np.ndarray, named: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
