@@ -32,17 +32,33 @@ def trimmed_centre(vectors: np.ndarray, trim: float = TRIM_FRACTION) -> np.ndarr
     return centre
 
 
-def misfiled(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(N,) bool: True for each face nearer another character's trimmed centre than its
-    own character's."""
+def looks_like(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) labels: for each face, the character whose trimmed centre it is nearest, its
+    own on a tie. A character none of whose faces is nearest its own centre keeps them all:
+    nothing is left to tell its look by. (Against one other centre, some face is always
+    nearer its own, which is those faces' mean direction; against several, each face can
+    be nearer a different one.)"""
     labels = np.asarray(labels)
     characters = np.unique(labels)
     if len(characters) < 2:
-        return np.zeros(len(labels), dtype=bool)
+        return labels.copy()
     unit = unit_rows(embeddings)
     centres = np.stack([trimmed_centre(unit[labels == c]) for c in characters])
     similarity = unit @ centres.T
     rows, own_column = np.arange(len(labels)), np.searchsorted(characters, labels)
     own = similarity[rows, own_column].copy()
     similarity[rows, own_column] = -np.inf
-    return similarity.max(axis=1) > own
+    nearest_other = similarity.argmax(axis=1)
+    flagged = similarity[rows, nearest_other] > own
+    for character in characters:
+        faces = labels == character
+        if flagged[faces].all():
+            flagged[faces] = False
+    return np.where(flagged, characters[nearest_other], labels)
+
+
+def misfiled(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N,) bool: True for each face nearer another character's trimmed centre than its
+    own character's (``looks_like``)."""
+    labels = np.asarray(labels)
+    return looks_like(embeddings, labels) != labels

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from anime_face_id.misfiled import misfiled, trimmed_centre
+from anime_face_id.misfiled import looks_like, misfiled, trimmed_centre
 
 
 def reference_centre(rows: list[np.ndarray], trim: float = 0.2) -> np.ndarray:
@@ -23,18 +23,31 @@ def reference_centre(rows: list[np.ndarray], trim: float = 0.2) -> np.ndarray:
     return centre
 
 
-def reference_misfiled(embeddings: np.ndarray, labels: list[int]) -> list[bool]:
+def reference_looks_like(embeddings: np.ndarray, labels: list[int]) -> list[int]:
     centres = {
         c: reference_centre([e for e, label in zip(embeddings, labels, strict=True) if label == c])
         for c in set(labels)
     }
-    flags = []
+    answers = []
     for embedding, label in zip(embeddings, labels, strict=True):
         unit = embedding / np.linalg.norm(embedding)
         own = float(unit @ centres[label])
-        others = [float(unit @ centre) for c, centre in centres.items() if c != label]
-        flags.append(bool(others) and max(others) > own)
-    return flags
+        others = {c: float(unit @ centre) for c, centre in centres.items() if c != label}
+        best = max(sorted(others), key=lambda c: others[c], default=None)
+        answers.append(best if best is not None and others[best] > own else label)
+    for c in set(labels):  # a character with every face elsewhere keeps them
+        members = [i for i, label in enumerate(labels) if label == c]
+        if all(answers[i] != c for i in members):
+            for i in members:
+                answers[i] = c
+    return answers
+
+
+def reference_misfiled(embeddings: np.ndarray, labels: list[int]) -> list[bool]:
+    return [
+        answer != label
+        for answer, label in zip(reference_looks_like(embeddings, labels), labels, strict=True)
+    ]
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -44,6 +57,8 @@ def test_misfiled_matches_the_brute_force_reference(seed: int) -> None:
     labels = rng.integers(0, int(rng.integers(1, 5)), size=size).tolist()
     embeddings = rng.normal(size=(size, 6))
     assert misfiled(embeddings, np.array(labels)).tolist() == reference_misfiled(embeddings, labels)
+    answers = looks_like(embeddings, np.array(labels)).tolist()
+    assert answers == reference_looks_like(embeddings, labels)
 
 
 def test_faces_of_another_character_are_misfiled_and_the_rest_are_not() -> None:
@@ -53,6 +68,19 @@ def test_faces_of_another_character_are_misfiled_and_the_rest_are_not() -> None:
     embeddings = centres[labels] + rng.normal(size=(30, 16))
     embeddings[[4, 15]] = centres[[2, 0]] + rng.normal(size=(2, 16))  # filed as 0 and 1
     assert np.flatnonzero(misfiled(embeddings, labels)).tolist() == [4, 15]
+    assert looks_like(embeddings, labels)[[4, 15]].tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_every_character_keeps_a_face_however_alike_the_characters(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(2, 40))
+    labels = rng.integers(0, int(rng.integers(2, 6)), size=size)
+    # a few directions shared by every character: many faces nearer another centre
+    embeddings = rng.normal(size=(3, 4))[rng.integers(0, 3, size=size)]
+    embeddings += rng.normal(size=(size, 4)) * float(rng.uniform(0.05, 1.0))
+    kept = ~misfiled(embeddings, labels)
+    assert set(labels[kept].tolist()) == set(labels.tolist())
 
 
 def test_one_character_has_no_other_to_be_filed_under() -> None:
