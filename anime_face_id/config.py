@@ -332,6 +332,11 @@ class PackageConfig(Section):
     # None: calibrated on the validation split (see anime_face_id.calibration); a number
     # overrides it (cosine similarity; faces scoring below it are reported as unknown)
     threshold: float | None = Field(None, ge=-1.0, le=1.0)
+    # leave_out: gallery faces nearer another character's centre than their own (faces
+    # review let through under the wrong name; anime_face_id/misfiled.py) are left out of
+    # the gallery and its calibration, and listed in metrics/package.json and
+    # plots/gallery_left_out.png; evaluate's identification leaves them out too. keep: every face
+    misfiled: Literal["leave_out", "keep"] = "keep"
     batch_size: int = Field(64, ge=1)  # gallery images per forward pass
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 

@@ -38,6 +38,7 @@ from anime_face_id.evaluation_data import (
     EmbeddedSplit,
     PathEmbedder,
     embed_split,
+    gallery_without_misfiled,
     local_embedder,
     readable_splits,
 )
@@ -140,10 +141,12 @@ def baseline_reports(
     config: EvaluateConfig,
     device: torch.device,
     embedder: PathEmbedder | None = None,
+    leave_out_misfiled: bool = False,
 ) -> dict[str, dict]:
     """``baseline_val`` (and ``baseline_open_set`` with held-out characters): the same
     numbers for the untrained backbone's pooled ImageNet features (``embedder`` computes
-    them elsewhere; by default here)."""
+    them elsewhere; by default here), its gallery cleared of misfiled faces by its own
+    features when ``leave_out_misfiled``."""
     if embedder is None:
         features = place(ImageNetFeatures(), device)
         embedder = local_embedder(features, root, image_size, device, config.batch_size)
@@ -151,7 +154,10 @@ def baseline_reports(
     def embed(split_rows):
         return embed_split(embedder, split_rows)
 
-    reports = {"baseline_val": split_report(embed(rows["val"]), embed(rows["train"]), config.k)}
+    gallery = embed(rows["train"])
+    if leave_out_misfiled:
+        gallery = gallery_without_misfiled(gallery)
+    reports = {"baseline_val": split_report(embed(rows["val"]), gallery, config.k)}
     if rows["holdout"]:
         reports["baseline_open_set"] = retrieval_report(embed(rows["holdout"]), config.k)
     for report in reports.values():
@@ -182,13 +188,16 @@ def evaluate(
     run_id: str | None = None,
     embedder: PathEmbedder | None = None,
     baseline_embedder: Callable[[int], PathEmbedder] | None = None,
+    leave_out_misfiled: bool = False,
 ) -> dict:
     """Score the checkpoint on every split, draw the plots, write metrics/eval.json.
 
     Returns the report as written (NaN as None). ``run_id`` (e.g. the MLflow run) is
     stored in the report when given. ``embedder`` embeds the splits with this checkpoint
     elsewhere (a Dask cluster's workers), ``baseline_embedder`` (given the input size) with
-    the ImageNet features; by default both are embedded here."""
+    the ImageNet features; by default both are embedded here. ``leave_out_misfiled``: the
+    training gallery faces are searched without the faces package.misfiled leaves out, as
+    identify searches them."""
     root = Path(root)
     device = resolve_device(config.device)
     loaded = load_checkpoint(root / checkpoint, device)
@@ -218,8 +227,13 @@ def evaluate(
         for path, vector in zip(split.paths, split.embeddings, strict=True)
     }
     save_embeddings(root / EMBEDDINGS, loaded.sha256, root, vectors)
+    embedded_train = len(gallery)
+    if leave_out_misfiled:
+        gallery = gallery_without_misfiled(gallery)
     report: dict = {
         "checkpoint": _checkpoint_summary(Path(checkpoint), loaded),
+        # training faces the identification gallery left out as misfiled (package.misfiled)
+        "gallery_left_out_misfiled": embedded_train - len(gallery),
         "val": split_report(val, gallery, config.k),
         "test": split_report(test, gallery, config.k),
     }
@@ -237,7 +251,9 @@ def evaluate(
         try:
             elsewhere = baseline_embedder(loaded.image_size) if baseline_embedder else None
             report.update(
-                baseline_reports(root, rows, loaded.image_size, config, device, elsewhere)
+                baseline_reports(
+                    root, rows, loaded.image_size, config, device, elsewhere, leave_out_misfiled
+                )
             )
         except PretrainedWeightsMissing as error:
             warnings.append(f"baseline skipped: {error}")

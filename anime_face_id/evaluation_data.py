@@ -16,6 +16,7 @@ from anime_face_id.dataset import read_split, require_paths_inside, unreadable_i
 from anime_face_id.embed import embed_paths
 from anime_face_id.embedding_store import PathEmbedder
 from anime_face_id.metrics import as_unit_array
+from anime_face_id.misfiled import misfiled
 
 
 @dataclass
@@ -26,6 +27,17 @@ class EmbeddedSplit:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+
+def gallery_without_misfiled(gallery: EmbeddedSplit) -> EmbeddedSplit:
+    """The gallery without the faces that look like another character (misfiled.py), as
+    the package stage leaves them out with ``package.misfiled: leave_out``."""
+    kept = ~misfiled(gallery.embeddings, gallery.labels)
+    return EmbeddedSplit(
+        paths=[path for path, keep in zip(gallery.paths, kept, strict=True) if keep],
+        labels=gallery.labels[kept],
+        embeddings=gallery.embeddings[kept],
+    )
 
 
 def readable_splits(root: Path) -> tuple[dict[str, list[dict[str, str]]], dict[str, str]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from anime_face_id.embedding_store import (
 )
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_bytes
+from anime_face_id.misfiled import looks_like
 from anime_face_id.search_index import (
     CharacterGroups,
     ExactIndex,
@@ -256,17 +257,44 @@ def _labels(rows: list[dict[str, str]], class_names: list[str]) -> np.ndarray:
     return np.array([label_of.get(row["character"], -1) for row in rows], dtype=np.int64)
 
 
+def without_misfiled(
+    rows: list[dict[str, str]], vectors: dict[str, np.ndarray]
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``rows`` (each with an embedding in ``vectors``) split into the faces that look like
+    their own character and the misfiled ones (misfiled.py), each of those with the
+    character it looks like."""
+    if not rows:
+        return [], []
+    names = np.array([row["character"] for row in rows])
+    looks = looks_like(np.stack([vectors[row["path"]] for row in rows]), names)
+    kept = [row for row, name, look in zip(rows, names, looks, strict=True) if name == look]
+    left_out = [
+        {"path": row["path"], "character": row["character"], "looks_like": str(look)}
+        for row, name, look in zip(rows, names, looks, strict=True)
+        if name != look
+    ]
+    return kept, left_out
+
+
 def build_gallery(
     rows: GalleryRows,
     vectors: dict[str, np.ndarray],
     embedder: str,
     threshold: float | None = None,
     meta: dict | None = None,
+    leave_out_misfiled: bool = False,
 ) -> Gallery:
     """The gallery of ``rows`` given each path's embedding (``vectors``; rows whose path
-    has none, e.g. unreadable images, are left out), with its calibrated threshold."""
+    has none, e.g. unreadable images, are left out), with its calibrated threshold.
+    ``leave_out_misfiled``: faces that look like another character are left out of the
+    gallery and of the one calibration searches (listed in ``meta["left_out_misfiled"]``)."""
     _require_finite(vectors)
     keep = [row for row in rows.gallery if row["path"] in vectors]
+    left_out: list[dict[str, str]] = []
+    if leave_out_misfiled:
+        keep, left_out = without_misfiled(keep, vectors)
+        calibration_gallery = [row for row in rows.calibration_gallery if row["path"] in vectors]
+        rows = replace(rows, calibration_gallery=without_misfiled(calibration_gallery, vectors)[0])
     class_names = sorted({row["character"] for row in keep})
     if not class_names:
         raise GalleryError("no readable gallery images: run the data stages first")
@@ -293,8 +321,11 @@ def build_gallery(
         else (np.zeros(0), np.zeros(0))
     )
     embeddings, _ = embedded(keep)
+    embeddings = unit_rows(embeddings)
+    for face in left_out:  # why it was left out, for plots/gallery_left_out.png
+        face["nearest"] = _nearest(vectors[face["path"]], embeddings, keep)
     return Gallery(
-        embeddings=unit_rows(embeddings),
+        embeddings=embeddings,
         labels=_labels(keep, class_names),
         class_names=class_names,
         paths=[row["path"] for row in keep],
@@ -304,9 +335,25 @@ def build_gallery(
             **(meta or {}),
             "items": len(keep),
             "characters": len(class_names),
+            "left_out_misfiled": left_out,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
+
+
+def _nearest(
+    vector: np.ndarray, embeddings: np.ndarray, rows: list[dict[str, str]], count: int = 5
+) -> list[dict]:
+    similarity = embeddings @ unit_rows(vector[None])[0]
+    order = np.argsort(-similarity, kind="stable")[:count]
+    return [
+        {
+            "path": rows[i]["path"],
+            "character": rows[i]["character"],
+            "similarity": round(float(similarity[i]), 4),
+        }
+        for i in order
+    ]
 
 
 def _require_finite(vectors: dict[str, np.ndarray]) -> None:
@@ -370,11 +417,7 @@ def rebuild_gallery(
         "embeddings": {"reused": reused, "computed": len(todo)},
     }
     gallery = build_gallery(
-        rows,
-        vectors,
-        fingerprint,
-        config.threshold,
-        meta,
+        rows, vectors, fingerprint, config.threshold, meta, config.misfiled == "leave_out"
     )
     save_gallery(gallery, destination)
     return gallery, skipped
@@ -391,6 +434,8 @@ def describe(gallery: Gallery) -> dict:
             name: int(count) for name, count in zip(gallery.class_names, counts, strict=True)
         },
         "not_trained_on": sorted(set(gallery.class_names) - trained) if trained else [],
+        # faces that look like another character than their name (package.misfiled)
+        "left_out_misfiled": gallery.meta.get("left_out_misfiled", []),
         "threshold": gallery.threshold,
         "calibration": asdict(gallery.calibration),
         "unseen_characters": unseen_caveat(gallery.calibration) or None,

@@ -15,6 +15,8 @@ from anime_face_id.fileio import atomic_write_json, json_safe
 from anime_face_id.gallery import GALLERY, describe, rebuild_gallery
 
 PACKAGE_METRICS = Path("metrics/package.json")
+LEFT_OUT_PNG = Path("plots/gallery_left_out.png")
+LEFT_OUT_SHOWN = 24  # rows of the picture; metrics/package.json lists every face
 
 
 def package_gallery(
@@ -31,5 +33,33 @@ def package_gallery(
         "skipped_images": [{"path": p, "reason": r} for p, r in skipped.items()],
     }
     summary = json_safe(summary)
+    plot_left_out(root, summary["left_out_misfiled"], params.package.misfiled)
     atomic_write_json(root / PACKAGE_METRICS, summary)
     return summary
+
+
+def plot_left_out(root: Path, left_out: list[dict], setting: str) -> Path:
+    """``plots/gallery_left_out.png``: each face left out of the gallery as misfiled, with
+    the gallery faces nearest it (red: another character than its name), for a reviewer
+    to rename or reject it; a placeholder saying why when there is none."""
+    from anime_face_id.plots import GridRow, plot_placeholder, plot_retrieval_grid
+
+    path = root / LEFT_OUT_PNG
+    if setting != "leave_out":
+        return plot_placeholder(path, "package.misfiled is keep: every face is in the gallery.")
+    if not left_out:
+        return plot_placeholder(path, "No gallery face looks like another character than its name.")
+    rows = [
+        GridRow(
+            query_path=root / face["path"],
+            query_label=face["character"],
+            hits=[(root / n["path"], n["character"], n["similarity"]) for n in face["nearest"]],
+        )
+        for face in left_out[:LEFT_OUT_SHOWN]
+    ]
+    shown = f"the first {LEFT_OUT_SHOWN} of " if len(left_out) > LEFT_OUT_SHOWN else ""
+    title = (
+        f"Left out of the gallery: {shown}{len(left_out)} face(s) nearer another character "
+        "than their name (red); rename or reject them in review"
+    )
+    return plot_retrieval_grid(rows, path, title, query_caption="filed as")

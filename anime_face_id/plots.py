@@ -147,9 +147,12 @@ def _short(name: str, width: int = 18) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def plot_retrieval_grid(rows: Sequence[GridRow], path: Path, title: str) -> Path:
-    """One row per query: the query, then its nearest neighbours framed green (same
-    character) or red (another), each named with its similarity underneath."""
+def plot_retrieval_grid(
+    rows: Sequence[GridRow], path: Path, title: str, query_caption: str = "query"
+) -> Path:
+    """One row per query: the query (``query_caption`` above its character's name), then
+    its nearest neighbours framed green (same character) or red (another), each named
+    with its similarity underneath."""
     columns = 1 + max((len(row.hits) for row in rows), default=0)
     height = 2.05 * max(len(rows), 1)
     figure = Figure(figsize=(1.75 * columns, height + 0.5))
@@ -157,7 +160,9 @@ def plot_retrieval_grid(rows: Sequence[GridRow], path: Path, title: str) -> Path
     for r, row in enumerate(rows):
         axes = figure.add_subplot(len(rows), columns, r * columns + 1)
         axes.imshow(_framed(row.query_path, None, THUMBNAIL))
-        axes.set_xlabel(f"query\n{_short(row.query_label)}", fontsize=8, fontweight="bold")
+        axes.set_xlabel(
+            f"{query_caption}\n{_short(row.query_label)}", fontsize=8, fontweight="bold"
+        )
         _bare(axes)
         for c, (hit_path, hit_label, similarity) in enumerate(row.hits, start=2):
             axes = figure.add_subplot(len(rows), columns, r * columns + c)

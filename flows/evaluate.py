@@ -45,7 +45,13 @@ def flat_metrics(report: dict) -> dict[str, float]:
 
 @task
 def evaluate_embedder(root: Path, params, run_id: str) -> dict:
-    return evaluate.evaluate(root, params.evaluate, run_id=run_id)
+    return evaluate.evaluate(
+        root, params.evaluate, run_id=run_id, leave_out_misfiled=_leaves_out_misfiled(params)
+    )
+
+
+def _leaves_out_misfiled(params) -> bool:
+    return params.package.misfiled == "leave_out"  # identify's gallery, measured as it is
 
 
 @flow(name="evaluate", log_prints=True)
@@ -68,14 +74,26 @@ def _evaluate(root_path: Path, params) -> dict:
             root_path, params.compute, params.evaluate.batch_size, params.evaluate.device
         )
         report = evaluate.evaluate(
-            root_path, params.evaluate, run_id=run_id, embedder=embedder, baseline_embedder=baseline
+            root_path,
+            params.evaluate,
+            run_id=run_id,
+            embedder=embedder,
+            baseline_embedder=baseline,
+            leave_out_misfiled=_leaves_out_misfiled(params),
         )
     metrics = flat_metrics(report)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         below = evaluate.below_baseline(report)
         mlflow.set_tag("below_untrained_baseline", str(below is not None))
-        mlflow.log_params(runs.flatten("evaluate", params.evaluate.model_dump(mode="json")))
+        # tags, not params: a changed evaluate (or package.misfiled) setting evaluates the
+        # same training run again, and MLflow refuses to change a logged param
+        mlflow.set_tags(
+            {
+                **runs.flatten("evaluate", params.evaluate.model_dump(mode="json")),
+                "package.misfiled": params.package.misfiled,
+            }
+        )
         mlflow.log_artifact(str(root_path / evaluate.EVAL_METRICS), "metrics")
         for plot in sorted((root_path / evaluation_plots.PLOTS_DIR).glob("*")):
             mlflow.log_artifact(str(plot), "plots")

@@ -32,6 +32,7 @@ def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
     metrics = {
         "gallery_items": summary["items"],
         "gallery_characters": summary["characters"],
+        "gallery_left_out_misfiled": len(summary["left_out_misfiled"]),
         "unknown_threshold": summary["threshold"],
         "unknown_false_accept": calibration["false_accept"],
         "unknown_false_reject": calibration["false_reject"],
@@ -48,6 +49,7 @@ def log_and_register(root: Path, params, run_id: str, summary: dict) -> dict:
             }
         )
         mlflow.log_artifact(str(root / package.PACKAGE_METRICS), "metrics")
+        mlflow.log_artifact(str(root / package.LEFT_OUT_PNG), "plots")
         model_uri = log_identifier(root, params, root / layout.EMBEDDER, root / gallery.GALLERY)
         registration = runs.register_if_better(run_id, model_uri, score)
         mlflow.set_tags({f"registry.{k}": str(v) for k, v in registration.items()})
@@ -78,6 +80,7 @@ def _package(root_path: Path, params) -> dict:
             {
                 "gallery_images": summary["items"],
                 "characters": summary["characters"],
+                "left_out_misfiled": len(summary["left_out_misfiled"]),
                 "embeddings_reused": (summary.get("embeddings") or {}).get("reused", 0),
                 "threshold": round(summary["threshold"], 4),
                 "calibration": calibration["method"],

@@ -391,6 +391,35 @@ def test_build_gallery_leaves_out_unembedded_rows_and_calibrates_on_val():
     assert 0.0 < gallery.threshold <= 1.0
 
 
+def test_a_face_filed_under_the_wrong_character_is_left_out_listed_and_not_searched():
+    """B's face filed as A: left out of the gallery and of the gallery calibration
+    searches, listed with the character it looks like and its nearest gallery faces; with
+    the option off, every face stays."""
+    from anime_face_id.gallery import GalleryRows
+
+    rng = np.random.default_rng(3)
+    centres = {"A": np.array([1.0, 0.0, 0.0]), "B": np.array([0.0, 1.0, 0.0])}
+    rows = [{"character": c, "path": f"{c}{i}"} for c in "AB" for i in range(5)]
+    val = [{"character": c, "path": f"v{c}{i}"} for c in "AB" for i in range(2)]
+    vectors = {
+        row["path"]: centres[row["character"]] + rng.normal(scale=0.05, size=3)
+        for row in rows + val
+    }
+    vectors["A4"] = centres["B"] + rng.normal(scale=0.05, size=3)  # review let it through
+    both = GalleryRows(rows, rows, val, [])
+
+    kept = build_gallery(both, vectors, "f" * 64, leave_out_misfiled=True)
+    assert "A4" not in kept.paths and len(kept) == 9
+    [face] = kept.meta["left_out_misfiled"]
+    assert (face["path"], face["character"], face["looks_like"]) == ("A4", "A", "B")
+    assert [n["character"] for n in face["nearest"]] == ["B"] * 5
+    assert face["nearest"][0]["similarity"] >= face["nearest"][-1]["similarity"] > 0.9
+    # the misfiled face no longer answers the val faces of B as "A" in calibration
+    everything = build_gallery(both, vectors, "f" * 64)
+    assert len(everything) == 10 and everything.meta["left_out_misfiled"] == []
+    assert kept.calibration.threshold != everything.calibration.threshold
+
+
 def add_character(root: Path, name: str, count: int = 4) -> list[str]:
     """A new character's crops as the data stages would leave them (review + split done)."""
     rng = np.random.default_rng(11)
@@ -618,3 +647,41 @@ def test_exact_naming_equals_naming_from_every_item_ranked(seed: int) -> None:
         assert [n.path for n in quick.neighbours] == [n.path for n in reference.neighbours]
         for a, b in zip(quick.neighbours, reference.neighbours, strict=True):
             assert a.similarity == pytest.approx(b.similarity, abs=1e-6)
+
+
+def test_the_package_stage_leaves_out_a_misnamed_face_and_shows_it(tmp_path_factory, tmp_path):
+    """A trained model's package with one training face renamed to another character:
+    package.misfiled leave_out keeps it out of models/gallery.npz, lists it in
+    metrics/package.json and draws it in plots/gallery_left_out.png; keep leaves the
+    gallery whole and the picture says so."""
+    import shutil
+
+    from anime_face_id.package import LEFT_OUT_PNG, PACKAGE_METRICS, package_gallery
+    from tests.test_identify import params_dict, trained_project
+
+    root = tmp_path / "project"
+    shutil.copytree(trained_project(tmp_path_factory), root)
+    rows = read_csv(root / layout.split_csv("train"))
+    renamed = next(row for row in rows if row["character"] == NAMES[0])
+    renamed["character"] = NAMES[1]
+    write_csv(root / layout.split_csv("train"), layout.SPLIT_COLUMNS, rows)
+
+    def package(setting: str) -> dict:
+        params = parse_params({**params_dict(NAMES), "package": {"misfiled": setting}})
+        return package_gallery(root, params, layout.EMBEDDER)
+
+    summary = package("leave_out")
+    listed = {face["path"]: face for face in summary["left_out_misfiled"]}
+    assert listed[renamed["path"]]["looks_like"] == NAMES[0]
+    assert listed[renamed["path"]]["character"] == NAMES[1]
+    assert len(listed) <= 2  # the rest of the generated faces look like their names
+    assert json.loads((root / PACKAGE_METRICS).read_text())["left_out_misfiled"]
+    gallery = load_gallery(root / GALLERY)
+    assert renamed["path"] not in gallery.paths and summary["items"] == len(gallery)
+    drawn = Image.open(root / LEFT_OUT_PNG)
+    assert drawn.height > 200  # a row of faces, not the placeholder's one line
+
+    whole = package("keep")
+    assert whole["left_out_misfiled"] == [] and whole["items"] == len(gallery) + len(listed)
+    assert renamed["path"] in load_gallery(root / GALLERY).paths
+    assert Image.open(root / LEFT_OUT_PNG).height < drawn.height

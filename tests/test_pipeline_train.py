@@ -126,6 +126,27 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     diff = project.dvc("metrics", "diff").stdout
     assert "map_at_r" in diff
 
+    # Another gallery setting evaluates and packages the same training run again (MLflow
+    # refuses a changed param, so the evaluate and package settings are tags).
+    trained_in = json.loads((project.root / "metrics" / "eval.json").read_text())["run_id"]
+    other = "keep" if configured(project, "misfiled") == "leave_out" else "leave_out"
+    project.dvc("exp", "run", "-S", f"package.misfiled={other}")
+    again = json.loads((project.root / "metrics" / "eval.json").read_text())
+    assert again["run_id"] == trained_in
+    packaged = json.loads((project.root / "metrics" / "package.json").read_text())
+    left_out = len(packaged["left_out_misfiled"])
+    assert again["gallery_left_out_misfiled"] == left_out == (0 if other == "keep" else left_out)
+    assert (project.root / "plots" / "gallery_left_out.png").stat().st_size > 1000
+    tags = client.get_run(trained_in).data.tags
+    assert tags["package.misfiled"] == other and "evaluate.k" in tags
+    assert client.get_run(trained_in).data.metrics["gallery_left_out_misfiled"] == left_out
+
+
+def configured(project: Project, key: str):
+    from anime_face_id.config import load_params
+
+    return getattr(load_params(project.root / "params.yaml").package, key)
+
 
 def mlflow_server(tmp_path: Path):
     port = free_port()
