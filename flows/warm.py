@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import gc
 import importlib
 import os
@@ -58,6 +59,10 @@ from flows.warm_client import (
 
 PID_NAME = "stages.pid"
 LOG_NAME = "stages.log"
+# held by the runner while it lives: two started at once (two commands each starting the
+# project's server) would otherwise both listen, the first on a socket file the second
+# replaced, idle for IDLE_EXIT_S
+LOCK_NAME = "stages.lock"
 IDLE_EXIT_S = 30 * 60
 CHECK_EVERY_S = 5.0
 PRELOAD = (
@@ -401,9 +406,26 @@ def _can_watch_processes() -> bool:
     return True
 
 
+def _only_runner(home: Path) -> int | None:
+    """The lock's descriptor, held until this process ends; None when another runner holds
+    it (starting or serving)."""
+    descriptor = os.open(home / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
 def serve(root: Path) -> None:
     home = root.resolve() / ".prefect"
     me = os.getpid()
+    home.mkdir(parents=True, exist_ok=True)
+    lock = _only_runner(home)
+    if lock is None:
+        log(home, "not started: another runner is starting or serving")
+        return
     # before the imports (seconds): a stop meanwhile finds it; again once it listens, as
     # a runner started at the same moment may have written its own and lost the socket
     atomic_write_text(home / PID_NAME, _pid_line(me))
@@ -429,6 +451,7 @@ def serve(root: Path) -> None:
                 last_used = time.monotonic()
                 if os.fork() == 0:
                     listener.close()
+                    os.close(lock)  # a stage outliving the runner must not hold it
                     handle(connection, started)
                 connection.close()
             elif time.monotonic() - last_used > IDLE_EXIT_S:

@@ -199,6 +199,45 @@ def test_the_server_stop_stops_the_runner(project: Project) -> None:
         assert not (project.root / ".prefect" / SOCKET_NAME).exists()
 
 
+def test_two_runners_started_at_once_leave_one_and_the_stop_ends_it(project: Project) -> None:
+    """Two commands starting the project's server at once each start a runner: the second
+    to take the lock leaves at once, so no runner outlives the server's stop."""
+    home = project.root / ".prefect"
+    home.mkdir(exist_ok=True)
+    command = [sys.executable, "-m", "flows.warm", "--root", str(project.root)]
+    both = [
+        subprocess.Popen(
+            command,
+            cwd=project.root,
+            env=project.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not warm.is_running(project.root):
+            assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
+            time.sleep(0.1)
+        while all(process.poll() is None for process in both):  # the second leaves at once
+            assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
+            time.sleep(0.1)
+        time.sleep(warm.CHECK_EVERY_S + 1)  # a runner that lost its socket would leave now
+        left = [process for process in both if process.poll() is not None]
+        assert len(left) == 1, (home / warm.LOG_NAME).read_text()
+        assert "another runner is starting or serving" in (home / warm.LOG_NAME).read_text()
+        [serving] = [process for process in both if process.poll() is None]
+        assert int((home / warm.PID_NAME).read_text().split()[0]) == serving.pid
+        assert warm.stop(project.root)
+        serving.wait(timeout=30)
+    finally:
+        for process in both:
+            process.kill()
+            process.wait(timeout=30)
+
+
 def run_as_stage(project: Project, code: str, preexec_fn=None, **env: str):
     """``code`` as the collect stage's flow module, run through flows/run."""
     (project.root / "flows" / "collect.py").write_text(code)
