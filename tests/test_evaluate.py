@@ -28,7 +28,7 @@ from anime_face_id.evaluation_plots import (
     PER_CHARACTER_PNG,
     RETRIEVAL_GRID_PNG,
 )
-from anime_face_id.fileio import write_csv
+from anime_face_id.fileio import read_csv, write_csv
 from anime_face_id.layout import EMBEDDER
 from anime_face_id.metrics import retrieval_metrics
 from anime_face_id.train import train
@@ -140,6 +140,41 @@ def test_naming_is_what_identify_answers_with_a_threshold_calibrated_on_val(repo
     assert outcomes["named_right"] + outcomes["called_unknown"] + outcomes["named_wrong"] == (
         pytest.approx(1.0)
     )
+
+
+def test_with_misfiled_left_out_identification_searches_the_gallery_package_builds(
+    tmp_path, project, report
+):
+    """A training face renamed to another character: with leave_out_misfiled the
+    identification gallery is the package's (misfiled faces out), and the report says how
+    many; without it, the full training split (the module's report)."""
+    import shutil
+
+    from anime_face_id.evaluation_data import EmbeddedSplit, gallery_without_misfiled
+
+    root = tmp_path / "copy"
+    shutil.copytree(project, root)
+    rows = read_csv(root / layout.split_csv("train"))
+    next(row for row in rows if row["character"] == TRAINED[0])["character"] = TRAINED[1]
+    write_csv(root / layout.split_csv("train"), layout.SPLIT_COLUMNS, rows)
+    result = evaluate(root, EvaluateConfig(device="cpu"), leave_out_misfiled=True)
+
+    loaded = load_checkpoint(root / EMBEDDER)
+    train_rows = read_split(root, "train")
+    full = EmbeddedSplit(
+        paths=[row["path"] for row in train_rows],
+        labels=np.array([row["character"] for row in train_rows]),
+        embeddings=embed_paths(
+            loaded.model, [root / row["path"] for row in train_rows], loaded.image_size, "cpu"
+        ).numpy(),
+    )
+    kept = gallery_without_misfiled(full)
+    assert 0 < len(full) - len(kept) == result["gallery_left_out_misfiled"]
+    for split in ("val", "test"):
+        assert result[split]["identification"]["gallery_images"] == len(kept)
+    assert result["baseline_val"]["identification"]["gallery_images"] < len(full)
+    assert report["gallery_left_out_misfiled"] == 0
+    assert report["val"]["identification"]["gallery_images"] == 32
 
 
 def test_open_set_scores_only_the_held_out_characters(report):
