@@ -190,6 +190,11 @@ def rebuild(args: argparse.Namespace) -> int:
         print(f"threshold: {summary['calibration']['note']}", file=sys.stderr)
     if summary["not_trained_on"]:
         print(f"not seen in training: {', '.join(summary['not_trained_on'])}")
+    if summary["left_out_misfiled"]:  # package.misfiled: leave_out
+        print(
+            f"left out {len(summary['left_out_misfiled'])} faces that look like another "
+            "character than their name (`anime-face-id gallery info` lists them)"
+        )
     return EXIT_OK
 
 

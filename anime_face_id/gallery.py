@@ -47,6 +47,9 @@ from anime_face_id.search_index import (
 
 GALLERY = Path("models/gallery.npz")
 FORMAT_VERSION = 1
+# misfiled faces listed with their nearest gallery faces (each is a search of the gallery;
+# an embedding that calls thousands misfiled needs retraining, not a longer list)
+NEAREST_LISTED = 50
 
 
 class GalleryError(StageError):
@@ -322,7 +325,7 @@ def build_gallery(
     )
     embeddings, _ = embedded(keep)
     embeddings = unit_rows(embeddings)
-    for face in left_out:  # why it was left out, for plots/gallery_left_out.png
+    for face in left_out[:NEAREST_LISTED]:  # why, for plots/gallery_left_out.png
         face["nearest"] = _nearest(vectors[face["path"]], embeddings, keep)
     return Gallery(
         embeddings=embeddings,

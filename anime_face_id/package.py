@@ -16,7 +16,7 @@ from anime_face_id.gallery import GALLERY, describe, rebuild_gallery
 
 PACKAGE_METRICS = Path("metrics/package.json")
 LEFT_OUT_PNG = Path("plots/gallery_left_out.png")
-LEFT_OUT_SHOWN = 24  # rows of the picture; metrics/package.json lists every face
+LEFT_OUT_SHOWN = 24  # rows of the picture (at most gallery.NEAREST_LISTED); the metrics list all
 
 
 def package_gallery(
@@ -53,7 +53,9 @@ def plot_left_out(root: Path, left_out: list[dict], setting: str) -> Path:
         GridRow(
             query_path=root / face["path"],
             query_label=face["character"],
-            hits=[(root / n["path"], n["character"], n["similarity"]) for n in face["nearest"]],
+            hits=[
+                (root / n["path"], n["character"], n["similarity"]) for n in face.get("nearest", [])
+            ],
         )
         for face in left_out[:LEFT_OUT_SHOWN]
     ]

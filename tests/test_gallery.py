@@ -420,6 +420,24 @@ def test_a_face_filed_under_the_wrong_character_is_left_out_listed_and_not_searc
     assert kept.calibration.threshold != everything.calibration.threshold
 
 
+def test_every_misfiled_face_is_listed_and_the_first_with_their_nearest_faces():
+    from anime_face_id.gallery import NEAREST_LISTED, GalleryRows
+
+    rng = np.random.default_rng(4)
+    many = NEAREST_LISTED + 10
+    centres = {"A": np.array([1.0, 0.0, 0.0]), "B": np.array([0.0, 1.0, 0.0])}
+    rows = [{"character": c, "path": f"{c}{i}"} for c in "AB" for i in range(3 * many)]
+    vectors = {
+        row["path"]: centres[row["character"]] + rng.normal(scale=0.05, size=3) for row in rows
+    }
+    for i in range(many):  # B's faces filed as A
+        vectors[f"A{i}"] = centres["B"] + rng.normal(scale=0.05, size=3)
+    gallery = build_gallery(GalleryRows(rows, rows, [], []), vectors, "f" * 64, 0.5, None, True)
+    listed = gallery.meta["left_out_misfiled"]
+    assert sorted(face["path"] for face in listed) == sorted(f"A{i}" for i in range(many))
+    assert sum("nearest" in face for face in listed) == NEAREST_LISTED
+
+
 def add_character(root: Path, name: str, count: int = 4) -> list[str]:
     """A new character's crops as the data stages would leave them (review + split done)."""
     rng = np.random.default_rng(11)
