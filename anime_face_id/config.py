@@ -340,6 +340,10 @@ class PackageConfig(Section):
     batch_size: int = Field(64, ge=1)  # gallery images per forward pass
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
+    @property
+    def leaves_out_misfiled(self) -> bool:
+        return self.misfiled == "leave_out"
+
 
 class IdentifyConfig(Section):
     """Naming the faces in new pictures: how the gallery is searched and what is reported."""

@@ -420,7 +420,7 @@ def rebuild_gallery(
         "embeddings": {"reused": reused, "computed": len(todo)},
     }
     gallery = build_gallery(
-        rows, vectors, fingerprint, config.threshold, meta, config.misfiled == "leave_out"
+        rows, vectors, fingerprint, config.threshold, meta, config.leaves_out_misfiled
     )
     save_gallery(gallery, destination)
     return gallery, skipped

@@ -46,12 +46,8 @@ def flat_metrics(report: dict) -> dict[str, float]:
 @task
 def evaluate_embedder(root: Path, params, run_id: str) -> dict:
     return evaluate.evaluate(
-        root, params.evaluate, run_id=run_id, leave_out_misfiled=_leaves_out_misfiled(params)
+        root, params.evaluate, run_id=run_id, leave_out_misfiled=params.package.leaves_out_misfiled
     )
-
-
-def _leaves_out_misfiled(params) -> bool:
-    return params.package.misfiled == "leave_out"  # identify's gallery, measured as it is
 
 
 @flow(name="evaluate", log_prints=True)
@@ -79,7 +75,7 @@ def _evaluate(root_path: Path, params) -> dict:
             run_id=run_id,
             embedder=embedder,
             baseline_embedder=baseline,
-            leave_out_misfiled=_leaves_out_misfiled(params),
+            leave_out_misfiled=params.package.leaves_out_misfiled,
         )
     metrics = flat_metrics(report)
     with mlflow.start_run(run_id=run_id):

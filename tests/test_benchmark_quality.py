@@ -169,6 +169,7 @@ def test_benchmark_trains_each_seed_and_compares_with_imagenet(tmp_path, quality
         ("train.no_such_param=1", "no_such_param"),
         ("lr=1e-4", "SECTION.KEY=VALUE"),
         ("crop.size=64", "recipe has sections"),
+        ("package.misfiled=sometimes", "package.misfiled"),
         ("train.lr=-1", "train.lr"),
     ],
 )
@@ -302,6 +303,8 @@ def test_several_held_out_sets_are_measured_and_pooled(tmp_path):
         "--split-seeds", "0", "1",
         "--label-noise", "0.25",
         "--json", str(tmp_path / "quality.json"),
+        # evaluate searches identify's gallery: misfiled faces left out, as package does
+        "-S", "package.misfiled=leave_out",
         *tiny_recipe(batches_per_epoch=1),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -334,12 +337,16 @@ def test_several_held_out_sets_are_measured_and_pooled(tmp_path):
     assert flagged["per_seed"] == [r["misnamed"]["flagged_first"] for r in runs]
     assert all(0.0 <= value <= 1.0 for value in flagged["per_seed"] + flagged["baseline_per_seed"])
     assert len(flagged["baseline_per_seed"]) == 4
+    assert report["changes"]["package.misfiled"] == "leave_out"
     for run in runs:  # the gallery without misfiled faces: how many misnamed among them
         cleaned = run["without_misfiled"]
         left_out = cleaned["left_out_misnamed"] + cleaned["left_out_named_right"]
-        assert left_out == round(
-            cleaned["left_out"] * run["val"]["identification"]["gallery_images"]
-        )
+        assert left_out == run["gallery_left_out_misfiled"]  # evaluate left out the same
+        embedded = run["val"]["identification"]["gallery_images"] + left_out
+        assert left_out == round(cleaned["left_out"] * embedded)
+        # so its identification (and its naming, with the threshold) is identify's
+        assert run["val"]["identification"]["precision_at_1"] == pytest.approx(cleaned["val"])
+        assert run["test"]["identification"]["precision_at_1"] == pytest.approx(cleaned["test"])
 
 
 # --------------------------------------------------------------------- the comparison
