@@ -25,11 +25,11 @@ def kept_faces(
     per_character: int,
     pictures: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B,) bool: True for the faces to train on, given the batch's (B, B) distances.
+    """(B,) bool on the CPU: True for the faces to train on, given the batch's (B, B)
+    distances (the caller moves it, and can count it without a device sync).
 
     ``pictures`` numbers each face's source file (equal numbers: views of one picture);
     without it every face is its own picture."""
-    device = labels.device
     keep = torch.ones(len(labels), dtype=torch.bool)
     if per_character > 0:
         # small (B, B) work: one copy to the CPU instead of a sync per character
@@ -39,7 +39,7 @@ def kept_faces(
             members = (labels == label).nonzero(as_tuple=True)[0]
             for picture in _farthest_pictures(distances, members, pictures, per_character):
                 keep[members[pictures[members] == picture]] = False
-    return keep.to(device)
+    return keep
 
 
 def _farthest_pictures(

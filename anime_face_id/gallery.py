@@ -36,7 +36,7 @@ from anime_face_id.embedding_store import (
 )
 from anime_face_id.errors import StageError
 from anime_face_id.fileio import atomic_write_bytes
-from anime_face_id.misfiled import looks_like
+from anime_face_id.misfiled import looks_like_by
 from anime_face_id.search_index import (
     CharacterGroups,
     ExactIndex,
@@ -265,17 +265,23 @@ def without_misfiled(
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """``rows`` (each with an embedding in ``vectors``) split into the faces that look like
     their own character and the misfiled ones (misfiled.py), each of those with the
-    character it looks like."""
+    character it looks like and by how much, the most telling first."""
     if not rows:
         return [], []
     names = np.array([row["character"] for row in rows])
-    looks = looks_like(np.stack([vectors[row["path"]] for row in rows]), names)
+    looks, margins = looks_like_by(np.stack([vectors[row["path"]] for row in rows]), names)
     kept = [row for row, name, look in zip(rows, names, looks, strict=True) if name == look]
     left_out = [
-        {"path": row["path"], "character": row["character"], "looks_like": str(look)}
-        for row, name, look in zip(rows, names, looks, strict=True)
+        {
+            "path": row["path"],
+            "character": row["character"],
+            "looks_like": str(look),
+            "margin": round(float(margin), 4),
+        }
+        for row, name, look, margin in zip(rows, names, looks, margins, strict=True)
         if name != look
     ]
+    left_out.sort(key=lambda face: -face["margin"])  # stable: gallery order on a tie
     return kept, left_out
 
 

@@ -38,10 +38,17 @@ def looks_like(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     nothing is left to tell its look by. (Against one other centre, some face is always
     nearer its own, which is those faces' mean direction; against several, each face can
     be nearer a different one.)"""
+    return looks_like_by(embeddings, labels)[0]
+
+
+def looks_like_by(embeddings: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``looks_like``'s labels and, for each face, by how much (cosine) it is nearer the
+    nearest other character's centre than its own: above 0 for the faces that look like
+    another character, the most telling first when sorted."""
     labels = np.asarray(labels)
     characters = np.unique(labels)
     if len(characters) < 2:
-        return labels.copy()
+        return labels.copy(), np.full(len(labels), -np.inf)
     unit = unit_rows(embeddings)
     centres = np.stack([trimmed_centre(unit[labels == c]) for c in characters])
     similarity = unit @ centres.T
@@ -49,12 +56,13 @@ def looks_like(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
     own = similarity[rows, own_column].copy()
     similarity[rows, own_column] = -np.inf
     nearest_other = similarity.argmax(axis=1)
-    flagged = similarity[rows, nearest_other] > own
+    margin = similarity[rows, nearest_other] - own
+    flagged = margin > 0
     for character in characters:
         faces = labels == character
         if flagged[faces].all():
             flagged[faces] = False
-    return np.where(flagged, characters[nearest_other], labels)
+    return np.where(flagged, characters[nearest_other], labels), margin
 
 
 def misfiled(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -12,11 +12,12 @@ from pathlib import Path
 from anime_face_id.config import Params
 from anime_face_id.embedding_store import PathEmbedder
 from anime_face_id.fileio import atomic_write_json, json_safe
-from anime_face_id.gallery import GALLERY, describe, rebuild_gallery
+from anime_face_id.gallery import GALLERY, NEAREST_LISTED, describe, rebuild_gallery
 
 PACKAGE_METRICS = Path("metrics/package.json")
 LEFT_OUT_PNG = Path("plots/gallery_left_out.png")
-LEFT_OUT_SHOWN = 24  # rows of the picture (at most gallery.NEAREST_LISTED); the metrics list all
+# rows of the picture, each drawn with its nearest gallery faces; the metrics list all
+LEFT_OUT_SHOWN = min(24, NEAREST_LISTED)
 
 
 def package_gallery(
@@ -59,7 +60,8 @@ def plot_left_out(root: Path, left_out: list[dict], setting: str) -> Path:
         )
         for face in left_out[:LEFT_OUT_SHOWN]
     ]
-    shown = f"the first {LEFT_OUT_SHOWN} of " if len(left_out) > LEFT_OUT_SHOWN else ""
+    # gallery.without_misfiled lists the faces most like another character first
+    shown = f"the {LEFT_OUT_SHOWN} most telling of " if len(left_out) > LEFT_OUT_SHOWN else ""
     title = (
         f"Left out of the gallery: {shown}{len(left_out)} face(s) nearer another character "
         "than their name (red); rename or reject them in review"

@@ -253,7 +253,8 @@ def train(
             if config.batch_outliers:
                 distances = pairwise_distances(embeddings.detach())
                 keep = kept_faces(distances, labels, config.batch_outliers, pictures)
-                left_out.append(1 - keep.float().mean().item())
+                left_out.append(1 - keep.float().mean().item())  # on the CPU: no sync
+                keep = keep.to(device)
                 embeddings, labels = embeddings[keep], labels[keep]
                 logits = None if logits is None else logits[keep]
             stats = loss_fn(embeddings, labels)

@@ -436,6 +436,24 @@ def test_every_misfiled_face_is_listed_and_the_first_with_their_nearest_faces():
     listed = gallery.meta["left_out_misfiled"]
     assert sorted(face["path"] for face in listed) == sorted(f"A{i}" for i in range(many))
     assert sum("nearest" in face for face in listed) == NEAREST_LISTED
+    # the most telling first: those the nearest faces are listed for, and the picture shows
+    margins = [face["margin"] for face in listed]
+    assert margins == sorted(margins, reverse=True) and margins[-1] > 0
+    assert all("nearest" in face for face in listed[:NEAREST_LISTED])
+
+
+def test_the_face_most_like_another_character_is_listed_first():
+    from anime_face_id.gallery import GalleryRows
+
+    centres = {"A": np.array([1.0, 0.0, 0.0]), "B": np.array([0.0, 1.0, 0.0])}
+    rows = [{"character": c, "path": f"{c}{i}"} for c in "AB" for i in range(6)]
+    vectors = {row["path"]: centres[row["character"]] for row in rows}
+    vectors["A1"] = np.array([0.45, 0.55, 0.0])  # barely nearer B
+    vectors["A2"] = np.array([0.0, 1.0, 0.0])  # B's face itself
+    gallery = build_gallery(GalleryRows(rows, rows, [], []), vectors, "f" * 64, 0.5, None, True)
+    listed = gallery.meta["left_out_misfiled"]
+    assert [face["path"] for face in listed] == ["A2", "A1"]
+    assert listed[0]["margin"] > listed[1]["margin"] > 0
 
 
 def add_character(root: Path, name: str, count: int = 4) -> list[str]:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from anime_face_id.misfiled import looks_like, misfiled, trimmed_centre
+from anime_face_id.misfiled import looks_like, looks_like_by, misfiled, trimmed_centre
 
 
 def reference_centre(rows: list[np.ndarray], trim: float = 0.2) -> np.ndarray:
@@ -24,23 +24,30 @@ def reference_centre(rows: list[np.ndarray], trim: float = 0.2) -> np.ndarray:
 
 
 def reference_looks_like(embeddings: np.ndarray, labels: list[int]) -> list[int]:
+    return reference_looks_like_by(embeddings, labels)[0]
+
+
+def reference_looks_like_by(
+    embeddings: np.ndarray, labels: list[int]
+) -> tuple[list[int], list[float]]:
     centres = {
         c: reference_centre([e for e, label in zip(embeddings, labels, strict=True) if label == c])
         for c in set(labels)
     }
-    answers = []
+    answers, margins = [], []
     for embedding, label in zip(embeddings, labels, strict=True):
         unit = embedding / np.linalg.norm(embedding)
         own = float(unit @ centres[label])
         others = {c: float(unit @ centre) for c, centre in centres.items() if c != label}
         best = max(sorted(others), key=lambda c: others[c], default=None)
         answers.append(best if best is not None and others[best] > own else label)
+        margins.append(-math.inf if best is None else others[best] - own)
     for c in set(labels):  # a character with every face elsewhere keeps them
         members = [i for i, label in enumerate(labels) if label == c]
         if all(answers[i] != c for i in members):
             for i in members:
                 answers[i] = c
-    return answers
+    return answers, margins
 
 
 def reference_misfiled(embeddings: np.ndarray, labels: list[int]) -> list[bool]:
@@ -59,6 +66,10 @@ def test_misfiled_matches_the_brute_force_reference(seed: int) -> None:
     assert misfiled(embeddings, np.array(labels)).tolist() == reference_misfiled(embeddings, labels)
     answers = looks_like(embeddings, np.array(labels)).tolist()
     assert answers == reference_looks_like(embeddings, labels)
+    looks, margins = looks_like_by(embeddings, np.array(labels))
+    expected_looks, expected_margins = reference_looks_like_by(embeddings, labels)
+    assert looks.tolist() == expected_looks
+    assert margins.tolist() == pytest.approx(expected_margins, abs=1e-5)  # float32 rows
 
 
 def test_faces_of_another_character_are_misfiled_and_the_rest_are_not() -> None:
