@@ -12,11 +12,21 @@ A character with fewer pictures than K fills its places with repeats (two views 
 file). Distances are therefore measured to the other *pictures* only, and a picture left
 out takes all its views with it: two views of a misnamed face are close to each other,
 and counting that closeness would hide it behind a clean face.
+
+With ``rule="misfiled"`` a farthest picture is left out only when it is also nearer (mean
+distance) to another character's faces in the batch than to its own character's: the test
+of ``misfiled.py``, within one batch. On clean data a trained embedding rarely fails it,
+so the losses keep nearly every face, where ``"farthest"`` always gives up
+``per_character`` of each character's K.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+
+Rule = Literal["farthest", "misfiled"]
 
 
 def kept_faces(
@@ -24,12 +34,13 @@ def kept_faces(
     labels: torch.Tensor,
     per_character: int,
     pictures: torch.Tensor | None = None,
+    rule: Rule = "farthest",
 ) -> torch.Tensor:
     """(B,) bool on the CPU: True for the faces to train on, given the batch's (B, B)
     distances (the caller moves it, and can count it without a device sync).
 
     ``pictures`` numbers each face's source file (equal numbers: views of one picture);
-    without it every face is its own picture."""
+    without it every face is its own picture. ``rule``: see the module docstring."""
     keep = torch.ones(len(labels), dtype=torch.bool)
     if per_character > 0:
         # small (B, B) work: one copy to the CPU instead of a sync per character
@@ -37,15 +48,40 @@ def kept_faces(
         pictures = torch.arange(len(labels)) if pictures is None else pictures.cpu()
         for label in labels.unique():
             members = (labels == label).nonzero(as_tuple=True)[0]
-            for picture in _farthest_pictures(distances, members, pictures, per_character):
+            nearer_another = (
+                _nearer_another(distances, labels, label) if rule == "misfiled" else None
+            )
+            farthest = _farthest_pictures(
+                distances, members, pictures, per_character, nearer_another
+            )
+            for picture in farthest:
                 keep[members[pictures[members] == picture]] = False
     return keep
 
 
+def _nearer_another(
+    distances: torch.Tensor, labels: torch.Tensor, label: torch.Tensor
+) -> torch.Tensor:
+    """(B,) for each face, its smallest mean distance to another character's faces
+    (inf when the batch holds no other character)."""
+    others = [
+        distances[:, labels == other].mean(dim=1) for other in labels.unique() if other != label
+    ]
+    if not others:
+        return torch.full((len(labels),), float("inf"))
+    return torch.stack(others).min(dim=0).values
+
+
 def _farthest_pictures(
-    distances: torch.Tensor, members: torch.Tensor, pictures: torch.Tensor, count: int
+    distances: torch.Tensor,
+    members: torch.Tensor,
+    pictures: torch.Tensor,
+    count: int,
+    nearer_another: torch.Tensor | None = None,
 ) -> list[int]:
-    """Of one character's faces, the ``count`` pictures farthest from the others, keeping 2."""
+    """Of one character's faces, the ``count`` pictures farthest from the others, keeping 2;
+    with ``nearer_another`` (each face's mean distance to its nearest other character),
+    only pictures nearer that character than their own are candidates."""
     own = pictures[members]
     distinct = own.unique()
     count = min(count, len(distinct) - 2)
@@ -55,4 +91,11 @@ def _farthest_pictures(
     others = own.unsqueeze(0) != own.unsqueeze(1)  # pairs of two different pictures
     per_face = (block * others).sum(dim=1) / others.sum(dim=1)
     per_picture = torch.stack([per_face[own == picture].mean() for picture in distinct])
+    if nearer_another is not None:
+        to_another = nearer_another[members]
+        elsewhere = torch.stack([to_another[own == picture].mean() for picture in distinct])
+        per_picture = per_picture.where(elsewhere < per_picture, torch.tensor(float("-inf")))
+        count = min(count, int((per_picture > float("-inf")).sum()))
+        if count == 0:
+            return []
     return distinct[per_picture.topk(count).indices].tolist()

@@ -232,6 +232,10 @@ class TrainConfig(Section):
     # farthest from their batch-mates, as faces filed under the wrong character are
     # (batch_outliers.py); a character keeps at least 2; 0 = train on every face
     batch_outliers: int = Field(0, ge=0)
+    # farthest: leave out the farthest faces in every batch; misfiled: only those of them
+    # also nearer another character's faces in the batch than their own (clean data keeps
+    # nearly every face)
+    batch_outliers_rule: Literal["farthest", "misfiled"] = "farthest"
     margin: Literal["soft"] | float = "soft"
     lr: float = Field(3.0e-4, gt=0)
     # the pretrained backbone learns at lr x this, the new projection head at lr: below 1

@@ -252,7 +252,9 @@ def train(
             embeddings, logits = net(images, labels)
             if config.batch_outliers:
                 distances = pairwise_distances(embeddings.detach())
-                keep = kept_faces(distances, labels, config.batch_outliers, pictures)
+                keep = kept_faces(
+                    distances, labels, config.batch_outliers, pictures, config.batch_outliers_rule
+                )
                 left_out.append(1 - keep.float().mean().item())  # on the CPU: no sync
                 keep = keep.to(device)
                 embeddings, labels = embeddings[keep], labels[keep]

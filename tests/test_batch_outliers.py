@@ -13,8 +13,15 @@ from anime_face_id.losses import pairwise_distances
 
 
 def reference_kept(
-    embeddings: np.ndarray, labels: list[int], per_character: int, pictures: list[int]
+    embeddings: np.ndarray,
+    labels: list[int],
+    per_character: int,
+    pictures: list[int],
+    rule: str = "farthest",
 ) -> list[bool]:
+    def distance(i: int, j: int) -> float:
+        return float(np.linalg.norm(embeddings[i] - embeddings[j]))
+
     keep = [True] * len(labels)
     for label in set(labels):
         members = [i for i, other in enumerate(labels) if other == label]
@@ -22,17 +29,28 @@ def reference_kept(
         drop = min(per_character, len(own_pictures) - 2)
         if drop <= 0:
             continue
-        face_distance = {}
+        face_distance, face_elsewhere = {}, {}
         for i in members:
             others = [j for j in members if pictures[j] != pictures[i]]
-            face_distance[i] = sum(
-                float(np.linalg.norm(embeddings[i] - embeddings[j])) for j in others
-            ) / len(others)
+            face_distance[i] = sum(distance(i, j) for j in others) / len(others)
+            to_characters = [
+                np.mean([distance(i, j) for j in range(len(labels)) if labels[j] == other])
+                for other in set(labels) - {label}
+            ]
+            face_elsewhere[i] = min(to_characters, default=float("inf"))
         picture_distance = {
             picture: np.mean([face_distance[i] for i in members if pictures[i] == picture])
             for picture in own_pictures
         }
-        for picture in sorted(own_pictures, key=lambda p: -picture_distance[p])[:drop]:
+        candidates = own_pictures
+        if rule == "misfiled":
+            candidates = [
+                picture
+                for picture in own_pictures
+                if np.mean([face_elsewhere[i] for i in members if pictures[i] == picture])
+                < picture_distance[picture]
+            ]
+        for picture in sorted(candidates, key=lambda p: -picture_distance[p])[:drop]:
             for i in members:
                 if pictures[i] == picture:
                     keep[i] = False
@@ -56,6 +74,37 @@ def test_kept_faces_match_the_brute_force_reference(seed: int) -> None:
     assert without_numbers.tolist() == reference_kept(
         embeddings, labels, per_character, every_face_its_own
     )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_misfiled_rule_matches_the_brute_force_reference(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    size = int(rng.integers(1, 20))
+    labels = rng.integers(0, int(rng.integers(1, 6)), size=size).tolist()
+    # clustered enough that some faces pass the test and some fail it
+    centres = rng.normal(size=(6, 4)) * float(rng.uniform(0.0, 3.0))
+    embeddings = np.stack([centres[c] + rng.normal(size=4) for c in labels]).astype(np.float32)
+    per_character = int(rng.integers(0, 4))
+    pictures = [label * 100 + int(rng.integers(0, 4)) for label in labels]
+    distances = pairwise_distances(torch.from_numpy(embeddings))
+    kept = kept_faces(
+        distances, torch.tensor(labels), per_character, torch.tensor(pictures), "misfiled"
+    )
+    assert kept.tolist() == reference_kept(embeddings, labels, per_character, pictures, "misfiled")
+
+
+def test_the_misfiled_rule_keeps_a_clean_batch_and_leaves_out_the_misnamed_face() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 5
+    labels = [c for c in range(3) for _ in range(4)]
+    embeddings = np.stack([centres[c] + rng.normal(size=8) * 0.3 for c in labels])
+    clean = pairwise_distances(torch.from_numpy(embeddings))
+    assert kept_faces(clean, torch.tensor(labels), 1, rule="misfiled").all()
+    assert kept_faces(clean, torch.tensor(labels), 1).sum() == 12 - 3  # farthest: always 3
+    embeddings[5] = centres[2] + rng.normal(size=8) * 0.3  # character 2's face, filed as 1
+    noisy = pairwise_distances(torch.from_numpy(embeddings))
+    kept = kept_faces(noisy, torch.tensor(labels), 1, rule="misfiled")
+    assert (~kept).nonzero().flatten().tolist() == [5]
 
 
 def test_a_face_filed_under_the_wrong_character_is_the_one_left_out() -> None:

@@ -267,6 +267,22 @@ def test_leaving_each_characters_batch_outlier_out_still_trains_both_losses(tmp_
     assert all(report.left_out_fraction > 0 for report in result.history)
 
 
+@pytest.mark.slow
+def test_the_misfiled_rule_leaves_out_few_faces_of_clean_data_once_trained(tmp_path):
+    root = tmp_path / "project"
+    make_synthetic_project(root)
+    config = tiny_config(
+        neck="batchnorm", id_loss_weight=1.0, batch_outliers=1, batch_outliers_rule="misfiled"
+    )
+    result = train(root, config)
+    assert load_checkpoint(result.checkpoint).config.batch_outliers_rule == "misfiled"
+    fractions = [report.left_out_fraction for report in result.history]
+    # the synthetic characters are clean: once they separate, hardly a face is nearer
+    # another character's batch-mates, where "farthest" leaves out 1 of every K always
+    assert fractions[-1] < 0.5 / config.k
+    assert fractions[-1] < fractions[0]
+
+
 def test_without_identity_loss_history_leaves_it_empty(trained):
     root, result, _, _, _ = trained
     assert all(math.isnan(report.identity_loss) for report in result.history)
