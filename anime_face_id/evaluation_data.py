@@ -28,16 +28,19 @@ class EmbeddedSplit:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def where(self, mask: np.ndarray) -> EmbeddedSplit:
+        """The faces where ``mask`` (N bools) is True, in order."""
+        return EmbeddedSplit(
+            paths=[path for path, keep in zip(self.paths, mask, strict=True) if keep],
+            labels=self.labels[mask],
+            embeddings=self.embeddings[mask],
+        )
+
 
 def gallery_without_misfiled(gallery: EmbeddedSplit) -> EmbeddedSplit:
     """The gallery without the faces that look like another character (misfiled.py), as
     the package stage leaves them out with ``package.misfiled: leave_out``."""
-    kept = ~misfiled(gallery.embeddings, gallery.labels)
-    return EmbeddedSplit(
-        paths=[path for path, keep in zip(gallery.paths, kept, strict=True) if keep],
-        labels=gallery.labels[kept],
-        embeddings=gallery.embeddings[kept],
-    )
+    return gallery.where(~misfiled(gallery.embeddings, gallery.labels))
 
 
 def readable_splits(root: Path) -> tuple[dict[str, list[dict[str, str]]], dict[str, str]]:

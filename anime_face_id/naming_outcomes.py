@@ -98,12 +98,21 @@ def naming_report(
     embedder: str,
 ) -> dict:
     """``test``: outcomes for faces of trained characters; ``open_set``: for faces of
-    characters never trained on (absent without held-out characters)."""
+    characters never trained on (absent without held-out characters).
+
+    A test face whose character has no face in the gallery (every training image of it
+    unreadable) cannot be named right: it is an unknown face to ``identify``, so it is
+    counted in ``test_characters_not_in_gallery`` as the open set is, not in ``test``."""
     gallery = gallery_calibrated_on_val(train, val, embedder)
+    in_gallery = np.isin(test.labels, np.unique(train.labels))
     report = {
         "calibration": _calibration_summary(gallery.calibration),
-        "test": known_face_outcomes(gallery, test),
+        "test": known_face_outcomes(gallery, test.where(in_gallery)),
     }
+    if not in_gallery.all():
+        report["test_characters_not_in_gallery"] = unknown_face_outcomes(
+            gallery, test.where(~in_gallery)
+        )
     if len(holdout):
         report["open_set"] = unknown_face_outcomes(gallery, holdout)
     return report

@@ -145,3 +145,32 @@ def test_without_held_out_characters_there_is_no_open_set_row() -> None:
         train, val, made("test", ["ann", "bea"]), split("holdout", [], np.zeros((0, 8))), "sha"
     )
     assert "open_set" not in report and report["test"]["faces"] == 2
+
+
+def test_a_test_character_missing_from_the_gallery_is_an_unknown_face_not_a_wrong_name() -> None:
+    basis = np.eye(8)
+    centres = {name: basis[index] for index, name in enumerate(["ann", "bea", "cal"])}
+    rng = np.random.default_rng(2)
+
+    def made(name, labels, spread=0.05):
+        return split(name, labels, clustered(rng, centres, labels, spread))
+
+    # every training image of cal was unreadable: cal has val and test faces only
+    train = made("train", ["ann", "bea"] * 4)
+    val = made("val", ["ann", "bea"] * 2)
+    test = made("test", ["ann", "bea", "cal"] * 3)
+
+    report = naming_report(train, val, test, split("holdout", [], np.zeros((0, 8))), "sha")
+
+    assert report["test"] == {
+        "named_right": 1.0,
+        "called_unknown": 0.0,
+        "named_wrong": 0.0,
+        "faces": 6,
+    }
+    assert report["test_characters_not_in_gallery"] == {
+        "called_unknown": 1.0,
+        "named": 0.0,
+        "faces": 3,
+    }
+    assert "open_set" not in report
