@@ -46,11 +46,18 @@ def kept_faces(
         # small (B, B) work: one copy to the CPU instead of a sync per character
         distances, labels = distances.detach().cpu(), labels.cpu()
         pictures = torch.arange(len(labels)) if pictures is None else pictures.cpu()
-        for label in labels.unique():
+        characters = labels.unique()
+        # (B, characters): each face's mean distance to each character's faces, once a batch
+        to_character = (
+            torch.stack([distances[:, labels == c].mean(dim=1) for c in characters], dim=1)
+            if rule == "misfiled"
+            else None
+        )
+        for index, label in enumerate(characters):
             members = (labels == label).nonzero(as_tuple=True)[0]
-            nearer_another = (
-                _nearer_another(distances, labels, label) if rule == "misfiled" else None
-            )
+            nearer_another = None
+            if to_character is not None:
+                nearer_another = _nearest_other_character(to_character[members], index)
             farthest = _farthest_pictures(
                 distances, members, pictures, per_character, nearer_another
             )
@@ -59,17 +66,17 @@ def kept_faces(
     return keep
 
 
-def _nearer_another(
-    distances: torch.Tensor, labels: torch.Tensor, label: torch.Tensor
-) -> torch.Tensor:
-    """(B,) for each face, its smallest mean distance to another character's faces
-    (inf when the batch holds no other character)."""
-    others = [
-        distances[:, labels == other].mean(dim=1) for other in labels.unique() if other != label
-    ]
-    if not others:
-        return torch.full((len(labels),), float("inf"))
-    return torch.stack(others).min(dim=0).values
+def _nearest_other_character(to_character: torch.Tensor, own: int) -> torch.Tensor:
+    """(M,) for each of one character's M faces, its smallest mean distance to another
+    character's faces (inf when the batch holds no other character)."""
+    others = to_character.clone()
+    others[:, own] = float("inf")
+    return others.min(dim=1).values
+
+
+def _per_picture(per_face: torch.Tensor, own: torch.Tensor, distinct: torch.Tensor):
+    """The mean of ``per_face`` over each picture's views, in ``distinct`` order."""
+    return torch.stack([per_face[own == picture].mean() for picture in distinct])
 
 
 def _farthest_pictures(
@@ -80,7 +87,7 @@ def _farthest_pictures(
     nearer_another: torch.Tensor | None = None,
 ) -> list[int]:
     """Of one character's faces, the ``count`` pictures farthest from the others, keeping 2;
-    with ``nearer_another`` (each face's mean distance to its nearest other character),
+    with ``nearer_another`` (each member's mean distance to its nearest other character),
     only pictures nearer that character than their own are candidates."""
     own = pictures[members]
     distinct = own.unique()
@@ -90,12 +97,9 @@ def _farthest_pictures(
     block = distances[members][:, members]
     others = own.unsqueeze(0) != own.unsqueeze(1)  # pairs of two different pictures
     per_face = (block * others).sum(dim=1) / others.sum(dim=1)
-    per_picture = torch.stack([per_face[own == picture].mean() for picture in distinct])
+    per_picture = _per_picture(per_face, own, distinct)
     if nearer_another is not None:
-        to_another = nearer_another[members]
-        elsewhere = torch.stack([to_another[own == picture].mean() for picture in distinct])
-        per_picture = per_picture.where(elsewhere < per_picture, torch.tensor(float("-inf")))
-        count = min(count, int((per_picture > float("-inf")).sum()))
-        if count == 0:
-            return []
+        candidate = _per_picture(nearer_another, own, distinct) < per_picture
+        distinct, per_picture = distinct[candidate], per_picture[candidate]
+        count = min(count, len(distinct))
     return distinct[per_picture.topk(count).indices].tolist()
