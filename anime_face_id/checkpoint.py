@@ -31,7 +31,8 @@ class LoadedCheckpoint:
     config: TrainConfig
     class_names: list[str]
     image_size: int
-    embedding_dim: int
+    embedding_dim: int  # the projection's size
+    output_dim: int  # the length of the vectors the network gives (train.append_features)
     best_epoch: int
     val_metrics: dict
     sha256: str  # of the file the weights were read from: its embedder_fingerprint
@@ -117,6 +118,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> LoadedChe
         class_names=list(payload["class_names"]),
         image_size=int(payload["image_size"]),
         embedding_dim=int(payload["embedding_dim"]),
+        output_dim=model.output_dim,
         best_epoch=int(payload["best_epoch"]),
         val_metrics=dict(payload["val_metrics"]),
         sha256=sha256,

@@ -104,7 +104,7 @@ def network_dimension(network: Path | str) -> int:
         return FEATURE_DIM
     from anime_face_id.checkpoint import load_checkpoint
 
-    return load_checkpoint(Path(network), "cpu").embedding_dim
+    return load_checkpoint(Path(network), "cpu").output_dim
 
 
 @contextlib.contextmanager

@@ -222,6 +222,15 @@ class TrainConfig(Section):
     id_margin: float = Field(0.35, ge=0.0, lt=1.0)
     # embed each image and its mirror image, averaged (every stage and the served model)
     flip_test: bool = False
+    # what follows the embedding in every vector the network gives (evaluate, gallery,
+    # identify, the served model; training's losses never see it): the unit-length pooled
+    # features of the trained backbone ("trained") or of a frozen copy of the untrained
+    # ImageNet backbone ("imagenet", a second backbone pass), times append_weight, then
+    # the whole vector normalised again. The projection to embedding_dim keeps what tells
+    # the training characters apart; the pooled features keep more of what tells unseen
+    # characters apart. none: the embedding alone
+    append_features: Literal["none", "trained", "imagenet"] = "none"
+    append_weight: float = Field(1.0, gt=0.0, le=10.0)
     p: int = Field(8, ge=2)
     k: int = Field(4, ge=2)
     # P x K batches per epoch; None: enough to see every usable image about once and

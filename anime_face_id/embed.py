@@ -24,7 +24,7 @@ from anime_face_id.transforms import preprocess
 
 
 def output_size(model: nn.Module) -> int:
-    return int(getattr(model, "embedding_dim", 0))
+    return int(getattr(model, "output_dim", 0))
 
 
 def embed_paths(
@@ -79,7 +79,7 @@ class ImageNetFeatures(nn.Module):
         super().__init__()
         self.backbone = EfficientNetLite0()
         load_imagenet_weights(self.backbone)
-        self.embedding_dim = FEATURE_DIM
+        self.embedding_dim = self.output_dim = FEATURE_DIM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone.features(x), p=2, dim=1)

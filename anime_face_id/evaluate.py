@@ -177,6 +177,7 @@ def _checkpoint_summary(path: Path, loaded: LoadedCheckpoint) -> dict:
         "best_epoch": loaded.best_epoch,
         "image_size": loaded.image_size,
         "embedding_dim": loaded.embedding_dim,
+        "output_dim": loaded.output_dim,
         "characters": len(loaded.class_names),
     }
 

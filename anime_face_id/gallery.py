@@ -407,7 +407,7 @@ def rebuild_gallery(
     fingerprint = loaded.sha256
     # what evaluate already embedded with this very network is not embedded again (nor
     # decoded to check it: the store holds the sha256 of the very file it embedded)
-    vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, paths, loaded.embedding_dim)
+    vectors = stored_embeddings(root / EMBEDDINGS, fingerprint, root, paths, loaded.output_dim)
     reused = len(vectors)
     unseen = [path for path in paths if path not in vectors]
     skipped = unreadable_images(root, unseen)
@@ -420,7 +420,7 @@ def rebuild_gallery(
     meta = {
         "source": source,
         "image_size": loaded.image_size,
-        "embedding_dim": loaded.embedding_dim,
+        "embedding_dim": loaded.output_dim,
         "trained_characters": loaded.class_names,
         "crop": {"margin": params.crop.margin, "size": params.crop.size},
         "embeddings": {"reused": reused, "computed": len(todo)},

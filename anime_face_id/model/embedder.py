@@ -16,6 +16,14 @@ Options from the re-identification and retrieval literature, all off by default:
 * ``flip_test``: in eval mode the embedding is that of the image and its mirror image,
   averaged; every user of the model (evaluate, gallery, identify, the served model) gets
   it, because it lives in the network.
+* ``append_features``: in eval mode the embedding is followed by ``append_weight`` times
+  the unit-length pooled backbone features, of the trained backbone (``"trained"``: no
+  extra work) or of a frozen copy of the untrained ImageNet backbone (``"imagenet"``: a
+  second backbone pass), and the whole vector is normalised again. The projection keeps
+  what tells the training characters apart and drops much of what tells unseen ones
+  apart; the pooled features keep it. The losses never see the appended part, so
+  training is the same with or without it, and ``embedding_dim`` stays the projection's
+  size while ``output_dim`` is the length of the vectors the network gives.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from anime_face_id.model.pooling import build_pooling
 
 BACKBONES = tuple(VARIANTS)
 NECKS = ("none", "batchnorm")
+APPENDED = ("none", "trained", "imagenet")
 
 
 def build_backbone(name: str, pretrained: bool, last_stride: int = 2) -> tuple[nn.Module, int]:
@@ -61,10 +70,16 @@ class Embedder(nn.Module):
         flip_test: bool = False,
         last_stride: int = 2,
         pooling: str = "average",
+        append_features: str = "none",
+        append_weight: float = 1.0,
     ):
         super().__init__()
         if neck not in NECKS:
             raise ValueError(f"unknown neck '{neck}' (available: {', '.join(NECKS)})")
+        if append_features not in APPENDED:
+            raise ValueError(
+                f"unknown append_features '{append_features}' (available: {', '.join(APPENDED)})"
+            )
         self.backbone_name = backbone
         self.embedding_dim = embedding_dim
         self.flip_test = flip_test
@@ -76,6 +91,14 @@ class Embedder(nn.Module):
         if neck == "batchnorm":
             self.neck = nn.BatchNorm1d(embedding_dim)
             self.neck.bias.requires_grad_(False)  # as in the paper: scale, no shift
+        self.append_features = append_features
+        self.append_weight = append_weight
+        self.output_dim = embedding_dim + (feature_dim if append_features != "none" else 0)
+        if append_features == "imagenet":
+            # its weights are saved with the rest, so a checkpoint needs no ImageNet file;
+            # frozen, so the optimiser (trainable parameters only) never sees it
+            self.imagenet, _ = build_backbone(backbone, pretrained)
+            self.imagenet.requires_grad_(False)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(B, embedding_dim) projection of the pooled backbone features, unnormalised."""
@@ -87,12 +110,21 @@ class Embedder(nn.Module):
         return F.normalize(projection, p=2, dim=1), self.neck(projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) preprocessed images -> (B, embedding_dim) unit vectors."""
-        if self.flip_test and not self.training:
-            # one forward pass over the images and their mirror images together
-            both = F.normalize(self.neck(self.project(torch.cat([x, x.flip(3)]))), p=2, dim=1)
-            return F.normalize(both[: len(x)] + both[len(x) :], p=2, dim=1)
-        return F.normalize(self.neck(self.project(x)), p=2, dim=1)
+        """(B, 3, H, W) preprocessed images -> (B, output_dim) unit vectors."""
+        if self.training:
+            return F.normalize(self.neck(self.project(x)), p=2, dim=1)
+        # one forward pass over the images and their mirror images together
+        images = torch.cat([x, x.flip(3)]) if self.flip_test else x
+        pooled = self.pool(self.backbone.feature_maps(images))
+        vectors = F.normalize(self.neck(self.head(self.dropout(pooled))), p=2, dim=1)
+        if self.append_features != "none":
+            if self.append_features == "imagenet":
+                pooled = self.imagenet.features(images)
+            appended = self.append_weight * F.normalize(pooled, p=2, dim=1)
+            vectors = torch.cat([vectors, appended], dim=1)
+        if self.flip_test:
+            vectors = vectors[: len(x)] + vectors[len(x) :]
+        return F.normalize(vectors, p=2, dim=1)
 
 
 def build_embedder(
@@ -109,4 +141,6 @@ def build_embedder(
         flip_test=config.flip_test,
         last_stride=config.last_stride,
         pooling=config.pooling,
+        append_features=config.append_features,
+        append_weight=config.append_weight,
     )
