@@ -79,7 +79,7 @@ class ImageNetFeatures(nn.Module):
         super().__init__()
         self.backbone = EfficientNetLite0()
         load_imagenet_weights(self.backbone)
-        self.embedding_dim = self.output_dim = FEATURE_DIM
+        self.output_dim = FEATURE_DIM  # what embed_paths reads (output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.backbone.features(x), p=2, dim=1)

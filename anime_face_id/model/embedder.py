@@ -100,9 +100,13 @@ class Embedder(nn.Module):
             self.imagenet, _ = build_backbone(backbone, pretrained)
             self.imagenet.requires_grad_(False)
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, feature_dim) pooled backbone features."""
+        return self.pool(self.backbone.feature_maps(x))
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(B, embedding_dim) projection of the pooled backbone features, unnormalised."""
-        return self.head(self.dropout(self.pool(self.backbone.feature_maps(x))))
+        return self.head(self.dropout(self.pooled(x)))
 
     def training_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(unit vectors for the triplet loss, neck features for the identity loss)."""
@@ -115,7 +119,7 @@ class Embedder(nn.Module):
             return F.normalize(self.neck(self.project(x)), p=2, dim=1)
         # one forward pass over the images and their mirror images together
         images = torch.cat([x, x.flip(3)]) if self.flip_test else x
-        pooled = self.pool(self.backbone.feature_maps(images))
+        pooled = self.pooled(images)
         vectors = F.normalize(self.neck(self.head(self.dropout(pooled))), p=2, dim=1)
         if self.append_features != "none":
             if self.append_features == "imagenet":
