@@ -314,6 +314,7 @@ class TrainParams(TrainConfig):
     neck: Literal["none", "batchnorm"] = "batchnorm"
     id_loss_weight: float = Field(1.0, ge=0.0)
     flip_test: bool = True
+    append_features: Literal["none", "trained", "imagenet"] = "trained"
     epochs: int = Field(45, ge=1)
 
 

@@ -232,4 +232,6 @@ def test_a_section_left_out_gets_the_values_of_the_shipped_params_yaml():
     for section in full.model_fields:
         assert getattr(bare, section) == getattr(full, section), section
     # a checkpoint's stored config still reads with the defaults it was saved under
-    assert TrainConfig().neck == "none" and TrainConfig().flip_test is False
+    old = TrainConfig()
+    assert old.neck == "none" and old.flip_test is False and old.append_features == "none"
+    assert full.train.append_features == "trained"

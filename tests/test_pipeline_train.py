@@ -71,6 +71,12 @@ def test_repro_trains_evaluates_tracks_and_registers(tmp_path, pictures, prefect
     run = client.get_run(report["run_id"])
     assert run.info.run_name == "train"
     assert run.data.params["train.lr"] == "0.003"
+    # The shipped recipe appends the trained backbone's pooled features to every vector:
+    # logged, and in the gallery the package stage built (embedding_dim 32, Lite0's 1,280).
+    assert run.data.params["train.append_features"] == "trained"
+    from anime_face_id.gallery import load_gallery
+
+    assert load_gallery(project.root / "models" / "gallery.npz").embeddings.shape[1] == 32 + 1280
     assert run.data.params["git_commit"].startswith(
         project.run("git", "rev-parse", "HEAD").stdout.strip()
     )
