@@ -118,6 +118,16 @@ ELSEWHERE = {
         "tests/test_benchmark_unknown_faces.py::test_script_counts_every_face_once_per_rule",
         "DIR is a quality.py --workdir; the test writes two such projects and runs the script",
     ),
+    ".venv/bin/python benchmarks/quality.py --split-seeds 0 1 2 --seeds 0 1 --workdir runs/": (
+        "tests/test_benchmark_quality.py::test_several_held_out_sets_are_measured_and_pooled",
+        "six trainings of about 10 minutes; the test measures two sets of two seeds, tiny",
+    ),
+    ".venv/bin/python benchmarks/reevaluate.py runs/split-*/seed-*/project "
+    "-S train.append_features=none": (
+        "tests/test_benchmark_reevaluate.py::"
+        "test_the_setting_trained_with_gives_the_stored_figures_and_another_changes_the_vectors",
+        "runs/ is a quality.py --workdir; the test keeps a tiny run and re-evaluates it",
+    ),
     ".venv/bin/python benchmarks/web_pictures.py --seeds 0 1 2": (
         "tests/test_benchmark_web_pictures.py::"
         "test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones",
