@@ -188,6 +188,11 @@ class BalanceConfig(Section):
     seed: int = 0
 
 
+# choices named once: TrainConfig and TrainParams (and the embedder's own checks) share them
+Neck = Literal["none", "batchnorm"]
+AppendedFeatures = Literal["none", "trained", "imagenet"]
+
+
 class TrainConfig(Section):
     # ImageNet-pretrained EfficientNet-Lite: lite1 and lite2 are deeper (and lite2 wider),
     # ~1.5x and ~2x lite0's CPU time at the same image size
@@ -209,7 +214,7 @@ class TrainConfig(Section):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     # batchnorm: BNNeck (Luo et al. 2019), a BatchNorm after the projection whose output is
     # the embedding and feeds the identity loss; none: the projection is the embedding
-    neck: Literal["none", "batchnorm"] = "none"
+    neck: Neck = "none"
     # weight of the label-smoothed identity (cross-entropy) loss added to the triplet
     # loss, through a training-only classifier over the training characters; 0 = off
     id_loss_weight: float = Field(0.0, ge=0.0)
@@ -229,7 +234,7 @@ class TrainConfig(Section):
     # the whole vector normalised again. The projection to embedding_dim keeps what tells
     # the training characters apart; the pooled features keep more of what tells unseen
     # characters apart. none: the embedding alone
-    append_features: Literal["none", "trained", "imagenet"] = "none"
+    append_features: AppendedFeatures = "none"
     append_weight: float = Field(1.0, gt=0.0, le=10.0)
     p: int = Field(8, ge=2)
     k: int = Field(4, ge=2)
@@ -311,10 +316,10 @@ class TrainParams(TrainConfig):
     recipe too; TrainConfig's own defaults stay those older checkpoints were saved under,
     so that they load as they were trained."""
 
-    neck: Literal["none", "batchnorm"] = "batchnorm"
+    neck: Neck = "batchnorm"
     id_loss_weight: float = Field(1.0, ge=0.0)
     flip_test: bool = True
-    append_features: Literal["none", "trained", "imagenet"] = "trained"
+    append_features: AppendedFeatures = "trained"
     epochs: int = Field(45, ge=1)
 
 
@@ -460,7 +465,9 @@ def _known_keys_hint(loc: tuple) -> str:
     return f"{suggestion}every key is described in the comments of the repository's params.yaml"
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError) -> str:
+    """Every error of a pydantic validation on one line: where, then what (an unknown key
+    with the closest known one)."""
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -499,7 +506,7 @@ def parse_params(data: object, source: str = "params") -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(f"{source}: {_describe(error)}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from anime_face_id.checkpoint import load_checkpoint
 from tests.support.synthetic import PIPELINE_NAMES, write_picture_folder
 from tests.test_benchmark_quality import SCRIPT as QUALITY
 from tests.test_benchmark_quality import tiny_recipe
@@ -47,6 +49,14 @@ def kept_project(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     (project,) = (base / "work").glob("seed-*/project")
     return project
+
+
+def stored_width(project: Path) -> int:
+    """The length of the vectors evaluate stored for the project's checkpoint."""
+    with np.load(project / "models" / "embeddings.npz") as stored:
+        widths = {array.shape[-1] for array in stored.values() if array.ndim == 2}
+    (width,) = widths
+    return width
 
 
 def headline(report: dict) -> list:
@@ -85,12 +95,19 @@ def test_the_setting_trained_with_gives_the_stored_figures_and_another_changes_t
     assert "identification precision@1" in same.stdout and "up / down (of 1)" in same.stdout
 
     alone = run(
-        SCRIPT, kept_project, "-S", "train.append_features=none", "--json", tmp_path / "alone.json"
-    )
+        SCRIPT, kept_project, "-S", "train.append_features=none", "--json", tmp_path / "alone.json",
+        "--keep", tmp_path / "kept",
+    )  # fmt: skip
     assert alone.returncode == 0, alone.stderr[-3000:]
     report = json.loads((tmp_path / "alone.json").read_text())["reevaluated"][0]
     assert report["checkpoint"]["output_dim"] == report["checkpoint"]["embedding_dim"] == 16
     assert report["checkpoint"]["best_epoch"] == stored["checkpoint"]["best_epoch"]
+    # --keep: the evaluated copy, a project the other benchmarks read, with its new figures
+    copy = tmp_path / "kept" / "project"
+    assert json.loads((copy / "metrics" / "eval.json").read_text()) == report
+    assert load_checkpoint(copy / "models" / "embedder.pt").config.append_features == "none"
+    assert stored_width(copy) == 16 and stored_width(kept_project) == 16 + FEATURE_DIM
+    assert not list((tmp_path / "kept").glob(".*partial"))
     # the kept project is read, never written
     assert {name: digest(kept_project / name) for name in files} == files
 
@@ -113,6 +130,18 @@ def test_a_setting_training_would_see_is_refused_before_any_work(tmp_path, argum
     result = run(SCRIPT, project, *arguments)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_keep_folder_holding_the_copy_already_is_refused_before_any_work(tmp_path):
+    project = tmp_path / "work" / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "metrics").mkdir()
+    (project / "models" / "embedder.pt").write_bytes(b"not read")
+    (project / "metrics" / "eval.json").write_text("{}")
+    (tmp_path / "new" / "project").mkdir(parents=True)
+    result = run(SCRIPT, project, "-S", "train.flip_test=false", "--keep", tmp_path / "new")
+    assert result.returncode == 2
+    assert "exists already" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_folder_that_is_not_a_kept_project_is_refused(tmp_path):

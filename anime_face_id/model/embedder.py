@@ -28,11 +28,13 @@ Options from the re-identification and retrieval literature, all off by default:
 
 from __future__ import annotations
 
+import typing
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anime_face_id.config import TrainConfig
+from anime_face_id.config import AppendedFeatures, Neck, TrainConfig
 from anime_face_id.model.efficientnet_lite import (
     FEATURE_DIM,
     VARIANTS,
@@ -42,8 +44,8 @@ from anime_face_id.model.efficientnet_lite import (
 from anime_face_id.model.pooling import build_pooling
 
 BACKBONES = tuple(VARIANTS)
-NECKS = ("none", "batchnorm")
-APPENDED = ("none", "trained", "imagenet")
+NECKS = typing.get_args(Neck)
+APPENDED = typing.get_args(AppendedFeatures)
 
 
 def build_backbone(name: str, pretrained: bool, last_stride: int = 2) -> tuple[nn.Module, int]:
