@@ -118,6 +118,10 @@ ELSEWHERE = {
         "tests/test_benchmark_unknown_faces.py::test_script_counts_every_face_once_per_rule",
         "DIR is a quality.py --workdir; the test writes two such projects and runs the script",
     ),
+    ".venv/bin/python benchmarks/thresholds.py DIR/split-*/seed-*/project": (
+        "tests/test_benchmark_thresholds.py::test_script_prints_each_way_over_the_projects",
+        "DIR is a quality.py --workdir; the test writes two such projects and runs the script",
+    ),
     ".venv/bin/python benchmarks/quality.py --split-seeds 0 1 2 --seeds 0 1 --workdir runs/": (
         "tests/test_benchmark_quality.py::test_several_held_out_sets_are_measured_and_pooled",
         "six trainings of about 10 minutes; the test measures two sets of two seeds, tiny",
