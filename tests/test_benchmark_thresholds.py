@@ -94,7 +94,7 @@ def assert_same(measured: dict, expected: dict) -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_val_alone_is_evaluates_naming_report(thresholds, seed):
+def test_val_alone_gives_what_evaluates_naming_report_gives(thresholds, seed):
     splits = synthetic_splits(seed)
     measured = thresholds.val_alone(as_embedded(splits))
     embedded = as_embedded(splits)
