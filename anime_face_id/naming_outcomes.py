@@ -13,6 +13,8 @@ identifier may differ on those settings.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from anime_face_id.calibration import Calibration
@@ -22,21 +24,36 @@ from anime_face_id.metrics import QUERY_CHUNK
 from anime_face_id.naming import name_exactly
 
 
-def _rows(split: EmbeddedSplit) -> list[dict[str, str]]:
+def gallery_rows(split: EmbeddedSplit) -> list[dict[str, str]]:
+    """A split's faces as the gallery's rows (path and character)."""
     return [
         {"path": path, "character": str(label)}
         for path, label in zip(split.paths, split.labels, strict=True)
     ]
 
 
-def gallery_calibrated_on_val(train: EmbeddedSplit, val: EmbeddedSplit, embedder: str) -> Gallery:
+def gallery_calibrated_on_val(
+    train: EmbeddedSplit,
+    val: EmbeddedSplit,
+    embedder: str,
+    gallery: Sequence[EmbeddedSplit] | None = None,
+    impostors: EmbeddedSplit | None = None,
+) -> Gallery:
+    """The faces of ``gallery`` (default: the training split) under a threshold calibrated
+    on val against the training split, with ``impostors`` (held-out characters' faces,
+    default none) among the impostor scores, as ``split.holdout_characters`` adds them."""
+    gallery = [train] if gallery is None else list(gallery)
+    extra = [] if impostors is None else [impostors]
     vectors = {
         path: vector
-        for split in (train, val)
+        for split in (*gallery, train, val, *extra)
         for path, vector in zip(split.paths, split.embeddings, strict=True)
     }
     rows = GalleryRows(
-        gallery=_rows(train), calibration_gallery=_rows(train), val=_rows(val), holdout=[]
+        gallery=[row for split in gallery for row in gallery_rows(split)],
+        calibration_gallery=gallery_rows(train),
+        val=gallery_rows(val),
+        holdout=[row for split in extra for row in gallery_rows(split)],
     )
     return build_gallery(rows, vectors, embedder)
 

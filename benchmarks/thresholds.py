@@ -39,8 +39,9 @@ sys.path.insert(0, str(REPO))
 
 from anime_face_id.evaluation_data import EmbeddedSplit  # noqa: E402
 from anime_face_id.fileio import atomic_write_json  # noqa: E402
-from anime_face_id.gallery import Gallery, GalleryRows, build_gallery  # noqa: E402
+from anime_face_id.gallery import Gallery  # noqa: E402
 from anime_face_id.naming_outcomes import (  # noqa: E402
+    gallery_calibrated_on_val,
     known_face_outcomes,
     unknown_face_outcomes,
 )
@@ -58,30 +59,6 @@ def embedded_splits(root: Path) -> dict[str, EmbeddedSplit]:
     }
 
 
-def _rows(split: EmbeddedSplit) -> list[dict[str, str]]:
-    return [
-        {"path": path, "character": str(label)}
-        for path, label in zip(split.paths, split.labels, strict=True)
-    ]
-
-
-def gallery_of(gallery: list[EmbeddedSplit], splits: dict, impostors: EmbeddedSplit) -> Gallery:
-    """A gallery of ``gallery``'s faces, its threshold calibrated on val against the training
-    split, with ``impostors`` (held-out faces) among the impostor scores."""
-    vectors = {
-        path: vector
-        for split in (*gallery, splits["train"], splits["val"], impostors)
-        for path, vector in zip(split.paths, split.embeddings, strict=True)
-    }
-    rows = GalleryRows(
-        gallery=[row for split in gallery for row in _rows(split)],
-        calibration_gallery=_rows(splits["train"]),
-        val=_rows(splits["val"]),
-        holdout=_rows(impostors),
-    )
-    return build_gallery(rows, vectors, EMBEDDER)
-
-
 def outcomes(gallery: Gallery, splits: dict, unseen: EmbeddedSplit) -> dict[str, float]:
     """Test faces of characters in the gallery, as evaluate's ``naming`` counts them, and
     the ``unseen`` faces called unknown."""
@@ -96,12 +73,15 @@ def outcomes(gallery: Gallery, splits: dict, unseen: EmbeddedSplit) -> dict[str,
     }
 
 
-def none_of(split: EmbeddedSplit) -> EmbeddedSplit:
-    return split.where(np.zeros(len(split), dtype=bool))
+def gallery_of(gallery: list[EmbeddedSplit], splits: dict, impostors=None) -> Gallery:
+    """``gallery``'s faces, the threshold calibrated on val (and ``impostors``)."""
+    return gallery_calibrated_on_val(
+        splits["train"], splits["val"], EMBEDDER, gallery=gallery, impostors=impostors
+    )
 
 
 def val_alone(splits: dict) -> dict[str, float]:
-    gallery = gallery_of([splits["train"]], splits, none_of(splits["holdout"]))
+    gallery = gallery_of([splits["train"]], splits)
     return outcomes(gallery, splits, splits["holdout"])
 
 
@@ -122,7 +102,7 @@ def val_and_held_out_half(splits: dict) -> dict[str, float]:
 
 
 def bigger_gallery(splits: dict) -> dict[str, float]:
-    gallery = gallery_of([splits["train"], splits["val"]], splits, none_of(splits["holdout"]))
+    gallery = gallery_of([splits["train"], splits["val"]], splits)
     return outcomes(gallery, splits, splits["holdout"])
 
 

@@ -112,6 +112,15 @@ def test_the_setting_trained_with_gives_the_stored_figures_and_another_changes_t
     assert {name: digest(kept_project / name) for name in files} == files
 
 
+def files_of_a_kept_project(project: Path) -> Path:
+    """The files the script looks for, unreadable: enough for refusals before any work."""
+    (project / "models").mkdir(parents=True)
+    (project / "metrics").mkdir()
+    (project / "models" / "embedder.pt").write_bytes(b"not read")
+    (project / "metrics" / "eval.json").write_text("{}")
+    return project
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -122,22 +131,14 @@ def test_the_setting_trained_with_gives_the_stored_figures_and_another_changes_t
     ],
 )
 def test_a_setting_training_would_see_is_refused_before_any_work(tmp_path, arguments, message):
-    project = tmp_path / "project"
-    (project / "models").mkdir(parents=True)
-    (project / "metrics").mkdir()
-    (project / "models" / "embedder.pt").write_bytes(b"not read")
-    (project / "metrics" / "eval.json").write_text("{}")
+    project = files_of_a_kept_project(tmp_path / "project")
     result = run(SCRIPT, project, *arguments)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_keep_folder_holding_the_copy_already_is_refused_before_any_work(tmp_path):
-    project = tmp_path / "work" / "project"
-    (project / "models").mkdir(parents=True)
-    (project / "metrics").mkdir()
-    (project / "models" / "embedder.pt").write_bytes(b"not read")
-    (project / "metrics" / "eval.json").write_text("{}")
+    project = files_of_a_kept_project(tmp_path / "work" / "project")
     (tmp_path / "new" / "project").mkdir(parents=True)
     result = run(SCRIPT, project, "-S", "train.flip_test=false", "--keep", tmp_path / "new")
     assert result.returncode == 2
