@@ -52,15 +52,7 @@ def serial_rate(items, faces, settings: ViewSettings, views: int) -> float:
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     for _ in range(views):
-        training_sample(
-            items[int(rng.integers(len(items)))],
-            faces,
-            rng,
-            settings.size,
-            settings.paste_probability,
-            settings.close_up_probability,
-            settings.stride,
-        )
+        training_sample(items[int(rng.integers(len(items)))], faces, rng, settings)
     return views / (time.perf_counter() - started)
 
 

@@ -207,6 +207,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of training views that are one identity crop, scaled up (default 0)",
     )
     parser.add_argument(
+        "--frame-scale",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="a frame's longest side in a training view, drawn between LOW and HIGH times "
+        "the view's side (default 0.667 1.667: 213-533 px in 320 px views)",
+    )
+    parser.add_argument(
         "--giou-weight",
         type=float,
         default=None,
@@ -302,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             ("lr", args.lr),
             ("backbone_lr", args.backbone_lr),
             ("close_up_probability", args.close_up_probability),
+            ("frame_scale", tuple(args.frame_scale) if args.frame_scale else None),
             ("giou_weight", args.giou_weight),
             ("device", args.device),
             ("init_weights", str(args.init) if args.init else None),

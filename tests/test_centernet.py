@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 from anime_face_id.errors import StageError
 from anime_face_id.faces.boxes import iou
@@ -39,6 +40,7 @@ from anime_face_id.faces.detector_data import (
     read_labelled_frames,
     read_yolo_folder,
     split_validation,
+    training_view,
 )
 from anime_face_id.faces.detector_train import (
     DetectorTrainConfig,
@@ -354,6 +356,32 @@ def write_yolo_folder(root: Path, count: int) -> Path:
         Image.fromarray(picture).save(root / "images" / f"{index:03d}.jpg")
         (root / "labels" / f"{index:03d}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.mark.parametrize("frame_scale", [(0.5, 0.5), (1.5, 1.5), (0.75, 2.0)])
+def test_frame_views_scale_the_frame_within_frame_scale_times_the_view(
+    tmp_path: Path, frame_scale: tuple[float, float]
+) -> None:
+    folder = write_yolo_folder(tmp_path / "frames", 1)  # 128 px wide, one face
+    item = read_labelled_frames(folder).items[0]
+    settings = ViewSettings(64, 0.0, 0.0, STRIDE, frame_scale)
+    rng = np.random.default_rng(3)
+    scales = []
+    for _ in range(40):
+        _view, targets = training_view(item, [], rng, settings)
+        for row, col in zip(*np.nonzero(targets["mask"]), strict=True):
+            width, height = np.exp(targets["log_size"][:, row, col]) * STRIDE
+            centre = (np.array([col, row]) + targets["offset"][:, row, col]) * STRIDE
+            half = np.array([width, height]) / 2
+            inside = np.all(centre - half > 0.5) and np.all(centre + half < 63.5)
+            if inside:  # a clipped face is narrower than the frame's scale makes it
+                scales.append(width / item.boxes[0, 2] * 128 / 64)  # longest side / view
+    low, high = frame_scale
+    assert scales and all(low - 0.02 <= scale <= high + 0.02 for scale in scales)
+    if low < high:  # drawn across the range, not stuck at one end
+        assert max(scales) / min(scales) > 1.5
+    with pytest.raises(ValidationError, match="0 < LOW <= HIGH"):
+        DetectorTrainConfig(frame_scale=(2.0, 1.0))
 
 
 def test_labels_are_read_in_pixels_and_the_split_is_stable(tmp_path: Path) -> None:
@@ -921,6 +949,9 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
         "2",
         "--frozen-blocks",
         "3",
+        "--frame-scale",
+        "1",
+        "2",
         "--workers",
         "1",  # a spawned process draws the views, under the flow's task
     ]
@@ -944,6 +975,8 @@ def test_detector_command_trains_and_records_an_mlflow_run(tmp_path: Path, prefe
     assert run.data.params["detector.frozen_blocks"] == "3"
     assert run.data.params["detector.workers"] == "1" and metadata["config"]["workers"] == 1
     assert metadata["config"]["frozen_blocks"] == 3
+    assert tuple(metadata["config"]["frame_scale"]) == (1.0, 2.0)
+    assert run.data.params["detector.frame_scale"] in ("(1.0, 2.0)", "[1.0, 2.0]")
     assert _model.architecture == {"neck_channels": 32, "head_convs": 2}
     assert run.data.tags["resume"] == "no interrupted run to continue"
     assert "no interrupted run to continue" in process.stdout + process.stderr

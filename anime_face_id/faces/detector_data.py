@@ -38,6 +38,9 @@ GAUSSIAN_ALPHA = 0.54
 # TTFNet also regresses each box from every cell of the face's central area (this share of
 # its width and height), not only from its centre cell: many more box samples per face.
 BOX_AREA_SHARE = 0.54
+# A frame's longest side in a training view, as a share of the view's side: 213-533 px in
+# the shipped weights' 320 px views (the detector sees 512 px pictures).
+FRAME_SCALE = (2 / 3, 5 / 3)
 COLOUR = AugmentSettings(
     brightness=0.3, contrast=0.3, saturation=0.4, max_hue_shift_deg=20.0, greyscale_probability=0.1
 )
@@ -365,26 +368,34 @@ def encode_targets(boxes: np.ndarray, size: int, stride: int = STRIDE) -> dict[s
     }
 
 
+@dataclass(frozen=True)
+class ViewSettings:
+    """How the training views are drawn (the same in the training process and in workers)."""
+
+    size: int
+    paste_probability: float
+    close_up_probability: float
+    stride: int = STRIDE
+    # A frame's longest side, drawn log-uniformly from this range times ``size``.
+    frame_scale: tuple[float, float] = FRAME_SCALE
+
+
 def training_view(
-    item: LabelledImage,
-    crops: list[FaceCrop],
-    rng: np.random.Generator,
-    size: int,
-    paste_probability: float,
-    close_up_probability: float = 0.0,
-    stride: int = STRIDE,
+    item: LabelledImage, crops: list[FaceCrop], rng: np.random.Generator, settings: ViewSettings
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One augmented view (uint8, size x size x 3) and its targets on the ``stride`` grid: a
     frame (with pasted faces now and then) or, with ``close_up_probability``, one identity
     crop. Worker processes send these, a quarter of the bytes of the normalised view."""
-    if crops and rng.random() < close_up_probability:
+    size, stride = settings.size, settings.stride
+    if crops and rng.random() < settings.close_up_probability:
         canvas, boxes = close_up_view(crops[int(rng.integers(len(crops)))], rng, size)
         canvas = random_colour(canvas, rng, COLOUR)
         return canvas, encode_targets(boxes, size, stride)
+    low, high = settings.frame_scale
     canvas, boxes = random_view(
-        load_rgb_array(item.path), item.boxes, rng, size, (size * 2 / 3, size * 5 / 3)
+        load_rgb_array(item.path), item.boxes, rng, size, (size * low, size * high)
     )
-    if crops and rng.random() < paste_probability:
+    if crops and rng.random() < settings.paste_probability:
         count = int(rng.integers(1, 3))
         canvas, boxes = paste_faces(canvas, boxes, crops, rng, count, (40, size * 0.6))
     canvas = random_colour(canvas, rng, COLOUR)
@@ -392,16 +403,8 @@ def training_view(
 
 
 def training_sample(
-    item: LabelledImage,
-    crops: list[FaceCrop],
-    rng: np.random.Generator,
-    size: int,
-    paste_probability: float,
-    close_up_probability: float = 0.0,
-    stride: int = STRIDE,
+    item: LabelledImage, crops: list[FaceCrop], rng: np.random.Generator, settings: ViewSettings
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``training_view`` normalised (float32, 3 x size x size), as the network takes it."""
-    canvas, targets = training_view(
-        item, crops, rng, size, paste_probability, close_up_probability, stride
-    )
+    canvas, targets = training_view(item, crops, rng, settings)
     return normalise(canvas).numpy(), targets

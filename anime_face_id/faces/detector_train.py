@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from anime_face_id.device import place, resolve_device
 from anime_face_id.errors import StageError
@@ -41,6 +41,7 @@ from anime_face_id.faces.centernet import (
     save_weights,
 )
 from anime_face_id.faces.detector_data import (
+    FRAME_SCALE,
     FaceCrop,
     LabelledImage,
     LeftOut,
@@ -79,6 +80,9 @@ class DetectorTrainConfig(BaseModel):
     paste_probability: float = Field(0.4, ge=0, le=1)
     # Views that are one identity crop, scaled up to well beyond the view (close-ups).
     close_up_probability: float = Field(0.0, ge=0, le=1)
+    # A frame's longest side in a view, drawn log-uniformly from this range times
+    # ``view_size`` (the shipped weights: 2/3-5/3, 213-533 px, below the 512 px input).
+    frame_scale: tuple[float, float] = FRAME_SCALE
     # An earlier detector (``pseudo_labels_from``, else ``init_weights``) labels the identity
     # crops' faces at this score; crops it finds no face in are not used. Without one: the
     # crop's centred share.
@@ -102,6 +106,14 @@ class DetectorTrainConfig(BaseModel):
     # The detector that labels the identity crops' faces; None: the init weights' (if any).
     # With it, a run from the ImageNet trunk still trains on pseudo-labelled close-ups.
     pseudo_labels_from: str | None = None
+
+    @field_validator("frame_scale")
+    @classmethod
+    def _ordered_and_positive(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"frame_scale needs 0 < LOW <= HIGH, got {low} {high}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -528,7 +540,11 @@ def fresh_state(
 
 def view_settings(config: DetectorTrainConfig) -> ViewSettings:
     return ViewSettings(
-        config.view_size, config.paste_probability, config.close_up_probability, config.stride
+        config.view_size,
+        config.paste_probability,
+        config.close_up_probability,
+        config.stride,
+        config.frame_scale,
     )
 
 
@@ -553,18 +569,7 @@ def epoch_views(
             ]
         )
     return (
-        [
-            training_sample(
-                train_items[i],
-                run.faces,
-                rng,
-                settings.size,
-                settings.paste_probability,
-                settings.close_up_probability,
-                settings.stride,
-            )
-            for i in batch
-        ]
+        [training_sample(train_items[i], run.faces, rng, settings) for i in batch]
         for batch in batches
     )
 

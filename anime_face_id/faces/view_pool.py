@@ -24,24 +24,20 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from anime_face_id.errors import StageError
-from anime_face_id.faces.detector_data import FaceCrop, LabelledImage, training_view
+from anime_face_id.faces.detector_data import (
+    FaceCrop,
+    LabelledImage,
+    ViewSettings,
+    training_view,
+)
 from anime_face_id.transforms import normalise
 
 SEED_BOUND = 2**63  # exclusive upper bound of a view's seed
-
-
-@dataclass(frozen=True)
-class ViewSettings:
-    size: int
-    paste_probability: float
-    close_up_probability: float
-    stride: int
 
 
 Sample = tuple[np.ndarray, dict[str, np.ndarray]]
@@ -77,15 +73,7 @@ def seeded_view(
 ) -> Sample:
     """Frame ``index``'s view (uint8, as ``training_view``) drawn from its own generator:
     the same wherever it is drawn."""
-    return training_view(
-        items[index],
-        crops,
-        np.random.default_rng(seed),
-        settings.size,
-        settings.paste_probability,
-        settings.close_up_probability,
-        settings.stride,
-    )
+    return training_view(items[index], crops, np.random.default_rng(seed), settings)
 
 
 def _draw_batch(tasks: list[tuple[int, int]]) -> list[Sample]:
