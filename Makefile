@@ -62,14 +62,22 @@ pipeline: setup ## run the whole pipeline with params.yaml (dvc repro), runs kep
 
 # The recipe of the shipped weights: frames with pasted crops from ImageNet features; a
 # refinement in which that model labels the identity crops (pseudo-labels) for close-up views;
-# then one long run from the ImageNet trunk again, with the refined model's pseudo-labels.
+# one long run from the ImageNet trunk again, with the refined model's pseudo-labels; two
+# refinements of that run (its own pseudo-labels; the second with frames drawn larger); and
+# the mean of the last three runs' weights (a model soup), which is the shipped file.
 DETECTOR_DATA = --frames $(SHARED)/testdata/detection-train --crops $(SHARED)/testdata/identities
+DETECTOR_REFINE = --init models/detector/centernet_third.pt --lr 1e-3 --backbone-lr 2.5e-4 --close-up-probability 0.2
 detector: setup ## retrain the face detector on $(SHARED)/testdata (writes the packaged weights)
 	$(PY) -m flows.detector $(DETECTOR_DATA) --out models/detector/centernet_first.pt
 	$(PY) -m flows.detector $(DETECTOR_DATA) --init models/detector/centernet_first.pt \
 	  --out models/detector/centernet_second.pt --epochs 12 --lr 1e-3 --backbone-lr 2.5e-4 --close-up-probability 0.2
 	$(PY) -m flows.detector $(DETECTOR_DATA) --pseudo-labels-from models/detector/centernet_second.pt \
-	  --out anime_face_id/faces/weights/centernet_lite0.pt --epochs 40 --close-up-probability 0.2
+	  --out models/detector/centernet_third.pt --epochs 40 --close-up-probability 0.2
+	$(PY) -m flows.detector $(DETECTOR_DATA) $(DETECTOR_REFINE) --epochs 12 --out models/detector/centernet_fourth.pt
+	$(PY) -m flows.detector $(DETECTOR_DATA) $(DETECTOR_REFINE) --epochs 10 --frame-scale 1 2 \
+	  --out models/detector/centernet_fifth.pt
+	$(PY) -m flows.detector_average --out anime_face_id/faces/weights/centernet_lite0.pt \
+	  models/detector/centernet_third.pt models/detector/centernet_fourth.pt models/detector/centernet_fifth.pt
 
 # Much of the suite waits on server starts and fresh processes importing torch; two
 # workers overlap those waits (a test file stays on one worker, its fixtures with it).

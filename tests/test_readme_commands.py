@@ -137,6 +137,10 @@ ELSEWHERE = {
         "test_benchmark_names_new_pictures_of_characters_trained_from_scraped_ones",
         "about 18 minutes per seed on 2 cores; the test runs the script on generated pictures",
     ),
+    ".venv/bin/python -m flows.detector_average --out FILE A.pt B.pt ...": (
+        "tests/test_weight_average.py::test_the_command_writes_the_mean_and_records_an_mlflow_run",
+        "FILE and A.pt B.pt are the reader's; the test averages two weights files it writes",
+    ),
     ".venv/bin/python benchmarks/detection.py": (
         "tests/test_benchmark_detection.py::test_detection_benchmark_compares_both_detectors",
         "minutes on the whole of ../shared; the test runs the script on a few of its pictures",
