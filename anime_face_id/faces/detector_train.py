@@ -45,13 +45,14 @@ from anime_face_id.faces.detector_data import (
     FaceCrop,
     LabelledImage,
     LeftOut,
+    ViewSettings,
     centred_face,
     pseudo_label,
     read_labelled_frames,
     split_validation,
     training_sample,
 )
-from anime_face_id.faces.view_pool import SEED_BOUND, ViewPool, ViewSettings
+from anime_face_id.faces.view_pool import SEED_BOUND, ViewPool
 from anime_face_id.fileio import atomic_write_bytes, file_sha256, sweep_temporaries
 from anime_face_id.imaging import load_rgb_array
 
