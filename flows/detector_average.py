@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from anime_face_id.faces.weight_average import average_weights
+from anime_face_id.faces.model_soup import average_weights
 from flows._stage import fail_on_stage_error, finish, run_from_command_line
 from tracking import runs
 

@@ -138,7 +138,7 @@ ELSEWHERE = {
         "about 18 minutes per seed on 2 cores; the test runs the script on generated pictures",
     ),
     ".venv/bin/python -m flows.detector_average --out FILE A.pt B.pt ...": (
-        "tests/test_weight_average.py::test_the_command_writes_the_mean_and_records_an_mlflow_run",
+        "tests/test_model_soup.py::test_the_command_writes_the_mean_and_records_an_mlflow_run",
         "FILE and A.pt B.pt are the reader's; the test averages two weights files it writes",
     ),
     ".venv/bin/python benchmarks/detection.py": (

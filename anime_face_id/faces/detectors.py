@@ -163,6 +163,36 @@ class DetectorWeightsError(CascadeError):
     """The detector's weights file is missing or is not one."""
 
 
+def load_detector_weights(path: Path):
+    """``centernet.load_weights(path)``: the model and its metadata, any failure a
+    DetectorWeightsError saying what the file is not (missing, empty, unreadable, another
+    format, keys that do not match)."""
+    from anime_face_id.faces.centernet import load_weights
+
+    if not path.is_file():
+        raise DetectorWeightsError(f"detector weights not found: {path}")
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as error:  # e.g. a Dask worker without the file
+        raise DetectorWeightsError(
+            f"cannot read detector weights {path}: {error.strerror or error}"
+        ) from None
+    if empty:
+        raise DetectorWeightsError(f"cannot load detector weights {path}: it is empty")
+    try:
+        return load_weights(path)
+    except ValueError as error:  # ours: says what the file is not
+        raise DetectorWeightsError(f"cannot load detector weights: {error}") from None
+    except RuntimeError as error:  # torch's: a damaged archive or keys that do not match
+        raise DetectorWeightsError(f"cannot load detector weights {path}: {error}") from None
+    except (OSError, EOFError, KeyError, pickle.PickleError) as error:
+        # torch's own messages can be a bare number or nothing at all
+        raise DetectorWeightsError(
+            f"cannot load detector weights {path}: not a PyTorch weights file "
+            f"that this version can read ({type(error).__name__}: {error})"
+        ) from None
+
+
 class CenterNetDetector:
     """The project's own detector: a CenterNet head on EfficientNet-Lite0, trained on
     cartoon frames and pasted illustration faces (``anime_face_id/faces/weights``).
@@ -192,30 +222,8 @@ class CenterNetDetector:
 
     def _load(self):
         from anime_face_id.device import place
-        from anime_face_id.faces.centernet import load_weights
 
-        try:
-            empty = self.weights.stat().st_size == 0
-        except OSError as error:  # e.g. a Dask worker without the file
-            raise DetectorWeightsError(
-                f"cannot read detector weights {self.weights}: {error.strerror or error}"
-            ) from None
-        if empty:
-            raise DetectorWeightsError(f"cannot load detector weights {self.weights}: it is empty")
-        try:
-            model, _metadata = load_weights(self.weights)
-        except ValueError as error:  # ours: says what the file is not
-            raise DetectorWeightsError(f"cannot load detector weights: {error}") from None
-        except RuntimeError as error:  # torch's: a damaged archive or keys that do not match
-            raise DetectorWeightsError(
-                f"cannot load detector weights {self.weights}: {error}"
-            ) from None
-        except (OSError, EOFError, KeyError, pickle.PickleError) as error:
-            # torch's own messages can be a bare number or nothing at all
-            raise DetectorWeightsError(
-                f"cannot load detector weights {self.weights}: not a PyTorch weights file "
-                f"that this version can read ({type(error).__name__}: {error})"
-            ) from None
+        model, _metadata = load_detector_weights(self.weights)
         return place(model, "cpu")
 
     @property

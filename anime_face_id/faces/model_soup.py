@@ -7,27 +7,18 @@ file is the mean of a 40-epoch run and two refinements of it (see the model card
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 
 from anime_face_id.errors import StageError
-from anime_face_id.faces.centernet import FaceCenterNet, load_weights, save_weights
+from anime_face_id.faces.centernet import save_weights
+from anime_face_id.faces.detectors import load_detector_weights
 from anime_face_id.fileio import file_sha256
 
 
-class WeightAverageError(StageError):
-    """The files cannot be averaged; the message says which and why."""
-
-
-def _loaded(path: Path) -> tuple[FaceCenterNet, dict]:
-    if not path.is_file():
-        raise WeightAverageError(f"{path}: no such weights file")
-    try:
-        return load_weights(path)
-    except (ValueError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
-        raise WeightAverageError(f"{path}: not usable detector weights ({error})") from None
+class ModelSoupError(StageError):
+    """The files cannot be averaged together (another architecture, too few)."""
 
 
 def averaged_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -48,12 +39,12 @@ def average_weights(paths: list[Path], out: Path) -> str:
     The files must share one architecture; the result records each file's name, sha256
     and metadata (so the recipe of every run stays in it)."""
     if len(paths) < 2:
-        raise WeightAverageError(f"give two or more weights files to average, got {len(paths)}")
-    loaded = [_loaded(Path(path)) for path in paths]
+        raise ModelSoupError(f"give two or more weights files to average, got {len(paths)}")
+    loaded = [load_detector_weights(Path(path)) for path in paths]
     first = loaded[0][0].architecture
     for path, (model, _metadata) in zip(paths[1:], loaded[1:], strict=True):
         if model.architecture != first:
-            raise WeightAverageError(
+            raise ModelSoupError(
                 f"{path} has another architecture ({dict(model.architecture)}) than "
                 f"{paths[0]} ({dict(first)}): only runs of one architecture can be averaged"
             )
