@@ -127,6 +127,19 @@ def test_detection_benchmark_compares_both_detectors(small_shared: Path, tmp_pat
         ]
         # every labelled face of the 4 validation frames is in exactly one band
         assert sum(int(count) for _, _, count in bands) == small_validation_faces(small_shared)
-    assert len(re.findall(r"min_score 0\.\d: recall", out)) == 6
+    sweeps = re.split(r"centernet on (\d+) (validation|training \(fit\)) frames by min_score", out)
+    assert [(sweeps[1], sweeps[2]), (sweeps[4], sweeps[5])] == [
+        ("4", "validation"),
+        ("3", "training (fit)"),  # the small set's 3 training frames, fewer than asked for
+    ]
+    for sweep in (sweeps[3], sweeps[6]):
+        rows = re.findall(r"min_score (0\.\d\d): recall (\S+) precision (\S+) F1 (\S+)", sweep)
+        assert [row[0] for row in rows] == ["0.10", "0.20", "0.30", "0.35", "0.40", "0.50", "0.60"]
+        for _, recall, precision, f1 in rows:
+            r, p = float(recall), float(precision)
+            assert float(f1) == pytest.approx(2 * r * p / (r + p) if r + p else 0, abs=2e-3)
+        best_f1, best_at = re.search(r"best F1 (\S+) at min_score (\S+)", sweep).groups()
+        assert best_f1 == max(row[3] for row in rows)
+        assert best_at in [row[0] for row in rows if row[3] == best_f1]
     assert re.search(r"speed of centernet against the cascade: \d+\.\d\dx", out)
     assert sheet.stat().st_size > 0
