@@ -26,11 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from anime_face_id.faces.detector_data import (  # noqa: E402
+    ViewSettings,
     centred_face,
     read_labelled_frames,
     training_sample,
 )
-from anime_face_id.faces.view_pool import SEED_BOUND, ViewPool, ViewSettings  # noqa: E402
+from anime_face_id.faces.view_pool import SEED_BOUND, ViewPool  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "testdata"
 

@@ -30,6 +30,7 @@ from anime_face_id.faces.detector_data import (
     BOX_AREA_SHARE,
     DetectorDataError,
     FaceCrop,
+    ViewSettings,
     centred_face,
     clip_boxes,
     close_up_view,
@@ -55,7 +56,7 @@ from anime_face_id.faces.detector_train import (
     train_detector,
 )
 from anime_face_id.faces.detectors import PACKAGED_WEIGHTS
-from anime_face_id.faces.view_pool import ViewPool, ViewSettings, seeded_view
+from anime_face_id.faces.view_pool import ViewPool, seeded_view
 from anime_face_id.fileio import file_sha256
 from anime_face_id.transforms import normalise
 
@@ -1133,8 +1134,8 @@ def test_view_workers_end_when_the_training_process_leaves_without_stopping_them
     script = f"""
 import multiprocessing, os
 from pathlib import Path
-from anime_face_id.faces.detector_data import read_labelled_frames
-from anime_face_id.faces.view_pool import ViewPool, ViewSettings
+from anime_face_id.faces.detector_data import ViewSettings, read_labelled_frames
+from anime_face_id.faces.view_pool import ViewPool
 items = read_labelled_frames(Path({str(frames)!r})).items
 pool = ViewPool(2, items, [], ViewSettings(64, 0.0, 0.0, 8))
 next(pool.batches([[(0, 1)], [(1, 2)], [(2, 3)], [(3, 4)]]))
