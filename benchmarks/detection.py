@@ -51,23 +51,15 @@ WIDTH_EDGES = (30, 45, 60, 90, 150)
 SWEEP = (0.1, 0.2, 0.3, 0.35, 0.4, 0.5, 0.6)  # min_score values the sweep prints
 
 
-def labelled(folder: Path, validation_only: bool) -> list[tuple[np.ndarray, list]]:
-    items = read_yolo_folder(folder)
-    if validation_only:
-        items = split_validation(items, VALIDATION_FRACTION)[1]
+def pictures_and_boxes(items) -> list[tuple[np.ndarray, list]]:
     return [(load_rgb_array(item.path), [tuple(b) for b in item.boxes.tolist()]) for item in items]
 
 
-def training_frames(folder: Path, count: int) -> list[tuple[np.ndarray, list]]:
-    """``count`` frames of the split's training side, evenly spaced by name: the frames a
-    detector trained with the default split has seen, to set its fit beside its held-out
-    figures."""
-    items = split_validation(read_yolo_folder(folder), VALIDATION_FRACTION)[0]
+def evenly_spaced(items: list, count: int) -> list:
+    """``count`` of ``items`` (fewer if there are fewer), spread over the whole list: the
+    training frames whose fit is set beside the held-out figures."""
     step = max(1, len(items) // max(count, 1))
-    return [
-        (load_rgb_array(item.path), [tuple(b) for b in item.boxes.tolist()])
-        for item in items[::step][:count]
-    ]
+    return items[::step][:count]
 
 
 def f1(recall: float, precision: float) -> float:
@@ -186,8 +178,12 @@ def main() -> None:
         "cascade (lbp)": LbpCascadeDetector(args.shared / "detector" / "lbpcascade_animeface.xml"),
         "centernet": CenterNetDetector(args.weights, args.input_size, args.min_score),
     }
-    validation = labelled(testdata / "detection-train", validation_only=True)
-    small_set = labelled(testdata / "detection", validation_only=False)
+    # one read of the frames (it decodes each one) for both sides of the training split
+    training_items, validation_items = split_validation(
+        read_yolo_folder(testdata / "detection-train"), VALIDATION_FRACTION
+    )
+    validation = pictures_and_boxes(validation_items)
+    small_set = pictures_and_boxes(read_yolo_folder(testdata / "detection"))
     illustrations = [
         load_rgb_array(p)
         for p in sorted((testdata / "raw").glob("*/*"))
@@ -224,7 +220,7 @@ def main() -> None:
         if args.sheet is not None and name == "centernet":
             contact_sheet(illustrations, found, args.sheet)
             print(f"  drawn: {args.sheet}")
-    seen = training_frames(testdata / "detection-train", len(validation))
+    seen = pictures_and_boxes(evenly_spaced(training_items, len(validation)))
     for label, pictures in (("validation", validation), ("training (fit)", seen)):
         print(f"centernet on {len(pictures)} {label} frames by min_score (IoU 0.5):")
         rows = score_sweep(args.weights, args.input_size, pictures, SWEEP)
